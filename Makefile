@@ -1,0 +1,38 @@
+# deepvis: `make demo` and `make test` work from a fresh clone.
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ADDRESS ?= 127.0.0.1:50077
+
+.PHONY: install demo test proto lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[server,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Regenerates the stubs in client/deepvis/v1 from the .proto (a test checks they match).
+# The generator is pinned and kept apart from the venv: stubs made by an older protoc
+# run on every protobuf runtime >= 5.27.2, so the thin client fits beside other packages.
+PROTO_TOOLS := $(VENV)/proto-tools
+proto: $(STAMP)
+	test -d $(PROTO_TOOLS)/grpc_tools || $(VPY) -m pip install -q --target $(PROTO_TOOLS) grpcio-tools==1.66.2
+	PYTHONPATH=$(PROTO_TOOLS) $(VPY) -m grpc_tools.protoc -Iprotos --python_out=client \
+		--pyi_out=client --grpc_python_out=client protos/deepvis/v1/deepvis.proto
+
+demo: $(STAMP)
+	$(VPY) -m deepvis_server.demo --address $(ADDRESS) --out out
+
+test: $(STAMP)
+	$(VPY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check client server tests bench
+	$(VENV)/bin/mypy client server
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

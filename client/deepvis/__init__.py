@@ -1,0 +1,43 @@
+"""Thin client of the deepvis gRPC service: see what an image classifier sees."""
+
+from __future__ import annotations
+
+from deepvis._client import AsyncClient, Client
+from deepvis._convert import Explanation, ModelInfo, Neuron, Prediction, methods
+from deepvis._exceptions import (
+    Cancelled,
+    DeadlineExceeded,
+    DeepvisError,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncClient",
+    "Cancelled",
+    "Client",
+    "DeadlineExceeded",
+    "DeepvisError",
+    "Explanation",
+    "Internal",
+    "InvalidArgument",
+    "ModelInfo",
+    "Neuron",
+    "NotFound",
+    "PermissionDenied",
+    "Prediction",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "__version__",
+    "methods",
+]

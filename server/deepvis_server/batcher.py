@@ -1,0 +1,217 @@
+"""Dynamic batching: one asyncio task per model groups compatible requests for the device thread."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Hashable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import DeadlineExceeded, DeepvisError, Unavailable
+from .methods import Method, MethodRequest, Target
+from .models import ServedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ItemResult:
+    """One request's share of a batch's output, on the CPU."""
+
+    array: np.ndarray
+    target: Target
+    predictions: list[tuple[int, float]]  # (class index, probability), best first
+    warnings: tuple[str, ...]
+    queue_ms: float
+    compute_ms: float
+    batch_size: int
+
+
+@dataclass(eq=False)
+class WorkItem:
+    """A validated, preprocessed request waiting for a batch."""
+
+    x: torch.Tensor  # [C, H, W] float32, CPU
+    method: Method
+    request: MethodRequest
+    top_k: int
+    deadline: float | None  # loop.time() after which it is no longer worth computing
+    future: asyncio.Future[ItemResult]
+    arrival: float = 0.0
+    key: Hashable = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key = (self.method.batch_key(self.request), tuple(self.x.shape))
+
+
+class Batcher:
+    """Groups compatible items of one model (same method, graph-changing parameters and shape;
+    targets may differ) until `max_batch_size` or until the oldest has waited `max_delay_s`,
+    then runs them as one batch on the executor that owns the device."""
+
+    def __init__(
+        self,
+        model: ServedModel,
+        executor: Executor,
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue_size: int = 1024,
+    ) -> None:
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue_size = max_queue_size
+        self._executor = executor
+        self._pending: deque[WorkItem] = deque()
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._loop(), name=f"batcher-{self.model.name}"
+        )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        while self._pending:
+            _fail(self._pending.popleft(), Unavailable("server is shutting down"))
+
+    def submit(self, item: WorkItem) -> asyncio.Future[ItemResult]:
+        """Queues an item; refuses at once when the queue is full."""
+        if len(self._pending) >= self.max_queue_size:
+            raise Unavailable(
+                f"model '{self.model.name}' has {len(self._pending)} requests queued (the limit); "
+                "retry with backoff"
+            )
+        item.arrival = asyncio.get_running_loop().time()
+        self._pending.append(item)
+        self._arrived.set()
+        return item.future
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            first = self._pending[0]
+            due = first.arrival + self.max_delay_s
+            while self._count(first.key) < self.max_batch_size and not first.future.done():
+                remaining = due - loop.time()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch = self._take(first.key, loop.time())
+            if batch:
+                try:
+                    await self._run(batch)
+                except asyncio.CancelledError:
+                    for it in batch:
+                        _fail(it, Unavailable("server is shutting down"))
+                    raise
+                except Exception:  # noqa: BLE001 - the loop must outlive any one batch
+                    log.exception("batch of %d failed outside the method", len(batch))
+                    for it in batch:
+                        _fail(it, DeepvisError("internal error while running the batch"))
+
+    def _count(self, key: Hashable) -> int:
+        return sum(1 for it in self._pending if it.key == key)
+
+    def _take(self, key: Hashable, now: float) -> list[WorkItem]:
+        """Removes up to max_batch_size live items with `key`, in arrival order; drops dead ones."""
+        batch: list[WorkItem] = []
+        keep: deque[WorkItem] = deque()
+        for it in self._pending:
+            if it.future.done():  # cancelled: the client went away
+                continue
+            if it.deadline is not None and now >= it.deadline:
+                _fail(it, DeadlineExceeded("deadline passed while queued; nothing was computed"))
+                continue
+            if it.key == key and len(batch) < self.max_batch_size:
+                batch.append(it)
+            else:
+                keep.append(it)
+        self._pending = keep
+        return batch
+
+    async def _run(self, batch: list[WorkItem]) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            results = await loop.run_in_executor(self._executor, self._compute, batch)
+        except DeepvisError as e:
+            if len(batch) == 1:
+                _fail(batch[0], e)
+                return
+            results = None
+        except Exception:  # noqa: BLE001
+            if len(batch) == 1:
+                log.exception("method %s failed on model %s", batch[0].method.name, self.model.name)
+                _fail(batch[0], DeepvisError("internal error while running the method"))
+                return
+            log.warning(
+                "batch of %d failed; retrying item by item to isolate the cause", len(batch)
+            )
+            results = None
+        if results is None:
+            # Only the guilty item fails: rerun each one alone.
+            for it in batch:
+                await self._run([it])
+            return
+        for it, res in zip(batch, results, strict=False):
+            res.queue_ms = (started - it.arrival) * 1000.0
+            if not it.future.done():
+                it.future.set_result(res)
+
+    def _compute(self, batch: list[WorkItem]) -> list[ItemResult]:
+        """Runs on the device thread: one method call for the whole batch."""
+        t0 = time.perf_counter()
+        model = self.model
+        x = torch.stack([it.x for it in batch]).to(model.device, non_blocking=True)
+        out = batch[0].method.run(model, x, [it.request for it in batch])
+        k = min(max(it.top_k for it in batch), model.spec.num_classes)
+        top_p, top_i = out.logits.float().softmax(dim=1).topk(k, dim=1)
+        arrays = out.arrays.detach().float().cpu().numpy()
+        top_p_np, top_i_np = top_p.cpu().numpy(), top_i.cpu().numpy()
+        compute_ms = (time.perf_counter() - t0) * 1000.0
+        return [
+            ItemResult(
+                array=arrays[i],
+                target=out.targets[i],
+                predictions=[
+                    (int(c), float(p))
+                    for c, p in zip(top_i_np[i, : it.top_k], top_p_np[i, : it.top_k], strict=False)
+                ],
+                warnings=out.warnings,
+                queue_ms=0.0,
+                compute_ms=compute_ms,
+                batch_size=len(batch),
+            )
+            for i, it in enumerate(batch)
+        ]
+
+
+def _fail(item: WorkItem, exc: BaseException) -> None:
+    if not item.future.done():
+        item.future.set_exception(exc)

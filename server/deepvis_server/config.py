@@ -1,0 +1,186 @@
+"""Typed server configuration, parsed once from TOML at the entry point."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+DEFAULT_CONFIG = DEFAULT_MODEL_DIR / "config.toml"
+
+
+class ConfigError(ValueError):
+    """The configuration file is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One served model as the configuration describes it."""
+
+    name: str
+    arch: str
+    weights: Path | None
+    num_classes: int
+    input_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    channels: int = 3
+    labels: Path | None = None
+    max_batch_size: int = 32
+    max_delay_ms: float = 5.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the server needs, resolved and checked."""
+
+    models: tuple[ModelSpec, ...]
+    device: str = "auto"
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    max_tensor_elements: int = 3 * 1024 * 1024
+    source: Path | None = field(default=None, compare=False)
+
+
+_MODEL_KEYS = {
+    "name",
+    "arch",
+    "weights",
+    "num_classes",
+    "input_size",
+    "mean",
+    "std",
+    "channels",
+    "labels",
+    "max_batch_size",
+    "max_delay_ms",
+}
+_SERVER_KEYS = {"device", "max_message_bytes", "max_image_pixels", "max_tensor_elements"}
+
+
+def _req(table: dict[str, Any], key: str, where: str) -> Any:
+    if key not in table:
+        raise ConfigError(f"{where}: missing required key '{key}'")
+    return table[key]
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{where} must be a positive integer, got {value!r}")
+    return value
+
+
+def _floats(value: Any, n: int, where: str) -> tuple[float, ...]:
+    if (
+        not isinstance(value, list)
+        or len(value) != n
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
+        raise ConfigError(f"{where} must be a list of {n} numbers, got {value!r}")
+    return tuple(float(v) for v in value)
+
+
+def _path(value: Any, base: Path, where: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where} must be a non-empty path string, got {value!r}")
+    p = Path(value)
+    return p if p.is_absolute() else (base / p)
+
+
+def parse_model(table: dict[str, Any], base: Path, index: int) -> ModelSpec:
+    where = f"models[{index}]"
+    unknown = set(table) - _MODEL_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; valid: {sorted(_MODEL_KEYS)}")
+    name = _req(table, "name", where)
+    if not isinstance(name, str) or not name or len(name) > 128:
+        raise ConfigError(f"{where}.name must be a non-empty string of at most 128 characters")
+    where = f"model '{name}'"
+    arch = _req(table, "arch", where)
+    if not isinstance(arch, str) or not arch:
+        raise ConfigError(
+            f"{where}.arch must be a torchvision builder name or 'package.module:callable'"
+        )
+    weights = table.get("weights")
+    channels = _positive_int(table.get("channels", 3), f"{where}.channels")
+    size = _req(table, "input_size", where)
+    if not (isinstance(size, list) and len(size) == 2):
+        raise ConfigError(f"{where}.input_size must be [height, width], got {size!r}")
+    input_size = (
+        _positive_int(size[0], f"{where}.input_size[0]"),
+        _positive_int(size[1], f"{where}.input_size[1]"),
+    )
+    mean = _floats(table.get("mean", [0.0] * channels), channels, f"{where}.mean")
+    std = _floats(table.get("std", [1.0] * channels), channels, f"{where}.std")
+    if any(s <= 0 for s in std):
+        raise ConfigError(f"{where}.std must be positive, got {list(std)}")
+    delay = table.get("max_delay_ms", 5.0)
+    if not isinstance(delay, (int, float)) or isinstance(delay, bool) or not 0 <= delay <= 10_000:
+        raise ConfigError(f"{where}.max_delay_ms must be a number in [0, 10000], got {delay!r}")
+    return ModelSpec(
+        name=name,
+        arch=arch,
+        weights=None if weights is None else _path(weights, base, f"{where}.weights"),
+        num_classes=_positive_int(_req(table, "num_classes", where), f"{where}.num_classes"),
+        input_size=input_size,
+        mean=mean,
+        std=std,
+        channels=channels,
+        labels=None
+        if table.get("labels") is None
+        else _path(table["labels"], base, f"{where}.labels"),
+        max_batch_size=_positive_int(table.get("max_batch_size", 32), f"{where}.max_batch_size"),
+        max_delay_ms=float(delay),
+    )
+
+
+def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -> ServerConfig:
+    """Builds a ServerConfig from a parsed TOML document; relative paths resolve against `base`."""
+    server = data.get("server", {})
+    if not isinstance(server, dict):
+        raise ConfigError("[server] must be a table")
+    unknown = set(server) - _SERVER_KEYS
+    if unknown:
+        raise ConfigError(
+            f"[server]: unknown keys {sorted(unknown)}; valid: {sorted(_SERVER_KEYS)}"
+        )
+    unknown_top = set(data) - {"server", "models"}
+    if unknown_top:
+        raise ConfigError(f"unknown top-level keys {sorted(unknown_top)}; valid: server, models")
+    tables = data.get("models")
+    if not isinstance(tables, list) or not tables:
+        raise ConfigError("the configuration needs at least one [[models]] table")
+    models = tuple(parse_model(t, base, i) for i, t in enumerate(tables))
+    names = [m.name for m in models]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"model names must be unique; repeated: {dupes}")
+    device = server.get("device", "auto")
+    if not isinstance(device, str):
+        raise ConfigError("[server].device must be a string such as 'auto', 'cpu' or 'cuda:0'")
+    kwargs = {
+        k: _positive_int(server[k], f"[server].{k}")
+        for k in ("max_message_bytes", "max_image_pixels", "max_tensor_elements")
+        if k in server
+    }
+    return ServerConfig(models=models, device=device, source=source, **kwargs)
+
+
+def load_config(path: Path | str | None = None) -> ServerConfig:
+    """Reads a TOML configuration file; None reads the embedded default model's."""
+    p = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        with p.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {p}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: invalid TOML: {e}") from None
+    return parse_config(data, p.resolve().parent, source=p)

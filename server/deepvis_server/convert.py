@@ -1,0 +1,169 @@
+"""The only server module that reads or builds protobuf messages: wire <-> plain dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from deepvis.v1 import deepvis_pb2 as pb
+
+from .batcher import ItemResult
+from .errors import InvalidArgument
+from .methods import ClassTarget, MethodRequest, NeuronTarget, Target
+from .models import ServedModel
+from .preprocess import RawInput
+
+_DTYPE_NAMES = {pb.DTYPE_FLOAT32: "float32", pb.DTYPE_FLOAT16: "float16", pb.DTYPE_UINT8: "uint8"}
+_WIRE_DTYPES = {
+    "float32": (pb.DTYPE_FLOAT32, np.dtype("<f4")),
+    "float16": (pb.DTYPE_FLOAT16, np.dtype("<f2")),
+}
+DEFAULT_TOP_K = 5
+
+
+def method_name(value: int) -> str:
+    """'guided_backprop' for METHOD_GUIDED_BACKPROP: registry keys derive from the schema."""
+    return pb.Method.Name(value).removeprefix("METHOD_").lower()
+
+
+def method_value(name: str) -> int:
+    return pb.Method.Value("METHOD_" + name.upper())
+
+
+def schema_methods() -> list[str]:
+    return [method_name(v) for v in pb.Method.values() if v != pb.METHOD_UNSPECIFIED]
+
+
+@dataclass(frozen=True)
+class ParsedExplain:
+    """An Explain request, checked for everything that needs no model."""
+
+    model: str
+    method: str
+    input: RawInput
+    request: MethodRequest
+    array_dtype: str
+    omit_array: bool
+    render: bool
+    top_k: int
+
+
+def _raw_input(msg: pb.Input) -> RawInput:
+    kind = msg.WhichOneof("kind")
+    if kind is None:
+        return RawInput(
+            "", b""
+        )  # refused after the model name is checked, so NOT_FOUND comes first
+    if kind == "image":
+        return RawInput("image", msg.image)
+    t: pb.Tensor = getattr(msg, kind)
+    name = _DTYPE_NAMES.get(t.dtype, "")
+    if t.dtype != pb.DTYPE_UNSPECIFIED and not name:
+        raise InvalidArgument(
+            f"input.{kind}.dtype {t.dtype} is not a DType", field=f"input.{kind}.dtype"
+        )
+    if len(t.shape) > 8:
+        raise InvalidArgument(
+            f"input.{kind}.shape has {len(t.shape)} dimensions; at most 3",
+            field=f"input.{kind}.shape",
+        )
+    return RawInput(kind, t.data, name, tuple(int(d) for d in t.shape))
+
+
+def _target(msg: pb.ExplainRequest) -> Target | None:
+    if not msg.HasField("target"):
+        return None
+    kind = msg.target.WhichOneof("kind")
+    if kind == "class_index":
+        return ClassTarget(int(msg.target.class_index))
+    if kind == "neuron":
+        n = msg.target.neuron
+        return NeuronTarget(
+            layer=n.layer,
+            channel=int(n.channel),
+            y=int(n.y) if n.HasField("y") else None,
+            x=int(n.x) if n.HasField("x") else None,
+        )
+    return None  # an empty Target message: the predicted class
+
+
+def parse_explain(msg: pb.ExplainRequest) -> ParsedExplain:
+    """Reads an ExplainRequest into plain values; refuses what is wrong whatever the model."""
+    if msg.method == pb.METHOD_UNSPECIFIED or msg.method not in pb.Method.values():
+        raise InvalidArgument(
+            f"method {msg.method} is not a served method; valid: "
+            + ", ".join(f"METHOD_{m.upper()}" for m in schema_methods()),
+            field="method",
+        )
+    opts = msg.output
+    if opts.array_dtype in (pb.DTYPE_UNSPECIFIED, pb.DTYPE_FLOAT32):
+        array_dtype = "float32"
+    elif opts.array_dtype == pb.DTYPE_FLOAT16:
+        array_dtype = "float16"
+    else:
+        raise InvalidArgument(
+            "output.array_dtype must be FLOAT32 or FLOAT16", field="output.array_dtype"
+        )
+    if opts.top_k < 0:
+        raise InvalidArgument(f"output.top_k must be >= 0, got {opts.top_k}", field="output.top_k")
+    return ParsedExplain(
+        model=msg.model,
+        method=method_name(msg.method),
+        input=_raw_input(msg.input),
+        request=MethodRequest(target=_target(msg), layer=msg.layer),
+        array_dtype=array_dtype,
+        omit_array=opts.omit_array,
+        render=opts.render,
+        top_k=opts.top_k or DEFAULT_TOP_K,
+    )
+
+
+def target_to_pb(target: Target) -> pb.Target:
+    if isinstance(target, ClassTarget):
+        return pb.Target(class_index=target.index)
+    neuron = pb.Neuron(layer=target.layer, channel=target.channel)
+    if target.y is not None and target.x is not None:
+        neuron.y, neuron.x = target.y, target.x
+    return pb.Target(neuron=neuron)
+
+
+def explain_response(
+    parsed: ParsedExplain, model: ServedModel, result: ItemResult, png: bytes | None
+) -> pb.ExplainResponse:
+    resp = pb.ExplainResponse(
+        model=model.name,
+        method=method_value(parsed.method),
+        predictions=[
+            pb.Prediction(index=i, label=model.label(i), score=p) for i, p in result.predictions
+        ],
+        target=target_to_pb(result.target),
+        timing=pb.Timing(
+            queue_ms=result.queue_ms, compute_ms=result.compute_ms, batch_size=result.batch_size
+        ),
+        warnings=list(result.warnings),
+    )
+    if not parsed.omit_array:
+        enum, dtype = _WIRE_DTYPES[parsed.array_dtype]
+        resp.array.dtype = enum
+        resp.array.shape.extend(result.array.shape)
+        resp.array.data = np.ascontiguousarray(result.array, dtype=dtype).tobytes()
+    if png is not None:
+        resp.image_png = png
+    return resp
+
+
+def model_info(model: ServedModel, methods: list[str]) -> pb.ModelInfo:
+    s = model.spec
+    return pb.ModelInfo(
+        name=s.name,
+        arch=s.arch,
+        num_classes=s.num_classes,
+        channels=s.channels,
+        height=s.input_size[0],
+        width=s.input_size[1],
+        mean=s.mean,
+        std=s.std,
+        labels=list(model.labels),
+        methods=[method_value(m) for m in methods],
+    )

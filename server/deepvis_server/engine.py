@@ -1,0 +1,115 @@
+"""The engine: served models, their batchers, and the threads that own the device and the CPU work."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from .batcher import Batcher, ItemResult, WorkItem
+from .config import ServerConfig
+from .errors import InvalidArgument, NotFound
+from .methods import REGISTRY, Method, MethodRequest
+from .models import ServedModel, load_model, select_device
+from .preprocess import Limits, RawInput, input_to_tensor
+from .render import to_png
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """Owns every model and runs requests through validation, batching and rendering."""
+
+    def __init__(self, config: ServerConfig, methods: dict[str, Method] | None = None) -> None:
+        self.config = config
+        self.methods = dict(REGISTRY if methods is None else methods)
+        self.device = select_device(config.device)
+        self.limits = Limits(
+            max_image_pixels=config.max_image_pixels, max_tensor_elements=config.max_tensor_elements
+        )
+        # One thread owns the device: torch work for every model is serialised through it.
+        self.device_executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="deepvis-device"
+        )
+        # Decoding and PNG encoding run here, off the event loop and off the device thread.
+        self.cpu_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deepvis-cpu")
+        self.models: dict[str, ServedModel] = {}
+        self.batchers: dict[str, Batcher] = {}
+
+    async def start(self) -> None:
+        """Loads and warms every configured model on the device thread, then starts the batchers."""
+        loop = asyncio.get_running_loop()
+        torch.set_grad_enabled(False)
+        for spec in self.config.models:
+            model = await loop.run_in_executor(self.device_executor, load_model, spec, self.device)
+            self.models[spec.name] = model
+            batcher = Batcher(
+                model,
+                self.device_executor,
+                max_batch_size=spec.max_batch_size,
+                max_delay_s=spec.max_delay_ms / 1000.0,
+            )
+            batcher.start()
+            self.batchers[spec.name] = batcher
+            log.info("serving model %s (%s) on %s", spec.name, spec.arch, self.device)
+
+    async def stop(self) -> None:
+        for b in self.batchers.values():
+            await b.stop()
+        # Joining the threads blocks: do it off the event loop.
+        for ex in (self.device_executor, self.cpu_executor):
+            await asyncio.to_thread(ex.shutdown, wait=True, cancel_futures=True)
+
+    def model(self, name: str) -> ServedModel:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise NotFound(
+                f"model '{name[:200]}' is not served; served models: {', '.join(self.models)}",
+                field="model",
+            ) from None
+
+    def method(self, name: str) -> Method:
+        try:
+            return self.methods[name]
+        except KeyError:
+            raise InvalidArgument(
+                f"method '{name}' is not served; served: {', '.join(self.methods)}", field="method"
+            ) from None
+
+    async def explain(
+        self,
+        model_name: str,
+        method_name: str,
+        raw: RawInput,
+        request: MethodRequest,
+        *,
+        top_k: int,
+        deadline: float | None,
+    ) -> tuple[ServedModel, Method, ItemResult]:
+        """Validates, preprocesses and queues one request; returns its share of its batch."""
+        model = self.model(model_name)
+        method = self.method(method_name)
+        method.validate(model, request)
+        loop = asyncio.get_running_loop()
+        x = await loop.run_in_executor(
+            self.cpu_executor, input_to_tensor, raw, model.spec, self.limits
+        )
+        item = WorkItem(
+            x=x,
+            method=method,
+            request=request,
+            top_k=min(top_k, model.spec.num_classes),
+            deadline=deadline,
+            future=loop.create_future(),
+        )
+        result = await self.batchers[model.name].submit(item)
+        return model, method, result
+
+    async def render_png(self, method: Method, model: ServedModel, result: ItemResult) -> bytes:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.cpu_executor, lambda: to_png(method.render(result.array, model))
+        )

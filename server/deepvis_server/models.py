@@ -1,0 +1,179 @@
+"""Builds the served models from their ModelSpec: architecture, weights-only loading, labels."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import ConfigError, ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """A loaded model on its device, with what the methods and the servicer need to know."""
+
+    spec: ModelSpec
+    module: nn.Module
+    device: torch.device
+    labels: tuple[str, ...]
+    # name -> submodule, from named_modules() once at load time: requests name layers,
+    # and a lookup here is the only way a client's string reaches the model.
+    layers: dict[str, nn.Module] = field(repr=False)
+    # name -> output shape for one input (no batch dim), for layers whose output is a tensor;
+    # a reused module reports its last call, as the methods capture its last call.
+    layer_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.spec.channels, *self.spec.input_size)
+
+    def example_layers(self, n: int = 3) -> list[str]:
+        names = list(self.layer_shapes)
+        return names[:n] + (["..."] if len(names) > n else [])
+
+    def label(self, index: int) -> str:
+        return self.labels[index] if index < len(self.labels) else str(index)
+
+
+def resolve_builder(arch: str) -> Callable[..., nn.Module]:
+    """Returns the callable that builds `arch`: 'package.module:callable' or a torchvision name."""
+    if ":" in arch:
+        module_name, _, attr = arch.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise ConfigError(f"arch '{arch}': cannot import module '{module_name}': {e}") from None
+        builder = getattr(module, attr, None)
+        if not callable(builder):
+            raise ConfigError(f"arch '{arch}': '{attr}' is not a callable in '{module_name}'")
+        return builder  # type: ignore[no-any-return]
+    import torchvision
+
+    try:
+        return torchvision.models.get_model_builder(arch)  # type: ignore[no-any-return]
+    except ValueError:
+        raise ConfigError(
+            f"arch '{arch}' is neither 'package.module:callable' nor a torchvision model "
+            f"(e.g. resnet18, vgg11, densenet121)"
+        ) from None
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Reads weights without running code: safetensors, or torch.load(weights_only=True)."""
+    if not path.is_file():
+        raise ConfigError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    # weights_only=True refuses pickled code; there is deliberately no fallback.
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConfigError(f"{path}: expected a state dict of tensors")
+    return obj
+
+
+def read_labels(path: Path | None, num_classes: int) -> tuple[str, ...]:
+    if path is None:
+        return ()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ConfigError(f"labels file {path}: {e}") from None
+    labels = tuple(line.strip() for line in lines if line.strip())
+    if len(labels) != num_classes:
+        raise ConfigError(
+            f"labels file {path} has {len(labels)} labels, num_classes is {num_classes}"
+        )
+    return labels
+
+
+def load_model(spec: ModelSpec, device: torch.device) -> ServedModel:
+    """Builds, loads, checks and warms one model on `device`."""
+    builder = resolve_builder(spec.arch)
+    try:
+        module = builder(num_classes=spec.num_classes)
+    except TypeError:
+        module = builder()
+    if not isinstance(module, nn.Module):
+        raise ConfigError(f"model '{spec.name}': arch '{spec.arch}' did not build an nn.Module")
+    if spec.weights is not None:
+        state = load_state_dict(spec.weights)
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise ConfigError(
+                f"model '{spec.name}': weights do not fit '{spec.arch}': {e}"
+            ) from None
+    else:
+        log.warning("model %s has no weights: serving random initialisation", spec.name)
+    # Set once at load time, never by a method: inputs get gradients, parameters never do.
+    module.eval().requires_grad_(False).to(device)
+    served = ServedModel(
+        spec=spec,
+        module=module,
+        device=device,
+        labels=read_labels(spec.labels, spec.num_classes),
+        layers={name: m for name, m in module.named_modules() if name},
+    )
+    out = _trace_shapes(served)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, spec.num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(
+            f"model '{spec.name}': output for one input is {shape}, expected (1, {spec.num_classes})"
+        )
+    return served
+
+
+def _trace_shapes(served: ServedModel) -> object:
+    """One forward pass on zeros (it also warms the model up) recording every layer's output shape."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def make_hook(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, _inp: object, out: object) -> None:
+            if isinstance(out, torch.Tensor) and out.dim() >= 1:
+                shapes[name] = tuple(out.shape[1:])
+            else:
+                shapes.pop(name, None)
+
+        return hook
+
+    handles = [m.register_forward_hook(make_hook(n)) for n, m in served.layers.items()]
+    try:
+        with torch.no_grad():
+            out = served.module(torch.zeros(1, *served.input_shape, device=served.device))
+    finally:
+        for h in handles:
+            h.remove()
+    # Keep named_modules() order, which is what people read in print(model).
+    served.layer_shapes.update({n: shapes[n] for n in served.layers if n in shapes})
+    return out
+
+
+def select_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present, else the CPU; anything else is a torch device string."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"device '{name}' is not a torch device (auto, cpu, cuda, cuda:N)"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' asked for, but CUDA is not available")
+    return device

@@ -1,0 +1,184 @@
+"""Turns a request's input (encoded image, raw pixels or a model tensor) into a model input tensor."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import ModelSpec
+from .errors import InvalidArgument, ResourceExhausted
+
+# Formats Pillow decodes in-process; none of them hands the file to an external program
+# (EPS and friends would run Ghostscript).
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+
+
+@dataclass(frozen=True)
+class RawInput:
+    """The input as it came off the wire, before any decoding."""
+
+    kind: str  # "image" | "pixels" | "tensor"
+    data: bytes
+    dtype: str = ""  # "float32" | "float16" | "uint8" for pixels and tensor
+    shape: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one input may make the server allocate."""
+
+    max_image_pixels: int
+    max_tensor_elements: int
+
+
+_NP_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "uint8": np.dtype("u1")}
+
+
+def decode_image(data: bytes, limits: Limits) -> Image.Image:
+    """Decodes an encoded image fully, checking format and size before the pixels are read."""
+    if not data:
+        raise InvalidArgument(
+            "input.image is empty; send the bytes of a PNG, JPEG, WebP, BMP or GIF file",
+            field="input.image",
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            w, h = img.size
+            if w * h > limits.max_image_pixels:
+                raise ResourceExhausted(
+                    f"input.image is {w}x{h} = {w * h} pixels; at most {limits.max_image_pixels} allowed",
+                    field="input.image",
+                )
+            img.seek(0)  # GIF: the first frame
+            img.load()
+    except (ResourceExhausted, InvalidArgument):
+        raise
+    except Image.DecompressionBombError as e:
+        raise ResourceExhausted(f"input.image: {e}", field="input.image") from None
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad files
+        raise InvalidArgument(
+            f"input.image could not be decoded as {', '.join(ALLOWED_FORMATS)} ({type(e).__name__}: {e})",
+            field="input.image",
+        ) from None
+    return img
+
+
+def to_model_mode(img: Image.Image, channels: int) -> Image.Image:
+    """Converts any decoded mode (palette, 16-bit, CMYK, alpha, grayscale) to L or RGB."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # Pillow's own I;16 -> L conversion clips at 255; scale the full range instead.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        img = Image.fromarray(np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8))
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8))
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    target = "L" if channels == 1 else "RGB"
+    if img.mode != target:
+        img = img.convert(target)
+    return img
+
+
+def pixels_to_image(raw: RawInput, limits: Limits) -> Image.Image:
+    """Wraps uint8 [H, W] or [H, W, C] pixels (C in 1, 3, 4) as a PIL image without copying twice."""
+    if raw.dtype != "uint8":
+        raise InvalidArgument(
+            f"input.pixels.dtype must be UINT8, got {raw.dtype or 'unset'}",
+            field="input.pixels.dtype",
+        )
+    shape = raw.shape
+    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3, 4)):
+        raise InvalidArgument(
+            f"input.pixels.shape must be [H, W] or [H, W, C] with C in 1, 3, 4; got {list(shape)}",
+            field="input.pixels.shape",
+        )
+    if any(d <= 0 for d in shape):
+        raise InvalidArgument(
+            f"input.pixels.shape must be positive, got {list(shape)}", field="input.pixels.shape"
+        )
+    if shape[0] * shape[1] > limits.max_image_pixels:
+        raise ResourceExhausted(
+            f"input.pixels has {shape[0] * shape[1]} pixels; at most {limits.max_image_pixels} allowed",
+            field="input.pixels.shape",
+        )
+    expected = int(np.prod(shape))
+    if len(raw.data) != expected:
+        raise InvalidArgument(
+            f"input.pixels.data has {len(raw.data)} bytes; shape {list(shape)} of UINT8 needs {expected}",
+            field="input.pixels.data",
+        )
+    arr = np.frombuffer(raw.data, dtype=np.uint8).reshape(shape)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    return Image.fromarray(arr)  # uint8 [H, W] -> L, [H, W, 3] -> RGB, [H, W, 4] -> RGBA
+
+
+def image_to_tensor(img: Image.Image, spec: ModelSpec) -> torch.Tensor:
+    """Converts, resizes to the model's input size and normalises: float32 [C, H, W]."""
+    img = to_model_mode(img, spec.channels)
+    h, w = spec.input_size
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:
+        arr = arr.transpose(2, 0, 1)
+    mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
+    return torch.from_numpy(np.ascontiguousarray((arr - mean) / std))
+
+
+def tensor_input(raw: RawInput, spec: ModelSpec, limits: Limits) -> torch.Tensor:
+    """Checks a preprocessed model tensor before allocating anything, then wraps it."""
+    if raw.dtype not in ("float32", "float16"):
+        raise InvalidArgument(
+            f"input.tensor.dtype must be FLOAT32 or FLOAT16, got {raw.dtype or 'unset'}",
+            field="input.tensor.dtype",
+        )
+    expected_shape = (spec.channels, *spec.input_size)
+    if tuple(raw.shape) != expected_shape:
+        raise InvalidArgument(
+            f"input.tensor.shape must be {list(expected_shape)} (C, H, W) for model '{spec.name}', "
+            f"got {list(raw.shape)}",
+            field="input.tensor.shape",
+        )
+    n = int(np.prod(expected_shape))
+    if n > limits.max_tensor_elements:
+        raise ResourceExhausted(
+            f"input.tensor has {n} elements; at most {limits.max_tensor_elements}",
+            field="input.tensor.shape",
+        )
+    dtype = _NP_DTYPES[raw.dtype]
+    if len(raw.data) != n * dtype.itemsize:
+        raise InvalidArgument(
+            f"input.tensor.data has {len(raw.data)} bytes; shape {list(raw.shape)} of "
+            f"{raw.dtype.upper()} needs {n * dtype.itemsize}",
+            field="input.tensor.data",
+        )
+    arr = np.frombuffer(raw.data, dtype=dtype).reshape(expected_shape)
+    if not np.isfinite(arr).all():
+        raise InvalidArgument("input.tensor contains NaN or Inf", field="input.tensor.data")
+    return torch.from_numpy(
+        arr.astype(np.float32)
+    )  # astype copies: the wire buffer stays read-only
+
+
+def input_to_tensor(raw: RawInput, spec: ModelSpec, limits: Limits) -> torch.Tensor:
+    """The model input tensor [C, H, W] float32 for any kind of request input."""
+    if raw.kind == "tensor":
+        return tensor_input(raw, spec, limits)
+    if raw.kind == "pixels":
+        return image_to_tensor(pixels_to_image(raw, limits), spec)
+    if raw.kind == "image":
+        return image_to_tensor(decode_image(raw.data, limits), spec)
+    raise InvalidArgument("input must set one of image, pixels or tensor", field="input")

@@ -1,0 +1,60 @@
+"""Tiny architectures the tests serve through the `package.module:callable` config form."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# An input holding exactly this value makes FaultyNet raise inside its forward pass.
+POISON = 1234.5
+
+
+class FaultyNet(nn.Module):
+    """A small CNN that fails, mid-forward, on any input item containing POISON."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        poisoned = bool((x == POISON).any())
+        x = self.relu(self.conv1(x))
+        if poisoned:  # after conv1's hooks have fired: a failure in the middle of the graph
+            raise RuntimeError("poisoned input")
+        x = self.relu(self.conv2(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class ModuleReLUNet(nn.Module):
+    """nn.ReLU modules, in-place and not, one reused."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.relu_inplace = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(16 * 4 * 4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.relu_inplace(self.conv1(x)))
+        x = self.pool(self.relu(self.conv2(x)))
+        x = self.relu_inplace(self.conv3(x))
+        return self.fc(torch.flatten(x, 1))
+
+
+class FunctionalReLUNet(ModuleReLUNet):
+    """The same weights and graph as ModuleReLUNet, with every ReLU written functionally."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.conv1(x), inplace=True))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = self.conv3(x).relu()
+        return self.fc(torch.flatten(x, 1))
