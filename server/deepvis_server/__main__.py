@@ -29,11 +29,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def serve(server: DeepvisServer) -> None:
-    await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Installed before the models load, so a SIGTERM during start-up also ends cleanly.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await server.start()
     print(
         f"deepvis-server: serving {', '.join(server.engine.models)} on {server.bound_address}",
         flush=True,

@@ -1,0 +1,67 @@
+"""`make demo`: start a server on the embedded model, explain the sample digits with the CLI, stop."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .config import DEFAULT_MODEL_DIR
+
+
+def wait_serving(address: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    """Polls the standard health service until the server says SERVING."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"deepvis-server exited with code {proc.returncode}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError(f"deepvis-server on {address} not SERVING after {timeout:.0f} s")
+
+
+def run_cli(*args: str) -> None:
+    cmd = [sys.executable, "-m", "deepvis", *args]
+    print("$ deepvis " + " ".join(args), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="deepvis-demo", description=__doc__)
+    p.add_argument("--address", default="127.0.0.1:50077")
+    p.add_argument("--out", default="out", type=Path)
+    args = p.parse_args(argv)
+    samples = sorted(str(s) for s in (DEFAULT_MODEL_DIR / "samples").glob("digit_*.png"))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "deepvis_server", "--address", args.address, "--log-level", "WARNING"],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        wait_serving(args.address, 120.0, server)
+        run_cli("models", "--server", args.address)
+        run_cli("explain", *samples, "--server", args.address, "--method", "guided-backprop",
+                "--out", str(args.out), "--save-array")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=30)
+    written = sorted(args.out.glob("*.png"))
+    print(f"demo: wrote {len(written)} pictures to {args.out}/ (server exited with {code})")
+    return 0 if code == 0 and written else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

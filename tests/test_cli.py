@@ -1,0 +1,85 @@
+"""The `deepvis` command, invoked as a user would, against a real server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import torch
+from captum.attr import GuidedBackprop
+
+from conftest import relative_error
+from test_guided_backprop import preprocess_digit
+
+
+def deepvis(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deepvis", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_models_lists_the_default_model(digits_server) -> None:
+    proc = deepvis("models", "--server", digits_server.bound_address)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("digits")
+    assert "1x32x32" in proc.stdout and "guided-backprop" in proc.stdout
+
+
+def test_explain_writes_pictures_and_arrays(
+    digits_server, digits_twin, sample_paths, tmp_path
+) -> None:
+    paths = [str(p) for p in sample_paths[:4]]
+    proc = deepvis(
+        "explain",
+        *paths,
+        "--server",
+        digits_server.bound_address,
+        "--model",
+        "digits",
+        "--method",
+        "guided-backprop",
+        "--target",
+        "7",
+        "--out",
+        str(tmp_path / "o"),
+        "--save-array",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.strip().splitlines()) == 4
+    for p in sample_paths[:4]:
+        png = tmp_path / "o" / f"{p.stem}.guided-backprop.png"
+        arr = np.load(tmp_path / "o" / f"{p.stem}.guided-backprop.npy")
+        assert png.stat().st_size > 0
+        ref = GuidedBackprop(digits_twin).attribute(
+            torch.from_numpy(preprocess_digit(p))[None], target=7
+        )
+        assert relative_error(arr, ref[0].numpy()) <= 1e-5
+
+
+def test_errors_print_one_line_and_exit_nonzero(digits_server, sample_paths, tmp_path) -> None:
+    proc = deepvis(
+        "explain",
+        str(sample_paths[0]),
+        "--server",
+        digits_server.bound_address,
+        "--model",
+        "nope",
+        "--out",
+        str(tmp_path),
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("NotFound: "), proc.stderr
+    proc = deepvis(
+        "explain",
+        str(sample_paths[0]),
+        "--server",
+        digits_server.bound_address,
+        "--target",
+        "12",
+        "--out",
+        str(tmp_path),
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("InvalidArgument: ") and "[0, 10)" in proc.stderr

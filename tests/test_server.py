@@ -1,0 +1,227 @@
+"""The server over real gRPC: listing, health, reflection, input kinds, statuses, process lifecycle."""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import sys
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from PIL import Image
+
+import deepvis
+from conftest import free_port, relative_error
+from deepvis.v1 import deepvis_pb2 as pb
+from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
+
+
+def test_list_models_describes_the_default_model(digits_server) -> None:
+    with deepvis.Client(digits_server.bound_address, timeout=10) as client:
+        (info,) = client.models()
+    assert info.name == "digits"
+    assert (info.channels, info.height, info.width, info.num_classes) == (1, 32, 32, 10)
+    assert info.labels == tuple(str(i) for i in range(10))
+    assert "guided_backprop" in info.methods
+
+
+def test_health_is_serving_and_reflection_lists_services(digits_server) -> None:
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        for service in ("", "deepvis.v1.Explainer"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+        replies = list(
+            refl.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
+        )
+        names = {s.name for s in replies[0].list_services_response.service}
+    assert {"deepvis.v1.Explainer", "grpc.health.v1.Health"} <= names
+
+
+def test_every_input_kind_gives_the_same_result(digits_server, sample_paths) -> None:
+    path = sample_paths[3]
+    png = path.read_bytes()
+    img = Image.open(path)
+    pixels = np.asarray(img)
+    rgb = img.convert("RGB")  # the server converts it back to the model's one channel
+    with deepvis.Client(digits_server.bound_address, timeout=10) as client:
+        base = client.explain(str(path), target=3)
+        for variant in (png, img, pixels, pixels[:, :, None], rgb):
+            other = client.explain(variant, target=3)
+            assert relative_error(other.array, base.array) <= 1e-6
+        # A larger picture is resized to the model's 32x32 on the server.
+        big = io.BytesIO()
+        img.resize((96, 96), Image.BILINEAR).save(big, format="JPEG", quality=95)
+        resized = client.explain(big.getvalue(), target=3)
+        assert resized.array.shape == (1, 32, 32)
+        assert resized.predictions[0].index == 3
+
+
+def test_float16_array_and_top_k(digits_server, sample_paths) -> None:
+    with deepvis.Client(digits_server.bound_address, timeout=10) as client:
+        full = client.explain(str(sample_paths[5]), top_k=3)
+        half = client.explain(str(sample_paths[5]), array_dtype="float16", top_k=10, render=False)
+    assert len(full.predictions) == 3 and len(half.predictions) == 10
+    assert half.image is None
+    assert half.array.dtype == np.float32
+    assert relative_error(half.array, full.array) <= 1e-3
+    scores = [p.score for p in half.predictions]
+    assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1) < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "code", "fragment"),
+    [
+        (
+            {"model": "nope", "method": pb.METHOD_GUIDED_BACKPROP},
+            grpc.StatusCode.NOT_FOUND,
+            "served models: digits",
+        ),
+        ({"model": "digits"}, grpc.StatusCode.INVALID_ARGUMENT, "METHOD_GUIDED_BACKPROP"),
+        ({"model": "digits", "method": 999}, grpc.StatusCode.INVALID_ARGUMENT, "valid"),
+        (
+            {"model": "digits", "method": pb.METHOD_GUIDED_BACKPROP},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "input",
+        ),
+        (
+            {
+                "model": "digits",
+                "method": pb.METHOD_GUIDED_BACKPROP,
+                "input": pb.Input(image=b"not an image"),
+            },
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "PNG",
+        ),
+        (
+            {
+                "model": "digits",
+                "method": pb.METHOD_GUIDED_BACKPROP,
+                "input": pb.Input(
+                    tensor=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[3, 32, 32], data=b"\0" * 12288)
+                ),
+            },
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "[1, 32, 32]",
+        ),
+        (
+            {
+                "model": "digits",
+                "method": pb.METHOD_GUIDED_BACKPROP,
+                "input": pb.Input(
+                    tensor=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[1, 32, 32], data=b"\0" * 10)
+                ),
+            },
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "needs 4096",
+        ),
+        (
+            {
+                "model": "digits",
+                "method": pb.METHOD_GUIDED_BACKPROP,
+                "target": pb.Target(class_index=10),
+                "input": pb.Input(
+                    pixels=pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[32, 32], data=b"\0" * 1024)
+                ),
+            },
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "[0, 10)",
+        ),
+        (
+            {
+                "model": "digits",
+                "method": pb.METHOD_GUIDED_BACKPROP,
+                "target": pb.Target(class_index=-(2**63)),
+                "input": pb.Input(
+                    pixels=pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[32, 32], data=b"\0" * 1024)
+                ),
+            },
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "[0, 10)",
+        ),
+        (
+            {
+                "model": "digits",
+                "method": pb.METHOD_GUIDED_BACKPROP,
+                "target": pb.Target(neuron=pb.Neuron(layer="__class__", channel=0)),
+                "input": pb.Input(
+                    pixels=pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[32, 32], data=b"\0" * 1024)
+                ),
+            },
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "conv1",
+        ),
+        (
+            {
+                "model": "digits",
+                "method": pb.METHOD_GUIDED_BACKPROP,
+                "target": pb.Target(neuron=pb.Neuron(layer="conv3", channel=64)),
+                "input": pb.Input(
+                    pixels=pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[32, 32], data=b"\0" * 1024)
+                ),
+            },
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "[0, 64)",
+        ),
+    ],
+)
+def test_bad_requests_get_precise_statuses(digits_server, request_kwargs, code, fragment) -> None:
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        stub = pb_grpc.ExplainerStub(ch)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Explain(pb.ExplainRequest(**request_kwargs), timeout=10)
+        assert info.value.code() == code
+        assert fragment in info.value.details()
+        # ... and the server still serves.
+        assert stub.ListModels(pb.ListModelsRequest(), timeout=10).models
+
+
+def test_client_exceptions_keep_code_and_details(digits_server) -> None:
+    with deepvis.Client(digits_server.bound_address, timeout=10) as client:
+        with pytest.raises(deepvis.NotFound) as info:
+            client.explain(np.zeros((32, 32), np.uint8), model="resnet1000")
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+    assert "resnet1000" in info.value.details
+
+
+def test_server_process_serves_and_stops_cleanly_on_sigterm(tmp_path, sample_paths) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deepvis_server", "--address", address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        seen = []
+        for line in proc.stdout:  # log lines may come first; EOF ends the loop if it died
+            seen.append(line)
+            if f"serving digits on {address}" in line:
+                break
+        else:
+            pytest.fail(f"server never said it was serving: {seen}")
+        with deepvis.Client(address, timeout=30) as client:
+            assert client.explain(str(sample_paths[0])).target == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_server_refuses_a_bad_config(tmp_path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[[models]]\nname = "m"\narch = "resnet18"\nnum_classes = 10\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "deepvis_server", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "ConfigError: model 'm': missing required key 'input_size'" in proc.stderr
