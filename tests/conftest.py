@@ -38,7 +38,14 @@ ZOO_SPECS = {
     # name: (arch, num_classes, input size); random weights, small inputs.
     "resnet18": ("resnet18", 10, (64, 64)),
     "vgg11": ("vgg11", 10, (64, 64)),
+    "vgg11_bn": ("vgg11_bn", 10, (64, 64)),
+    "densenet121": ("densenet121", 10, (64, 64)),
+    "mobilenet_v3_small": ("mobilenet_v3_small", 10, (64, 64)),
+    "efficientnet_b0": ("efficientnet_b0", 10, (64, 64)),
 }
+# The Captum matrix for guided backprop (the Foundation's) and for the other methods.
+GUIDED_MODELS = ("resnet18", "vgg11")
+METHOD_MODELS = ("resnet18", "vgg11_bn", "densenet121", "mobilenet_v3_small", "efficientnet_b0")
 TOY_SPECS = {
     "faulty": ("toy_models:FaultyNet", 4, (16, 16)),
     "module_relu": ("toy_models:ModuleReLUNet", 5, (16, 16)),

@@ -11,7 +11,7 @@ from captum.attr import GuidedBackprop, NeuronGuidedBackprop
 from PIL import Image
 
 import deepvis
-from conftest import ZOO_SPECS, relative_error
+from conftest import GUIDED_MODELS, relative_error
 from deepvis_server.config import load_config
 
 TOL = 1e-5
@@ -44,7 +44,7 @@ def test_digits_samples_equal_captum(digits_server, digits_twin, sample_paths) -
             assert res.image is not None and res.image.size[0] >= 128
 
 
-@pytest.mark.parametrize("name", sorted(ZOO_SPECS))
+@pytest.mark.parametrize("name", GUIDED_MODELS)
 def test_torchvision_models_equal_captum_with_mixed_targets(zoo, name) -> None:
     server, twins = zoo
     twin = twins[name]

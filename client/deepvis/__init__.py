@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 from deepvis._client import AsyncClient, Client
-from deepvis._convert import Explanation, ModelInfo, Neuron, Prediction, methods
+from deepvis._convert import (
+    Explanation,
+    Layer,
+    LayerInfo,
+    ModelDescription,
+    ModelInfo,
+    Neuron,
+    Prediction,
+    Progress,
+    Visualization,
+    methods,
+)
 from deepvis._exceptions import (
     Cancelled,
     DeadlineExceeded,
@@ -29,15 +40,20 @@ __all__ = [
     "Explanation",
     "Internal",
     "InvalidArgument",
+    "Layer",
+    "LayerInfo",
+    "ModelDescription",
     "ModelInfo",
     "Neuron",
     "NotFound",
     "PermissionDenied",
     "Prediction",
+    "Progress",
     "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "Visualization",
     "__version__",
     "methods",
 ]

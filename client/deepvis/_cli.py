@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,17 @@ import numpy as np
 
 from deepvis import __version__
 from deepvis._client import Client
-from deepvis._convert import Explanation, ModelInfo, Neuron, methods
+from deepvis._convert import (
+    Explanation,
+    Layer,
+    ModelDescription,
+    ModelInfo,
+    Neuron,
+    ObjectiveLike,
+    Progress,
+    methods,
+    parameterizations,
+)
 from deepvis._exceptions import DeepvisError
 
 __all__ = ["main"]
@@ -26,8 +37,66 @@ _MAX_WORKERS = 8
 _REPORTED = (DeepvisError, OSError, ValueError, TypeError)
 
 
+# Characters a server-given or derived name may keep in a file name; others become "_".
+_UNSAFE_FILE_CHARS = re.compile(r"[^\w.\-]")
+
+_HEALTHY = "SERVING"
+
+
 def _cli_name(method: str) -> str:
     return method.replace("_", "-")
+
+
+def _index(text: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be an integer, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{what} must be >= 0, not {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    return _index(text, "the value")
+
+
+def _parse_neuron(text: str) -> Neuron:
+    """Parses LAYER:C (a whole channel) or LAYER:C:Y:X (one neuron)."""
+    parts = text.split(":")
+    if len(parts) not in (2, 4) or not parts[0]:
+        raise argparse.ArgumentTypeError(
+            f"expected LAYER:C or LAYER:C:Y:X (e.g. conv3:12 or conv3:12:4:4), not {text!r}"
+        )
+    channel = _index(parts[1], "the channel")
+    if len(parts) == 2:
+        return Neuron(parts[0], channel)
+    return Neuron(parts[0], channel, y=_index(parts[2], "y"), x=_index(parts[3], "x"))
+
+
+def _parse_channel(text: str) -> Neuron:
+    """Parses LAYER:C, a whole channel."""
+    parts = text.split(":")
+    if len(parts) != 2 or not parts[0]:
+        raise argparse.ArgumentTypeError(f"expected LAYER:C (e.g. conv3:12), not {text!r}")
+    return Neuron(parts[0], _index(parts[1], "the channel"))
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    """Parses HxW (e.g. 128x96), or N for a square N x N."""
+    parts = text.lower().split("x")
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 128x96), not {text!r}")
+    height, width = (_index(part, "the size") for part in parts)
+    if height == 0 or width == 0:
+        raise argparse.ArgumentTypeError(f"the size must be positive, not {text!r}")
+    return height, width
+
+
+def _file_part(name: str) -> str:
+    return _UNSAFE_FILE_CHARS.sub("_", name)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -58,7 +127,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "explain",
         parents=[common],
         help="explain images and write the rendered results",
-        description="Explain images and write DIR/<stem>.<method>.png for each.",
+        description=(
+            "Explain images and write DIR/<stem>.<method>.png for each, plus "
+            "DIR/<stem>.<method>.<name>.png for each further picture (e.g. conv3.grid)."
+        ),
     )
     explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files to explain")
     explain.add_argument("--model", help="model name (default: the server's first model)")
@@ -70,19 +142,165 @@ def _build_parser() -> argparse.ArgumentParser:
         help="interpretability method (default: %(default)s)",
     )
     explain.add_argument(
+        "--layer",
+        action="append",
+        dest="layers",
+        metavar="L",
+        help=(
+            "layer for layer methods (activations, grad-cam, guided-grad-cam); repeat for "
+            "several activation layers (default: the model's Grad-CAM layer)"
+        ),
+    )
+    explain.add_argument(
+        "--top-k-channels",
+        type=_non_negative_int,
+        default=0,
+        metavar="K",
+        help="activations: keep the K channels of largest mean activation (default: all)",
+    )
+    which = explain.add_mutually_exclusive_group()
+    which.add_argument(
         "--target",
         type=int,
         metavar="N",
         help="class index to explain (default: the predicted class)",
     )
+    which.add_argument(
+        "--neuron",
+        type=_parse_neuron,
+        metavar="LAYER:C[:Y:X]",
+        help="explain a channel of a layer, or one neuron of it with :Y:X",
+    )
     explain.add_argument("--out", required=True, metavar="DIR", help="output directory")
     explain.add_argument(
-        "--save-array", action="store_true", help="also write the raw float32 result as .npy"
+        "--save-array",
+        action="store_true",
+        help="also write the raw results as .npy (float32; index arrays int64)",
     )
     explain.add_argument(
         "--float16", action="store_true", help="receive the raw result as float16 (half the bytes)"
     )
+
+    layers = sub.add_parser(
+        "layers",
+        parents=[common],
+        help="list a model's layers",
+        description="List a model's layers: name, type, output shape and calls when > 1.",
+    )
+    layers.add_argument(
+        "model", nargs="?", metavar="MODEL", help="model name (default: the server's first model)"
+    )
+
+    _add_visualize_parser(sub, common)
+
+    health = sub.add_parser(
+        "health",
+        parents=[common],
+        help="ask the server's health service; exit 0 when SERVING",
+        description="Print the server's health status; exit 0 when SERVING, else 1.",
+    )
+    health.add_argument(
+        "--service",
+        default="",
+        metavar="NAME",
+        help='service to ask about, e.g. deepvis.v1.Explainer (default: "", the server)',
+    )
     return parser
+
+
+def _add_visualize_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    vis = sub.add_parser(
+        "visualize",
+        parents=[common],
+        help="synthesize the images that maximize a class, neuron, channel or layer",
+        description=(
+            "Feature visualization: write DIR/<name>_<i>.png for each synthesized image "
+            "(and DIR/<name>.attribution.png with --input)."
+        ),
+    )
+    vis.add_argument("--model", help="model name (default: the server's first model)")
+    objective = vis.add_mutually_exclusive_group(required=True)
+    objective.add_argument(
+        "--class", dest="class_index", type=int, metavar="N", help="maximize class N's logit"
+    )
+    objective.add_argument(
+        "--neuron",
+        type=_parse_neuron,
+        metavar="LAYER:C[:Y:X]",
+        help="maximize a channel's mean, or one neuron of it with :Y:X",
+    )
+    objective.add_argument(
+        "--channel", type=_parse_channel, metavar="LAYER:C", help="maximize a channel's mean"
+    )
+    objective.add_argument(
+        "--layer-objective",
+        metavar="LAYER",
+        help="maximize a whole layer (DeepDream: the mean of its squares)",
+    )
+    vis.add_argument("--negate", action="store_true", help="minimize instead")
+    vis.add_argument(
+        "--steps",
+        type=_non_negative_int,
+        default=512,
+        metavar="N",
+        help="optimization steps (default: 512)",
+    )
+    vis.add_argument(
+        "--lr", type=float, default=0.05, metavar="F", help="learning rate (default: 0.05)"
+    )
+    vis.add_argument(
+        "--size", type=_parse_size, metavar="HxW", help="image size (default: the model's input)"
+    )
+    vis.add_argument(
+        "--batch",
+        type=_non_negative_int,
+        default=1,
+        metavar="N",
+        help="images to synthesize (default: 1)",
+    )
+    vis.add_argument(
+        "--diversity",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="weight of the diversity term (default: 0)",
+    )
+    vis.add_argument(
+        "--seed", type=_non_negative_int, default=0, metavar="S", help="random seed (default: 0)"
+    )
+    vis.add_argument(
+        "--progress-every",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="have the server report progress with a picture every N steps",
+    )
+    vis.add_argument(
+        "--param",
+        choices=parameterizations(),
+        default="fft",
+        help="image parameterization (default: %(default)s)",
+    )
+    vis.add_argument(
+        "--no-transforms",
+        action="store_true",
+        help="turn off transformation robustness (pad, jitter, scale, rotate)",
+    )
+    vis.add_argument(
+        "--input",
+        metavar="IMAGE",
+        help="an image to attribute the objective on (guided backpropagation)",
+    )
+    vis.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    vis.add_argument(
+        "--save-array", action="store_true", help="also write the float32 arrays as .npy"
+    )
+    vis.add_argument(
+        "--name",
+        help="file name prefix (default: from the objective, e.g. class-3 or conv3-c12)",
+    )
 
 
 def _report(err: BaseException, prefix: str = "") -> None:
@@ -123,6 +341,11 @@ def _output_paths(images: Sequence[str], out: Path, method: str) -> list[Path]:
     return paths
 
 
+def _extra_path(png: Path, name: str, suffix: str) -> Path:
+    # DIR/<stem>.<method>.png -> DIR/<stem>.<method>.<name><suffix>
+    return png.with_name(f"{png.name.removesuffix('.png')}.{_file_part(name)}{suffix}")
+
+
 def _explain_one(
     client: Client, image: str, png: Path, args: argparse.Namespace
 ) -> tuple[Explanation, list[Path]]:
@@ -130,21 +353,34 @@ def _explain_one(
         image,
         model=args.model,
         method=args.method,
-        target=args.target,
+        target=args.neuron if args.neuron is not None else args.target,
+        layer=args.layers,
+        top_k_channels=args.top_k_channels,
         render=True,
         array_dtype="float16" if args.float16 else "float32",
         array=args.save_array,
     )
-    if result.image is None:
+    if result.image is None and not result.images:
         raise ValueError("the server sent no rendered picture")
-    result.image.save(png, format="PNG")
-    written = [png]
+    written: list[Path] = []
+    if result.image is not None:
+        result.image.save(png, format="PNG")
+        written.append(png)
+    for name, picture in result.images.items():
+        path = _extra_path(png, name, ".png")
+        picture.save(path, format="PNG")
+        written.append(path)
     if args.save_array:
-        if result.array is None:
+        if result.array is None and not result.arrays:
             raise ValueError("the server sent no result array")
-        npy = png.with_suffix(".npy")
-        np.save(npy, result.array)
-        written.append(npy)
+        if result.array is not None:
+            npy = png.with_suffix(".npy")
+            np.save(npy, result.array)
+            written.append(npy)
+        for name, arr in result.arrays.items():
+            path = _extra_path(png, name, ".npy")
+            np.save(path, arr)
+            written.append(path)
     return result, written
 
 
@@ -181,6 +417,111 @@ def _run_explain(client: Client, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _format_layers(desc: ModelDescription) -> list[str]:
+    names = [layer.name or "-" for layer in desc.layers]
+    name_width = max(map(len, names), default=0)
+    type_width = max((len(layer.type) for layer in desc.layers), default=0)
+    lines = []
+    for name, layer in zip(names, desc.layers, strict=True):
+        shape = "x".join(str(d) for d in layer.output_shape) or "-"
+        line = f"{name:<{name_width}}  {layer.type:<{type_width}}  {shape}"
+        if layer.calls > 1:
+            line += f"  calls={layer.calls}"
+        lines.append(line)
+    activations = ",".join(desc.non_relu_activations) or "-"
+    lines.append(
+        f"default-cam-layer={desc.default_cam_layer or '-'}  non-relu-activations={activations}"
+    )
+    return lines
+
+
+def _run_layers(client: Client, args: argparse.Namespace) -> int:
+    for line in _format_layers(client.describe(args.model)):
+        print(line)
+    return 0
+
+
+def _objective(args: argparse.Namespace) -> ObjectiveLike:
+    if args.class_index is not None:
+        return int(args.class_index)
+    if args.neuron is not None:
+        return args.neuron
+    if args.channel is not None:
+        return args.channel
+    return Layer(args.layer_objective)
+
+
+def _objective_name(objective: ObjectiveLike, negate: bool) -> str:
+    if isinstance(objective, Layer):
+        name = f"layer-{objective.name}"
+    elif isinstance(objective, Neuron):
+        name = f"{objective.layer}-c{objective.channel}"
+        if objective.y is not None:
+            name += f"-y{objective.y}-x{objective.x}"
+    else:
+        name = f"class-{objective}"
+    return _file_part(name + ("-neg" if negate else ""))
+
+
+def _print_progress(progress: Progress) -> None:
+    print(
+        f"step {progress.step}/{progress.steps} objective {progress.objective:.4g}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _run_visualize(client: Client, args: argparse.Namespace) -> int:
+    objective = _objective(args)
+    name = args.name or _objective_name(objective, args.negate)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = client.visualize(
+        objective,
+        model=args.model,
+        negate=args.negate,
+        steps=args.steps,
+        learning_rate=args.lr,
+        size=args.size,
+        batch=args.batch,
+        diversity=args.diversity,
+        seed=args.seed,
+        progress_every=args.progress_every,
+        parameterization=args.param,
+        transforms=not args.no_transforms,
+        input=args.input,
+        on_progress=_print_progress,
+    )
+    written: list[Path] = []
+    for i, picture in enumerate(result.images):
+        path = out / f"{name}_{i}.png"
+        picture.save(path, format="PNG")
+        written.append(path)
+    if result.attribution_image is not None:
+        path = out / f"{name}.attribution.png"
+        result.attribution_image.save(path, format="PNG")
+        written.append(path)
+    if args.save_array:
+        path = out / f"{name}.npy"
+        np.save(path, result.array)
+        written.append(path)
+        if result.attribution is not None:
+            path = out / f"{name}.attribution.npy"
+            np.save(path, result.attribution)
+            written.append(path)
+    print(
+        f"{name}  objective={result.objective:.4g}  steps={result.steps}  "
+        f"-> {', '.join(str(p) for p in written) or '-'}"
+    )
+    return 0
+
+
+def _run_health(client: Client, args: argparse.Namespace) -> int:
+    status = client.health(args.service)
+    print(status)
+    return 0 if status == _HEALTHY else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the deepvis command line.
 
@@ -197,6 +538,12 @@ def main(argv: list[str] | None = None) -> int:
         with Client(server, timeout=args.timeout) as client:
             if args.command == "models":
                 return _run_models(client)
+            if args.command == "layers":
+                return _run_layers(client, args)
+            if args.command == "visualize":
+                return _run_visualize(client, args)
+            if args.command == "health":
+                return _run_health(client, args)
             return _run_explain(client, args)
     except _REPORTED as err:
         _report(err)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -12,13 +13,27 @@ import grpc
 import grpc.aio
 
 from deepvis import _convert
-from deepvis._convert import Explanation, InputLike, ModelInfo, TargetLike
-from deepvis._exceptions import NotFound, from_rpc_error
+from deepvis._convert import (
+    Explanation,
+    InputLike,
+    LayersLike,
+    ModelDescription,
+    ModelInfo,
+    ObjectiveLike,
+    Progress,
+    TargetLike,
+    Visualization,
+)
+from deepvis._exceptions import Internal, NotFound, from_rpc_error
 from deepvis.v1 import deepvis_pb2, deepvis_pb2_grpc
 
 __all__ = ["AsyncClient", "Client"]
 
 _DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+# The standard health service; its messages are encoded by hand (see _convert) so that the
+# thin client does not need grpcio-health-checking.
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 
 def _channel_options(
@@ -40,6 +55,10 @@ def _models_from_pb(response: deepvis_pb2.ListModelsResponse) -> list[ModelInfo]
 
 def _no_models() -> NotFound:
     return NotFound("the server lists no models", grpc.StatusCode.NOT_FOUND)
+
+
+def _no_result() -> Internal:
+    return Internal("the Visualize stream ended without a result", grpc.StatusCode.INTERNAL)
 
 
 class _Base:
@@ -90,6 +109,10 @@ class Client(_Base):
             address, options=_channel_options(max_message_bytes, options)
         )
         self._stub = deepvis_pb2_grpc.ExplainerStub(self._channel)
+        # No (de)serializers: the request and response travel as the bytes we encode.
+        self._health_check = self._channel.unary_unary(
+            _HEALTH_CHECK, request_serializer=None, response_deserializer=None
+        )
         self._model_lock = threading.Lock()
 
     def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
@@ -130,12 +153,13 @@ class Client(_Base):
         model: str | None = None,
         method: str = "guided_backprop",
         target: TargetLike = None,
-        layer: str | None = None,
+        layer: LayersLike = None,
         render: bool = True,
         array_dtype: str = "float32",
         top_k: int = 5,
         timeout: float | None = None,
         array: bool = True,
+        top_k_channels: int = 0,
     ) -> Explanation:
         """Runs an interpretability method on one input.
 
@@ -146,7 +170,9 @@ class Client(_Base):
             model: A served model's name; None uses the server's first listed model.
             method: One of `deepvis.methods()`; hyphens may replace underscores.
             target: The class index or `Neuron` to explain; None explains the predicted class.
-            layer: Layer to work on, for layer methods; None for the others.
+            layer: Layer to work on, for layer methods (activations, grad_cam,
+                guided_grad_cam): a name, or a sequence of names for activations; None uses
+                the model's default Grad-CAM layer. Ignored by the other methods.
             render: Have the server render the result as a picture (`Explanation.image`).
             array_dtype: "float32" or "float16", the precision the raw result travels in;
                 `Explanation.array` is float32 either way.
@@ -154,9 +180,13 @@ class Client(_Base):
             timeout: Deadline of this call in seconds; None uses the client's default.
             array: Return the raw result; False leaves it out of the response (and
                 `Explanation.array` None), which saves bandwidth when only the picture is used.
+            top_k_channels: For activations, keep only this many channels per layer, those
+                with the largest mean activation, best first (their indices are in
+                `Explanation.arrays["<layer>.channels"]`); 0 keeps all channels.
 
         Returns:
-            The `Explanation`: raw result, picture, predictions, target and server timing.
+            The `Explanation`: raw result, picture, further named arrays and pictures,
+            predictions, target and server timing.
 
         Raises:
             DeepvisError: The call failed (a subclass per gRPC status).
@@ -174,6 +204,7 @@ class Client(_Base):
             array_dtype=array_dtype,
             top_k=top_k,
             array=array,
+            top_k_channels=top_k_channels,
         )
         if model is None:
             _convert.set_model(request, self._resolve_model(timeout))
@@ -182,6 +213,240 @@ class Client(_Base):
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
         return _convert.explanation_from_pb(response)
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """Asks the server's standard gRPC health service (grpc.health.v1) how it is.
+
+        Args:
+            service: The service to ask about, e.g. "deepvis.v1.Explainer"; "" asks about the
+                server as a whole.
+            timeout: Deadline of this call in seconds; None uses the client's default.
+
+        Returns:
+            The status name: "SERVING", "NOT_SERVING", "UNKNOWN" or "SERVICE_UNKNOWN".
+
+        Raises:
+            DeepvisError: The call failed, e.g. `NotFound` for a service the server does not
+                know, `Unimplemented` when it has no health service, `Unavailable` when it
+                cannot be reached.
+            ValueError: The server's answer is not a health response.
+        """
+        request = _convert.health_request_to_bytes(service)
+        try:
+            response = self._health_check(request, timeout=self._deadline(timeout))
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        return _convert.health_status_from_bytes(response)
+
+    def describe(
+        self, model: str | None = None, *, timeout: float | None = None
+    ) -> ModelDescription:
+        """Describes one model's layers: names, types, output shapes and the Grad-CAM default.
+
+        Args:
+            model: A served model's name; None uses the server's first listed model.
+            timeout: Deadline of this call in seconds; None uses the client's default.
+
+        Returns:
+            The `ModelDescription`.
+
+        Raises:
+            DeepvisError: The call failed (a subclass per gRPC status), e.g. `NotFound` for a
+                model the server does not serve.
+        """
+        name = model if model is not None else self._resolve_model(timeout)
+        request = _convert.describe_request_to_pb(name)
+        try:
+            response = self._stub.DescribeModel(request, timeout=self._deadline(timeout))
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        return _convert.model_description_from_pb(response)
+
+    def visualize(
+        self,
+        objective: ObjectiveLike,
+        *,
+        model: str | None = None,
+        negate: bool = False,
+        steps: int = 512,
+        learning_rate: float = 0.05,
+        size: tuple[int, int] | None = None,
+        batch: int = 1,
+        diversity: float = 0.0,
+        seed: int = 0,
+        progress_every: int = 0,
+        parameterization: str = "fft",
+        transforms: bool = True,
+        input: InputLike | None = None,
+        array_dtype: str = "float32",
+        on_progress: Callable[[Progress], None] | None = None,
+        timeout: float | None = None,
+    ) -> Visualization:
+        """Synthesizes the images that maximize an objective (feature visualization).
+
+        Args:
+            objective: What to maximize: a class index (int) for its logit; a `Neuron` for
+                one neuron (with y and x) or the mean of a whole channel (without); a
+                `Layer` for a whole layer (DeepDream: the mean of its squared activations).
+            model: A served model's name; None uses the server's first listed model.
+            negate: Minimize the objective instead.
+            steps: Optimization steps (at most the server's limit); 0 means the server's
+                default (512).
+            learning_rate: Adam learning rate; 0 means the server's default (0.05).
+            size: (height, width) of the images in pixels; None uses the model's input size.
+            batch: Number of images to synthesize together; 0 means 1.
+            diversity: Weight of the diversity term across the batch; 0 disables it.
+            seed: Random seed in [0, 2**64); the same seed gives the same images.
+            progress_every: Send a progress message with the current images every this many
+                steps; 0 sends no pictures.
+            parameterization: "fft" (decorrelated Fourier spectrum, natural-looking images)
+                or "pixel" (plain pixels, for comparison).
+            transforms: Apply transformation robustness (pad, jitter, scale, rotate).
+            input: Optional image, of any kind `explain` accepts; for a neuron or class
+                objective the result then also carries the objective's guided
+                backpropagation on it (`Visualization.attribution`).
+            array_dtype: "float32" or "float16", the precision arrays travel in; the
+                `Visualization` arrays are float32 either way.
+            on_progress: Called with each `Progress` message as it arrives; an exception it
+                raises cancels the job and propagates.
+            timeout: Deadline of the whole job in seconds; None uses the client's default.
+
+        Returns:
+            The `Visualization`: images, arrays, final objective and server timing.
+
+        Raises:
+            DeepvisError: The call failed (a subclass per gRPC status), or (`Internal`) the
+                stream ended without a result.
+            TypeError, ValueError: An argument is invalid; nothing was sent.
+            OSError: The input file cannot be read.
+        """
+        stream = self.visualize_stream(
+            objective,
+            model=model,
+            negate=negate,
+            steps=steps,
+            learning_rate=learning_rate,
+            size=size,
+            batch=batch,
+            diversity=diversity,
+            seed=seed,
+            progress_every=progress_every,
+            parameterization=parameterization,
+            transforms=transforms,
+            input=input,
+            array_dtype=array_dtype,
+            timeout=timeout,
+        )
+        with contextlib.closing(stream):
+            for item in stream:
+                if isinstance(item, Visualization):
+                    return item
+                if on_progress is not None:
+                    on_progress(item)
+        raise _no_result()
+
+    def visualize_stream(
+        self,
+        objective: ObjectiveLike,
+        *,
+        model: str | None = None,
+        negate: bool = False,
+        steps: int = 512,
+        learning_rate: float = 0.05,
+        size: tuple[int, int] | None = None,
+        batch: int = 1,
+        diversity: float = 0.0,
+        seed: int = 0,
+        progress_every: int = 0,
+        parameterization: str = "fft",
+        transforms: bool = True,
+        input: InputLike | None = None,
+        array_dtype: str = "float32",
+        timeout: float | None = None,
+    ) -> Generator[Progress | Visualization, None, None]:
+        """Runs a feature visualization, yielding its progress and finally its result.
+
+        Arguments are checked at once; the call starts on the first iteration. Closing the
+        generator (`close()`, or dropping it after leaving a `for` loop early) cancels the
+        call, which stops the job on the server; `contextlib.closing` cancels it promptly.
+
+        Args:
+            objective: What to maximize: a class index (int) for its logit; a `Neuron` for
+                one neuron (with y and x) or the mean of a whole channel (without); a
+                `Layer` for a whole layer (DeepDream: the mean of its squared activations).
+            model: A served model's name; None uses the server's first listed model.
+            negate: Minimize the objective instead.
+            steps: Optimization steps (at most the server's limit); 0 means the server's
+                default (512).
+            learning_rate: Adam learning rate; 0 means the server's default (0.05).
+            size: (height, width) of the images in pixels; None uses the model's input size.
+            batch: Number of images to synthesize together; 0 means 1.
+            diversity: Weight of the diversity term across the batch; 0 disables it.
+            seed: Random seed in [0, 2**64); the same seed gives the same images.
+            progress_every: Send a progress message with the current images every this many
+                steps; 0 sends no pictures.
+            parameterization: "fft" (decorrelated Fourier spectrum, natural-looking images)
+                or "pixel" (plain pixels, for comparison).
+            transforms: Apply transformation robustness (pad, jitter, scale, rotate).
+            input: Optional image, of any kind `explain` accepts; for a neuron or class
+                objective the result then also carries the objective's guided
+                backpropagation on it (`Visualization.attribution`).
+            array_dtype: "float32" or "float16", the precision arrays travel in; the
+                `Visualization` arrays are float32 either way.
+            timeout: Deadline of the whole job in seconds; None uses the client's default.
+
+        Returns:
+            An iterator of `Progress` items, then one `Visualization`, the last item.
+
+        Raises:
+            DeepvisError: While iterating: the call failed (a subclass per gRPC status), or
+                (`Internal`) the stream ended without a result.
+            TypeError, ValueError: An argument is invalid; nothing was sent.
+            OSError: The input file cannot be read.
+        """
+        # Built before the model is resolved so that a bad argument fails without a call.
+        request = _convert.visualize_request_to_pb(
+            objective,
+            model=model or "",
+            negate=negate,
+            steps=steps,
+            learning_rate=learning_rate,
+            size=size,
+            batch=batch,
+            diversity=diversity,
+            seed=seed,
+            progress_every=progress_every,
+            parameterization=parameterization,
+            transforms=transforms,
+            input=input,
+            array_dtype=array_dtype,
+        )
+        return self._visualize_items(request, model is None, timeout)
+
+    def _visualize_items(
+        self, request: deepvis_pb2.VisualizeRequest, resolve: bool, timeout: float | None
+    ) -> Generator[Progress | Visualization, None, None]:
+        if resolve:
+            _convert.set_visualize_model(request, self._resolve_model(timeout))
+        call = self._stub.Visualize(request, timeout=self._deadline(timeout))
+        result: Visualization | None = None
+        try:
+            for response in call:
+                item = _convert.visualize_item_from_pb(response)
+                if isinstance(item, Progress):
+                    yield item
+                elif isinstance(item, Visualization):
+                    # The stream ends after the result; reading on collects the call's status.
+                    result = item
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        finally:
+            # A no-op once the call has ended; otherwise (the consumer stopped early, a
+            # message failed to decode) it tells the server to stop the job.
+            call.cancel()
+        if result is None:
+            raise _no_result()
+        yield result
 
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
@@ -229,6 +494,10 @@ class AsyncClient(_Base):
             address, options=_channel_options(max_message_bytes, options)
         )
         self._stub = deepvis_pb2_grpc.ExplainerStub(self._channel)
+        # No (de)serializers: the request and response travel as the bytes we encode.
+        self._health_check = self._channel.unary_unary(
+            _HEALTH_CHECK, request_serializer=None, response_deserializer=None
+        )
         self._model_lock = asyncio.Lock()
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
@@ -269,12 +538,13 @@ class AsyncClient(_Base):
         model: str | None = None,
         method: str = "guided_backprop",
         target: TargetLike = None,
-        layer: str | None = None,
+        layer: LayersLike = None,
         render: bool = True,
         array_dtype: str = "float32",
         top_k: int = 5,
         timeout: float | None = None,
         array: bool = True,
+        top_k_channels: int = 0,
     ) -> Explanation:
         """Runs an interpretability method on one input.
 
@@ -285,7 +555,9 @@ class AsyncClient(_Base):
             model: A served model's name; None uses the server's first listed model.
             method: One of `deepvis.methods()`; hyphens may replace underscores.
             target: The class index or `Neuron` to explain; None explains the predicted class.
-            layer: Layer to work on, for layer methods; None for the others.
+            layer: Layer to work on, for layer methods (activations, grad_cam,
+                guided_grad_cam): a name, or a sequence of names for activations; None uses
+                the model's default Grad-CAM layer. Ignored by the other methods.
             render: Have the server render the result as a picture (`Explanation.image`).
             array_dtype: "float32" or "float16", the precision the raw result travels in;
                 `Explanation.array` is float32 either way.
@@ -293,9 +565,13 @@ class AsyncClient(_Base):
             timeout: Deadline of this call in seconds; None uses the client's default.
             array: Return the raw result; False leaves it out of the response (and
                 `Explanation.array` None), which saves bandwidth when only the picture is used.
+            top_k_channels: For activations, keep only this many channels per layer, those
+                with the largest mean activation, best first (their indices are in
+                `Explanation.arrays["<layer>.channels"]`); 0 keeps all channels.
 
         Returns:
-            The `Explanation`: raw result, picture, predictions, target and server timing.
+            The `Explanation`: raw result, picture, further named arrays and pictures,
+            predictions, target and server timing.
 
         Raises:
             DeepvisError: The call failed (a subclass per gRPC status).
@@ -312,6 +588,7 @@ class AsyncClient(_Base):
             array_dtype=array_dtype,
             top_k=top_k,
             array=array,
+            top_k_channels=top_k_channels,
         )
         if model is None:
             _convert.set_model(request, await self._resolve_model(timeout))
@@ -320,6 +597,240 @@ class AsyncClient(_Base):
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
         return _convert.explanation_from_pb(response)
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """Asks the server's standard gRPC health service (grpc.health.v1) how it is.
+
+        Args:
+            service: The service to ask about, e.g. "deepvis.v1.Explainer"; "" asks about the
+                server as a whole.
+            timeout: Deadline of this call in seconds; None uses the client's default.
+
+        Returns:
+            The status name: "SERVING", "NOT_SERVING", "UNKNOWN" or "SERVICE_UNKNOWN".
+
+        Raises:
+            DeepvisError: The call failed, e.g. `NotFound` for a service the server does not
+                know, `Unimplemented` when it has no health service, `Unavailable` when it
+                cannot be reached.
+            ValueError: The server's answer is not a health response.
+        """
+        request = _convert.health_request_to_bytes(service)
+        try:
+            response = await self._health_check(request, timeout=self._deadline(timeout))
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        return _convert.health_status_from_bytes(response)
+
+    async def describe(
+        self, model: str | None = None, *, timeout: float | None = None
+    ) -> ModelDescription:
+        """Describes one model's layers: names, types, output shapes and the Grad-CAM default.
+
+        Args:
+            model: A served model's name; None uses the server's first listed model.
+            timeout: Deadline of this call in seconds; None uses the client's default.
+
+        Returns:
+            The `ModelDescription`.
+
+        Raises:
+            DeepvisError: The call failed (a subclass per gRPC status), e.g. `NotFound` for a
+                model the server does not serve.
+        """
+        name = model if model is not None else await self._resolve_model(timeout)
+        request = _convert.describe_request_to_pb(name)
+        try:
+            response = await self._stub.DescribeModel(request, timeout=self._deadline(timeout))
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        return _convert.model_description_from_pb(response)
+
+    async def visualize(
+        self,
+        objective: ObjectiveLike,
+        *,
+        model: str | None = None,
+        negate: bool = False,
+        steps: int = 512,
+        learning_rate: float = 0.05,
+        size: tuple[int, int] | None = None,
+        batch: int = 1,
+        diversity: float = 0.0,
+        seed: int = 0,
+        progress_every: int = 0,
+        parameterization: str = "fft",
+        transforms: bool = True,
+        input: InputLike | None = None,
+        array_dtype: str = "float32",
+        on_progress: Callable[[Progress], None] | None = None,
+        timeout: float | None = None,
+    ) -> Visualization:
+        """Synthesizes the images that maximize an objective (feature visualization).
+
+        Args:
+            objective: What to maximize: a class index (int) for its logit; a `Neuron` for
+                one neuron (with y and x) or the mean of a whole channel (without); a
+                `Layer` for a whole layer (DeepDream: the mean of its squared activations).
+            model: A served model's name; None uses the server's first listed model.
+            negate: Minimize the objective instead.
+            steps: Optimization steps (at most the server's limit); 0 means the server's
+                default (512).
+            learning_rate: Adam learning rate; 0 means the server's default (0.05).
+            size: (height, width) of the images in pixels; None uses the model's input size.
+            batch: Number of images to synthesize together; 0 means 1.
+            diversity: Weight of the diversity term across the batch; 0 disables it.
+            seed: Random seed in [0, 2**64); the same seed gives the same images.
+            progress_every: Send a progress message with the current images every this many
+                steps; 0 sends no pictures.
+            parameterization: "fft" (decorrelated Fourier spectrum, natural-looking images)
+                or "pixel" (plain pixels, for comparison).
+            transforms: Apply transformation robustness (pad, jitter, scale, rotate).
+            input: Optional image, of any kind `explain` accepts (a path is read
+                synchronously); for a neuron or class objective the result then also carries
+                the objective's guided backpropagation on it (`Visualization.attribution`).
+            array_dtype: "float32" or "float16", the precision arrays travel in; the
+                `Visualization` arrays are float32 either way.
+            on_progress: Called with each `Progress` message as it arrives; an exception it
+                raises cancels the job and propagates.
+            timeout: Deadline of the whole job in seconds; None uses the client's default.
+
+        Returns:
+            The `Visualization`: images, arrays, final objective and server timing.
+
+        Raises:
+            DeepvisError: The call failed (a subclass per gRPC status), or (`Internal`) the
+                stream ended without a result.
+            TypeError, ValueError: An argument is invalid; nothing was sent.
+            OSError: The input file cannot be read.
+        """
+        stream = self.visualize_stream(
+            objective,
+            model=model,
+            negate=negate,
+            steps=steps,
+            learning_rate=learning_rate,
+            size=size,
+            batch=batch,
+            diversity=diversity,
+            seed=seed,
+            progress_every=progress_every,
+            parameterization=parameterization,
+            transforms=transforms,
+            input=input,
+            array_dtype=array_dtype,
+            timeout=timeout,
+        )
+        async with contextlib.aclosing(stream):
+            async for item in stream:
+                if isinstance(item, Visualization):
+                    return item
+                if on_progress is not None:
+                    on_progress(item)
+        raise _no_result()
+
+    def visualize_stream(
+        self,
+        objective: ObjectiveLike,
+        *,
+        model: str | None = None,
+        negate: bool = False,
+        steps: int = 512,
+        learning_rate: float = 0.05,
+        size: tuple[int, int] | None = None,
+        batch: int = 1,
+        diversity: float = 0.0,
+        seed: int = 0,
+        progress_every: int = 0,
+        parameterization: str = "fft",
+        transforms: bool = True,
+        input: InputLike | None = None,
+        array_dtype: str = "float32",
+        timeout: float | None = None,
+    ) -> AsyncGenerator[Progress | Visualization, None]:
+        """Runs a feature visualization, yielding its progress and finally its result.
+
+        Arguments are checked at once; the call starts on the first iteration. Closing the
+        iterator (`await it.aclose()`, or `contextlib.aclosing`) cancels the call, which
+        stops the job on the server; one left unfinished is closed when garbage-collected.
+
+        Args:
+            objective: What to maximize: a class index (int) for its logit; a `Neuron` for
+                one neuron (with y and x) or the mean of a whole channel (without); a
+                `Layer` for a whole layer (DeepDream: the mean of its squared activations).
+            model: A served model's name; None uses the server's first listed model.
+            negate: Minimize the objective instead.
+            steps: Optimization steps (at most the server's limit); 0 means the server's
+                default (512).
+            learning_rate: Adam learning rate; 0 means the server's default (0.05).
+            size: (height, width) of the images in pixels; None uses the model's input size.
+            batch: Number of images to synthesize together; 0 means 1.
+            diversity: Weight of the diversity term across the batch; 0 disables it.
+            seed: Random seed in [0, 2**64); the same seed gives the same images.
+            progress_every: Send a progress message with the current images every this many
+                steps; 0 sends no pictures.
+            parameterization: "fft" (decorrelated Fourier spectrum, natural-looking images)
+                or "pixel" (plain pixels, for comparison).
+            transforms: Apply transformation robustness (pad, jitter, scale, rotate).
+            input: Optional image, of any kind `explain` accepts (a path is read
+                synchronously); for a neuron or class objective the result then also carries
+                the objective's guided backpropagation on it (`Visualization.attribution`).
+            array_dtype: "float32" or "float16", the precision arrays travel in; the
+                `Visualization` arrays are float32 either way.
+            timeout: Deadline of the whole job in seconds; None uses the client's default.
+
+        Returns:
+            An iterator of `Progress` items, then one `Visualization`, the last item.
+
+        Raises:
+            DeepvisError: While iterating: the call failed (a subclass per gRPC status), or
+                (`Internal`) the stream ended without a result.
+            TypeError, ValueError: An argument is invalid; nothing was sent.
+            OSError: The input file cannot be read.
+        """
+        # Built before the model is resolved so that a bad argument fails without a call.
+        request = _convert.visualize_request_to_pb(
+            objective,
+            model=model or "",
+            negate=negate,
+            steps=steps,
+            learning_rate=learning_rate,
+            size=size,
+            batch=batch,
+            diversity=diversity,
+            seed=seed,
+            progress_every=progress_every,
+            parameterization=parameterization,
+            transforms=transforms,
+            input=input,
+            array_dtype=array_dtype,
+        )
+        return self._visualize_items(request, model is None, timeout)
+
+    async def _visualize_items(
+        self, request: deepvis_pb2.VisualizeRequest, resolve: bool, timeout: float | None
+    ) -> AsyncGenerator[Progress | Visualization, None]:
+        if resolve:
+            _convert.set_visualize_model(request, await self._resolve_model(timeout))
+        call = self._stub.Visualize(request, timeout=self._deadline(timeout))
+        result: Visualization | None = None
+        try:
+            async for response in call:
+                item = _convert.visualize_item_from_pb(response)
+                if isinstance(item, Progress):
+                    yield item
+                elif isinstance(item, Visualization):
+                    # The stream ends after the result; reading on collects the call's status.
+                    result = item
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        finally:
+            # A no-op once the call has ended; otherwise (the consumer stopped early, a
+            # message failed to decode) it tells the server to stop the job.
+            call.cancel()
+        if result is None:
+            raise _no_result()
+        yield result
 
     async def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""

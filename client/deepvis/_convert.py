@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -16,22 +17,39 @@ from deepvis.v1 import deepvis_pb2
 __all__ = [
     "Explanation",
     "InputLike",
+    "Layer",
+    "LayerInfo",
+    "LayersLike",
+    "ModelDescription",
     "ModelInfo",
     "Neuron",
+    "ObjectiveLike",
     "Prediction",
+    "Progress",
     "TargetLike",
+    "Visualization",
+    "describe_request_to_pb",
     "explanation_from_pb",
+    "health_request_to_bytes",
+    "health_status_from_bytes",
     "input_to_pb",
     "method_from_pb",
     "method_to_pb",
     "methods",
+    "model_description_from_pb",
     "model_info_from_pb",
+    "objective_to_pb",
+    "parameterizations",
     "request_to_pb",
     "set_model",
+    "set_visualize_model",
     "target_to_pb",
+    "visualize_item_from_pb",
+    "visualize_request_to_pb",
 ]
 
 _METHOD_PREFIX = "METHOD_"
+_PARAMETERIZATION_PREFIX = "PARAMETERIZATION_"
 
 # Pillow modes whose pixels travel as a uint8 tensor; the server takes C = 1, 3 or 4.
 _PIXEL_MODES = ("L", "RGB", "RGBA")
@@ -47,6 +65,17 @@ _WIRE_FLOAT_DTYPES: dict[int, np.dtype[Any]] = {
     deepvis_pb2.DTYPE_FLOAT32: np.dtype("<f4"),
     deepvis_pb2.DTYPE_FLOAT16: np.dtype("<f2"),
 }
+# Named arrays may also hold indices (e.g. "<layer>.channels").
+_WIRE_NAMED_DTYPES: dict[int, np.dtype[Any]] = {
+    **_WIRE_FLOAT_DTYPES,
+    deepvis_pb2.DTYPE_INT64: np.dtype("<i8"),
+}
+
+_INT32_MAX = 2**31 - 1
+_UINT64_MAX = 2**64 - 1
+
+# grpc.health.v1.HealthCheckResponse.ServingStatus, by number.
+_HEALTH_STATUSES = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
 
 _ACCEPTED_INPUTS = (
     "a file path, encoded image bytes, a PIL image, a uint8 array of shape [H, W] or "
@@ -89,6 +118,21 @@ class Neuron:
     def __post_init__(self) -> None:
         if (self.y is None) != (self.x is None):
             raise ValueError("Neuron: set y and x together, or neither (the whole channel)")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A whole layer as a feature-visualization objective (DeepDream: the mean of its squares).
+
+    Attributes:
+        name: Layer name as in the model's `named_modules()`.
+    """
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"Layer: name must be a non-empty layer name, not {self.name!r}")
 
 
 @dataclass(frozen=True)
@@ -144,6 +188,11 @@ class Explanation:
         queue_ms: Milliseconds the request waited on the server before its batch started.
         compute_ms: Milliseconds that batch spent computing.
         warnings: Caveats the server attached to the result.
+        arrays: Further raw arrays the method produced, by name (activations: "<layer>" with
+            the feature maps [C, h, w] and "<layer>.channels" with their channel indices;
+            Grad-CAM: "cam", the layer-size map). Float arrays are float32, index arrays int64.
+        images: Further rendered pictures, by name (activations: "<layer>.grid" and
+            "<layer>.heatmap"); empty when rendering was not asked for.
     """
 
     model: str
@@ -156,25 +205,139 @@ class Explanation:
     queue_ms: float = 0.0
     compute_ms: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    images: dict[str, Image.Image] = field(default_factory=dict)
 
     def __repr__(self) -> str:
-        array = None if self.array is None else f"<{self.array.dtype} {list(self.array.shape)}>"
-        image = None if self.image is None else f"<{self.image.mode} {self.image.size}>"
         top = self.predictions[0] if self.predictions else None
         return (
-            f"Explanation(model={self.model!r}, method={self.method!r}, array={array}, "
-            f"image={image}, top={top!r}, target={self.target!r}, batch_size={self.batch_size})"
+            f"Explanation(model={self.model!r}, method={self.method!r}, "
+            f"array={_describe_array(self.array)}, image={_describe_image(self.image)}, "
+            f"top={top!r}, target={self.target!r}, batch_size={self.batch_size}, "
+            f"arrays={list(self.arrays)!r}, images={list(self.images)!r})"
         )
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One layer (module) of a model.
+
+    Attributes:
+        name: Name as in `named_modules()`: what requests use.
+        type: The module's class name, e.g. "Conv2d".
+        output_shape: Output shape for one input at the model's input size, without the batch
+            dimension; empty when the output is not a single tensor.
+        calls: How often the module runs in one forward pass (methods see its last call).
+    """
+
+    name: str
+    type: str
+    output_shape: tuple[int, ...]
+    calls: int
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """A model's layers, as `describe()` returns them.
+
+    Attributes:
+        model: The model, as `models()` describes it.
+        layers: Every named module, in `named_modules()` order.
+        default_cam_layer: The layer Grad-CAM and activations use when a request names none.
+        non_relu_activations: Activation functions in the model other than ReLU (e.g. "silu"),
+            which guided backpropagation and deconvolution pass through unmodified.
+    """
+
+    model: ModelInfo
+    layers: list[LayerInfo]
+    default_cam_layer: str
+    non_relu_activations: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelDescription(model={self.model.name!r}, layers=<{len(self.layers)}>, "
+            f"default_cam_layer={self.default_cam_layer!r}, "
+            f"non_relu_activations={self.non_relu_activations!r})"
+        )
+
+
+@dataclass(eq=False)
+class Progress:
+    """Progress of a running feature visualization.
+
+    Attributes:
+        step: Steps done.
+        steps: Steps in all.
+        objective: The objective's value now (mean over the batch's images).
+        image: The current images side by side, or None in messages without a picture.
+    """
+
+    step: int
+    steps: int
+    objective: float
+    image: Image.Image | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Progress(step={self.step}, steps={self.steps}, objective={self.objective:.6g}, "
+            f"image={_describe_image(self.image)})"
+        )
+
+
+@dataclass(eq=False)
+class Visualization:
+    """The result of one feature visualization.
+
+    Attributes:
+        array: The synthesized images as float32 [N, C, H, W], pixels in [0, 1].
+        images: One picture per synthesized image.
+        objective: The final objective value (mean over the images).
+        steps: Optimization steps run.
+        attribution: With an input and a neuron or class objective, guided backpropagation of
+            the objective on that input as float32 [C, H, W] in the model input space; else None.
+        attribution_image: The attribution rendered, or None.
+        queue_ms: Milliseconds from the job's arrival to its first step.
+        compute_ms: Milliseconds from its first step to its last.
+        max_batch_jobs: The most jobs that shared an optimization batch with this one.
+    """
+
+    array: np.ndarray
+    images: list[Image.Image] = field(default_factory=list)
+    objective: float = 0.0
+    steps: int = 0
+    attribution: np.ndarray | None = None
+    attribution_image: Image.Image | None = None
+    queue_ms: float = 0.0
+    compute_ms: float = 0.0
+    max_batch_jobs: int = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"Visualization(array={_describe_array(self.array)}, images={len(self.images)}, "
+            f"objective={self.objective:.6g}, steps={self.steps}, "
+            f"attribution={_describe_array(self.attribution)}, "
+            f"max_batch_jobs={self.max_batch_jobs})"
+        )
+
+
+def _describe_array(arr: np.ndarray | None) -> str | None:
+    return None if arr is None else f"<{arr.dtype} {list(arr.shape)}>"
+
+
+def _describe_image(img: Image.Image | None) -> str | None:
+    return None if img is None else f"<{img.mode} {img.size}>"
 
 
 InputLike: TypeAlias = (
     str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image | np.ndarray
 )
 TargetLike: TypeAlias = int | np.integer | Neuron | None
+LayersLike: TypeAlias = str | Sequence[str] | None
+ObjectiveLike: TypeAlias = int | np.integer | Neuron | Layer
 
 
 def methods() -> list[str]:
-    """Returns the names of the methods this client knows, e.g. ["guided_backprop"].
+    """Returns the names of the methods this client knows, e.g. ["guided_backprop", ...].
 
     Returns:
         One name per value of the proto `Method` enum except METHOD_UNSPECIFIED, in enum order.
@@ -184,6 +347,30 @@ def methods() -> list[str]:
         for _, number in sorted(deepvis_pb2.Method.items(), key=lambda item: item[1])
         if number != deepvis_pb2.METHOD_UNSPECIFIED
     ]
+
+
+def parameterizations() -> list[str]:
+    """Returns the names of the feature-visualization parameterizations, e.g. ["fft", "pixel"].
+
+    Returns:
+        One name per value of the proto `Parameterization` enum except UNSPECIFIED, in enum
+        order.
+    """
+    return [
+        name.removeprefix(_PARAMETERIZATION_PREFIX).lower()
+        for name, number in sorted(deepvis_pb2.Parameterization.items(), key=lambda item: item[1])
+        if number != deepvis_pb2.PARAMETERIZATION_UNSPECIFIED
+    ]
+
+
+def _parameterization_to_pb(name: str) -> deepvis_pb2.Parameterization:
+    if isinstance(name, str):
+        key = _PARAMETERIZATION_PREFIX + name.strip().upper()
+        unspecified = _PARAMETERIZATION_PREFIX + "UNSPECIFIED"
+        if key != unspecified and key in deepvis_pb2.Parameterization.keys():
+            return deepvis_pb2.Parameterization.Value(key)
+    valid = ", ".join(parameterizations())
+    raise ValueError(f"parameterization must be one of {valid}, not {name!r}")
 
 
 def method_to_pb(name: str) -> deepvis_pb2.Method:
@@ -305,14 +492,62 @@ def target_to_pb(target: TargetLike) -> deepvis_pb2.Target | None:
     if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
         return deepvis_pb2.Target(class_index=int(target))
     if isinstance(target, Neuron):
-        neuron = deepvis_pb2.Neuron(layer=target.layer, channel=int(target.channel))
-        if target.y is not None and target.x is not None:
-            neuron.y = int(target.y)
-            neuron.x = int(target.x)
-        return deepvis_pb2.Target(neuron=neuron)
+        return deepvis_pb2.Target(neuron=_neuron_to_pb(target))
     raise TypeError(
         f"target must be a class index (int), a Neuron or None, not {type(target).__name__}"
     )
+
+
+def _neuron_to_pb(target: Neuron) -> deepvis_pb2.Neuron:
+    neuron = deepvis_pb2.Neuron(layer=target.layer, channel=int(target.channel))
+    if target.y is not None and target.x is not None:
+        neuron.y = int(target.y)
+        neuron.x = int(target.x)
+    return neuron
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: object, *, minimum: int = 0, maximum: int = _INT32_MAX) -> int:
+    if not _is_int(value) or not minimum <= int(value) <= maximum:  # type: ignore[call-overload]
+        raise ValueError(f"{name} must be an int in [{minimum}, {maximum}], not {value!r}")
+    return int(value)  # type: ignore[call-overload]
+
+
+def _check_float(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+    return number
+
+
+def _array_dtype_to_pb(array_dtype: str) -> deepvis_pb2.DType:
+    dtype_pb = _ARRAY_DTYPES.get(str(array_dtype).lower())
+    if dtype_pb is None:
+        valid = ", ".join(_ARRAY_DTYPES)
+        raise ValueError(f"array_dtype must be one of {valid}, not {array_dtype!r}")
+    return dtype_pb
+
+
+def _layers_to_list(layer: LayersLike) -> list[str]:
+    if layer is None:
+        return []
+    if isinstance(layer, str):
+        # A str is one layer name, not a sequence of one-letter names; "" names none.
+        return [layer] if layer else []
+    if isinstance(layer, (bytes, bytearray)) or not isinstance(layer, Sequence):
+        raise TypeError(
+            f"layer must be a layer name, a sequence of them or None, not {type(layer).__name__}"
+        )
+    names = list(layer)
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"layer names must be non-empty str, not {name!r}")
+    return names
 
 
 def request_to_pb(
@@ -321,11 +556,12 @@ def request_to_pb(
     model: str,
     method: str,
     target: TargetLike,
-    layer: str | None,
+    layer: LayersLike,
     render: bool,
     array_dtype: str,
     top_k: int,
     array: bool = True,
+    top_k_channels: int = 0,
 ) -> deepvis_pb2.ExplainRequest:
     """Builds an `ExplainRequest`; see `Client.explain` for the arguments.
 
@@ -333,21 +569,24 @@ def request_to_pb(
         TypeError, ValueError: An argument is invalid; OSError: the input file cannot be read.
     """
     method_pb = method_to_pb(method)
-    dtype_pb = _ARRAY_DTYPES.get(str(array_dtype).lower())
-    if dtype_pb is None:
-        valid = ", ".join(_ARRAY_DTYPES)
-        raise ValueError(f"array_dtype must be one of {valid}, not {array_dtype!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+    dtype_pb = _array_dtype_to_pb(array_dtype)
+    if not _is_int(top_k) or top_k < 0:
         raise ValueError(f"top_k must be an int >= 0 (0 means the server's default), not {top_k!r}")
+    if not _is_int(top_k_channels) or not 0 <= top_k_channels <= _INT32_MAX:
+        raise ValueError(
+            f"top_k_channels must be an int >= 0 (0 keeps all), not {top_k_channels!r}"
+        )
+    layers = _layers_to_list(layer)
     target_pb = target_to_pb(target)
     request = deepvis_pb2.ExplainRequest(
         model=model,
         method=method_pb,
         input=input_to_pb(input),
-        layer=layer or "",
+        layers=layers,
         output=deepvis_pb2.OutputOptions(
             array_dtype=dtype_pb, omit_array=not array, render=bool(render), top_k=int(top_k)
         ),
+        top_k_channels=int(top_k_channels),
     )
     if target_pb is not None:
         request.target.CopyFrom(target_pb)
@@ -359,23 +598,68 @@ def set_model(request: deepvis_pb2.ExplainRequest, model: str) -> None:
     request.model = model
 
 
-def _array_from_pb(tensor: deepvis_pb2.Tensor) -> np.ndarray | None:
-    if not tensor.shape:
-        return None
-    dtype = _WIRE_FLOAT_DTYPES.get(tensor.dtype)
+def set_visualize_model(request: deepvis_pb2.VisualizeRequest, model: str) -> None:
+    """Names the model of a `VisualizeRequest` built before the model was known."""
+    request.model = model
+
+
+def _decode_tensor(
+    tensor: deepvis_pb2.Tensor, what: str, dtypes: dict[int, np.dtype[Any]]
+) -> np.ndarray:
+    dtype = dtypes.get(tensor.dtype)
     if dtype is None:
         known = tensor.dtype in deepvis_pb2.DType.values()
         name = deepvis_pb2.DType.Name(tensor.dtype) if known else str(tensor.dtype)
-        raise ValueError(f"result array has dtype {name}; expected FLOAT32 or FLOAT16")
+        expected_types = " or ".join(
+            sorted({deepvis_pb2.DType.Name(d).removeprefix("DTYPE_") for d in dtypes if d})
+        )
+        raise ValueError(f"{what} has dtype {name}; expected {expected_types}")
     shape = tuple(tensor.shape)
     expected = math.prod(shape) * dtype.itemsize
     if len(tensor.data) != expected:
         raise ValueError(
-            f"result array of shape {list(shape)} and dtype {dtype} needs {expected} bytes, "
+            f"{what} of shape {list(shape)} and dtype {dtype} needs {expected} bytes, "
             f"got {len(tensor.data)}"
         )
-    # Zero-copy for float32 on little-endian hosts; float16 is widened for easier use.
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape).astype(np.float32, copy=False)
+    # Zero-copy for float32 and int64 on little-endian hosts; float16 is widened for easier use.
+    native = np.int64 if dtype.kind == "i" else np.float32
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape).astype(native, copy=False)
+
+
+def _array_from_pb(tensor: deepvis_pb2.Tensor, what: str = "result array") -> np.ndarray | None:
+    # An unset tensor (no shape) means the array was left out.
+    if not tensor.shape:
+        return None
+    return _decode_tensor(tensor, what, _WIRE_FLOAT_DTYPES)
+
+
+def _png_from_bytes(data: bytes) -> Image.Image | None:
+    if not data:
+        return None
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def _named_arrays_from_pb(named: Sequence[deepvis_pb2.NamedTensor]) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    for item in named:
+        if item.name in arrays:
+            raise ValueError(f"the response names two arrays {item.name!r}")
+        arrays[item.name] = _decode_tensor(item.tensor, f"array {item.name!r}", _WIRE_NAMED_DTYPES)
+    return arrays
+
+
+def _named_images_from_pb(named: Sequence[deepvis_pb2.NamedImage]) -> dict[str, Image.Image]:
+    images: dict[str, Image.Image] = {}
+    for item in named:
+        if item.name in images:
+            raise ValueError(f"the response names two pictures {item.name!r}")
+        image = _png_from_bytes(item.png)
+        if image is None:
+            raise ValueError(f"picture {item.name!r} is empty")
+        images[item.name] = image
+    return images
 
 
 def _target_from_pb(target: deepvis_pb2.Target) -> int | Neuron | None:
@@ -398,18 +682,15 @@ def explanation_from_pb(resp: deepvis_pb2.ExplainResponse) -> Explanation:
     """Converts an `ExplainResponse` into an `Explanation`.
 
     Raises:
-        ValueError: The result array is inconsistent with its shape or has a non-float dtype.
-        OSError: The rendered picture cannot be decoded.
+        ValueError: An array is inconsistent with its shape or has an unexpected dtype (the
+            result array must be float, named arrays float or int64), or two share a name.
+        OSError: A rendered picture cannot be decoded.
     """
-    image: Image.Image | None = None
-    if resp.image_png:
-        image = Image.open(io.BytesIO(resp.image_png))
-        image.load()
     return Explanation(
         model=resp.model,
         method=method_from_pb(resp.method),
         array=_array_from_pb(resp.array),
-        image=image,
+        image=_png_from_bytes(resp.image_png),
         predictions=[
             Prediction(index=int(p.index), label=p.label, score=float(p.score))
             for p in resp.predictions
@@ -419,6 +700,8 @@ def explanation_from_pb(resp: deepvis_pb2.ExplainResponse) -> Explanation:
         queue_ms=float(resp.timing.queue_ms),
         compute_ms=float(resp.timing.compute_ms),
         warnings=list(resp.warnings),
+        arrays=_named_arrays_from_pb(resp.arrays),
+        images=_named_images_from_pb(resp.images),
     )
 
 
@@ -436,3 +719,245 @@ def model_info_from_pb(info: deepvis_pb2.ModelInfo) -> ModelInfo:
         labels=tuple(info.labels),
         methods=tuple(method_from_pb(m) for m in info.methods),
     )
+
+
+def describe_request_to_pb(model: str) -> deepvis_pb2.DescribeModelRequest:
+    """Builds a `DescribeModelRequest` for a served model's name."""
+    return deepvis_pb2.DescribeModelRequest(model=model)
+
+
+def model_description_from_pb(resp: deepvis_pb2.DescribeModelResponse) -> ModelDescription:
+    """Converts a `DescribeModelResponse` into a `ModelDescription`."""
+    return ModelDescription(
+        model=model_info_from_pb(resp.model),
+        layers=[
+            LayerInfo(
+                name=layer.name,
+                type=layer.type,
+                output_shape=tuple(int(d) for d in layer.output_shape),
+                calls=int(layer.calls),
+            )
+            for layer in resp.layers
+        ],
+        default_cam_layer=resp.default_cam_layer,
+        non_relu_activations=tuple(resp.non_relu_activations),
+    )
+
+
+# --- feature visualization -----------------------------------------------------------------
+
+
+def objective_to_pb(objective: ObjectiveLike, *, negate: bool = False) -> deepvis_pb2.Objective:
+    """Converts what `visualize` maximizes into an `Objective`.
+
+    Args:
+        objective: A class index (int) for its logit; a `Neuron` for one neuron (with y and x)
+            or a whole channel (without); a `Layer` for the whole layer (DeepDream).
+        negate: Minimize instead of maximize.
+
+    Returns:
+        The message, with exactly one of `class_index`, `neuron` or `layer` set.
+
+    Raises:
+        TypeError: The objective is none of those.
+    """
+    if isinstance(objective, Layer):
+        return deepvis_pb2.Objective(layer=objective.name, negate=bool(negate))
+    if isinstance(objective, Neuron):
+        return deepvis_pb2.Objective(neuron=_neuron_to_pb(objective), negate=bool(negate))
+    if _is_int(objective):
+        return deepvis_pb2.Objective(class_index=int(objective), negate=bool(negate))
+    raise TypeError(
+        f"objective must be a class index (int), a Neuron or a Layer, "
+        f"not {type(objective).__name__}"
+    )
+
+
+def visualize_request_to_pb(
+    objective: ObjectiveLike,
+    *,
+    model: str,
+    negate: bool,
+    steps: int,
+    learning_rate: float,
+    size: tuple[int, int] | None,
+    batch: int,
+    diversity: float,
+    seed: int,
+    progress_every: int,
+    parameterization: str,
+    transforms: bool,
+    input: InputLike | None,
+    array_dtype: str,
+) -> deepvis_pb2.VisualizeRequest:
+    """Builds a `VisualizeRequest`; see `Client.visualize` for the arguments.
+
+    Raises:
+        TypeError, ValueError: An argument is invalid; OSError: the input file cannot be read.
+    """
+    objective_pb = objective_to_pb(objective, negate=negate)
+    height = width = 0
+    if size is not None:
+        if isinstance(size, (str, bytes)) or not isinstance(size, Sequence) or len(size) != 2:
+            raise ValueError(f"size must be (height, width) or None, not {size!r}")
+        height = _check_int("size height", size[0], minimum=1)
+        width = _check_int("size width", size[1], minimum=1)
+    request = deepvis_pb2.VisualizeRequest(
+        model=model,
+        objective=objective_pb,
+        steps=_check_int("steps", steps),
+        learning_rate=_check_float("learning_rate", learning_rate),
+        height=height,
+        width=width,
+        batch=_check_int("batch", batch),
+        diversity=_check_float("diversity", diversity),
+        seed=_check_int("seed", seed, maximum=_UINT64_MAX),
+        progress_every=_check_int("progress_every", progress_every),
+        parameterization=_parameterization_to_pb(parameterization),
+        no_transforms=not transforms,
+        array_dtype=_array_dtype_to_pb(array_dtype),
+    )
+    if input is not None:
+        request.input.CopyFrom(input_to_pb(input))
+    return request
+
+
+def _progress_from_pb(msg: deepvis_pb2.VisualizeProgress) -> Progress:
+    return Progress(
+        step=int(msg.step),
+        steps=int(msg.steps),
+        objective=float(msg.objective),
+        image=_png_from_bytes(msg.image_png),
+    )
+
+
+def _visualization_from_pb(msg: deepvis_pb2.VisualizeResult) -> Visualization:
+    array = _array_from_pb(msg.array, "visualization array")
+    if array is None:
+        raise ValueError("the visualization result carries no image array")
+    images = [_png_from_bytes(png) for png in msg.images_png]
+    if any(image is None for image in images):
+        raise ValueError("the visualization result carries an empty picture")
+    return Visualization(
+        array=array,
+        images=[image for image in images if image is not None],
+        objective=float(msg.objective),
+        steps=int(msg.steps),
+        attribution=_array_from_pb(msg.attribution, "attribution array"),
+        attribution_image=_png_from_bytes(msg.attribution_png),
+        queue_ms=float(msg.queue_ms),
+        compute_ms=float(msg.compute_ms),
+        max_batch_jobs=int(msg.max_batch_jobs),
+    )
+
+
+def visualize_item_from_pb(resp: deepvis_pb2.VisualizeResponse) -> Progress | Visualization | None:
+    """Converts one message of a Visualize stream.
+
+    Returns:
+        A `Progress` for a progress message, the `Visualization` for the result message, or
+        None for a message of a kind this client does not know (a newer server's).
+
+    Raises:
+        ValueError: An array is inconsistent with its shape or dtype, or the result lacks one.
+        OSError: A picture cannot be decoded.
+    """
+    kind = resp.WhichOneof("kind")
+    if kind == "progress":
+        return _progress_from_pb(resp.progress)
+    if kind == "result":
+        return _visualization_from_pb(resp.result)
+    return None
+
+
+# --- grpc.health.v1, encoded by hand so that the client does not need grpcio-health-checking --
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def _decode_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = 0
+    for shift in range(0, 70, 7):
+        if pos >= len(data):
+            raise ValueError("health response is truncated inside a varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value & _UINT64_MAX, pos
+    raise ValueError("health response has a varint longer than 10 bytes")
+
+
+def health_request_to_bytes(service: str) -> bytes:
+    """Encodes a `grpc.health.v1.HealthCheckRequest` (field 1: string `service`).
+
+    Args:
+        service: The service to check; "" asks about the server as a whole.
+
+    Returns:
+        The serialized message (empty for "", as proto3 leaves defaults out).
+
+    Raises:
+        TypeError: `service` is not a str.
+    """
+    if not isinstance(service, str):
+        raise TypeError(f"service must be a str, not {type(service).__name__}")
+    data = service.encode("utf-8")
+    if not data:
+        return b""
+    return b"\x0a" + _encode_varint(len(data)) + data
+
+
+def health_status_from_bytes(data: bytes) -> str:
+    """Decodes a `grpc.health.v1.HealthCheckResponse` into its status name.
+
+    Args:
+        data: The serialized message (field 1: enum `status`); unknown fields are skipped.
+
+    Returns:
+        "UNKNOWN", "SERVING", "NOT_SERVING" or "SERVICE_UNKNOWN"; "STATUS_<n>" for a number
+        this client does not know.
+
+    Raises:
+        ValueError: The bytes are not a well-formed message.
+    """
+    status = 0
+    pos = 0
+    while pos < len(data):
+        key, pos = _decode_varint(data, pos)
+        number, wire_type = key >> 3, key & 7
+        if number == 0:
+            raise ValueError("health response has a field numbered 0")
+        if wire_type == 0:
+            value, pos = _decode_varint(data, pos)
+            if number == 1:
+                # Enums are int32; a negative value travels sign-extended to 64 bits.
+                status = value - (1 << 64) if value >= 1 << 63 else value
+            continue
+        if wire_type == 2:
+            length, pos = _decode_varint(data, pos)
+            end = pos + length
+        elif wire_type == 1:
+            end = pos + 8
+        elif wire_type == 5:
+            end = pos + 4
+        else:
+            raise ValueError(f"health response has unsupported wire type {wire_type}")
+        if number == 1:
+            raise ValueError(f"health response status has wire type {wire_type}, not varint")
+        if end > len(data):
+            raise ValueError("health response is truncated")
+        pos = end
+    if 0 <= status < len(_HEALTH_STATUSES):
+        return _HEALTH_STATUSES[status]
+    return f"STATUS_{status}"

@@ -25,6 +25,7 @@ class ItemResult:
     """One request's share of a batch's output, on the CPU."""
 
     array: np.ndarray
+    extras: dict[str, np.ndarray]
     target: Target
     predictions: list[tuple[int, float]]  # (class index, probability), best first
     warnings: tuple[str, ...]
@@ -193,11 +194,13 @@ class Batcher:
         k = min(max(it.top_k for it in batch), model.spec.num_classes)
         top_p, top_i = out.logits.float().softmax(dim=1).topk(k, dim=1)
         arrays = out.arrays.detach().float().cpu().numpy()
+        extras = {name: t.detach().float().cpu().numpy() for name, t in out.extras.items()}
         top_p_np, top_i_np = top_p.cpu().numpy(), top_i.cpu().numpy()
         compute_ms = (time.perf_counter() - t0) * 1000.0
         return [
             ItemResult(
                 array=arrays[i],
+                extras={name: e[i] for name, e in extras.items()},
                 target=out.targets[i],
                 predictions=[
                     (int(c), float(p))

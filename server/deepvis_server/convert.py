@@ -10,7 +10,8 @@ from deepvis.v1 import deepvis_pb2 as pb
 
 from .batcher import ItemResult
 from .errors import InvalidArgument
-from .methods import ClassTarget, MethodRequest, NeuronTarget, Target
+from .methods import ClassTarget, MethodRequest, NeuronTarget, Output, Target
+from .methods.base import MAX_LAYERS_PER_REQUEST
 from .models import ServedModel
 from .preprocess import RawInput
 
@@ -105,13 +106,20 @@ def parse_explain(msg: pb.ExplainRequest) -> ParsedExplain:
         raise InvalidArgument(
             "output.array_dtype must be FLOAT32 or FLOAT16", field="output.array_dtype"
         )
+    if len(msg.layers) > MAX_LAYERS_PER_REQUEST:
+        raise InvalidArgument(
+            f"layers names {len(msg.layers)} layers; at most {MAX_LAYERS_PER_REQUEST}",
+            field="layers",
+        )
     if opts.top_k < 0:
         raise InvalidArgument(f"output.top_k must be >= 0, got {opts.top_k}", field="output.top_k")
     return ParsedExplain(
         model=msg.model,
         method=method_name(msg.method),
         input=_raw_input(msg.input),
-        request=MethodRequest(target=_target(msg), layer=msg.layer),
+        request=MethodRequest(
+            target=_target(msg), layers=tuple(msg.layers), top_k_channels=msg.top_k_channels
+        ),
         array_dtype=array_dtype,
         omit_array=opts.omit_array,
         render=opts.render,
@@ -128,8 +136,19 @@ def target_to_pb(target: Target) -> pb.Target:
     return pb.Target(neuron=neuron)
 
 
+def tensor_to_pb(array: np.ndarray, dtype_name: str) -> pb.Tensor:
+    """Raw little-endian bytes: integer arrays as INT64, float ones as asked (float32/float16)."""
+    if np.issubdtype(array.dtype, np.integer):
+        enum, dtype = pb.DTYPE_INT64, np.dtype("<i8")
+    else:
+        enum, dtype = _WIRE_DTYPES[dtype_name]
+    return pb.Tensor(
+        dtype=enum, shape=array.shape, data=np.ascontiguousarray(array, dtype=dtype).tobytes()
+    )
+
+
 def explain_response(
-    parsed: ParsedExplain, model: ServedModel, result: ItemResult, png: bytes | None
+    parsed: ParsedExplain, model: ServedModel, result: ItemResult, output: Output
 ) -> pb.ExplainResponse:
     resp = pb.ExplainResponse(
         model=model.name,
@@ -142,14 +161,16 @@ def explain_response(
             queue_ms=result.queue_ms, compute_ms=result.compute_ms, batch_size=result.batch_size
         ),
         warnings=list(result.warnings),
+        images=[pb.NamedImage(name=k, png=v) for k, v in output.pngs.items()],
     )
     if not parsed.omit_array:
-        enum, dtype = _WIRE_DTYPES[parsed.array_dtype]
-        resp.array.dtype = enum
-        resp.array.shape.extend(result.array.shape)
-        resp.array.data = np.ascontiguousarray(result.array, dtype=dtype).tobytes()
-    if png is not None:
-        resp.image_png = png
+        resp.array.CopyFrom(tensor_to_pb(output.array, parsed.array_dtype))
+        resp.arrays.extend(
+            pb.NamedTensor(name=k, tensor=tensor_to_pb(v, parsed.array_dtype))
+            for k, v in output.arrays.items()
+        )
+    if output.png is not None:
+        resp.image_png = output.png
     return resp
 
 
@@ -166,4 +187,21 @@ def model_info(model: ServedModel, methods: list[str]) -> pb.ModelInfo:
         std=s.std,
         labels=list(model.labels),
         methods=[method_value(m) for m in methods],
+    )
+
+
+def describe_model(model: ServedModel, methods: list[str]) -> pb.DescribeModelResponse:
+    return pb.DescribeModelResponse(
+        model=model_info(model, methods),
+        layers=[
+            pb.LayerInfo(
+                name=name,
+                type=type(module).__name__,
+                output_shape=model.layer_shapes.get(name, ()),
+                calls=model.layer_calls.get(name, 0),
+            )
+            for name, module in model.layers.items()
+        ],
+        default_cam_layer=model.default_cam_layer,
+        non_relu_activations=list(model.non_relu_activations),
     )

@@ -47,14 +47,31 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     samples = sorted(str(s) for s in (DEFAULT_MODEL_DIR / "samples").glob("digit_*.png"))
     server = subprocess.Popen(
-        [sys.executable, "-m", "deepvis_server", "--address", args.address, "--log-level", "WARNING"],
+        [
+            sys.executable,
+            "-m",
+            "deepvis_server",
+            "--address",
+            args.address,
+            "--log-level",
+            "WARNING",
+        ],
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         wait_serving(args.address, 120.0, server)
         run_cli("models", "--server", args.address)
-        run_cli("explain", *samples, "--server", args.address, "--method", "guided-backprop",
-                "--out", str(args.out), "--save-array")
+        run_cli(
+            "explain",
+            *samples,
+            "--server",
+            args.address,
+            "--method",
+            "guided-backprop",
+            "--out",
+            str(args.out),
+            "--save-array",
+        )
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=30)

@@ -11,10 +11,9 @@ import torch
 from .batcher import Batcher, ItemResult, WorkItem
 from .config import ServerConfig
 from .errors import InvalidArgument, NotFound
-from .methods import REGISTRY, Method, MethodRequest
+from .methods import REGISTRY, Method, MethodRequest, Output
 from .models import ServedModel, load_model, select_device
 from .preprocess import Limits, RawInput, input_to_tensor
-from .render import to_png
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +86,14 @@ class Engine:
         request: MethodRequest,
         *,
         top_k: int,
+        render: bool,
         deadline: float | None,
-    ) -> tuple[ServedModel, Method, ItemResult]:
-        """Validates, preprocesses and queues one request; returns its share of its batch."""
+    ) -> tuple[ServedModel, ItemResult, Output]:
+        """Validates, preprocesses and queues one request; returns its share of its batch and
+        the finished output (arrays and pictures)."""
         model = self.model(model_name)
         method = self.method(method_name)
-        method.validate(model, request)
+        request = method.prepare(model, request)
         loop = asyncio.get_running_loop()
         x = await loop.run_in_executor(
             self.cpu_executor, input_to_tensor, raw, model.spec, self.limits
@@ -106,10 +107,7 @@ class Engine:
             future=loop.create_future(),
         )
         result = await self.batchers[model.name].submit(item)
-        return model, method, result
-
-    async def render_png(self, method: Method, model: ServedModel, result: ItemResult) -> bytes:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self.cpu_executor, lambda: to_png(method.render(result.array, model))
+        output = await loop.run_in_executor(
+            self.cpu_executor, method.finish, model, result.array, result.extras, request, x, render
         )
+        return model, result, output

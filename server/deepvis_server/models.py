@@ -7,9 +7,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .config import ConfigError, ModelSpec
 
@@ -30,6 +32,12 @@ class ServedModel:
     # name -> output shape for one input (no batch dim), for layers whose output is a tensor;
     # a reused module reports its last call, as the methods capture its last call.
     layer_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
+    # name -> how often the module runs in one forward pass.
+    layer_calls: dict[str, int] = field(default_factory=dict, repr=False)
+    # The last layer with a spatial output: Grad-CAM's and activations' default.
+    default_cam_layer: str = ""
+    # aten activation ops other than ReLU that the forward pass runs (silu, gelu, ...).
+    non_relu_activations: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -139,12 +147,52 @@ def load_model(spec: ModelSpec, device: torch.device) -> ServedModel:
     return served
 
 
+# Activation ops whose backward guided backprop and deconvolution leave unmodified.
+_NON_RELU_ACTIVATIONS = {
+    "silu",
+    "gelu",
+    "sigmoid",
+    "tanh",
+    "elu",
+    "selu",
+    "celu",
+    "leaky_relu",
+    "hardswish",
+    "hardsigmoid",
+    "hardtanh",
+    "softplus",
+    "mish",
+    "prelu",
+    "_prelu_kernel",
+    "rrelu_with_noise",
+    "log_sigmoid_forward",
+    "glu",
+}
+
+
+class _OpRecorder(TorchDispatchMode):
+    """Notes which aten ops a forward pass runs (to find activations the rules do not cover)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.ops.add(func.overloadpacket.__name__.rstrip("_"))
+        return func(*args, **(kwargs or {}))
+
+
 def _trace_shapes(served: ServedModel) -> object:
-    """One forward pass on zeros (it also warms the model up) recording every layer's output shape."""
+    """One forward pass on zeros (it also warms the model up) recording every layer's output
+    shape, how often it runs, which spatial layer finishes last, and the activation ops used."""
     shapes: dict[str, tuple[int, ...]] = {}
+    calls: dict[str, int] = {}
+    finished: list[str] = []
 
     def make_hook(name: str) -> Callable[..., None]:
         def hook(_m: nn.Module, _inp: object, out: object) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            finished.append(name)
             if isinstance(out, torch.Tensor) and out.dim() >= 1:
                 shapes[name] = tuple(out.shape[1:])
             else:
@@ -153,14 +201,31 @@ def _trace_shapes(served: ServedModel) -> object:
         return hook
 
     handles = [m.register_forward_hook(make_hook(n)) for n, m in served.layers.items()]
+    recorder = _OpRecorder()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), recorder:
             out = served.module(torch.zeros(1, *served.input_shape, device=served.device))
     finally:
         for h in handles:
             h.remove()
     # Keep named_modules() order, which is what people read in print(model).
     served.layer_shapes.update({n: shapes[n] for n in served.layers if n in shapes})
+    served.layer_calls.update(calls)
+    # Grad-CAM wants the last spatial feature map: of the modules that run once (a reused
+    # ReLU is ambiguous), the one whose forward finishes last (a whole `layer4` or
+    # `features` block rather than its last conv).
+    # Adaptive pools only resample (VGG's 7x7 avgpool up-samples a 2x2 map), so skip them.
+    resampling = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+    spatial = [
+        n
+        for n in finished
+        if calls[n] == 1
+        and len(shapes.get(n, ())) == 3
+        and shapes[n][1] * shapes[n][2] > 1
+        and not isinstance(served.layers[n], resampling)
+    ]
+    served.default_cam_layer = spatial[-1] if spatial else ""
+    served.non_relu_activations = tuple(sorted(recorder.ops & _NON_RELU_ACTIVATIONS))
     return out
 
 

@@ -41,3 +41,55 @@ def to_png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=1)  # speed over size: these are short-lived
     return buf.getvalue()
+
+
+def jet(values: np.ndarray) -> np.ndarray:
+    """The jet colormap for values in [0, 1]: uint8 [..., 3] (no matplotlib on the server)."""
+    v = np.clip(values, 0.0, 1.0)[..., None]
+    rgb = np.clip(1.5 - np.abs(4.0 * v - np.array([3.0, 2.0, 1.0], dtype=np.float32)), 0.0, 1.0)
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
+
+
+def input_pixels(x: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """A model input [C, H, W] back in [0, 1] pixels, as RGB [H, W, 3]."""
+    c = x.shape[0]
+    pixels = (
+        x * np.asarray(std, np.float32)[:c, None, None]
+        + np.asarray(mean, np.float32)[:c, None, None]
+    )
+    pixels = np.clip(pixels, 0.0, 1.0).transpose(1, 2, 0)
+    return np.repeat(pixels, 3, axis=2) if c == 1 else pixels[:, :, :3]
+
+
+def normalize01(a: np.ndarray) -> np.ndarray:
+    lo, hi = float(a.min()), float(a.max())
+    return (
+        np.zeros_like(a, dtype=np.float32)
+        if hi <= lo
+        else ((a - lo) / (hi - lo)).astype(np.float32)
+    )
+
+
+def render_heatmap(
+    heat: np.ndarray, background: np.ndarray | None, alpha: float = 0.5
+) -> Image.Image:
+    """A map [H, W] in jet colours, scaled to its own range, over the input when given."""
+    colored = jet(normalize01(heat)).astype(np.float32) / 255.0
+    if background is not None:
+        colored = alpha * colored + (1.0 - alpha) * background
+    return upscale(Image.fromarray((np.clip(colored, 0, 1) * 255.0 + 0.5).astype(np.uint8)))
+
+
+def render_grid(maps: np.ndarray, max_maps: int = 64, pad: int = 1) -> Image.Image:
+    """Feature maps [K, h, w] as a near-square grid, each scaled to its own range."""
+    maps = maps[:max_maps]
+    k, h, w = maps.shape
+    cols = math.ceil(math.sqrt(k))
+    rows = math.ceil(k / cols)
+    grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad), np.float32)
+    for i in range(k):
+        r, c = divmod(i, cols)
+        y, x = pad + r * (h + pad), pad + c * (w + pad)
+        grid[y : y + h, x : x + w] = normalize01(maps[i])
+    img = Image.fromarray((grid * 255.0 + 0.5).astype(np.uint8))
+    return upscale(img) if max(h, w) < 32 else img

@@ -72,16 +72,25 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         parsed = convert.parse_explain(request)
         remaining = context.time_remaining()
         deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
-        model, method, result = await self.engine.explain(
+        model, result, output = await self.engine.explain(
             parsed.model,
             parsed.method,
             parsed.input,
             parsed.request,
             top_k=parsed.top_k,
+            render=parsed.render,
             deadline=deadline,
         )
-        png = await self.engine.render_png(method, model, result) if parsed.render else None
-        return convert.explain_response(parsed, model, result, png)
+        return convert.explain_response(parsed, model, result, output)
+
+    async def DescribeModel(
+        self, request: pb.DescribeModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DescribeModelResponse:
+        try:
+            model = self.engine.model(request.model)
+        except DeepvisError as e:
+            await context.abort(status_of(e), e.message)
+        return convert.describe_model(model, list(self.engine.methods))
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext

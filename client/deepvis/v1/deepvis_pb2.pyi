@@ -10,6 +10,10 @@ class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     METHOD_UNSPECIFIED: _ClassVar[Method]
     METHOD_GUIDED_BACKPROP: _ClassVar[Method]
+    METHOD_ACTIVATIONS: _ClassVar[Method]
+    METHOD_GRAD_CAM: _ClassVar[Method]
+    METHOD_GUIDED_GRAD_CAM: _ClassVar[Method]
+    METHOD_DECONVOLUTION: _ClassVar[Method]
 
 class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -17,12 +21,27 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DTYPE_FLOAT32: _ClassVar[DType]
     DTYPE_FLOAT16: _ClassVar[DType]
     DTYPE_UINT8: _ClassVar[DType]
+    DTYPE_INT64: _ClassVar[DType]
+
+class Parameterization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PARAMETERIZATION_UNSPECIFIED: _ClassVar[Parameterization]
+    PARAMETERIZATION_FFT: _ClassVar[Parameterization]
+    PARAMETERIZATION_PIXEL: _ClassVar[Parameterization]
 METHOD_UNSPECIFIED: Method
 METHOD_GUIDED_BACKPROP: Method
+METHOD_ACTIVATIONS: Method
+METHOD_GRAD_CAM: Method
+METHOD_GUIDED_GRAD_CAM: Method
+METHOD_DECONVOLUTION: Method
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT16: DType
 DTYPE_UINT8: DType
+DTYPE_INT64: DType
+PARAMETERIZATION_UNSPECIFIED: Parameterization
+PARAMETERIZATION_FFT: Parameterization
+PARAMETERIZATION_PIXEL: Parameterization
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "data")
@@ -77,20 +96,22 @@ class OutputOptions(_message.Message):
     def __init__(self, array_dtype: _Optional[_Union[DType, str]] = ..., omit_array: bool = ..., render: bool = ..., top_k: _Optional[int] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "method", "input", "target", "layer", "output")
+    __slots__ = ("model", "method", "input", "target", "layers", "output", "top_k_channels")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
-    LAYER_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_CHANNELS_FIELD_NUMBER: _ClassVar[int]
     model: str
     method: Method
     input: Input
     target: Target
-    layer: str
+    layers: _containers.RepeatedScalarFieldContainer[str]
     output: OutputOptions
-    def __init__(self, model: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., layer: _Optional[str] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ...) -> None: ...
+    top_k_channels: int
+    def __init__(self, model: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., layers: _Optional[_Iterable[str]] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ..., top_k_channels: _Optional[int] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("index", "label", "score")
@@ -113,7 +134,7 @@ class Timing(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("model", "method", "array", "image_png", "predictions", "target", "timing", "warnings")
+    __slots__ = ("model", "method", "array", "image_png", "predictions", "target", "timing", "warnings", "arrays", "images")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ARRAY_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +143,8 @@ class ExplainResponse(_message.Message):
     TARGET_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    ARRAYS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
     model: str
     method: Method
     array: Tensor
@@ -130,7 +153,25 @@ class ExplainResponse(_message.Message):
     target: Target
     timing: Timing
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., array: _Optional[_Union[Tensor, _Mapping]] = ..., image_png: _Optional[bytes] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    arrays: _containers.RepeatedCompositeFieldContainer[NamedTensor]
+    images: _containers.RepeatedCompositeFieldContainer[NamedImage]
+    def __init__(self, model: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., array: _Optional[_Union[Tensor, _Mapping]] = ..., image_png: _Optional[bytes] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., arrays: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[NamedImage, _Mapping]]] = ...) -> None: ...
+
+class NamedTensor(_message.Message):
+    __slots__ = ("name", "tensor")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tensor: Tensor
+    def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class NamedImage(_message.Message):
+    __slots__ = ("name", "png")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PNG_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    png: bytes
+    def __init__(self, name: _Optional[str] = ..., png: _Optional[bytes] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -165,3 +206,119 @@ class ListModelsResponse(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class DescribeModelRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class LayerInfo(_message.Message):
+    __slots__ = ("name", "type", "output_shape", "calls")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    output_shape: _containers.RepeatedScalarFieldContainer[int]
+    calls: int
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., output_shape: _Optional[_Iterable[int]] = ..., calls: _Optional[int] = ...) -> None: ...
+
+class DescribeModelResponse(_message.Message):
+    __slots__ = ("model", "layers", "default_cam_layer", "non_relu_activations")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_CAM_LAYER_FIELD_NUMBER: _ClassVar[int]
+    NON_RELU_ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
+    model: ModelInfo
+    layers: _containers.RepeatedCompositeFieldContainer[LayerInfo]
+    default_cam_layer: str
+    non_relu_activations: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., default_cam_layer: _Optional[str] = ..., non_relu_activations: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Objective(_message.Message):
+    __slots__ = ("neuron", "class_index", "layer", "negate")
+    NEURON_FIELD_NUMBER: _ClassVar[int]
+    CLASS_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    NEGATE_FIELD_NUMBER: _ClassVar[int]
+    neuron: Neuron
+    class_index: int
+    layer: str
+    negate: bool
+    def __init__(self, neuron: _Optional[_Union[Neuron, _Mapping]] = ..., class_index: _Optional[int] = ..., layer: _Optional[str] = ..., negate: bool = ...) -> None: ...
+
+class VisualizeRequest(_message.Message):
+    __slots__ = ("model", "objective", "steps", "learning_rate", "height", "width", "batch", "diversity", "seed", "progress_every", "parameterization", "no_transforms", "input", "array_dtype")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_EVERY_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERIZATION_FIELD_NUMBER: _ClassVar[int]
+    NO_TRANSFORMS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    objective: Objective
+    steps: int
+    learning_rate: float
+    height: int
+    width: int
+    batch: int
+    diversity: float
+    seed: int
+    progress_every: int
+    parameterization: Parameterization
+    no_transforms: bool
+    input: Input
+    array_dtype: DType
+    def __init__(self, model: _Optional[str] = ..., objective: _Optional[_Union[Objective, _Mapping]] = ..., steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., batch: _Optional[int] = ..., diversity: _Optional[float] = ..., seed: _Optional[int] = ..., progress_every: _Optional[int] = ..., parameterization: _Optional[_Union[Parameterization, str]] = ..., no_transforms: bool = ..., input: _Optional[_Union[Input, _Mapping]] = ..., array_dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
+
+class VisualizeProgress(_message.Message):
+    __slots__ = ("step", "steps", "objective", "image_png")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_PNG_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    steps: int
+    objective: float
+    image_png: bytes
+    def __init__(self, step: _Optional[int] = ..., steps: _Optional[int] = ..., objective: _Optional[float] = ..., image_png: _Optional[bytes] = ...) -> None: ...
+
+class VisualizeResult(_message.Message):
+    __slots__ = ("array", "images_png", "objective", "steps", "attribution", "attribution_png", "queue_ms", "compute_ms", "max_batch_jobs")
+    ARRAY_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_PNG_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_PNG_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_JOBS_FIELD_NUMBER: _ClassVar[int]
+    array: Tensor
+    images_png: _containers.RepeatedScalarFieldContainer[bytes]
+    objective: float
+    steps: int
+    attribution: Tensor
+    attribution_png: bytes
+    queue_ms: float
+    compute_ms: float
+    max_batch_jobs: int
+    def __init__(self, array: _Optional[_Union[Tensor, _Mapping]] = ..., images_png: _Optional[_Iterable[bytes]] = ..., objective: _Optional[float] = ..., steps: _Optional[int] = ..., attribution: _Optional[_Union[Tensor, _Mapping]] = ..., attribution_png: _Optional[bytes] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., max_batch_jobs: _Optional[int] = ...) -> None: ...
+
+class VisualizeResponse(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: VisualizeProgress
+    result: VisualizeResult
+    def __init__(self, progress: _Optional[_Union[VisualizeProgress, _Mapping]] = ..., result: _Optional[_Union[VisualizeResult, _Mapping]] = ...) -> None: ...

@@ -46,6 +46,16 @@ class ExplainerStub(object):
                 request_serializer=deepvis_dot_v1_dot_deepvis__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=deepvis_dot_v1_dot_deepvis__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.DescribeModel = channel.unary_unary(
+                '/deepvis.v1.Explainer/DescribeModel',
+                request_serializer=deepvis_dot_v1_dot_deepvis__pb2.DescribeModelRequest.SerializeToString,
+                response_deserializer=deepvis_dot_v1_dot_deepvis__pb2.DescribeModelResponse.FromString,
+                _registered_method=True)
+        self.Visualize = channel.unary_stream(
+                '/deepvis.v1.Explainer/Visualize',
+                request_serializer=deepvis_dot_v1_dot_deepvis__pb2.VisualizeRequest.SerializeToString,
+                response_deserializer=deepvis_dot_v1_dot_deepvis__pb2.VisualizeResponse.FromString,
+                _registered_method=True)
 
 
 class ExplainerServicer(object):
@@ -68,6 +78,23 @@ class ExplainerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DescribeModel(self, request, context):
+        """Describes one model's layers: names, types and output shapes at its input
+        size, and the layer Grad-CAM uses when a request names none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Visualize(self, request, context):
+        """Feature visualization: synthesizes the input that maximizes an objective
+        (a neuron, channel, class logit or whole layer). Streams progress messages,
+        then one final message with the result. Cancelling the call stops the job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExplainerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +107,16 @@ def add_ExplainerServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=deepvis_dot_v1_dot_deepvis__pb2.ListModelsRequest.FromString,
                     response_serializer=deepvis_dot_v1_dot_deepvis__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'DescribeModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeModel,
+                    request_deserializer=deepvis_dot_v1_dot_deepvis__pb2.DescribeModelRequest.FromString,
+                    response_serializer=deepvis_dot_v1_dot_deepvis__pb2.DescribeModelResponse.SerializeToString,
+            ),
+            'Visualize': grpc.unary_stream_rpc_method_handler(
+                    servicer.Visualize,
+                    request_deserializer=deepvis_dot_v1_dot_deepvis__pb2.VisualizeRequest.FromString,
+                    response_serializer=deepvis_dot_v1_dot_deepvis__pb2.VisualizeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -138,6 +175,60 @@ class Explainer(object):
             '/deepvis.v1.Explainer/ListModels',
             deepvis_dot_v1_dot_deepvis__pb2.ListModelsRequest.SerializeToString,
             deepvis_dot_v1_dot_deepvis__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deepvis.v1.Explainer/DescribeModel',
+            deepvis_dot_v1_dot_deepvis__pb2.DescribeModelRequest.SerializeToString,
+            deepvis_dot_v1_dot_deepvis__pb2.DescribeModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Visualize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/deepvis.v1.Explainer/Visualize',
+            deepvis_dot_v1_dot_deepvis__pb2.VisualizeRequest.SerializeToString,
+            deepvis_dot_v1_dot_deepvis__pb2.VisualizeResponse.FromString,
             options,
             channel_credentials,
             insecure,

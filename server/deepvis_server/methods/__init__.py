@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
-from .base import BatchOutput, ClassTarget, Method, MethodRequest, NeuronTarget, Target
-from .guided_backprop import GuidedBackprop
+from .activations import Activations
+from .base import BatchOutput, ClassTarget, Method, MethodRequest, NeuronTarget, Output, Target
+from .grad_cam import GradCam, GuidedGradCam
+from .guided_backprop import Deconvolution, GuidedBackprop
 
-# Keys are the proto Method enum names without METHOD_, lowercased.
-REGISTRY: dict[str, Method] = {m.name: m for m in (GuidedBackprop(),)}
+# Keys are the proto Method enum names without METHOD_, lowercased; a test checks that
+# every enum value has a method here and the other way round.
+REGISTRY: dict[str, Method] = {
+    m.name: m
+    for m in (GuidedBackprop(), Activations(), GradCam(), GuidedGradCam(), Deconvolution())
+}
 
 __all__ = [
     "REGISTRY",
+    "Activations",
     "BatchOutput",
     "ClassTarget",
+    "Deconvolution",
+    "GradCam",
     "GuidedBackprop",
+    "GuidedGradCam",
     "Method",
     "MethodRequest",
     "NeuronTarget",
+    "Output",
     "Target",
 ]

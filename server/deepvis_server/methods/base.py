@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import numpy as np
@@ -14,6 +14,7 @@ from PIL import Image
 
 from ..errors import InvalidArgument
 from ..models import ServedModel
+from ..render import to_png
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,12 @@ class MethodRequest:
     """What a method needs of one request besides its input tensor."""
 
     target: Target | None  # None: the predicted class
-    layer: str = ""
+    layers: tuple[str, ...] = ()
+    top_k_channels: int = 0  # activations: keep the k channels of largest mean; 0 keeps all
+
+
+# At most this many layers in one request: each one is a hook and a copy of its activations.
+MAX_LAYERS_PER_REQUEST = 16
 
 
 @dataclass
@@ -52,6 +58,29 @@ class BatchOutput:
     arrays: torch.Tensor  # [N, ...] one raw result per item
     targets: list[Target]  # the targets explained, resolved per item
     warnings: tuple[str, ...] = ()
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # more [N, ...] results
+
+
+@dataclass
+class Output:
+    """One item's finished result: arrays to send and, when asked, encoded pictures."""
+
+    array: np.ndarray
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    png: bytes | None = None
+    pngs: dict[str, bytes] = field(default_factory=dict)
+
+
+def check_layer(model: ServedModel, name: str, field_name: str) -> tuple[int, ...]:
+    """The output shape of a layer a request names; INVALID_ARGUMENT naming valid ones if none."""
+    shape = model.layer_shapes.get(name)
+    if shape is None:
+        raise InvalidArgument(
+            f"{field_name} '{name[:200]}' is not a layer of model '{model.name}' with a tensor "
+            f"output; valid names are those DescribeModel lists, e.g. {model.example_layers()}",
+            field=field_name,
+        )
+    return shape
 
 
 def check_target(model: ServedModel, target: Target | None) -> None:
@@ -103,20 +132,53 @@ def check_target(model: ServedModel, target: Target | None) -> None:
 def capture_output(module: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
     """Records `module`'s output (the last call's, for a reused module) while the block runs.
 
-    The hook is removed on every exit path. The output is cloned because a later in-place
-    op (ReLU(inplace=True) after a conv) would otherwise rewrite it and its graph.
+    The hook is removed on every exit path. The rest of the network runs on a clone of the
+    output (as Captum does), so a later in-place op (ReLU(inplace=True) after a conv) cannot
+    rewrite the saved tensor, and gradients with respect to it are those of the layer.
     """
     saved: list[torch.Tensor] = []
 
-    def hook(_m: torch.nn.Module, _inp: object, out: object) -> None:
+    def hook(_m: torch.nn.Module, _inp: object, out: object) -> object:
         if isinstance(out, torch.Tensor):
-            saved[:] = [out.clone()]
+            saved[:] = [out]
+            return out.clone()  # downstream gets the clone, so in-place ops leave `out` alone
+        return None
 
     handle = module.register_forward_hook(hook)
     try:
         yield saved
     finally:
         handle.remove()
+
+
+def forward_and_score(
+    model: ServedModel,
+    x: torch.Tensor,
+    requests: Sequence[MethodRequest],
+    layers: Sequence[str] = (),
+) -> tuple[torch.Tensor, torch.Tensor, list[Target], dict[str, torch.Tensor]]:
+    """One forward pass (grad enabled) capturing `layers`; returns the logits, the sum over
+    items of each item's target score, the resolved targets and the captured outputs.
+
+    All requests share a batch key, so either all target classes or all target neurons of
+    one layer.
+    """
+    first = requests[0].target
+    names = list(
+        dict.fromkeys([*layers, *([first.layer] if isinstance(first, NeuronTarget) else [])])
+    )
+    with ExitStack() as stack:
+        saved = {n: stack.enter_context(capture_output(model.layers[n])) for n in names}
+        logits = model.module(x)
+    acts = {n: s[0] for n, s in saved.items()}
+    if isinstance(first, NeuronTarget):
+        resolved: list[Target] = [r.target for r in requests if r.target is not None]
+        score = select_neurons(acts[first.layer], resolved)
+    else:
+        classes = resolve_class_targets(logits, [r.target for r in requests])
+        score = logits.gather(1, classes[:, None]).sum()
+        resolved = [ClassTarget(int(c)) for c in classes.tolist()]
+    return logits, score, resolved, acts
 
 
 def select_neurons(act: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
@@ -143,25 +205,63 @@ class Method(ABC):
     """One interpretability method, run once per batch on the device-owning thread.
 
     Subclasses set `name` (the proto enum name without METHOD_, lowercase) and implement
-    `run`. Everything a request can get wrong is checked in `validate`, before batching,
-    so a bad request never fails its batch-mates.
+    `run`. Everything a request can get wrong is checked in `prepare`, before batching,
+    so a bad request never fails its batch-mates. `finish` turns one item's share of the
+    batch into what is sent back; it runs on a CPU thread, off the device.
     """
 
     name: ClassVar[str]
+    # Layer methods work on `MethodRequest.layers` (default: the model's Grad-CAM layer).
+    uses_layers: ClassVar[bool] = False
+    max_layers: ClassVar[int] = 1
 
-    def validate(self, model: ServedModel, request: MethodRequest) -> None:
-        """Raises InvalidArgument for anything in `request` this method cannot serve.
+    def prepare(self, model: ServedModel, request: MethodRequest) -> MethodRequest:
+        """Checks `request` against `model` and fills in defaults.
 
         Args:
             model: the model the request names.
-            request: target and layer of the request.
+            request: target, layers and options of the request.
+
+        Returns:
+            the request to batch, with defaults filled in.
+
+        Raises:
+            InvalidArgument: for anything this method cannot serve.
         """
         check_target(model, request.target)
+        if not self.uses_layers:
+            return replace(request, layers=())
+        layers = request.layers or ((model.default_cam_layer,) if model.default_cam_layer else ())
+        if not layers:
+            raise InvalidArgument(
+                f"method {self.name} needs a layer and model '{model.name}' has no spatial layer "
+                "to default to; name one in `layers`",
+                field="layers",
+            )
+        if len(layers) > self.max_layers:
+            raise InvalidArgument(
+                f"method {self.name} takes at most {self.max_layers} layer(s), got {len(layers)}",
+                field="layers",
+            )
+        if len(set(layers)) != len(layers):
+            raise InvalidArgument("layers must not repeat a name", field="layers")
+        for name in layers:
+            self.check_layer_shape(model, name, check_layer(model, name, "layers"))
+        if request.top_k_channels < 0:
+            raise InvalidArgument(
+                f"top_k_channels must be >= 0, got {request.top_k_channels}", field="top_k_channels"
+            )
+        return replace(request, layers=tuple(layers))
+
+    def check_layer_shape(  # noqa: B027 - a hook with nothing to do by default
+        self, model: ServedModel, name: str, shape: tuple[int, ...]
+    ) -> None:
+        """Layer methods that need a spatial map refuse other layers here."""
 
     def batch_key(self, request: MethodRequest) -> Hashable:
         """Requests with equal keys can share a batch: everything that changes the graph."""
         neuron_layer = request.target.layer if isinstance(request.target, NeuronTarget) else None
-        return (self.name, request.layer, neuron_layer)
+        return (self.name, request.layers, neuron_layer)
 
     @abstractmethod
     def run(
@@ -172,12 +272,40 @@ class Method(ABC):
         Args:
             model: the served model (never mutated: no hooks left, no modules swapped).
             x: the batch of inputs [N, C, H, W] on the model's device.
-            requests: per-item targets and layer, all with the same batch key.
+            requests: per-item targets and layers, all with the same batch key.
 
         Returns:
-            the logits, one raw result per item and the targets explained.
+            the logits, one raw result per item, the targets explained and any extras.
         """
 
+    def finish(
+        self,
+        model: ServedModel,
+        array: np.ndarray,
+        extras: dict[str, np.ndarray],
+        request: MethodRequest,
+        x: torch.Tensor,
+        render: bool,
+    ) -> Output:
+        """One item's output from its share of the batch (CPU thread).
+
+        Args:
+            model: the served model.
+            array: the item's raw result.
+            extras: the item's further results, by name.
+            request: the item's prepared request.
+            x: the item's model input [C, H, W] (for pictures over the input).
+            render: whether pictures are wanted.
+
+        Returns:
+            the arrays to send and, when `render`, the encoded pictures.
+        """
+        return Output(
+            array=array,
+            arrays=dict(extras),
+            png=to_png(self.render(array, model)) if render else None,
+        )
+
     def render(self, array: np.ndarray, model: ServedModel) -> Image.Image:
-        """A picture of one item's raw result."""
+        """A picture of one item's main result."""
         raise NotImplementedError

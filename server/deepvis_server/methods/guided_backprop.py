@@ -12,17 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..models import ServedModel
 from ..render import render_gradient
-from .base import (
-    BatchOutput,
-    ClassTarget,
-    Method,
-    MethodRequest,
-    NeuronTarget,
-    Target,
-    capture_output,
-    resolve_class_targets,
-    select_neurons,
-)
+from .base import BatchOutput, Method, MethodRequest, forward_and_score
 
 _aten = torch.ops.aten
 
@@ -53,37 +43,52 @@ class ModifiedReLUGradient(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def relu_rule_warnings(model: ServedModel, method: str) -> tuple[str, ...]:
+    """Says so when the model has activations the ReLU rule does not cover."""
+    if not model.non_relu_activations:
+        return ()
+    acts = ", ".join(model.non_relu_activations)
+    return (
+        f"{method}: model '{model.name}' also uses {acts}; the rule modifies only ReLU "
+        "gradients, so those activations pass plain gradients",
+    )
+
+
 def modified_relu_gradient(
     model: ServedModel, x: torch.Tensor, requests: Sequence[MethodRequest], rule: str
-) -> BatchOutput:
-    """Input gradient of each item's target under the ReLU rule `rule`."""
+) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Input gradient of each item's target under the ReLU rule `rule`; also the logits."""
     x = x.detach().requires_grad_(True)
-    first = requests[0].target
     with torch.enable_grad():
-        if isinstance(first, NeuronTarget):
-            with capture_output(model.layers[first.layer]) as saved:
-                logits = model.module(x)
-            resolved: list[Target] = [r.target for r in requests if r.target is not None]
-            score = select_neurons(saved[0], resolved)
-        else:
-            logits = model.module(x)
-            classes = resolve_class_targets(logits, [r.target for r in requests])
-            score = logits.gather(1, classes[:, None]).sum()
-            resolved = [ClassTarget(int(c)) for c in classes.tolist()]
+        logits, score, resolved, _ = forward_and_score(model, x, requests)
         with ModifiedReLUGradient(rule):
             (grad,) = torch.autograd.grad(score, x)
-    return BatchOutput(logits=logits.detach(), arrays=grad, targets=resolved)
+    return logits.detach(), grad, resolved
 
 
 class GuidedBackprop(Method):
     """Guided backpropagation (Springenberg et al. 2014): result [C, H, W], the input's space."""
 
     name: ClassVar[str] = "guided_backprop"
+    rule: ClassVar[str] = "guided"
 
     def run(
         self, model: ServedModel, x: torch.Tensor, requests: Sequence[MethodRequest]
     ) -> BatchOutput:
-        return modified_relu_gradient(model, x, requests, "guided")
+        logits, grad, targets = modified_relu_gradient(model, x, requests, self.rule)
+        return BatchOutput(
+            logits=logits,
+            arrays=grad,
+            targets=targets,
+            warnings=relu_rule_warnings(model, self.name),
+        )
 
     def render(self, array: np.ndarray, model: ServedModel) -> Image.Image:
         return render_gradient(array)
+
+
+class Deconvolution(GuidedBackprop):
+    """The deconvnet rule (Zeiler & Fergus 2014): result [C, H, W], the input's space."""
+
+    name: ClassVar[str] = "deconvolution"
+    rule: ClassVar[str] = "deconv"

@@ -1,0 +1,81 @@
+"""Layer activations: raw feature maps, optionally the top-k channels, a grid and a heatmap."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from ..models import ServedModel
+from ..render import input_pixels, render_grid, render_heatmap, to_png
+from .base import BatchOutput, ClassTarget, Method, MethodRequest, Output, capture_output
+
+
+def top_channels(act: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k channels with the largest mean activation, best first (stable)."""
+    means = act.reshape(act.shape[0], -1).mean(axis=1)
+    return np.argsort(-means, kind="stable")[:k].astype(np.int64)
+
+
+class Activations(Method):
+    """The outputs of one or more named layers for the input (no gradients)."""
+
+    name: ClassVar[str] = "activations"
+    uses_layers: ClassVar[bool] = True
+    max_layers: ClassVar[int] = 16
+
+    def run(
+        self, model: ServedModel, x: torch.Tensor, requests: Sequence[MethodRequest]
+    ) -> BatchOutput:
+        layers = requests[0].layers
+        with ExitStack() as stack:
+            saved = {n: stack.enter_context(capture_output(model.layers[n])) for n in layers}
+            with torch.no_grad():
+                logits = model.module(x)
+        acts = {n: s[0] for n, s in saved.items()}
+        predicted = logits.argmax(dim=1).tolist()
+        return BatchOutput(
+            logits=logits,
+            arrays=acts[layers[0]],
+            targets=[ClassTarget(int(c)) for c in predicted],
+            extras={f"layer:{n}": a for n, a in acts.items()},
+        )
+
+    def finish(
+        self,
+        model: ServedModel,
+        array: np.ndarray,
+        extras: dict[str, np.ndarray],
+        request: MethodRequest,
+        x: torch.Tensor,
+        render: bool,
+    ) -> Output:
+        arrays: dict[str, np.ndarray] = {}
+        pngs: dict[str, bytes] = {}
+        bg = input_pixels(x.numpy(), model.spec.mean, model.spec.std) if render else None
+        main: np.ndarray | None = None
+        for name in request.layers:
+            act = extras[f"layer:{name}"]
+            if request.top_k_channels and act.ndim >= 1:
+                idx = top_channels(act, min(request.top_k_channels, act.shape[0]))
+                arrays[f"{name}.channels"] = idx
+                act = act[idx]
+            arrays[name] = act
+            if main is None:
+                main = act
+            if render and act.ndim == 3:
+                pngs[f"{name}.grid"] = to_png(render_grid(act))
+                full = extras[f"layer:{name}"].mean(axis=0)
+                heat = torch.nn.functional.interpolate(
+                    torch.from_numpy(np.ascontiguousarray(full))[None, None],
+                    size=bg.shape[:2],
+                    mode="bilinear",
+                    align_corners=False,
+                )[0, 0].numpy()
+                pngs[f"{name}.heatmap"] = to_png(render_heatmap(heat, bg))
+        assert main is not None
+        first = request.layers[0]
+        return Output(array=main, arrays=arrays, png=pngs.get(f"{first}.grid"), pngs=pngs)

@@ -1,0 +1,104 @@
+"""Grad-CAM and Guided Grad-CAM, batched with per-item targets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InvalidArgument
+from ..models import ServedModel
+from ..render import input_pixels, render_gradient, render_heatmap, to_png
+from .base import BatchOutput, Method, MethodRequest, Output, forward_and_score
+from .guided_backprop import ModifiedReLUGradient, relu_rule_warnings
+
+
+def grad_cam(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """ReLU of the activations weighted by their spatially averaged gradients: [N, 1, h, w]."""
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    return F.relu((weights * acts).sum(dim=1, keepdim=True))
+
+
+def upsample(cam: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    return F.interpolate(cam, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class _CamMethod(Method):
+    uses_layers: ClassVar[bool] = True
+
+    def check_layer_shape(self, model: ServedModel, name: str, shape: tuple[int, ...]) -> None:
+        if len(shape) != 3:
+            raise InvalidArgument(
+                f"method {self.name} needs a layer with a spatial output [C, h, w]; "
+                f"'{name}' gives {list(shape)} (default: '{model.default_cam_layer}')",
+                field="layers",
+            )
+
+
+class GradCam(_CamMethod):
+    """Grad-CAM (Selvaraju et al. 2017): result [H, W] up-sampled; extras["cam"] at layer size."""
+
+    name: ClassVar[str] = "grad_cam"
+
+    def run(
+        self, model: ServedModel, x: torch.Tensor, requests: Sequence[MethodRequest]
+    ) -> BatchOutput:
+        layer = requests[0].layers[0]
+        # Parameters never require grad, so the input must for the layer to join the graph.
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits, score, targets, acts = forward_and_score(model, x, requests, (layer,))
+            (grads,) = torch.autograd.grad(score, acts[layer])
+        cam = grad_cam(acts[layer].detach(), grads)
+        up = upsample(cam, x.shape[2:])
+        return BatchOutput(
+            logits=logits.detach(), arrays=up[:, 0], targets=targets, extras={"cam": cam[:, 0]}
+        )
+
+    def finish(
+        self,
+        model: ServedModel,
+        array: np.ndarray,
+        extras: dict[str, np.ndarray],
+        request: MethodRequest,
+        x: torch.Tensor,
+        render: bool,
+    ) -> Output:
+        png = None
+        if render:
+            bg = input_pixels(x.numpy(), model.spec.mean, model.spec.std)
+            png = to_png(render_heatmap(array, bg))
+        return Output(array=array, arrays=dict(extras), png=png)
+
+
+class GuidedGradCam(_CamMethod):
+    """Guided Grad-CAM: guided backprop times the up-sampled Grad-CAM map; result [C, H, W]."""
+
+    name: ClassVar[str] = "guided_grad_cam"
+
+    def run(
+        self, model: ServedModel, x: torch.Tensor, requests: Sequence[MethodRequest]
+    ) -> BatchOutput:
+        layer = requests[0].layers[0]
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits, score, targets, acts = forward_and_score(model, x, requests, (layer,))
+            # One forward, two backward passes: the plain layer gradient for Grad-CAM, then
+            # the guided input gradient.
+            (grads,) = torch.autograd.grad(score, acts[layer], retain_graph=True)
+            with ModifiedReLUGradient("guided"):
+                (guided,) = torch.autograd.grad(score, x)
+        cam = upsample(grad_cam(acts[layer].detach(), grads), x.shape[2:])
+        return BatchOutput(
+            logits=logits.detach(),
+            arrays=guided * cam,
+            targets=targets,
+            warnings=relu_rule_warnings(model, self.name),
+            extras={"cam": cam[:, 0]},
+        )
+
+    def render(self, array: np.ndarray, model: ServedModel) -> object:
+        return render_gradient(array)
