@@ -18,10 +18,10 @@ from captum.attr import (
     LayerGradCam,
     NeuronGuidedBackprop,
 )
-from conftest import METHOD_MODELS, relative_error
 from torch import nn
 
 import deepvis
+from conftest import METHOD_MODELS, relative_error
 
 TOL = 1e-5
 N_ITEMS = 4

@@ -46,6 +46,9 @@ class ServerConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
     max_tensor_elements: int = 3 * 1024 * 1024
+    max_render_steps: int = 4096
+    max_render_side: int = 512
+    max_render_rows: int = 128
     source: Path | None = field(default=None, compare=False)
 
 
@@ -62,7 +65,15 @@ _MODEL_KEYS = {
     "max_batch_size",
     "max_delay_ms",
 }
-_SERVER_KEYS = {"device", "max_message_bytes", "max_image_pixels", "max_tensor_elements"}
+_LIMIT_KEYS = (
+    "max_message_bytes",
+    "max_image_pixels",
+    "max_tensor_elements",
+    "max_render_steps",
+    "max_render_side",
+    "max_render_rows",
+)
+_SERVER_KEYS = {"device", *_LIMIT_KEYS}
 
 
 def _req(table: dict[str, Any], key: str, where: str) -> Any:
@@ -165,11 +176,7 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     device = server.get("device", "auto")
     if not isinstance(device, str):
         raise ConfigError("[server].device must be a string such as 'auto', 'cpu' or 'cuda:0'")
-    kwargs = {
-        k: _positive_int(server[k], f"[server].{k}")
-        for k in ("max_message_bytes", "max_image_pixels", "max_tensor_elements")
-        if k in server
-    }
+    kwargs = {k: _positive_int(server[k], f"[server].{k}") for k in _LIMIT_KEYS if k in server}
     return ServerConfig(models=models, device=device, source=source, **kwargs)
 
 

@@ -8,8 +8,10 @@ import numpy as np
 
 from deepvis.v1 import deepvis_pb2 as pb
 
+from . import featurevis as fv
 from .batcher import ItemResult
 from .errors import InvalidArgument
+from .featurevis.render import RenderJob
 from .methods import ClassTarget, MethodRequest, NeuronTarget, Output, Target
 from .methods.base import MAX_LAYERS_PER_REQUEST
 from .models import ServedModel
@@ -205,3 +207,125 @@ def describe_model(model: ServedModel, methods: list[str]) -> pb.DescribeModelRe
         default_cam_layer=model.default_cam_layer,
         non_relu_activations=list(model.non_relu_activations),
     )
+
+
+@dataclass(frozen=True)
+class ParsedVisualize:
+    """A Visualize request, checked for everything that needs no model."""
+
+    model: str
+    job: RenderJob
+    input: RawInput | None
+    array_dtype: str
+
+
+def _objective(msg: pb.Objective) -> fv.Objective:
+    kind = msg.WhichOneof("kind")
+    if kind == "class_index":
+        return fv.ClassLogit(index=int(msg.class_index), negate=msg.negate)
+    if kind == "layer":
+        return fv.Layer(layer=msg.layer, negate=msg.negate)
+    if kind == "neuron":
+        n = msg.neuron
+        if n.HasField("y") != n.HasField("x"):
+            raise InvalidArgument(
+                "objective.neuron: set both y and x, or neither", field="objective.neuron"
+            )
+        if n.HasField("y"):
+            return fv.Neuron(
+                layer=n.layer, channel=int(n.channel), y=int(n.y), x=int(n.x), negate=msg.negate
+            )
+        return fv.Channel(layer=n.layer, channel=int(n.channel), negate=msg.negate)
+    raise InvalidArgument(
+        "objective must set one of neuron (a channel, or one neuron with y and x), class_index or layer",
+        field="objective",
+    )
+
+
+def parse_visualize(msg: pb.VisualizeRequest) -> ParsedVisualize:
+    """Reads a VisualizeRequest into a RenderJob; the model checks come later."""
+    for name in ("steps", "height", "width", "batch", "progress_every"):
+        if getattr(msg, name) < 0:
+            raise InvalidArgument(f"{name} must be >= 0 (0 means the default)", field=name)
+    if not (msg.learning_rate >= 0 and np.isfinite(msg.learning_rate)):
+        raise InvalidArgument(
+            f"learning_rate must be a finite number >= 0, got {msg.learning_rate}",
+            field="learning_rate",
+        )
+    if not (msg.diversity >= 0 and np.isfinite(msg.diversity)):
+        raise InvalidArgument(
+            f"diversity must be a finite number >= 0, got {msg.diversity}", field="diversity"
+        )
+    if (msg.height == 0) != (msg.width == 0):
+        raise InvalidArgument("set both height and width, or neither", field="height")
+    if msg.parameterization not in pb.Parameterization.values():
+        raise InvalidArgument("parameterization must be FFT or PIXEL", field="parameterization")
+    if msg.array_dtype not in (pb.DTYPE_UNSPECIFIED, pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT16):
+        raise InvalidArgument("array_dtype must be FLOAT32 or FLOAT16", field="array_dtype")
+    job = RenderJob(
+        objective=_objective(msg.objective),
+        size=(int(msg.height), int(msg.width)) if msg.height else None,
+        steps=msg.steps or 512,
+        lr=float(msg.learning_rate) or 0.05,
+        seed=int(msg.seed),
+        batch=msg.batch or 1,
+        diversity=float(msg.diversity),
+        param="pixel" if msg.parameterization == pb.PARAMETERIZATION_PIXEL else "fft",
+        transforms=not msg.no_transforms,
+        progress_every=msg.progress_every,
+    )
+    return ParsedVisualize(
+        model=msg.model,
+        job=job,
+        input=_raw_input(msg.input) if msg.HasField("input") else None,
+        array_dtype="float16" if msg.array_dtype == pb.DTYPE_FLOAT16 else "float32",
+    )
+
+
+def visualize_progress(
+    step: int, steps: int, objective: float, png: bytes | None
+) -> pb.VisualizeResponse:
+    return pb.VisualizeResponse(
+        progress=pb.VisualizeProgress(
+            step=step, steps=steps, objective=objective, image_png=png or b""
+        )
+    )
+
+
+def visualize_result(
+    parsed: ParsedVisualize,
+    pixels: np.ndarray,
+    pngs: list[bytes],
+    objective: float,
+    steps: int,
+    attribution: Output | None,
+    queue_ms: float,
+    compute_ms: float,
+    max_jobs: int,
+) -> pb.VisualizeResponse:
+    result = pb.VisualizeResult(
+        array=tensor_to_pb(pixels, parsed.array_dtype),
+        images_png=pngs,
+        objective=objective,
+        steps=steps,
+        queue_ms=queue_ms,
+        compute_ms=compute_ms,
+        max_batch_jobs=max_jobs,
+    )
+    if attribution is not None:
+        result.attribution.CopyFrom(tensor_to_pb(attribution.array, parsed.array_dtype))
+        if attribution.png is not None:
+            result.attribution_png = attribution.png
+    return pb.VisualizeResponse(result=result)
+
+
+def objective_target(objective: fv.Objective) -> Target | None:
+    """The Explain target matching an objective (None for a whole layer)."""
+    if isinstance(objective, fv.ClassLogit):
+        return ClassTarget(objective.index)
+    if isinstance(objective, fv.Neuron):
+        y, x = objective.y, objective.x
+        return NeuronTarget(objective.layer, objective.channel, y, x)
+    if isinstance(objective, fv.Channel):
+        return NeuronTarget(objective.layer, objective.channel)
+    return None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import torch
 
@@ -14,8 +16,10 @@ from .errors import InvalidArgument, NotFound
 from .methods import REGISTRY, Method, MethodRequest, Output
 from .models import ServedModel, load_model, select_device
 from .preprocess import Limits, RawInput, input_to_tensor
+from .visualizer import RenderLimits, Visualizer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Engine:
@@ -36,6 +40,12 @@ class Engine:
         self.cpu_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deepvis-cpu")
         self.models: dict[str, ServedModel] = {}
         self.batchers: dict[str, Batcher] = {}
+        self.visualizers: dict[str, Visualizer] = {}
+        self.render_limits = RenderLimits(
+            max_steps=config.max_render_steps,
+            max_side=config.max_render_side,
+            max_rows=config.max_render_rows,
+        )
 
     async def start(self) -> None:
         """Loads and warms every configured model on the device thread, then starts the batchers."""
@@ -52,11 +62,16 @@ class Engine:
             )
             batcher.start()
             self.batchers[spec.name] = batcher
+            visualizer = Visualizer(model, self.device_executor, self.render_limits)
+            visualizer.start()
+            self.visualizers[spec.name] = visualizer
             log.info("serving model %s (%s) on %s", spec.name, spec.arch, self.device)
 
     async def stop(self) -> None:
         for b in self.batchers.values():
             await b.stop()
+        for v in self.visualizers.values():
+            await v.stop()
         # Joining the threads blocks: do it off the event loop.
         for ex in (self.device_executor, self.cpu_executor):
             await asyncio.to_thread(ex.shutdown, wait=True, cancel_futures=True)
@@ -111,3 +126,7 @@ class Engine:
             self.cpu_executor, method.finish, model, result.array, result.extras, request, x, render
         )
         return model, result, output
+
+    async def run_cpu(self, fn: Callable[..., T], *args: Any) -> T:
+        """Runs CPU work (decoding, PNG encoding) off the event loop and off the device thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.cpu_executor, fn, *args)

@@ -93,3 +93,18 @@ def render_grid(maps: np.ndarray, max_maps: int = 64, pad: int = 1) -> Image.Ima
         grid[y : y + h, x : x + w] = normalize01(maps[i])
     img = Image.fromarray((grid * 255.0 + 0.5).astype(np.uint8))
     return upscale(img) if max(h, w) < 32 else img
+
+
+def render_images(images: list[np.ndarray]) -> list[bytes]:
+    """uint8 images (HxW or HxWxC) as PNGs, scaled up like every other picture."""
+    return [to_png(upscale(Image.fromarray(img))) for img in images]
+
+
+def render_strip(images: list[np.ndarray], pad: int = 2) -> bytes:
+    """Several same-size uint8 images side by side as one PNG."""
+    h, w = images[0].shape[:2]
+    shape = (h, len(images) * (w + pad) - pad) + images[0].shape[2:]
+    strip = np.full(shape, 255, np.uint8)
+    for i, img in enumerate(images):
+        strip[:, i * (w + pad) : i * (w + pad) + w] = img
+    return to_png(upscale(Image.fromarray(strip)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -20,6 +21,9 @@ from .errors import (
     ResourceExhausted,
     Unavailable,
 )
+from .methods import MethodRequest, Output
+from .models import ServedModel
+from .render import render_images, render_strip
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,74 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         except DeepvisError as e:
             await context.abort(status_of(e), e.message)
         return convert.describe_model(model, list(self.engine.methods))
+
+    async def Visualize(
+        self, request: pb.VisualizeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.VisualizeResponse]:
+        try:
+            parsed = convert.parse_visualize(request)
+            model = self.engine.model(parsed.model)
+            visualizer = self.engine.visualizers[model.name]
+            state = visualizer.submit(parsed.job)
+        except DeepvisError as e:
+            await context.abort(status_of(e), e.message)
+        attribution = None
+        if parsed.input is not None:
+            attribution = asyncio.ensure_future(self._attribution(parsed, model))
+        code = None
+        try:
+            job = parsed.job
+            stride = max(1, job.steps // 64)  # about 64 progress messages a job, plus pictures
+            async for ev in state.stream():
+                if ev.result is not None:
+                    res = ev.result
+                    pngs = await self.engine.run_cpu(render_images, res.images)
+                    attr = await attribution if attribution is not None else None
+                    first = state.first_step or state.arrival
+                    yield convert.visualize_result(
+                        parsed,
+                        res.pixels,
+                        pngs,
+                        res.objective,
+                        res.steps,
+                        attr,
+                        queue_ms=(first - state.arrival) * 1000.0,
+                        compute_ms=((state.last_step or first) - first) * 1000.0,
+                        max_jobs=state.max_jobs,
+                    )
+                    return
+                png = None
+                if ev.progress is not None:
+                    png = await self.engine.run_cpu(render_strip, ev.progress.images)
+                if png is not None or ev.step % stride == 0:
+                    yield convert.visualize_progress(ev.step, ev.steps, ev.objective, png)
+        except DeepvisError as e:
+            code, message = status_of(e), e.message
+        finally:
+            # A client that went away (or any exit) stops the job at the next step.
+            visualizer.cancel(state)
+            if attribution is not None and not attribution.done():
+                attribution.cancel()
+        if code is not None:
+            await context.abort(code, message)
+
+    async def _attribution(
+        self, parsed: convert.ParsedVisualize, model: ServedModel
+    ) -> Output | None:
+        """Guided backprop of the objective's neuron or class on the request's input."""
+        target = convert.objective_target(parsed.job.objective)
+        if target is None or parsed.input is None:
+            return None
+        _, _, output = await self.engine.explain(
+            model.name,
+            "guided_backprop",
+            parsed.input,
+            MethodRequest(target=target),
+            top_k=1,
+            render=True,
+            deadline=None,
+        )
+        return output
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext

@@ -1,0 +1,221 @@
+"""Continuous batching of feature-visualization jobs: one optimization batch per model and size,
+stepped on the device thread; jobs join at the next step and leave when done or cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from .errors import DeepvisError, InvalidArgument, ResourceExhausted, Unavailable
+from .featurevis.render import RenderBatch, RenderEvent, RenderJob
+from .models import ServedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RenderLimits:
+    """What one job may ask for, and how many rows the server optimizes at once."""
+
+    max_steps: int = 4096
+    max_side: int = 512
+    max_images_per_job: int = 16
+    max_rows: int = 128
+
+
+@dataclass(eq=False)
+class JobState:
+    """One submitted job as its stream sees it."""
+
+    job: RenderJob
+    size: tuple[int, int]
+    arrival: float
+    events: asyncio.Queue[RenderEvent | BaseException] = field(default_factory=asyncio.Queue)
+    handle: int | None = None  # set on the device thread once the job has joined
+    cancelled: bool = False
+    done: bool = False
+    first_step: float | None = None
+    last_step: float | None = None
+    max_jobs: int = 0
+
+    async def stream(self) -> AsyncIterator[RenderEvent]:
+        """Events until the job's result (inclusive); raises what failed the job."""
+        while True:
+            ev = await self.events.get()
+            if isinstance(ev, BaseException):
+                raise ev
+            yield ev
+            if ev.done:
+                return
+
+
+class Visualizer:
+    """Runs every feature-visualization job of one model.
+
+    One asyncio task loops: hand the pending joins and leaves to the device thread, run one
+    step of every RenderBatch there, route the events to the jobs' queues. Each round is one
+    call on the device executor, so Explain batches interleave with render steps instead of
+    waiting for whole renders.
+    """
+
+    def __init__(self, model: ServedModel, executor: Executor, limits: RenderLimits) -> None:
+        self.model = model
+        self.limits = limits
+        self._executor = executor
+        self._batches: dict[tuple[int, int], RenderBatch] = {}
+        self._joining: list[JobState] = []
+        self._leaving: list[JobState] = []
+        self._active: dict[tuple[tuple[int, int], int], JobState] = {}
+        self._rows = 0  # rows admitted (joining or active), for admission control
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def active_jobs(self) -> int:
+        return len(self._active) + len(self._joining)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._loop(), name=f"visualizer-{self.model.name}"
+        )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for state in [*self._joining, *self._active.values()]:
+            state.events.put_nowait(Unavailable("server is shutting down"))
+
+    def check(self, job: RenderJob) -> tuple[int, int]:
+        """Refuses a job outside the limits or the model; returns its image size."""
+        lim = self.limits
+        size = tuple(job.size) if job.size is not None else self.model.spec.input_size
+        if job.steps > lim.max_steps:
+            raise ResourceExhausted(f"steps is {job.steps}; at most {lim.max_steps}", field="steps")
+        if max(size) > lim.max_side:
+            raise ResourceExhausted(
+                f"image size {size[0]}x{size[1]} exceeds {lim.max_side} pixels a side",
+                field="height",
+            )
+        if job.batch > lim.max_images_per_job:
+            raise ResourceExhausted(
+                f"batch is {job.batch}; at most {lim.max_images_per_job} images a job",
+                field="batch",
+            )
+        # The batch's own checks (objective against the model's layers, steps, lr, ...).
+        RenderBatch(self.model, size).validate(job)
+        return (int(size[0]), int(size[1]))
+
+    def submit(self, job: RenderJob) -> JobState:
+        """Admits a job; it joins the optimization at the next step."""
+        size = self.check(job)
+        if self._rows + job.batch > self.limits.max_rows:
+            raise Unavailable(
+                f"model '{self.model.name}' is rendering {self._rows} images (the limit is "
+                f"{self.limits.max_rows}); retry with backoff"
+            )
+        state = JobState(job=job, size=size, arrival=time.perf_counter())
+        self._rows += job.batch
+        self._joining.append(state)
+        self._wake.set()
+        return state
+
+    def cancel(self, state: JobState) -> None:
+        """Stops a job at the next step boundary (its client went away)."""
+        if state.done or state.cancelled:
+            return
+        state.cancelled = True
+        if state in self._joining:
+            self._joining.remove(state)
+            self._rows -= state.job.batch
+        else:
+            self._leaving.append(state)
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._joining and not self._active and not self._leaving:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            joining, self._joining = self._joining, []
+            leaving, self._leaving = self._leaving, []
+            try:
+                results = await loop.run_in_executor(self._executor, self._round, joining, leaving)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the loop must outlive any one round
+                log.exception("feature visualization round failed")
+                results = []
+            self._route(results, joining, leaving)
+
+    def _round(
+        self, joining: list[JobState], leaving: list[JobState]
+    ) -> list[tuple[tuple[int, int], list[RenderEvent] | BaseException, int]]:
+        """Device thread: apply joins and leaves, then one step of every batch."""
+        for state in leaving:
+            batch = self._batches.get(state.size)
+            if batch is not None and state.handle is not None:
+                batch.remove(state.handle)
+        for state in joining:
+            batch = self._batches.setdefault(state.size, RenderBatch(self.model, state.size))
+            state.handle = batch.add(state.job)
+        out: list[tuple[tuple[int, int], list[RenderEvent] | BaseException, int]] = []
+        for size, batch in list(self._batches.items()):
+            if not batch.handles:
+                del self._batches[size]
+                continue
+            n_jobs = len(batch.handles)
+            try:
+                out.append((size, batch.step(), n_jobs))
+            except Exception as e:  # noqa: BLE001 - fail this batch's jobs, keep serving
+                log.exception("render step failed on model %s at %s", self.model.name, size)
+                for h in batch.handles:
+                    batch.remove(h)
+                out.append((size, e, n_jobs))
+        return out
+
+    def _route(self, results: list, joining: list[JobState], leaving: list[JobState]) -> None:
+        now = time.perf_counter()
+        for state in joining:  # one cancelled meanwhile is already in self._leaving
+            self._active[(state.size, state.handle)] = state  # type: ignore[index]
+        for state in leaving:
+            if self._active.pop((state.size, state.handle), None) is not None:  # type: ignore[arg-type]
+                self._rows -= state.job.batch
+        for size, events, n_jobs in results:
+            if isinstance(events, BaseException):
+                for key in [k for k in self._active if k[0] == size]:
+                    state = self._active.pop(key)
+                    self._rows -= state.job.batch
+                    state.events.put_nowait(DeepvisError("internal error while rendering"))
+                continue
+            for ev in events:
+                state = self._active.get((size, ev.handle))
+                if state is None:
+                    continue
+                if state.first_step is None:
+                    state.first_step = now
+                state.last_step = now
+                state.max_jobs = max(state.max_jobs, n_jobs)
+                if not state.cancelled:
+                    state.events.put_nowait(ev)
+                if ev.done:
+                    state.done = True
+                    self._active.pop((size, ev.handle))
+                    self._rows -= state.job.batch
+
+
+def check_job_fields(steps: int, lr: float, batch: int) -> None:
+    """Range checks that need no model."""
+    if steps < 0 or batch < 0:
+        raise InvalidArgument("steps and batch must be >= 0 (0 means the default)", field="steps")
+    if not lr >= 0:
+        raise InvalidArgument(f"learning_rate must be >= 0, got {lr}", field="learning_rate")
