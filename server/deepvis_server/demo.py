@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         wait_serving(args.address, 120.0, server)
+        out = args.out
         run_cli("models", "--server", args.address)
+        run_cli("layers", "digits", "--server", args.address)
+        # 1. Guided backpropagation: which pixels each decision rests on.
         run_cli(
             "explain",
             *samples,
@@ -69,13 +72,79 @@ def main(argv: list[str] | None = None) -> int:
             "--method",
             "guided-backprop",
             "--out",
-            str(args.out),
+            str(out / "guided-backprop"),
             "--save-array",
+        )
+        # 2. Activation visualization: the 16 strongest feature maps of conv2 and conv3, and
+        #    where each layer fires; Grad-CAM, its class-discriminative form.
+        run_cli(
+            "explain",
+            *samples,
+            "--server",
+            args.address,
+            "--method",
+            "activations",
+            "--layer",
+            "conv2",
+            "--layer",
+            "conv3",
+            "--top-k-channels",
+            "16",
+            "--out",
+            str(out / "activations"),
+        )
+        run_cli(
+            "explain",
+            *samples,
+            "--server",
+            args.address,
+            "--method",
+            "grad-cam",
+            "--out",
+            str(out / "grad-cam"),
+        )
+        # 3. Neuron-level visualization: what each class logit wants to see, ten renders at
+        #    once (they share one optimization batch), and one conv3 neuron with where it
+        #    fires on a real digit.
+        renders = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "deepvis",
+                    "visualize",
+                    "--server",
+                    args.address,
+                    "--class",
+                    str(k),
+                    "--steps",
+                    "256",
+                    "--out",
+                    str(out / "visualize"),
+                ]
+            )
+            for k in range(10)
+        ]
+        print("$ deepvis visualize --class K --steps 256 (K = 0..9, concurrently)", flush=True)
+        if any(p.wait() != 0 for p in renders):
+            raise RuntimeError("a visualize command failed")
+        run_cli(
+            "visualize",
+            "--server",
+            args.address,
+            "--neuron",
+            "conv3:5:4:4",
+            "--steps",
+            "256",
+            "--input",
+            samples[5],
+            "--out",
+            str(out / "visualize"),
         )
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=30)
-    written = sorted(args.out.glob("*.png"))
+    written = sorted(args.out.rglob("*.png"))
     print(f"demo: wrote {len(written)} pictures to {args.out}/ (server exited with {code})")
     return 0 if code == 0 and written else 1
 
