@@ -102,7 +102,10 @@ def test_same_seed_same_image_other_seed_other_image(digits_server) -> None:
         a = client.visualize(deepvis.Layer("conv2"), steps=16, seed=3)
         b = client.visualize(deepvis.Layer("conv2"), steps=16, seed=3)
         c = client.visualize(deepvis.Layer("conv2"), steps=16, seed=4)
-    assert np.array_equal(a.array, b.array)
+    if digits_server.engine.device.type == "cpu":
+        assert np.array_equal(a.array, b.array)
+    else:  # CUDA's grid_sample backward adds with atomics: equal up to float rounding
+        assert np.abs(a.array - b.array).max() < 1e-4
     assert np.abs(a.array - c.array).mean() > 1e-3
 
 

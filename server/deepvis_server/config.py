@@ -43,6 +43,9 @@ class ServerConfig:
 
     models: tuple[ModelSpec, ...]
     device: str = "auto"
+    # TF32 matmuls and convolutions on CUDA trade ~1e-3 relative error for speed; the
+    # methods are exact by default, so it stays off unless the operator turns it on.
+    allow_tf32: bool = False
     max_message_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
     max_tensor_elements: int = 3 * 1024 * 1024
@@ -73,7 +76,7 @@ _LIMIT_KEYS = (
     "max_render_side",
     "max_render_rows",
 )
-_SERVER_KEYS = {"device", *_LIMIT_KEYS}
+_SERVER_KEYS = {"device", "allow_tf32", *_LIMIT_KEYS}
 
 
 def _req(table: dict[str, Any], key: str, where: str) -> Any:
@@ -177,7 +180,12 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     if not isinstance(device, str):
         raise ConfigError("[server].device must be a string such as 'auto', 'cpu' or 'cuda:0'")
     kwargs = {k: _positive_int(server[k], f"[server].{k}") for k in _LIMIT_KEYS if k in server}
-    return ServerConfig(models=models, device=device, source=source, **kwargs)
+    allow_tf32 = server.get("allow_tf32", False)
+    if not isinstance(allow_tf32, bool):
+        raise ConfigError("[server].allow_tf32 must be true or false")
+    return ServerConfig(
+        models=models, device=device, allow_tf32=allow_tf32, source=source, **kwargs
+    )
 
 
 def load_config(path: Path | str | None = None) -> ServerConfig:

@@ -50,7 +50,9 @@ class Engine:
     async def start(self) -> None:
         """Loads and warms every configured model on the device thread, then starts the batchers."""
         loop = asyncio.get_running_loop()
-        torch.set_grad_enabled(False)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = self.config.allow_tf32
+            torch.backends.cudnn.allow_tf32 = self.config.allow_tf32
         for spec in self.config.models:
             model = await loop.run_in_executor(self.device_executor, load_model, spec, self.device)
             self.models[spec.name] = model
