@@ -52,6 +52,21 @@ class ServerConfig:
     max_render_steps: int = 4096
     max_render_side: int = 512
     max_render_rows: int = 128
+    # Load and time.
+    max_queue_size: int = 256  # requests queued per model; beyond: UNAVAILABLE at once
+    default_timeout_s: float = 60.0  # a request without a deadline gets this one
+    max_timeout_s: float = 600.0  # a client's deadline is capped here (clients can only shorten)
+    # Safety and access.
+    model_root: Path | None = None  # weights and labels must resolve inside it (when set)
+    tls_cert: Path | None = None  # server certificate chain (PEM); with tls_key: TLS on
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # when set, clients must present a certificate it signed
+    auth_tokens_file: Path | None = None  # one bearer token a line; when set, calls need one
+    allow_insecure_remote: bool = False  # plaintext on a non-loopback address needs this
+    # Observability.
+    metrics_port: int = 0  # Prometheus /metrics on this port (0: off)
+    metrics_address: str = "127.0.0.1"
+    log_format: str = "text"  # "text" or "json" (one object a line, with request ids)
     source: Path | None = field(default=None, compare=False)
 
 
@@ -76,7 +91,20 @@ _LIMIT_KEYS = (
     "max_render_side",
     "max_render_rows",
 )
-_SERVER_KEYS = {"device", "allow_tf32", *_LIMIT_KEYS}
+_LIMIT_KEYS = (*_LIMIT_KEYS, "max_queue_size")
+_SECONDS_KEYS = ("default_timeout_s", "max_timeout_s")
+_PATH_KEYS = ("model_root", "tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file")
+_SERVER_KEYS = {
+    "device",
+    "allow_tf32",
+    "allow_insecure_remote",
+    "metrics_port",
+    "metrics_address",
+    "log_format",
+    *_LIMIT_KEYS,
+    *_SECONDS_KEYS,
+    *_PATH_KEYS,
+}
 
 
 def _req(table: dict[str, Any], key: str, where: str) -> Any:
@@ -180,12 +208,41 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     if not isinstance(device, str):
         raise ConfigError("[server].device must be a string such as 'auto', 'cpu' or 'cuda:0'")
     kwargs = {k: _positive_int(server[k], f"[server].{k}") for k in _LIMIT_KEYS if k in server}
-    allow_tf32 = server.get("allow_tf32", False)
-    if not isinstance(allow_tf32, bool):
-        raise ConfigError("[server].allow_tf32 must be true or false")
-    return ServerConfig(
-        models=models, device=device, allow_tf32=allow_tf32, source=source, **kwargs
-    )
+    for key in ("allow_tf32", "allow_insecure_remote"):
+        if key in server and not isinstance(server[key], bool):
+            raise ConfigError(f"[server].{key} must be true or false")
+        if key in server:
+            kwargs[key] = server[key]
+    for key in _SECONDS_KEYS:
+        if key in server:
+            v = server[key]
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 86400:
+                raise ConfigError(f"[server].{key} must be a number of seconds in (0, 86400]")
+            kwargs[key] = float(v)
+    for key in _PATH_KEYS:
+        if key in server:
+            kwargs[key] = _path(server[key], base, f"[server].{key}")
+    if "metrics_port" in server:
+        port = server["metrics_port"]
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise ConfigError("[server].metrics_port must be a port number (0: off)")
+        kwargs["metrics_port"] = port
+    if "metrics_address" in server:
+        if not isinstance(server["metrics_address"], str):
+            raise ConfigError("[server].metrics_address must be a host name or address")
+        kwargs["metrics_address"] = server["metrics_address"]
+    if server.get("log_format", "text") not in ("text", "json"):
+        raise ConfigError("[server].log_format must be 'text' or 'json'")
+    if "log_format" in server:
+        kwargs["log_format"] = server["log_format"]
+    if ("tls_cert" in kwargs) != ("tls_key" in kwargs):
+        raise ConfigError("[server].tls_cert and tls_key go together")
+    if "tls_client_ca" in kwargs and "tls_cert" not in kwargs:
+        raise ConfigError("[server].tls_client_ca needs tls_cert and tls_key")
+    cfg = ServerConfig(models=models, device=device, source=source, **kwargs)
+    if cfg.default_timeout_s > cfg.max_timeout_s:
+        raise ConfigError("[server].default_timeout_s must not exceed max_timeout_s")
+    return cfg
 
 
 def load_config(path: Path | str | None = None) -> ServerConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import grpc
@@ -27,9 +27,15 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Explainer"].full_name
 class DeepvisServer:
     """One deepvis server process: start() loads the models, then listens; stop() drains."""
 
-    def __init__(self, config: ServerConfig, address: str = "127.0.0.1:50051") -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        address: str = "127.0.0.1:50051",
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
         self.config = config
         self.address = address
+        self.interceptors = list(interceptors)
         self.engine = Engine(config)
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
@@ -41,10 +47,11 @@ class DeepvisServer:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         limit = self.config.max_message_bytes
         server = grpc.aio.server(
+            interceptors=self.interceptors,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
-            ]
+            ],
         )
         pb_grpc.add_ExplainerServicer_to_server(ExplainerServicer(self.engine), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -84,10 +91,14 @@ class DeepvisServer:
 
 
 @contextmanager
-def serve_in_thread(config: ServerConfig, address: str = "127.0.0.1:0") -> Iterator[DeepvisServer]:
+def serve_in_thread(
+    config: ServerConfig,
+    address: str = "127.0.0.1:0",
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> Iterator[DeepvisServer]:
     """Runs a server on its own event loop in a background thread (tests, embedding, demos)."""
     loop = asyncio.new_event_loop()
-    server = DeepvisServer(config, address)
+    server = DeepvisServer(config, address, interceptors)
     ready = threading.Event()
     error: list[BaseException] = []
     stop_requested = asyncio.Event()
