@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,7 @@ __all__ = ["main"]
 
 _DEFAULT_SERVER = "127.0.0.1:50051"
 _SERVER_ENV = "DEEPVIS_SERVER"
+_TOKEN_ENV = "DEEPVIS_TOKEN"
 _MAX_WORKERS = 8
 
 # Errors a user can act on; anything else is a bug and keeps its traceback.
@@ -99,21 +101,60 @@ def _file_part(name: str) -> str:
     return _UNSAFE_FILE_CHARS.sub("_", name)
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+def _add_connection_flags(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
+    """How to reach the server; accepted before the command and after it."""
+    # After the command a flag not given must not reset one given before it, hence SUPPRESS.
+    default = None if top_level else argparse.SUPPRESS
+    parser.add_argument(
         "--server",
         metavar="ADDR",
+        default=default,
         help=f"server host:port (default: ${_SERVER_ENV}, else {_DEFAULT_SERVER})",
     )
-    common.add_argument(
-        "--timeout", type=float, metavar="S", help="deadline of each call in seconds"
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        default=default,
+        help="deadline of each call in seconds",
     )
+    parser.add_argument(
+        "--token",
+        default=default,
+        help=f"bearer token sent with every call (default: ${_TOKEN_ENV}, kept out of ps)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=False if top_level else argparse.SUPPRESS,
+        help="connect over TLS (implied by --tls-ca, --tls-cert)",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        default=default,
+        help="PEM CA certificate to check the server's certificate against",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        default=default,
+        help="PEM client certificate, for servers that require one (with --tls-key)",
+    )
+    parser.add_argument(
+        "--tls-key", metavar="FILE", default=default, help="PEM private key of --tls-cert"
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _add_connection_flags(common, top_level=False)
 
     parser = argparse.ArgumentParser(
         prog="deepvis", description="Show what an image classifier served by deepvis sees."
     )
     parser.add_argument("--version", action="version", version=f"deepvis {__version__}")
+    _add_connection_flags(parser, top_level=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser(
@@ -522,6 +563,19 @@ def _run_health(client: Client, args: argparse.Namespace) -> int:
     return 0 if status == _HEALTHY else 1
 
 
+def _read(path: str | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
+
+
+def _tls_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "tls": args.tls,
+        "root_certificates": _read(args.tls_ca),
+        "client_certificate": _read(args.tls_cert),
+        "client_key": _read(args.tls_key),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the deepvis command line.
 
@@ -532,10 +586,15 @@ def main(argv: list[str] | None = None) -> int:
         The exit status: 0 on success, 1 when a call or a file failed (argparse exits 2 on
         usage errors).
     """
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
     server = args.server or os.environ.get(_SERVER_ENV) or _DEFAULT_SERVER
+    # An empty variable means no token, as an unset one does.
+    token = args.token or os.environ.get(_TOKEN_ENV, "").strip() or None
     try:
-        with Client(server, timeout=args.timeout) as client:
+        with Client(server, timeout=args.timeout, token=token, **_tls_arguments(args)) as client:
             if args.command == "models":
                 return _run_models(client)
             if args.command == "layers":

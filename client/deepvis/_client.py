@@ -34,6 +34,7 @@ _DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # The standard health service; its messages are encoded by hand (see _convert) so that the
 # thin client does not need grpcio-health-checking.
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+_AUTHORIZATION = "authorization"
 
 
 def _channel_options(
@@ -47,6 +48,47 @@ def _channel_options(
     # depending on which of two duplicate channel args gRPC honours.
     merged.update(options or ())
     return list(merged.items())
+
+
+_Metadata = tuple[tuple[str, str], ...]
+
+
+def _check_token(token: str | None) -> None:
+    if token is None:
+        return
+    if not isinstance(token, str):
+        raise TypeError(f"token must be a str, not {type(token).__name__}")
+    # gRPC metadata values are printable ASCII; a newline would also split the header.
+    if not token or not token.isascii() or not token.isprintable() or " " in token:
+        raise ValueError("token must be non-empty printable ASCII without spaces")
+
+
+def _security(
+    token: str | None,
+    tls: bool,
+    root_certificates: bytes | None,
+    client_certificate: bytes | None,
+    client_key: bytes | None,
+) -> tuple[grpc.ChannelCredentials | None, _Metadata | None]:
+    """Channel credentials (None: plaintext) and the metadata to send with every call."""
+    _check_token(token)
+    if (client_certificate is None) != (client_key is None):
+        raise ValueError("client_certificate and client_key go together")
+    if not tls and root_certificates is None and client_certificate is None:
+        # Call credentials need a secure channel, so on plaintext the token rides in each
+        # call's metadata instead; the server only allows plaintext on loopback by default.
+        return None, None if token is None else ((_AUTHORIZATION, f"Bearer {token}"),)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=root_certificates,
+        private_key=client_key,
+        certificate_chain=client_certificate,
+    )
+    if token is not None:
+        # Sent as "authorization: Bearer <token>", and only ever over this TLS channel.
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(token)
+        )
+    return credentials, None
 
 
 def _models_from_pb(response: deepvis_pb2.ListModelsResponse) -> list[ModelInfo]:
@@ -95,19 +137,41 @@ class Client(_Base):
         timeout: float | None = None,
         max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
         options: Sequence[tuple[str, Any]] | None = None,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        client_certificate: bytes | None = None,
+        client_key: bytes | None = None,
     ) -> None:
-        """Opens an insecure channel to a server; the connection is made on the first call.
+        """Opens a channel to a server; the connection is made on the first call.
 
         Args:
             address: The server's "host:port".
             timeout: Default deadline of each call in seconds; None waits indefinitely.
             max_message_bytes: Largest message sent or received, in bytes.
             options: Extra gRPC channel options as (name, value) pairs; they override ours.
+            token: A bearer token, sent as `authorization: Bearer <token>` metadata with
+                every call, for a server started with an auth tokens file.
+            tls: Connect over TLS, checking the server's certificate against the system's
+                roots (or `root_certificates`). Implied by any of the three PEM arguments.
+            root_certificates: PEM CA certificate(s) to check the server's certificate
+                against, e.g. a private CA's.
+            client_certificate: PEM certificate chain to present to a server that asks for
+                client certificates (mutual TLS); needs `client_key`.
+            client_key: PEM private key of `client_certificate`.
+
+        Raises:
+            ValueError, TypeError: The token or the certificate arguments are invalid.
         """
         super().__init__(address, timeout)
-        self._channel = grpc.insecure_channel(
-            address, options=_channel_options(max_message_bytes, options)
+        credentials, self._metadata = _security(
+            token, tls, root_certificates, client_certificate, client_key
         )
+        channel_options = _channel_options(max_message_bytes, options)
+        if credentials is None:
+            self._channel = grpc.insecure_channel(address, options=channel_options)
+        else:
+            self._channel = grpc.secure_channel(address, credentials, options=channel_options)
         self._stub = deepvis_pb2_grpc.ExplainerStub(self._channel)
         # No (de)serializers: the request and response travel as the bytes we encode.
         self._health_check = self._channel.unary_unary(
@@ -129,7 +193,9 @@ class Client(_Base):
         """
         try:
             response = self._stub.ListModels(
-                deepvis_pb2.ListModelsRequest(), timeout=self._deadline(timeout)
+                deepvis_pb2.ListModelsRequest(),
+                timeout=self._deadline(timeout),
+                metadata=self._metadata,
             )
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
@@ -209,7 +275,9 @@ class Client(_Base):
         if model is None:
             _convert.set_model(request, self._resolve_model(timeout))
         try:
-            response = self._stub.Explain(request, timeout=self._deadline(timeout))
+            response = self._stub.Explain(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
         return _convert.explanation_from_pb(response)
@@ -233,7 +301,9 @@ class Client(_Base):
         """
         request = _convert.health_request_to_bytes(service)
         try:
-            response = self._health_check(request, timeout=self._deadline(timeout))
+            response = self._health_check(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
         return _convert.health_status_from_bytes(response)
@@ -257,7 +327,9 @@ class Client(_Base):
         name = model if model is not None else self._resolve_model(timeout)
         request = _convert.describe_request_to_pb(name)
         try:
-            response = self._stub.DescribeModel(request, timeout=self._deadline(timeout))
+            response = self._stub.DescribeModel(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
         return _convert.model_description_from_pb(response)
@@ -428,7 +500,9 @@ class Client(_Base):
     ) -> Generator[Progress | Visualization, None, None]:
         if resolve:
             _convert.set_visualize_model(request, self._resolve_model(timeout))
-        call = self._stub.Visualize(request, timeout=self._deadline(timeout))
+        call = self._stub.Visualize(
+            request, timeout=self._deadline(timeout), metadata=self._metadata
+        )
         result: Visualization | None = None
         try:
             for response in call:
@@ -480,19 +554,41 @@ class AsyncClient(_Base):
         timeout: float | None = None,
         max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
         options: Sequence[tuple[str, Any]] | None = None,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        client_certificate: bytes | None = None,
+        client_key: bytes | None = None,
     ) -> None:
-        """Opens an insecure grpc.aio channel to a server; the connection is made on the first call.
+        """Opens a grpc.aio channel to a server; the connection is made on the first call.
 
         Args:
             address: The server's "host:port".
             timeout: Default deadline of each call in seconds; None waits indefinitely.
             max_message_bytes: Largest message sent or received, in bytes.
             options: Extra gRPC channel options as (name, value) pairs; they override ours.
+            token: A bearer token, sent as `authorization: Bearer <token>` metadata with
+                every call, for a server started with an auth tokens file.
+            tls: Connect over TLS, checking the server's certificate against the system's
+                roots (or `root_certificates`). Implied by any of the three PEM arguments.
+            root_certificates: PEM CA certificate(s) to check the server's certificate
+                against, e.g. a private CA's.
+            client_certificate: PEM certificate chain to present to a server that asks for
+                client certificates (mutual TLS); needs `client_key`.
+            client_key: PEM private key of `client_certificate`.
+
+        Raises:
+            ValueError, TypeError: The token or the certificate arguments are invalid.
         """
         super().__init__(address, timeout)
-        self._channel = grpc.aio.insecure_channel(
-            address, options=_channel_options(max_message_bytes, options)
+        credentials, self._metadata = _security(
+            token, tls, root_certificates, client_certificate, client_key
         )
+        channel_options = _channel_options(max_message_bytes, options)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(address, options=channel_options)
+        else:
+            self._channel = grpc.aio.secure_channel(address, credentials, options=channel_options)
         self._stub = deepvis_pb2_grpc.ExplainerStub(self._channel)
         # No (de)serializers: the request and response travel as the bytes we encode.
         self._health_check = self._channel.unary_unary(
@@ -514,7 +610,9 @@ class AsyncClient(_Base):
         """
         try:
             response = await self._stub.ListModels(
-                deepvis_pb2.ListModelsRequest(), timeout=self._deadline(timeout)
+                deepvis_pb2.ListModelsRequest(),
+                timeout=self._deadline(timeout),
+                metadata=self._metadata,
             )
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
@@ -593,7 +691,9 @@ class AsyncClient(_Base):
         if model is None:
             _convert.set_model(request, await self._resolve_model(timeout))
         try:
-            response = await self._stub.Explain(request, timeout=self._deadline(timeout))
+            response = await self._stub.Explain(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
         return _convert.explanation_from_pb(response)
@@ -617,7 +717,9 @@ class AsyncClient(_Base):
         """
         request = _convert.health_request_to_bytes(service)
         try:
-            response = await self._health_check(request, timeout=self._deadline(timeout))
+            response = await self._health_check(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
         return _convert.health_status_from_bytes(response)
@@ -641,7 +743,9 @@ class AsyncClient(_Base):
         name = model if model is not None else await self._resolve_model(timeout)
         request = _convert.describe_request_to_pb(name)
         try:
-            response = await self._stub.DescribeModel(request, timeout=self._deadline(timeout))
+            response = await self._stub.DescribeModel(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
         return _convert.model_description_from_pb(response)
@@ -812,7 +916,9 @@ class AsyncClient(_Base):
     ) -> AsyncGenerator[Progress | Visualization, None]:
         if resolve:
             _convert.set_visualize_model(request, await self._resolve_model(timeout))
-        call = self._stub.Visualize(request, timeout=self._deadline(timeout))
+        call = self._stub.Visualize(
+            request, timeout=self._deadline(timeout), metadata=self._metadata
+        )
         result: Visualization | None = None
         try:
             async for response in call:

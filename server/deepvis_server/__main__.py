@@ -7,8 +7,10 @@ import asyncio
 import logging
 import signal
 import sys
+from dataclasses import replace
+from pathlib import Path
 
-from .config import DEFAULT_CONFIG, ConfigError, load_config
+from .config import DEFAULT_CONFIG, ConfigError, ServerConfig, load_config
 from .server import DeepvisServer
 
 log = logging.getLogger("deepvis_server")
@@ -24,24 +26,76 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--address", default="127.0.0.1:50051", help="HOST:PORT to listen on (default %(default)s)"
     )
     p.add_argument("--device", help="override [server].device: auto, cpu, cuda, cuda:N")
+    access = p.add_argument_group("access (each overrides its [server] key)")
+    access.add_argument("--tls-cert", metavar="PEM", help="server certificate chain: TLS on")
+    access.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    access.add_argument(
+        "--tls-client-ca",
+        metavar="PEM",
+        help="require client certificates signed by this CA (mutual TLS)",
+    )
+    access.add_argument(
+        "--auth-tokens-file",
+        metavar="FILE",
+        help="require 'authorization: Bearer <token>' with a token from FILE (one a line)",
+    )
+    access.add_argument(
+        "--allow-insecure-remote",
+        action="store_true",
+        help="allow plaintext on a non-loopback address (only on a network you trust)",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p.parse_args(argv)
 
 
-async def serve(server: DeepvisServer) -> None:
+EXIT_DEVICE_FAILED = 3  # a fatal device error: the supervisor should restart the process
+
+
+async def serve(server: DeepvisServer) -> int:
+    """Serves until SIGTERM/SIGINT (exit 0) or a fatal device error (exit 3)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Installed before the models load, so a SIGTERM during start-up also ends cleanly.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    for name, why in server.engine.failed.items():
+        print(f"deepvis-server: not serving {name}: {why}", file=sys.stderr, flush=True)
     print(
-        f"deepvis-server: serving {', '.join(server.engine.models)} on {server.bound_address}",
+        f"deepvis-server: serving {', '.join(server.engine.models)} on {server.bound_address} "
+        f"({server.access})",
         flush=True,
     )
-    await stop.wait()
-    log.info("shutting down")
+    failed = asyncio.ensure_future(asyncio.to_thread(server.failed.wait))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({failed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    code = EXIT_DEVICE_FAILED if server.failed.is_set() else 0
+    if code:
+        log.critical("device failed: %s; stopping", server.engine.fatal_error)
+    else:
+        log.info("shutting down")
+    server.failed.set()  # ends the waiting thread
+    stopping.cancel()
     await server.stop(grace=10.0)
+    return code
+
+
+def _override(flag: str | None, current: Path | None) -> Path | None:
+    # A flag's path is relative to the working directory, as a shell user expects.
+    return current if flag is None else Path(flag)
+
+
+def apply_overrides(config: ServerConfig, args: argparse.Namespace) -> ServerConfig:
+    """The configuration with the command line's overrides applied."""
+    return replace(
+        config,
+        device=args.device or config.device,
+        tls_cert=_override(args.tls_cert, config.tls_cert),
+        tls_key=_override(args.tls_key, config.tls_key),
+        tls_client_ca=_override(args.tls_client_ca, config.tls_client_ca),
+        auth_tokens_file=_override(args.auth_tokens_file, config.auth_tokens_file),
+        allow_insecure_remote=config.allow_insecure_remote or args.allow_insecure_remote,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,12 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        config = load_config(args.config)
-        if args.device:
-            from dataclasses import replace
-
-            config = replace(config, device=args.device)
-        asyncio.run(serve(DeepvisServer(config, args.address)))
+        config = apply_overrides(load_config(args.config), args)
+        return asyncio.run(serve(DeepvisServer(config, args.address)))
     except ConfigError as e:
         print(f"ConfigError: {e}", file=sys.stderr)
         return 2

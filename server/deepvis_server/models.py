@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import pickle
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +16,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .config import ConfigError, ModelSpec
+from .security import resolve_under_root
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +88,35 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:  # noqa: BLE001 - safetensors' error type is not public API
+            raise ConfigError(f"{path}: not a valid safetensors file: {e}") from None
     # weights_only=True refuses pickled code; there is deliberately no fallback.
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ConfigError(
+            f"{path}: refused: it holds pickled objects other than tensors "
+            f"({_unpickler_reason(e)}); weights are read weights-only (safetensors, or "
+            "torch.load(weights_only=True))"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ConfigError(f"{path}: not a torch weights file: {e}") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ConfigError(f"{path}: expected a state dict of tensors")
     return obj
+
+
+def _unpickler_reason(err: pickle.UnpicklingError) -> str:
+    # torch's message is a page of advice on how to load the file unsafely; keep the reason.
+    text = str(err).strip()
+    found = re.search(r"WeightsUnpickler error: (.*?)(?: Please use|\n|$)", text)
+    if found:
+        return found.group(1).strip()[:300]
+    return text.splitlines()[-1][:300] if text else "unpickling refused"
 
 
 def read_labels(path: Path | None, num_classes: int) -> tuple[str, ...]:
@@ -110,8 +134,21 @@ def read_labels(path: Path | None, num_classes: int) -> tuple[str, ...]:
     return labels
 
 
-def load_model(spec: ModelSpec, device: torch.device) -> ServedModel:
-    """Builds, loads, checks and warms one model on `device`."""
+def load_model(
+    spec: ModelSpec, device: torch.device, model_root: Path | None = None
+) -> ServedModel:
+    """Builds, loads, checks and warms one model on `device`.
+
+    With `model_root`, the weights and labels files must resolve (symlinks followed) inside
+    it, and are read through their resolved paths.
+    """
+    weights, labels = spec.weights, spec.labels
+    if model_root is not None:
+        where = f"model '{spec.name}':"
+        if weights is not None:
+            weights = resolve_under_root(weights, model_root, f"{where} weights")
+        if labels is not None:
+            labels = resolve_under_root(labels, model_root, f"{where} labels")
     builder = resolve_builder(spec.arch)
     try:
         module = builder(num_classes=spec.num_classes)
@@ -119,8 +156,8 @@ def load_model(spec: ModelSpec, device: torch.device) -> ServedModel:
         module = builder()
     if not isinstance(module, nn.Module):
         raise ConfigError(f"model '{spec.name}': arch '{spec.arch}' did not build an nn.Module")
-    if spec.weights is not None:
-        state = load_state_dict(spec.weights)
+    if weights is not None:
+        state = load_state_dict(weights)
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as e:
@@ -135,7 +172,7 @@ def load_model(spec: ModelSpec, device: torch.device) -> ServedModel:
         spec=spec,
         module=module,
         device=device,
-        labels=read_labels(spec.labels, spec.num_classes),
+        labels=read_labels(labels, spec.num_classes),
         layers={name: m for name, m in module.named_modules() if name},
     )
     out = _trace_shapes(served)

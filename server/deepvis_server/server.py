@@ -17,11 +17,17 @@ from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 
 from .config import ServerConfig
 from .engine import Engine
+from .security import BearerTokenInterceptor, check_listen_address, server_credentials
 from .servicer import ExplainerServicer
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Explainer"].full_name
+
+
+def model_health_service(model: str) -> str:
+    """The health service name that reports one model: `deepvis.v1.Explainer/<model>`."""
+    return f"{SERVICE_NAME}/{model}"
 
 
 class DeepvisServer:
@@ -35,15 +41,34 @@ class DeepvisServer:
     ) -> None:
         self.config = config
         self.address = address
-        self.interceptors = list(interceptors)
+        # Authentication first: no later interceptor (or handler) runs for a refused call.
+        auth: list[grpc.aio.ServerInterceptor] = []
+        if config.auth_tokens_file is not None:
+            auth.append(BearerTokenInterceptor.from_file(config.auth_tokens_file))
+        self.interceptors = [*auth, *interceptors]
         self.engine = Engine(config)
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
+        # Set when the device fails beyond repair: whoever runs the server should exit non-zero.
+        self.failed = threading.Event()
+        self.engine.on_fatal = self._device_failed
+
+    @property
+    def health_services(self) -> list[str]:
+        """Every health service name this server reports: "", the Explainer, one per model."""
+        return ["", SERVICE_NAME, *(model_health_service(m.name) for m in self.config.models)]
 
     async def start(self) -> None:
-        # Health says NOT_SERVING until every model is loaded and warmed up.
-        for service in ("", SERVICE_NAME):
+        # Refused before any model loads, so a misconfigured listener fails in a second.
+        credentials = server_credentials(self.config)
+        check_listen_address(
+            self.address,
+            tls=credentials is not None,
+            allow_insecure_remote=self.config.allow_insecure_remote,
+        )
+        # Health says NOT_SERVING until the models are loaded and warmed up.
+        for service in self.health_services:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         limit = self.config.max_message_bytes
         server = grpc.aio.server(
@@ -63,23 +88,53 @@ class DeepvisServer:
             ),
             server,
         )
-        self.port = server.add_insecure_port(self.address)
+        if credentials is None:
+            self.port = server.add_insecure_port(self.address)
+        else:
+            self.port = server.add_secure_port(self.address, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.address}")
         self._server = server
         await self.engine.start()
         await server.start()
+        status = health_pb2.HealthCheckResponse
+        # Each model first, so a probe that sees the server SERVING also sees which models are.
+        for spec in self.config.models:
+            serving = spec.name in self.engine.models
+            await self.health.set(
+                model_health_service(spec.name), status.SERVING if serving else status.NOT_SERVING
+            )
+        # engine.start() raised unless at least one model serves: the server as a whole does.
         for service in ("", SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("deepvis listening on %s (port %d)", self.address, self.port)
+            await self.health.set(service, status.SERVING)
+        log.info("deepvis listening on %s (port %d, %s)", self.address, self.port, self.access)
+
+    @property
+    def access(self) -> str:
+        """How callers are let in, in words: transport and credentials."""
+        parts = ["plaintext" if self.config.tls_cert is None else "TLS"]
+        if self.config.tls_client_ca is not None:
+            parts.append("client certificates")
+        if self.config.auth_tokens_file is not None:
+            parts.append("bearer tokens")
+        return ", ".join(parts)
 
     @property
     def bound_address(self) -> str:
         host = self.address.rsplit(":", 1)[0]
         return f"{host}:{self.port}"
 
+    def _device_failed(self, error: BaseException) -> None:
+        """Called on the event loop by the engine: go NOT_SERVING at once, then let the owner stop."""
+        for service in self.health_services:
+            asyncio.get_running_loop().create_task(
+                self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+            )
+        self.failed.set()
+
     async def stop(self, grace: float | None = 5.0) -> None:
-        for service in ("", SERVICE_NAME):
+        self.engine.close()
+        for service in self.health_services:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._server is not None:
             await self._server.stop(grace)

@@ -1,0 +1,198 @@
+"""Safe model loading over real gRPC: model_root confinement and per-model isolation."""
+
+from __future__ import annotations
+
+import builtins
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import deepvis
+from conftest import free_port
+from deepvis_server.config import ConfigError, load_config, parse_config
+from deepvis_server.models import load_model
+from deepvis_server.security import resolve_under_root
+from deepvis_server.server import DeepvisServer, model_health_service, serve_in_thread
+
+DIGITS = load_config().models[0]
+
+
+class CodePayload:
+    """Unpickling this calls open(marker, "w"): code run by loading a 'weights' file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (builtins.open, (str(self.marker), "w"))
+
+
+def digits_table(name: str, weights: str, labels: str | None = None) -> dict[str, Any]:
+    table: dict[str, Any] = {
+        "name": name,
+        "arch": DIGITS.arch,
+        "weights": weights,
+        "num_classes": 10,
+        "channels": 1,
+        "input_size": list(DIGITS.input_size),
+        "mean": list(DIGITS.mean),
+        "std": list(DIGITS.std),
+    }
+    if labels is not None:
+        table["labels"] = labels
+    return table
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """base/models (the model_root) and base/outside, with good, escaping and evil files."""
+    base = tmp_path_factory.mktemp("loading")
+    root, outside = base / "models", base / "outside"
+    root.mkdir()
+    outside.mkdir()
+    assert DIGITS.weights is not None and DIGITS.labels is not None
+    for d in (root, outside):
+        shutil.copy(DIGITS.weights, d / "digits.safetensors")
+        shutil.copy(DIGITS.labels, d / "labels.txt")
+    (root / "link.safetensors").symlink_to(outside / "digits.safetensors")
+    (root / "labels-link.txt").symlink_to(outside / "labels.txt")
+    # A real state dict of the digits model, plus one entry whose unpickling runs code.
+    marker = base / "payload-ran"
+    state: dict[str, Any] = dict(load_file(str(DIGITS.weights)))
+    state["extra"] = CodePayload(marker)
+    torch.save(state, root / "evil.pt")
+    return {"base": base, "root": root, "outside": outside, "marker": marker}
+
+
+@pytest.fixture(scope="module")
+def mixed_server(layout: dict[str, Path]) -> Iterator[DeepvisServer]:
+    """One server, five models under one model_root: one good, four that must not load."""
+    tables = [
+        digits_table("good", "models/digits.safetensors", "models/labels.txt"),
+        digits_table("evil", "models/evil.pt"),
+        digits_table("dotdot", "models/../outside/digits.safetensors"),
+        digits_table("symlink", "models/link.safetensors"),
+        digits_table("labels-symlink", "models/digits.safetensors", "models/labels-link.txt"),
+    ]
+    config = parse_config(
+        {"server": {"model_root": "models"}, "models": tables}, layout["base"], None
+    )
+    with serve_in_thread(config, f"127.0.0.1:{free_port()}") as server:
+        yield server
+
+
+def test_the_payload_is_real_code(layout: dict[str, Path], tmp_path: Path) -> None:
+    # Guards the tests below: unpickled without weights_only, the file does run code.
+    probe = tmp_path / "probe-ran"
+    torch.save({"extra": CodePayload(probe)}, tmp_path / "probe.pt")
+    torch.load(tmp_path / "probe.pt", weights_only=False)
+    assert probe.exists()
+
+
+def test_pickled_code_is_refused_and_never_runs(mixed_server, layout, sample_paths) -> None:
+    with deepvis.Client(mixed_server.bound_address, timeout=30) as client:
+        with pytest.raises(deepvis.Unavailable) as info:
+            client.explain(str(sample_paths[0]), model="evil")
+        assert "model 'evil' failed to load" in info.value.details
+        assert "evil.pt" in info.value.details and "refused" in info.value.details
+        with pytest.raises(deepvis.Unavailable):
+            client.describe("evil")
+        with pytest.raises(deepvis.Unavailable):
+            client.visualize(3, model="evil", steps=4)
+        # The other model of the same server answers, correctly.
+        result = client.explain(str(sample_paths[0]), model="good")
+        assert result.target == 0 and result.predictions[0].label == "0"
+    assert not layout["marker"].exists()
+
+
+def test_health_reports_each_model(mixed_server) -> None:
+    with deepvis.Client(mixed_server.bound_address, timeout=10) as client:
+        assert client.health() == "SERVING"
+        assert client.health("deepvis.v1.Explainer") == "SERVING"
+        assert client.health(model_health_service("good")) == "SERVING"
+        for name in ("evil", "dotdot", "symlink", "labels-symlink"):
+            assert client.health(model_health_service(name)) == "NOT_SERVING", name
+        assert [m.name for m in client.models()] == ["good"]
+
+
+@pytest.mark.parametrize(
+    ("model", "path"),
+    [
+        ("dotdot", "models/../outside/digits.safetensors"),
+        ("symlink", "models/link.safetensors"),
+        ("labels-symlink", "models/labels-link.txt"),
+    ],
+)
+def test_paths_outside_model_root_are_refused(mixed_server, sample_paths, model, path) -> None:
+    with deepvis.Client(mixed_server.bound_address, timeout=10) as client:
+        with pytest.raises(deepvis.Unavailable) as info:
+            client.explain(str(sample_paths[0]), model=model)
+    details = info.value.details
+    assert path in details and "outside model_root" in details, details
+
+
+def test_resolve_under_root_names_the_path(layout) -> None:
+    root = layout["root"]
+    assert resolve_under_root(root / "digits.safetensors", root, "w") == (
+        (root / "digits.safetensors").resolve()
+    )
+    for escaping in (root / ".." / "outside" / "digits.safetensors", root / "link.safetensors"):
+        with pytest.raises(ConfigError, match="outside model_root") as info:
+            resolve_under_root(escaping, root, "weights")
+        assert str(escaping) in str(info.value)
+    spec = parse_config(
+        {"models": [digits_table("m", "models/link.safetensors")]}, layout["base"], None
+    ).models[0]
+    with pytest.raises(ConfigError, match="link.safetensors"):
+        load_model(spec, torch.device("cpu"), model_root=root)
+    # Without a model_root nothing is confined (the operator's own paths).
+    assert load_model(spec, torch.device("cpu")).name == "m"
+
+
+def test_no_model_loaded_is_a_config_error(layout) -> None:
+    config = parse_config(
+        {"server": {"model_root": "models"}, "models": [digits_table("evil", "models/evil.pt")]},
+        layout["base"],
+        None,
+    )
+    with pytest.raises(ConfigError, match="no model could be loaded: model 'evil'"):
+        with serve_in_thread(config, f"127.0.0.1:{free_port()}"):
+            pass
+    assert not layout["marker"].exists()
+
+
+def _server_process(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deepvis_server", "--address", f"127.0.0.1:{free_port()}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_server_exits_2_when_no_model_loads(layout) -> None:
+    cfg = layout["base"] / "evil-only.toml"
+    cfg.write_text(
+        '[server]\nmodel_root = "models"\n\n[[models]]\nname = "evil"\n'
+        f'arch = "{DIGITS.arch}"\nweights = "models/evil.pt"\nnum_classes = 10\n'
+        "channels = 1\ninput_size = [32, 32]\n"
+    )
+    proc = _server_process("--config", str(cfg))
+    assert proc.returncode == 2, proc.stderr
+    assert "ConfigError: no model could be loaded: model 'evil'" in proc.stderr
+    assert not layout["marker"].exists()
+
+
+def test_server_exits_2_at_once_on_invalid_toml(tmp_path) -> None:
+    cfg = tmp_path / "broken.toml"
+    cfg.write_text("[[models]\nname = \n")
+    proc = _server_process("--config", str(cfg))
+    assert proc.returncode == 2
+    assert "ConfigError:" in proc.stderr and "invalid TOML" in proc.stderr
