@@ -50,6 +50,7 @@ TOY_SPECS = {
     "faulty": ("toy_models:FaultyNet", 4, (16, 16)),
     "module_relu": ("toy_models:ModuleReLUNet", 5, (16, 16)),
     "functional_relu": ("toy_models:FunctionalReLUNet", 5, (16, 16)),
+    "oom": ("toy_models:OOMNet", 4, (16, 16)),
 }
 
 

@@ -58,3 +58,34 @@ class FunctionalReLUNet(ModuleReLUNet):
         x = self.pool(torch.relu(self.conv2(x)))
         x = self.conv3(x).relu()
         return self.fc(torch.flatten(x, 1))
+
+
+class OOMNet(FaultyNet):
+    """Runs out of device memory on batches larger than 2, and on any batch holding POISON."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 2 or bool((x == POISON).any()):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return super().forward(x)
+
+
+class SlowNet(FaultyNet):
+    """Takes a while per forward pass (for shutdown and deadline tests)."""
+
+    delay_s = 0.6
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        if x.shape[0] > 0 and float(x.flatten()[0]) != 0.0:  # the warm-up pass (zeros) is fast
+            time.sleep(self.delay_s)
+        return super().forward(x)
+
+
+class FatalNet(FaultyNet):
+    """Reports a CUDA error that leaves the device unusable when it sees POISON."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x == POISON).any()):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return super().forward(x)

@@ -6,14 +6,14 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .errors import DeadlineExceeded, DeepvisError, Unavailable
+from .errors import DeadlineExceeded, DeepvisError, ResourceExhausted, Unavailable
 from .methods import Method, MethodRequest, Target
 from .models import ServedModel
 
@@ -73,6 +73,11 @@ class Batcher:
         self._pending: deque[WorkItem] = deque()
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Called (on the event loop) when the device fails beyond repair.
+        self.on_fatal: Callable[[BaseException], None] | None = None
+        # Items that reached the device: a request dropped before compute never counts here.
+        self.computed_items = 0
+        self.closed = False
 
     @property
     def queue_depth(self) -> int:
@@ -100,6 +105,8 @@ class Batcher:
                 f"model '{self.model.name}' has {len(self._pending)} requests queued (the limit); "
                 "retry with backoff"
             )
+        if self.closed:
+            raise Unavailable("server is shutting down; retry on another replica")
         item.arrival = asyncio.get_running_loop().time()
         self._pending.append(item)
         self._arrived.set()
@@ -160,12 +167,34 @@ class Batcher:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            results = await loop.run_in_executor(self._executor, self._compute, batch)
+            outcome = await loop.run_in_executor(self._executor, self._compute, batch)
+        except FatalDeviceError as e:
+            for it in batch:
+                _fail(it, Unavailable("the device failed; this server is going down"))
+            if self.on_fatal is not None:
+                self.on_fatal(e)
+            return
+        except DeviceOutOfMemory:
+            if len(batch) == 1:
+                _fail(
+                    batch[0],
+                    ResourceExhausted(
+                        f"the device ran out of memory on this one input of model '{self.model.name}'; "
+                        "send a smaller input or use a smaller model"
+                    ),
+                )
+                return
+            # Split and retry: halves often fit where the whole batch did not.
+            log.warning("out of device memory on a batch of %d; splitting", len(batch))
+            half = len(batch) // 2
+            await self._run(batch[:half])
+            await self._run(batch[half:])
+            return
         except DeepvisError as e:
             if len(batch) == 1:
                 _fail(batch[0], e)
                 return
-            results = None
+            outcome = None
         except Exception:  # noqa: BLE001
             if len(batch) == 1:
                 log.exception("method %s failed on model %s", batch[0].method.name, self.model.name)
@@ -174,45 +203,101 @@ class Batcher:
             log.warning(
                 "batch of %d failed; retrying item by item to isolate the cause", len(batch)
             )
-            results = None
-        if results is None:
+            outcome = None
+        if outcome is None:
             # Only the guilty item fails: rerun each one alone.
             for it in batch:
                 await self._run([it])
             return
-        for it, res in zip(batch, results, strict=False):
+        results, dead = outcome
+        for it in dead:
+            _fail(it, DeadlineExceeded("deadline passed while queued; nothing was computed"))
+        for it, res in results:
             res.queue_ms = (started - it.arrival) * 1000.0
             if not it.future.done():
                 it.future.set_result(res)
 
-    def _compute(self, batch: list[WorkItem]) -> list[ItemResult]:
-        """Runs on the device thread: one method call for the whole batch."""
+    def _compute(
+        self, batch: list[WorkItem]
+    ) -> tuple[list[tuple[WorkItem, ItemResult]], list[WorkItem]]:
+        """Runs on the device thread: one method call for the live items of the batch.
+
+        Items whose client went away or whose deadline passed while the device thread was
+        busy elsewhere are dropped here, before any device work.
+        """
+        now = time.monotonic()  # the event loop's clock: deadlines are loop.time() values
+        live = [
+            it
+            for it in batch
+            if not it.future.done() and (it.deadline is None or now < it.deadline)
+        ]
+        dead = [it for it in batch if it not in live and not it.future.done()]
+        if not live:
+            return [], dead
         t0 = time.perf_counter()
         model = self.model
-        x = torch.stack([it.x for it in batch]).to(model.device, non_blocking=True)
-        out = batch[0].method.run(model, x, [it.request for it in batch])
-        k = min(max(it.top_k for it in batch), model.spec.num_classes)
-        top_p, top_i = out.logits.float().softmax(dim=1).topk(k, dim=1)
-        arrays = out.arrays.detach().float().cpu().numpy()
-        extras = {name: t.detach().float().cpu().numpy() for name, t in out.extras.items()}
-        top_p_np, top_i_np = top_p.cpu().numpy(), top_i.cpu().numpy()
+        try:
+            x = torch.stack([it.x for it in live]).to(model.device, non_blocking=True)
+            out = live[0].method.run(model, x, [it.request for it in live])
+            k = min(max(it.top_k for it in live), model.spec.num_classes)
+            top_p, top_i = out.logits.float().softmax(dim=1).topk(k, dim=1)
+            arrays = out.arrays.detach().float().cpu().numpy()
+            extras = {name: t.detach().float().cpu().numpy() for name, t in out.extras.items()}
+            top_p_np, top_i_np = top_p.cpu().numpy(), top_i.cpu().numpy()
+        except torch.OutOfMemoryError as e:
+            _release_cached_memory(model.device)
+            raise DeviceOutOfMemory(str(e)) from None
+        except RuntimeError as e:
+            if is_fatal_device_error(e):
+                raise FatalDeviceError(str(e)) from e
+            raise
+        self.computed_items += len(live)
         compute_ms = (time.perf_counter() - t0) * 1000.0
-        return [
-            ItemResult(
-                array=arrays[i],
-                extras={name: e[i] for name, e in extras.items()},
-                target=out.targets[i],
-                predictions=[
-                    (int(c), float(p))
-                    for c, p in zip(top_i_np[i, : it.top_k], top_p_np[i, : it.top_k], strict=False)
-                ],
-                warnings=out.warnings,
-                queue_ms=0.0,
-                compute_ms=compute_ms,
-                batch_size=len(batch),
+        results = [
+            (
+                it,
+                ItemResult(
+                    array=arrays[i],
+                    extras={name: e[i] for name, e in extras.items()},
+                    target=out.targets[i],
+                    predictions=[
+                        (int(c), float(p))
+                        for c, p in zip(
+                            top_i_np[i, : it.top_k], top_p_np[i, : it.top_k], strict=True
+                        )
+                    ],
+                    warnings=out.warnings,
+                    queue_ms=0.0,
+                    compute_ms=compute_ms,
+                    batch_size=len(live),
+                ),
             )
-            for i, it in enumerate(batch)
+            for i, it in enumerate(live)
         ]
+        return results, dead
+
+
+class DeviceOutOfMemory(Exception):
+    """The device could not hold the batch; the batcher splits it or fails the single item."""
+
+
+class FatalDeviceError(Exception):
+    """The device is unusable (a CUDA error other than out-of-memory): the process must restart."""
+
+
+def is_fatal_device_error(e: BaseException) -> bool:
+    """CUDA errors other than OOM leave the context unusable; everything after them fails."""
+    text = str(e)
+    return (
+        "CUDA error" in text
+        or "device-side assert" in text
+        or type(e).__name__ == "AcceleratorError"
+    )
+
+
+def _release_cached_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _fail(item: WorkItem, exc: BaseException) -> None:

@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 import torch
 
 from .batcher import Batcher, ItemResult, WorkItem
-from .config import ServerConfig
-from .errors import InvalidArgument, NotFound
+from .config import ConfigError, ServerConfig
+from .errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from .methods import REGISTRY, Method, MethodRequest, Output
 from .models import ServedModel, load_model, select_device
 from .preprocess import Limits, RawInput, input_to_tensor
@@ -41,6 +41,11 @@ class Engine:
         self.models: dict[str, ServedModel] = {}
         self.batchers: dict[str, Batcher] = {}
         self.visualizers: dict[str, Visualizer] = {}
+        self.failed: dict[str, str] = {}  # model name -> why it failed to load
+        # Set once the device has failed beyond repair; the server then goes NOT_SERVING and
+        # the process exits non-zero so that a supervisor restarts it.
+        self.fatal_error: BaseException | None = None
+        self.on_fatal: Callable[[BaseException], None] | None = None
         self.render_limits = RenderLimits(
             max_steps=config.max_render_steps,
             max_side=config.max_render_side,
@@ -48,26 +53,66 @@ class Engine:
         )
 
     async def start(self) -> None:
-        """Loads and warms every configured model on the device thread, then starts the batchers."""
+        """Loads and warms every configured model on the device thread, then starts the batchers.
+
+        A model that fails to load is left out and remembered in `failed` (requests naming it
+        get UNAVAILABLE with the reason), so one bad weights file does not take the other
+        models down; only when no model loads at all does this raise ConfigError.
+        """
         loop = asyncio.get_running_loop()
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = self.config.allow_tf32
             torch.backends.cudnn.allow_tf32 = self.config.allow_tf32
         for spec in self.config.models:
-            model = await loop.run_in_executor(self.device_executor, load_model, spec, self.device)
+            try:
+                model = await loop.run_in_executor(
+                    self.device_executor, load_model, spec, self.device, self.config.model_root
+                )
+            except Exception as e:  # noqa: BLE001 - isolate the failure to this one model
+                reason = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"
+                self.failed[spec.name] = reason
+                # A ConfigError says all there is; anything else is unexpected: keep its trace.
+                log.error(
+                    "model %s failed to load, not serving it: %s",
+                    spec.name,
+                    reason,
+                    exc_info=not isinstance(e, ConfigError),
+                )
+                continue
             self.models[spec.name] = model
             batcher = Batcher(
                 model,
                 self.device_executor,
                 max_batch_size=spec.max_batch_size,
                 max_delay_s=spec.max_delay_ms / 1000.0,
+                max_queue_size=self.config.max_queue_size,
             )
+            batcher.on_fatal = self._device_failed
             batcher.start()
             self.batchers[spec.name] = batcher
             visualizer = Visualizer(model, self.device_executor, self.render_limits)
             visualizer.start()
             self.visualizers[spec.name] = visualizer
             log.info("serving model %s (%s) on %s", spec.name, spec.arch, self.device)
+        if not self.models:
+            raise ConfigError(
+                "no model could be loaded: "
+                + "; ".join(f"model '{name}': {why}" for name, why in self.failed.items())
+            )
+
+    def _device_failed(self, error: BaseException) -> None:
+        if self.fatal_error is not None:
+            return
+        log.critical("fatal device error, refusing all requests from now on: %s", error)
+        self.fatal_error = error
+        self.close()
+        if self.on_fatal is not None:
+            self.on_fatal(error)
+
+    def close(self) -> None:
+        """Refuses new requests (UNAVAILABLE) from now on; those queued still run."""
+        for b in self.batchers.values():
+            b.closed = True
 
     async def stop(self) -> None:
         for b in self.batchers.values():
@@ -82,6 +127,12 @@ class Engine:
         try:
             return self.models[name]
         except KeyError:
+            why = self.failed.get(name)
+            if why is not None:
+                raise Unavailable(
+                    f"model '{name}' failed to load when the server started: {why}",
+                    field="model",
+                ) from None
             raise NotFound(
                 f"model '{name[:200]}' is not served; served models: {', '.join(self.models)}",
                 field="model",
@@ -104,7 +155,7 @@ class Engine:
         *,
         top_k: int,
         render: bool,
-        deadline: float | None,
+        deadline: float,
     ) -> tuple[ServedModel, ItemResult, Output]:
         """Validates, preprocesses and queues one request; returns its share of its batch and
         the finished output (arrays and pictures)."""
@@ -123,7 +174,15 @@ class Engine:
             deadline=deadline,
             future=loop.create_future(),
         )
-        result = await self.batchers[model.name].submit(item)
+        future = self.batchers[model.name].submit(item)
+        try:
+            # Cancelling the future on timeout drops the item before compute.
+            result = await asyncio.wait_for(future, timeout=max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"no result within the request's deadline (queue depth now "
+                f"{self.batchers[model.name].queue_depth})"
+            ) from None
         output = await loop.run_in_executor(
             self.cpu_executor, method.finish, model, result.array, result.extras, request, x, render
         )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .config import ModelSpec
 from .errors import InvalidArgument, ResourceExhausted
@@ -52,16 +52,26 @@ def decode_image(data: bytes, limits: Limits) -> Image.Image:
             img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             w, h = img.size
             if w * h > limits.max_image_pixels:
-                raise ResourceExhausted(
-                    f"input.image is {w}x{h} = {w * h} pixels; at most {limits.max_image_pixels} allowed",
+                # Checked on the header, before a single pixel is decompressed (bombs).
+                raise InvalidArgument(
+                    f"input.image is {w}x{h} = {w * h} pixels; at most {limits.max_image_pixels} "
+                    "allowed (resize it before sending)",
                     field="input.image",
                 )
             img.seek(0)  # GIF: the first frame
             img.load()
     except (ResourceExhausted, InvalidArgument):
         raise
-    except Image.DecompressionBombError as e:
-        raise ResourceExhausted(f"input.image: {e}", field="input.image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InvalidArgument(
+            f"input.image has too many pixels; at most {limits.max_image_pixels} allowed ({e})",
+            field="input.image",
+        ) from None
+    except UnidentifiedImageError:
+        raise InvalidArgument(
+            f"input.image is not a {', '.join(ALLOWED_FORMATS)} file (those are the formats served)",
+            field="input.image",
+        ) from None
     except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad files
         raise InvalidArgument(
             f"input.image could not be decoded as {', '.join(ALLOWED_FORMATS)} ({type(e).__name__}: {e})",
@@ -106,7 +116,7 @@ def pixels_to_image(raw: RawInput, limits: Limits) -> Image.Image:
             f"input.pixels.shape must be positive, got {list(shape)}", field="input.pixels.shape"
         )
     if shape[0] * shape[1] > limits.max_image_pixels:
-        raise ResourceExhausted(
+        raise InvalidArgument(
             f"input.pixels has {shape[0] * shape[1]} pixels; at most {limits.max_image_pixels} allowed",
             field="input.pixels.shape",
         )

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import NoReturn
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
@@ -44,6 +46,54 @@ def status_of(exc: DeepvisError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+# How long a client refused with UNAVAILABLE (full queue, full render batch) should wait.
+RETRY_DELAY_S = 0.2
+
+
+def status_details(exc: DeepvisError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
+    """The status code, message and `grpc-status-details-bin` trailer (google.rpc.Status with
+    BadRequest naming the field, or RetryInfo for a retryable refusal) for a domain error."""
+    code = status_of(exc)
+    details = []
+    if isinstance(exc, InvalidArgument) and exc.field:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=exc.field, description=exc.message
+                )
+            ]
+        )
+        details.append(bad)
+    if isinstance(exc, Unavailable):
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(int(RETRY_DELAY_S * 1000))
+        details.append(retry)
+    if not details:
+        return code, exc.message, ()
+    st = status_pb2.Status(code=code.value[0], message=exc.message)
+    for d in details:
+        st.details.add().Pack(d)
+    return code, exc.message, (("grpc-status-details-bin", st.SerializeToString()),)
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: BaseException, rpc: str) -> NoReturn:
+    """Ends the call with the status for `exc`; anything that is not a domain error is INTERNAL
+    (logged with its traceback, never shown to the client)."""
+    if isinstance(exc, DeepvisError):
+        code, message, trailer = status_details(exc)
+        if code == grpc.StatusCode.INTERNAL:
+            log.error("internal error in %s: %s", rpc, message)
+    else:
+        log.error("unexpected error in %s", rpc, exc_info=exc)
+        code, message, trailer = (
+            grpc.StatusCode.INTERNAL,
+            "internal error; the server logged the traceback",
+            (),
+        )
+    await context.abort(code, message, trailing_metadata=trailer)
+    raise AssertionError("unreachable")  # abort raises
+
+
 class ExplainerServicer(pb_grpc.ExplainerServicer):
     """Serves deepvis.v1.Explainer over an Engine."""
 
@@ -55,27 +105,17 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     ) -> pb.ExplainResponse:
         try:
             return await self._explain(request, context)
-        except DeepvisError as e:
-            code, message = status_of(e), e.message
-            if code == grpc.StatusCode.INTERNAL:
-                log.error("internal error: %s", message)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - never let a request take the server down
-            log.exception("unexpected error in Explain")
-            code, message = (
-                grpc.StatusCode.INTERNAL,
-                "internal error; the server logged the traceback",
-            )
-        await context.abort(code, message)
-        raise AssertionError("unreachable")  # abort raises
+        except Exception as e:  # noqa: BLE001 - never let a request take the server down
+            error: BaseException = e
+        await abort(context, error, "Explain")
 
     async def _explain(
         self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExplainResponse:
         parsed = convert.parse_explain(request)
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
+        deadline = self.deadline(context)
         model, result, output = await self.engine.explain(
             parsed.model,
             parsed.method,
@@ -87,13 +127,21 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         )
         return convert.explain_response(parsed, model, result, output)
 
+    def deadline(self, context: grpc.aio.ServicerContext) -> float:
+        """The request's deadline on the loop clock: the client's, capped at max_timeout_s, or
+        default_timeout_s when the client set none. A client can only shorten it."""
+        cfg = self.engine.config
+        remaining = context.time_remaining()
+        budget = cfg.default_timeout_s if remaining is None else min(remaining, cfg.max_timeout_s)
+        return asyncio.get_running_loop().time() + budget
+
     async def DescribeModel(
         self, request: pb.DescribeModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.DescribeModelResponse:
         try:
             model = self.engine.model(request.model)
         except DeepvisError as e:
-            await context.abort(status_of(e), e.message)
+            await abort(context, e, "DescribeModel")
         return convert.describe_model(model, list(self.engine.methods))
 
     async def Visualize(
@@ -105,11 +153,11 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
             visualizer = self.engine.visualizers[model.name]
             state = visualizer.submit(parsed.job)
         except DeepvisError as e:
-            await context.abort(status_of(e), e.message)
+            await abort(context, e, "Visualize")
         attribution = None
         if parsed.input is not None:
             attribution = asyncio.ensure_future(self._attribution(parsed, model))
-        code = None
+        error: DeepvisError | None = None
         try:
             job = parsed.job
             stride = max(1, job.steps // 64)  # about 64 progress messages a job, plus pictures
@@ -137,14 +185,14 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                 if png is not None or ev.step % stride == 0:
                     yield convert.visualize_progress(ev.step, ev.steps, ev.objective, png)
         except DeepvisError as e:
-            code, message = status_of(e), e.message
+            error = e
         finally:
             # A client that went away (or any exit) stops the job at the next step.
             visualizer.cancel(state)
             if attribution is not None and not attribution.done():
                 attribution.cancel()
-        if code is not None:
-            await context.abort(code, message)
+        if error is not None:
+            await abort(context, error, "Visualize")
 
     async def _attribution(
         self, parsed: convert.ParsedVisualize, model: ServedModel
@@ -160,7 +208,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
             MethodRequest(target=target),
             top_k=1,
             render=True,
-            deadline=None,
+            deadline=asyncio.get_running_loop().time() + self.engine.config.max_timeout_s,
         )
         return output
 
