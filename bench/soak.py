@@ -163,7 +163,14 @@ def main() -> int:
             if total["valid_ok"]
             else np.zeros(1)
         )
-        warm = [m for t, m in samples if t >= min(10.0, args.seconds / 3)]
+        warm_samples = [(t, m) for t, m in samples if t >= min(10.0, args.seconds / 3)]
+        warm = [m for _, m in warm_samples]
+        third = max(1, len(warm) // 3)
+        slope = (
+            float(np.polyfit([t for t, _ in warm_samples], warm, 1)[0]) * 60
+            if len(warm) > 2
+            else 0.0
+        )
         report = {
             "seconds": round(elapsed, 1),
             "clients": args.clients,
@@ -179,6 +186,9 @@ def main() -> int:
                 "after_warmup": warm[0] if warm else None,
                 "last": samples[-1][1],
                 "max": max(m for _, m in samples),
+                "mean_first_third": round(float(np.mean(warm[:third])), 1) if warm else None,
+                "mean_last_third": round(float(np.mean(warm[-third:])), 1) if warm else None,
+                "trend_mb_per_min": round(slope, 1),
             },
             "rss_samples": samples,
         }

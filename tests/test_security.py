@@ -304,8 +304,10 @@ def test_auth_runs_before_the_given_interceptors(pki) -> None:
     recorder = _Recorder()
     config = replace(load_config(), auth_tokens_file=pki["tokens"])
     with serve_in_thread(config, f"127.0.0.1:{free_port()}", [recorder]) as server:
-        assert isinstance(server.interceptors[0], BearerTokenInterceptor)
-        assert server.interceptors[1:] == [recorder]
+        # Request ids and metrics first (so refused calls are counted), then auth, then the rest.
+        assert server.interceptors[0] is server.observability.interceptor
+        assert isinstance(server.interceptors[1], BearerTokenInterceptor)
+        assert server.interceptors[2:] == [recorder]
         with deepvis.Client(server.bound_address, timeout=10) as client:
             with pytest.raises(deepvis.Unauthenticated):
                 client.models()

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import DEFAULT_CONFIG, ConfigError, ServerConfig, load_config
+from .observability import configure_logging
 from .server import DeepvisServer
 
 log = logging.getLogger("deepvis_server")
@@ -100,11 +101,10 @@ def apply_overrides(config: ServerConfig, args: argparse.Namespace) -> ServerCon
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging("text", args.log_level)  # until the configuration is read
     try:
         config = apply_overrides(load_config(args.config), args)
+        configure_logging(config.log_format, args.log_level)
         return asyncio.run(serve(DeepvisServer(config, args.address)))
     except ConfigError as e:
         print(f"ConfigError: {e}", file=sys.stderr)

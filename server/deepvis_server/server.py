@@ -17,6 +17,7 @@ from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 
 from .config import ServerConfig
 from .engine import Engine
+from .observability import Observability
 from .security import BearerTokenInterceptor, check_listen_address, server_credentials
 from .servicer import ExplainerServicer
 
@@ -45,8 +46,11 @@ class DeepvisServer:
         auth: list[grpc.aio.ServerInterceptor] = []
         if config.auth_tokens_file is not None:
             auth.append(BearerTokenInterceptor.from_file(config.auth_tokens_file))
-        self.interceptors = [*auth, *interceptors]
+        self.observability = Observability(config)
+        # Request ids and metrics first, so calls that auth refuses are counted and traceable.
+        self.interceptors = [self.observability.interceptor, *auth, *interceptors]
         self.engine = Engine(config)
+        self.observability.bind(self.engine)
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
@@ -67,6 +71,7 @@ class DeepvisServer:
             tls=credentials is not None,
             allow_insecure_remote=self.config.allow_insecure_remote,
         )
+        self.observability.start()  # a taken metrics port fails here, before models load
         # Health says NOT_SERVING until the models are loaded and warmed up.
         for service in self.health_services:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -139,6 +144,7 @@ class DeepvisServer:
         if self._server is not None:
             await self._server.stop(grace)
         await self.engine.stop()
+        await asyncio.to_thread(self.observability.stop)
 
     async def wait(self) -> None:
         if self._server is not None:
