@@ -214,9 +214,16 @@ def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones(tmp_path) -> N
         x = np.ones((3, 16, 16), np.float32)
         with grpc.insecure_channel(address) as ch:
             stub = pb_grpc.ExplainerStub(ch)
+            from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+            watch = health_pb2_grpc.HealthStub(ch).Watch(
+                health_pb2.HealthCheckRequest(), timeout=30
+            )
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
             in_flight = stub.Explain.future(request(x, "toy"), timeout=30)
             time.sleep(0.2)  # it is computing now (each forward pass takes 0.6 s)
             proc.send_signal(signal.SIGTERM)
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
             time.sleep(0.1)
             with pytest.raises(grpc.RpcError) as info:
                 stub.Explain(request(x, "toy"), timeout=10)

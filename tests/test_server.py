@@ -162,6 +162,30 @@ def test_float16_array_and_top_k(digits_server, sample_paths) -> None:
             {
                 "model": "digits",
                 "method": pb.METHOD_GUIDED_BACKPROP,
+                "target": pb.Target(neuron=pb.Neuron(layer="conv3", channel=3, y=8, x=0)),
+                "input": pb.Input(
+                    pixels=pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[32, 32], data=b"\0" * 1024)
+                ),
+            },
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "[0, 8) x [0, 8)",
+        ),
+        (
+            {
+                "model": "digits",
+                "method": pb.METHOD_GUIDED_BACKPROP,
+                "target": pb.Target(neuron=pb.Neuron(layer="conv3", channel=2**63 - 1)),
+                "input": pb.Input(
+                    pixels=pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[32, 32], data=b"\0" * 1024)
+                ),
+            },
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "[0, 64)",
+        ),
+        (
+            {
+                "model": "digits",
+                "method": pb.METHOD_GUIDED_BACKPROP,
                 "target": pb.Target(neuron=pb.Neuron(layer="conv3", channel=64)),
                 "input": pb.Input(
                     pixels=pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[32, 32], data=b"\0" * 1024)
