@@ -1,0 +1,336 @@
+"""Load benchmark: a real server driven by N client processes, beside in-process baselines on
+the same model and inputs (Captum at batch 1 and batch N, deepvis's engine at batch N).
+
+    .venv/bin/python bench/load.py --arch resnet18 --size 112 --clients 16 --requests 480 \\
+        --device cpu --out bench/results/load-cpu.json
+
+Prints a table and writes JSON: requests/s, images/s, p50/p90/p99 latency, mean batch size,
+and the ratios served/ceiling (Captum at batch N) and served/unbatched (Captum at batch 1),
+for guided backprop, Grad-CAM and activations; and feature-visualization renders per second
+with continuous batching against one at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+METHODS = ("guided_backprop", "grad_cam", "activations")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def client_proc(
+    address: str,
+    method: str,
+    layer: str,
+    n: int,
+    size: int,
+    seed: int,
+    start: float,
+    queue: mp.Queue,
+) -> None:
+    """One client: its own channel, n sequential requests of uint8 pixels, float16 results."""
+    import deepvis
+
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(4)]
+    lat, batches = [], []
+    with deepvis.Client(address, timeout=600) as client:
+        kw = {"layer": layer} if method != "guided_backprop" else {}
+        client.explain(images[0], model="m", method=method, render=False, **kw)  # connect
+        while time.time() < start:
+            time.sleep(0.001)
+        for i in range(n):
+            t0 = time.perf_counter()
+            res = client.explain(
+                images[i % 4],
+                model="m",
+                method=method,
+                render=False,
+                array_dtype="float16",
+                target=int(rng.integers(0, 1000)) if method != "activations" else None,
+                **kw,
+            )
+            lat.append(time.perf_counter() - t0)
+            batches.append(res.batch_size)
+    queue.put((time.time(), lat, batches))
+
+
+def served(address: str, method: str, layer: str, clients: int, requests: int, size: int) -> dict:
+    ctx = mp.get_context("spawn")
+    queue: mp.Queue = ctx.Queue()
+    start = time.time() + 8.0  # every process imported and connected by then
+    per = requests // clients
+    procs = [
+        ctx.Process(target=client_proc, args=(address, method, layer, per, size, i, start, queue))
+        for i in range(clients)
+    ]
+    for p in procs:
+        p.start()
+    outs = [queue.get(timeout=1800) for _ in procs]
+    for p in procs:
+        p.join()
+    wall = max(o[0] for o in outs) - start
+    lat = np.concatenate([o[1] for o in outs]) * 1000
+    batches = np.concatenate([o[2] for o in outs])
+    n = per * clients
+    return {
+        "requests": int(n),
+        "seconds": round(wall, 3),
+        "requests_per_s": round(n / wall, 2),
+        "images_per_s": round(n / wall, 2),
+        "latency_ms": {
+            q: round(float(np.percentile(lat, int(q[1:]))), 1) for q in ("p50", "p90", "p99")
+        },
+        "mean_batch_size": round(float(batches.mean()), 2),
+    }
+
+
+def timeit(fn, n_items: int, min_seconds: float = 3.0) -> float:
+    """Items per second of fn (which processes n_items), after one warm-up call."""
+    import torch
+
+    fn()
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
+    reps, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        reps += 1
+        sync()
+        if time.perf_counter() - t0 >= min_seconds:
+            break
+    return reps * n_items / (time.perf_counter() - t0)
+
+
+def baselines(module, layer: str, size: int, n: int, device: str, served_model) -> dict:
+    import warnings
+
+    import torch
+    from captum.attr import GuidedBackprop, LayerActivation, LayerGradCam
+
+    warnings.filterwarnings("ignore", module="captum")
+
+    from deepvis_server.methods import REGISTRY, ClassTarget, MethodRequest
+
+    dev = torch.device(device)
+    module = module.to(dev).eval()
+    layer_mod = dict(module.named_modules())[layer]
+    x1 = torch.randn(1, 3, size, size, device=dev)
+    xn = torch.randn(n, 3, size, size, device=dev)
+    tn = list(range(n))
+    captum = {
+        "guided_backprop": lambda x, t: GuidedBackprop(module).attribute(x, target=t),
+        "grad_cam": lambda x, t: LayerGradCam(module, layer_mod).attribute(
+            x, target=t, relu_attributions=True
+        ),
+        "activations": lambda x, t: LayerActivation(module, layer_mod).attribute(x),
+    }
+    out = {}
+    for method in METHODS:
+        m = REGISTRY[method]
+        reqs = [
+            MethodRequest(
+                target=ClassTarget(i) if method != "activations" else None,
+                layers=(layer,) if method != "guided_backprop" else (),
+            )
+            for i in range(n)
+        ]
+        reqs = [m.prepare(served_model, r) for r in reqs]
+        attr = captum[method]
+        t1 = None if method == "activations" else 0
+        tn_ = None if method == "activations" else tn
+        out[method] = {
+            "captum_batch1_images_per_s": round(
+                timeit(lambda a=attr, t=t1: a(x1.clone(), t), 1), 2
+            ),
+            f"captum_batch{n}_images_per_s": round(
+                timeit(lambda a=attr, t=tn_: a(xn.clone(), t), n), 2
+            ),
+            f"engine_batch{n}_images_per_s": round(
+                timeit(lambda m=m, r=reqs: m.run(served_model, xn, r), n), 2
+            ),
+        }
+    return out
+
+
+def renders(address: str, jobs: int, steps: int) -> dict:
+    import threading
+
+    import deepvis
+
+    def one(k: int, out: list) -> None:
+        with deepvis.Client(address, timeout=3600) as c:
+            out.append(c.visualize(k, model="m", steps=steps, seed=k))
+
+    res: list = []
+    t0 = time.perf_counter()
+    one(0, res)
+    alone = time.perf_counter() - t0
+    res.clear()
+    threads = [threading.Thread(target=one, args=(k, res)) for k in range(jobs)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    together = time.perf_counter() - t0
+    return {
+        "jobs": jobs,
+        "steps": steps,
+        "one_render_s": round(alone, 2),
+        f"{jobs}_concurrent_s": round(together, 2),
+        "concurrent_over_one": round(together / alone, 2),
+        "renders_per_s_concurrent": round(jobs / together, 3),
+        "renders_per_s_one_at_a_time": round(1 / alone, 3),
+        "max_batch_jobs": max(r.max_batch_jobs for r in res),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--size", type=int, default=112)
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--requests", type=int, default=480)
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--max-batch", type=int, default=0, help="server max_batch_size (default: --clients)"
+    )
+    p.add_argument(
+        "--render-jobs", type=int, default=0, help="concurrent renders (default: --clients)"
+    )
+    p.add_argument("--render-steps", type=int, default=512)
+    p.add_argument("--max-delay-ms", type=float, default=5.0, help="server max_delay_ms")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--out", type=Path, default=Path("bench/results/load.json"))
+    args = p.parse_args()
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+
+    from deepvis_server.config import parse_config
+    from deepvis_server.models import load_model
+
+    torch.manual_seed(0)
+    module = torchvision.models.get_model(args.arch, weights=None, num_classes=1000).eval()
+    tmp = Path(tempfile.mkdtemp())
+    save_file(
+        {k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / "m.safetensors")
+    )
+    n = args.max_batch or args.clients
+    (tmp / "m.toml").write_text(
+        f'[server]\ndevice = "{args.device}"\nmax_queue_size = 4096\n[[models]]\nname = "m"\narch = "{args.arch}"\n'
+        f'weights = "m.safetensors"\nnum_classes = 1000\ninput_size = [{args.size}, {args.size}]\n'
+        f"mean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]\nmax_batch_size = {n}\nmax_delay_ms = {args.max_delay_ms}\n"
+    )
+    spec = parse_config(
+        {
+            "models": [
+                {
+                    "name": "m",
+                    "arch": args.arch,
+                    "weights": str(tmp / "m.safetensors"),
+                    "num_classes": 1000,
+                    "input_size": [args.size, args.size],
+                }
+            ]
+        },
+        tmp,
+    ).models[0]
+    served_model = load_model(spec, torch.device(args.device))
+    layer = served_model.default_cam_layer
+    address = f"127.0.0.1:{free_port()}"
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deepvis_server",
+            "--config",
+            str(tmp / "m.toml"),
+            "--address",
+            address,
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    report: dict = {
+        "arch": args.arch,
+        "size": args.size,
+        "clients": args.clients,
+        "requests": args.requests,
+        "device": torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else f"cpu ({os.cpu_count()} cores)",
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(sys.argv),
+        "layer": layer,
+        "methods": {},
+    }
+    try:
+        for line in server.stdout:
+            if "serving" in line:
+                break
+        for method in args.methods.split(","):
+            report["methods"][method] = {
+                "served": served(address, method, layer, args.clients, args.requests, args.size)
+            }
+            print(method, report["methods"][method], flush=True)
+        if args.render_steps:
+            report["feature_visualization"] = renders(
+                address, args.render_jobs or args.clients, args.render_steps
+            )
+            print(report["feature_visualization"], flush=True)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    base = baselines(module, layer, args.size, n, args.device, served_model)
+    for method, b in base.items():
+        if method not in report["methods"]:
+            continue
+        r = report["methods"][method]
+        r.update(b)
+        s = r["served"]["images_per_s"]
+        r["served_over_unbatched"] = round(s / b["captum_batch1_images_per_s"], 2)
+        r["served_over_ceiling"] = round(s / b[f"captum_batch{n}_images_per_s"], 2)
+        r[f"engine_over_captum_batch{n}"] = round(
+            b[f"engine_batch{n}_images_per_s"] / b[f"captum_batch{n}_images_per_s"], 2
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(
+        f"\n{'method':16} {'served img/s':>12} {'captum b1':>10} {'captum bN':>10} {'engine bN':>10} {'/unbatched':>10} {'/ceiling':>9} {'batch':>6} {'p50 ms':>7} {'p99 ms':>7}"
+    )
+    for method, r in report["methods"].items():
+        s = r["served"]
+        print(
+            f"{method:16} {s['images_per_s']:12.1f} {r['captum_batch1_images_per_s']:10.1f} {r[f'captum_batch{n}_images_per_s']:10.1f} "
+            f"{r[f'engine_batch{n}_images_per_s']:10.1f} {r['served_over_unbatched']:10.2f} {r['served_over_ceiling']:9.2f} "
+            f"{s['mean_batch_size']:6.1f} {s['latency_ms']['p50']:7.1f} {s['latency_ms']['p99']:7.1f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
