@@ -83,7 +83,7 @@ _MODEL_KEYS = {
     "max_batch_size",
     "max_delay_ms",
 }
-_LIMIT_KEYS = (
+_LIMIT_KEYS: tuple[str, ...] = (
     "max_message_bytes",
     "max_image_pixels",
     "max_tensor_elements",
@@ -207,7 +207,9 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     device = server.get("device", "auto")
     if not isinstance(device, str):
         raise ConfigError("[server].device must be a string such as 'auto', 'cpu' or 'cuda:0'")
-    kwargs = {k: _positive_int(server[k], f"[server].{k}") for k in _LIMIT_KEYS if k in server}
+    kwargs: dict[str, Any] = {
+        k: _positive_int(server[k], f"[server].{k}") for k in _LIMIT_KEYS if k in server
+    }
     for key in ("allow_tf32", "allow_insecure_remote"):
         if key in server and not isinstance(server[key], bool):
             raise ConfigError(f"[server].{key} must be true or false")

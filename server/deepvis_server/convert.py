@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from .models import ServedModel
 from .preprocess import RawInput
 
 _DTYPE_NAMES = {pb.DTYPE_FLOAT32: "float32", pb.DTYPE_FLOAT16: "float16", pb.DTYPE_UINT8: "uint8"}
-_WIRE_DTYPES = {
+_WIRE_DTYPES: dict[str, tuple[Any, np.dtype[Any]]] = {
     "float32": (pb.DTYPE_FLOAT32, np.dtype("<f4")),
     "float16": (pb.DTYPE_FLOAT16, np.dtype("<f2")),
 }
@@ -30,7 +31,7 @@ def method_name(value: int) -> str:
     return pb.Method.Name(value).removeprefix("METHOD_").lower()
 
 
-def method_value(name: str) -> int:
+def method_value(name: str) -> Any:  # the enum type exists only in the .pyi
     return pb.Method.Value("METHOD_" + name.upper())
 
 
@@ -141,7 +142,7 @@ def target_to_pb(target: Target) -> pb.Target:
 def tensor_to_pb(array: np.ndarray, dtype_name: str) -> pb.Tensor:
     """Raw little-endian bytes: integer arrays as INT64, float ones as asked (float32/float16)."""
     if np.issubdtype(array.dtype, np.integer):
-        enum, dtype = pb.DTYPE_INT64, np.dtype("<i8")
+        enum, dtype = pb.DTYPE_INT64, np.dtype("<i8")  # type: ignore[assignment]
     else:
         enum, dtype = _WIRE_DTYPES[dtype_name]
     return pb.Tensor(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,11 @@ class Limits:
     max_tensor_elements: int
 
 
-_NP_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "uint8": np.dtype("u1")}
+_NP_DTYPES: dict[str, np.dtype[Any]] = {
+    "float32": np.dtype("<f4"),
+    "float16": np.dtype("<f2"),
+    "uint8": np.dtype("u1"),
+}
 
 
 def decode_image(data: bytes, limits: Limits) -> Image.Image:
@@ -137,7 +142,7 @@ def image_to_tensor(img: Image.Image, spec: ModelSpec) -> torch.Tensor:
     img = to_model_mode(img, spec.channels)
     h, w = spec.input_size
     if img.size != (w, h):
-        img = img.resize((w, h), Image.BILINEAR)
+        img = img.resize((w, h), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.float32) / 255.0
     if arr.ndim == 2:
         arr = arr[None]

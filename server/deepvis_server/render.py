@@ -16,7 +16,7 @@ MIN_RENDER_SIDE = 128
 def upscale(img: Image.Image) -> Image.Image:
     w, h = img.size
     factor = min(8, math.ceil(MIN_RENDER_SIDE / max(1, min(w, h))))
-    return img if factor <= 1 else img.resize((w * factor, h * factor), Image.NEAREST)
+    return img if factor <= 1 else img.resize((w * factor, h * factor), Image.Resampling.NEAREST)
 
 
 def render_gradient(array: np.ndarray) -> Image.Image:

@@ -110,8 +110,9 @@ class Visualizer:
                 field="batch",
             )
         # The batch's own checks (objective against the model's layers, steps, lr, ...).
-        RenderBatch(self.model, size).validate(job)
-        return (int(size[0]), int(size[1]))
+        hw = (int(size[0]), int(size[1]))
+        RenderBatch(self.model, hw).validate(job)
+        return hw
 
     def submit(self, job: RenderJob) -> JobState:
         """Admits a job; it joins the optimization at the next step."""
@@ -198,9 +199,10 @@ class Visualizer:
                     state.events.put_nowait(DeepvisError("internal error while rendering"))
                 continue
             for ev in events:
-                state = self._active.get((size, ev.handle))
-                if state is None:
+                active = self._active.get((size, ev.handle))
+                if active is None:
                     continue
+                state = active
                 if state.first_step is None:
                     state.first_step = now
                 state.last_step = now

@@ -67,7 +67,7 @@ class Split:
 def digit_to_image(img8x8: np.ndarray) -> Image.Image:
     """One 8x8 digit (values 0..16) as the 32x32 grayscale picture the server would be sent."""
     pixels = np.round(np.asarray(img8x8, dtype=np.float64) / 16 * 255).astype(np.uint8)
-    return Image.fromarray(pixels, mode="L").resize((SIZE, SIZE), Image.BILINEAR)
+    return Image.fromarray(pixels, mode="L").resize((SIZE, SIZE), Image.Resampling.BILINEAR)
 
 
 def load_split() -> Split:

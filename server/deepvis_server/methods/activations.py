@@ -71,7 +71,7 @@ class Activations(Method):
                 full = extras[f"layer:{name}"].mean(axis=0)
                 heat = torch.nn.functional.interpolate(
                     torch.from_numpy(np.ascontiguousarray(full))[None, None],
-                    size=bg.shape[:2],
+                    size=bg.shape[:2],  # type: ignore[union-attr]  # bg is set when render
                     mode="bilinear",
                     align_corners=False,
                 )[0, 0].numpy()

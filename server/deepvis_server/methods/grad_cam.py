@@ -8,6 +8,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..errors import InvalidArgument
 from ..models import ServedModel
@@ -100,5 +101,5 @@ class GuidedGradCam(_CamMethod):
             extras={"cam": cam[:, 0]},
         )
 
-    def render(self, array: np.ndarray, model: ServedModel) -> object:
+    def render(self, array: np.ndarray, model: ServedModel) -> Image.Image:
         return render_gradient(array)
