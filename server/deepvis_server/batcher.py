@@ -237,7 +237,11 @@ class Batcher:
         t0 = time.perf_counter()
         model = self.model
         try:
-            x = torch.stack([it.x for it in live]).to(model.device, non_blocking=True)
+            x = torch.stack([it.x for it in live])
+            if model.device.type == "cuda":
+                # Page-locked memory lets the copy run asynchronously with the host work.
+                x = x.pin_memory()
+            x = x.to(model.device, non_blocking=True)
             out = live[0].method.run(model, x, [it.request for it in live])
             k = min(max(it.top_k for it in live), model.spec.num_classes)
             top_p, top_i = out.logits.float().softmax(dim=1).topk(k, dim=1)

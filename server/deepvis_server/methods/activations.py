@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import ExitStack
 from typing import ClassVar
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 
 from ..models import ServedModel
 from ..render import input_pixels, render_grid, render_heatmap, to_png
-from .base import BatchOutput, ClassTarget, Method, MethodRequest, Output, capture_output
+from .base import BatchOutput, ClassTarget, Method, MethodRequest, Output, forward_capturing
 
 
 def top_channels(act: np.ndarray, k: int) -> np.ndarray:
@@ -31,11 +30,8 @@ class Activations(Method):
         self, model: ServedModel, x: torch.Tensor, requests: Sequence[MethodRequest]
     ) -> BatchOutput:
         layers = requests[0].layers
-        with ExitStack() as stack:
-            saved = {n: stack.enter_context(capture_output(model.layers[n])) for n in layers}
-            with torch.no_grad():
-                logits = model.module(x)
-        acts = {n: s[0] for n, s in saved.items()}
+        with torch.no_grad():
+            logits, acts = forward_capturing(model, x, layers)
         predicted = logits.argmax(dim=1).tolist()
         return BatchOutput(
             logits=logits,

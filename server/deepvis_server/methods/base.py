@@ -151,6 +151,17 @@ def capture_output(module: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
+def forward_capturing(
+    model: ServedModel, x: torch.Tensor, names: Sequence[str]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One forward pass returning the logits and the outputs of the named layers; every hook
+    is gone afterwards, whatever happened."""
+    with ExitStack() as stack:
+        saved = {n: stack.enter_context(capture_output(model.layers[n])) for n in names}
+        logits = model.module(x)
+    return logits, {n: s[0] for n, s in saved.items()}
+
+
 def forward_and_score(
     model: ServedModel,
     x: torch.Tensor,
@@ -167,10 +178,7 @@ def forward_and_score(
     names = list(
         dict.fromkeys([*layers, *([first.layer] if isinstance(first, NeuronTarget) else [])])
     )
-    with ExitStack() as stack:
-        saved = {n: stack.enter_context(capture_output(model.layers[n])) for n in names}
-        logits = model.module(x)
-    acts = {n: s[0] for n, s in saved.items()}
+    logits, acts = forward_capturing(model, x, names)
     if isinstance(first, NeuronTarget):
         resolved: list[Target] = [r.target for r in requests if r.target is not None]
         score = select_neurons(acts[first.layer], resolved)
