@@ -109,7 +109,11 @@ def _add_connection_flags(parser: argparse.ArgumentParser, *, top_level: bool) -
         "--server",
         metavar="ADDR",
         default=default,
-        help=f"server host:port (default: ${_SERVER_ENV}, else {_DEFAULT_SERVER})",
+        help=(
+            "server host:port; several replicas as a comma-separated list of IP:port, "
+            "balanced round robin, or a gRPC target such as dns:///NAME:PORT "
+            f"(default: ${_SERVER_ENV}, else {_DEFAULT_SERVER})"
+        ),
     )
     parser.add_argument(
         "--timeout",

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import json
+import random
+import re
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from types import TracebackType
 from typing import Any
@@ -27,7 +32,7 @@ from deepvis._convert import (
 from deepvis._exceptions import Internal, NotFound, from_rpc_error
 from deepvis.v1 import deepvis_pb2, deepvis_pb2_grpc
 
-__all__ = ["AsyncClient", "Client"]
+__all__ = ["SERVICE_CONFIG", "AddressLike", "AsyncClient", "Client", "channel_target"]
 
 _DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -37,13 +42,131 @@ _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 _AUTHORIZATION = "authorization"
 
 
+AddressLike = str | Sequence[str]
+"""A server's "host:port", several of them (a sequence, or one string joined by commas), or a
+gRPC target such as "dns:///name:port" or "ipv4:10.0.0.1:50051,10.0.0.2:50051"."""
+
+# gRPC's own resolvers: a string that starts with one of these schemes is a target already.
+_TARGET_SCHEMES = frozenset(
+    {"dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock", "xds", "google-c2p"}
+)
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+
+_SERVICE = "deepvis.v1.Explainer"
+_MAX_ATTEMPTS = 5
+_INITIAL_BACKOFF_S = 0.05
+_MAX_BACKOFF_S = 1.0
+_BACKOFF_MULTIPLIER = 2
+# The default service config of every channel (gRPC uses it unless the caller's `options`
+# set "grpc.service_config"). round_robin spreads calls over every address the target
+# resolves to, and only over those that are connected. The retry policy replays a call that
+# failed with UNAVAILABLE (a replica that is down or went away, a full queue) after a
+# jittered exponential backoff, and round_robin picks the next ready replica for it. gRPC
+# retries only until the call is committed, i.e. until the server's response headers arrive.
+SERVICE_CONFIG: dict[str, Any] = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [
+        {
+            "name": [{"service": _SERVICE}],
+            "retryPolicy": {
+                "maxAttempts": _MAX_ATTEMPTS,
+                "initialBackoff": f"{_INITIAL_BACKOFF_S:g}s",
+                "maxBackoff": f"{_MAX_BACKOFF_S:g}s",
+                "backoffMultiplier": _BACKOFF_MULTIPLIER,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+}
+# Room for a request's metadata beside its largest message in the retry buffer.
+_RETRY_BUFFER_SLACK = 64 * 1024
+
+
+def _split_host_port(address: str) -> tuple[str, str]:
+    if address.startswith("["):
+        host, sep, port = address[1:].partition("]:")
+    else:
+        host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not host:port (an IPv6 host in brackets: [::1]:port)")
+    return host, port
+
+
+def channel_target(address: AddressLike) -> str:
+    """The gRPC target that reaches `address`, as `Client` and `AsyncClient` accept it.
+
+    One "host:port" stays as it is (gRPC resolves the name through DNS); several become one
+    `ipv4:` (or `ipv6:`) target listing them, so that gRPC's round_robin balances over them;
+    a string that starts with a gRPC resolver scheme ("dns:", "ipv4:", "ipv6:", "unix:", ...)
+    or contains "://" is already a target and passes through.
+
+    Raises:
+        ValueError: No address, a malformed one, or several that are not all IPv4 or all
+            IPv6 literals (a name that resolves to several replicas: "dns:///name:port").
+        TypeError: `address` is neither a str nor a sequence of str.
+    """
+    if isinstance(address, str):
+        text = address.strip()
+        match = _SCHEME.match(text)
+        if "://" in text or (match is not None and match.group(1).lower() in _TARGET_SCHEMES):
+            return text
+        items = text.split(",")
+    elif isinstance(address, Sequence) and all(isinstance(a, str) for a in address):
+        items = list(address)
+    else:
+        raise TypeError(f"address must be a str or a sequence of str, not {type(address).__name__}")
+    addresses = [a.strip() for a in items if a.strip()]
+    if not addresses:
+        raise ValueError("no server address given")
+    if len(addresses) == 1:
+        return addresses[0]
+    versions = set()
+    for item in addresses:
+        host, _ = _split_host_port(item)
+        try:
+            versions.add(ipaddress.ip_address(host).version)
+        except ValueError:
+            raise ValueError(
+                f"several addresses must be IP literals, not {host!r}: use "
+                '"dns:///name:port" for a name that resolves to every replica'
+            ) from None
+    if len(versions) > 1:
+        raise ValueError("several addresses must be all IPv4 or all IPv6")
+    return f"ipv{versions.pop()}:" + ",".join(addresses)
+
+
+def _default_authority(target: str) -> str | None:
+    """The authority of a target listing several IP addresses: the first one.
+
+    gRPC's own default is the whole list, which no server certificate names; the first
+    address is what TLS then checks every replica's certificate against (the option
+    "grpc.ssl_target_name_override" names another), and the `:authority` each call carries.
+    """
+    scheme, _, rest = target.partition(":")
+    if scheme.lower() not in ("ipv4", "ipv6") or "," not in rest:
+        return None
+    return rest.split(",", 1)[0].strip() or None
+
+
 def _channel_options(
-    max_message_bytes: int, options: Sequence[tuple[str, Any]] | None
+    max_message_bytes: int,
+    options: Sequence[tuple[str, Any]] | None,
+    target: str | None = None,
 ) -> list[tuple[str, Any]]:
     merged: dict[str, Any] = {
         "grpc.max_send_message_length": max_message_bytes,
         "grpc.max_receive_message_length": max_message_bytes,
+        "grpc.service_config": json.dumps(SERVICE_CONFIG),
+        # Our config, not one a DNS TXT record might carry.
+        "grpc.service_config_disable_resolution": 1,
+        "grpc.enable_retries": 1,
+        # gRPC keeps a call's request to replay it only up to this size (256 KiB by default):
+        # beyond it the call is committed at once and never retried.
+        "grpc.per_rpc_retry_buffer_size": max_message_bytes + _RETRY_BUFFER_SLACK,
     }
+    authority = None if target is None else _default_authority(target)
+    if authority is not None:
+        merged["grpc.default_authority"] = authority
     # A dict, not a concatenation, so that a caller's option replaces ours rather than
     # depending on which of two duplicate channel args gRPC honours.
     merged.update(options or ())
@@ -91,6 +214,44 @@ def _security(
     return credentials, None
 
 
+def _committed_unavailable(err: grpc.RpcError) -> bool:
+    """Whether `err` is UNAVAILABLE that came after the server's response headers.
+
+    A deepvis server sends its headers (x-request-id) as soon as a call reaches the servicer,
+    which commits the call: gRPC's retry policy then no longer replays it, e.g. when the
+    replica dies while computing. The clients replay such a unary call (all of them are
+    idempotent), or a Visualize call that has sent no message yet, themselves, with the
+    policy's budget; UNAVAILABLE before the headers was already retried by gRPC.
+    """
+    try:
+        return err.code() == grpc.StatusCode.UNAVAILABLE and bool(err.initial_metadata())
+    except Exception:  # noqa: BLE001 - an RpcError that is not a Call: nothing to replay
+        return False
+
+
+class _Attempts:
+    """The deadline and backoff of one call across its replays."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._backoff = _INITIAL_BACKOFF_S
+        self._attempt = 1
+
+    def remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def replay_after(self, err: grpc.RpcError) -> float | None:
+        """Seconds to wait before replaying the call that failed with `err`; None: give up."""
+        if self._attempt >= _MAX_ATTEMPTS or not _committed_unavailable(err):
+            return None
+        delay = random.uniform(0.0, self._backoff)
+        self._backoff = min(self._backoff * _BACKOFF_MULTIPLIER, _MAX_BACKOFF_S)
+        if self._deadline is not None and time.monotonic() + delay >= self._deadline:
+            return None
+        self._attempt += 1
+        return delay
+
+
 def _models_from_pb(response: deepvis_pb2.ListModelsResponse) -> list[ModelInfo]:
     return [_convert.model_info_from_pb(m) for m in response.models]
 
@@ -104,8 +265,8 @@ def _no_result() -> Internal:
 
 
 class _Base:
-    def __init__(self, address: str, timeout: float | None) -> None:
-        self._address = address
+    def __init__(self, address: AddressLike, timeout: float | None) -> None:
+        self._address = channel_target(address)
         self._timeout = timeout
         self._default_model: str | None = None
 
@@ -132,7 +293,7 @@ class Client(_Base):
 
     def __init__(
         self,
-        address: str,
+        address: AddressLike,
         *,
         timeout: float | None = None,
         max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
@@ -146,7 +307,14 @@ class Client(_Base):
         """Opens a channel to a server; the connection is made on the first call.
 
         Args:
-            address: The server's "host:port".
+            address: The server's "host:port"; or several replicas, as a sequence of
+                "IP:port" or one string joining them with commas, or a gRPC target such as
+                "dns:///name:port" (every address the name resolves to) or
+                "ipv4:10.0.0.1:50051,10.0.0.2:50051". The channel balances calls over them
+                with gRPC's round_robin and replays a call that fails with UNAVAILABLE on
+                the next replica (up to 5 attempts in all, within the deadline). Unary calls
+                are replayed even after a replica died while computing them; a Visualize
+                stream only until its first message (see `visualize_stream`).
             timeout: Default deadline of each call in seconds; None waits indefinitely.
             max_message_bytes: Largest message sent or received, in bytes.
             options: Extra gRPC channel options as (name, value) pairs; they override ours.
@@ -161,23 +329,35 @@ class Client(_Base):
             client_key: PEM private key of `client_certificate`.
 
         Raises:
-            ValueError, TypeError: The token or the certificate arguments are invalid.
+            ValueError, TypeError: The address, the token or the certificate arguments are
+                invalid.
         """
         super().__init__(address, timeout)
         credentials, self._metadata = _security(
             token, tls, root_certificates, client_certificate, client_key
         )
-        channel_options = _channel_options(max_message_bytes, options)
+        channel_options = _channel_options(max_message_bytes, options, self._address)
         if credentials is None:
-            self._channel = grpc.insecure_channel(address, options=channel_options)
+            self._channel = grpc.insecure_channel(self._address, options=channel_options)
         else:
-            self._channel = grpc.secure_channel(address, credentials, options=channel_options)
+            self._channel = grpc.secure_channel(self._address, credentials, options=channel_options)
         self._stub = deepvis_pb2_grpc.ExplainerStub(self._channel)
         # No (de)serializers: the request and response travel as the bytes we encode.
         self._health_check = self._channel.unary_unary(
             _HEALTH_CHECK, request_serializer=None, response_deserializer=None
         )
         self._model_lock = threading.Lock()
+
+    def _unary(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
+        attempts = _Attempts(self._deadline(timeout))
+        while True:
+            try:
+                return method(request, timeout=attempts.remaining(), metadata=self._metadata)
+            except grpc.RpcError as err:
+                delay = attempts.replay_after(err)
+                if delay is None:
+                    raise from_rpc_error(err) from None
+            time.sleep(delay)
 
     def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Lists the models the server serves.
@@ -191,14 +371,7 @@ class Client(_Base):
         Raises:
             DeepvisError: The call failed (a subclass per gRPC status).
         """
-        try:
-            response = self._stub.ListModels(
-                deepvis_pb2.ListModelsRequest(),
-                timeout=self._deadline(timeout),
-                metadata=self._metadata,
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+        response = self._unary(self._stub.ListModels, deepvis_pb2.ListModelsRequest(), timeout)
         models = _models_from_pb(response)
         self._remember(models)
         return models
@@ -274,12 +447,7 @@ class Client(_Base):
         )
         if model is None:
             _convert.set_model(request, self._resolve_model(timeout))
-        try:
-            response = self._stub.Explain(
-                request, timeout=self._deadline(timeout), metadata=self._metadata
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+        response = self._unary(self._stub.Explain, request, timeout)
         return _convert.explanation_from_pb(response)
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
@@ -300,12 +468,7 @@ class Client(_Base):
             ValueError: The server's answer is not a health response.
         """
         request = _convert.health_request_to_bytes(service)
-        try:
-            response = self._health_check(
-                request, timeout=self._deadline(timeout), metadata=self._metadata
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+        response = self._unary(self._health_check, request, timeout)
         return _convert.health_status_from_bytes(response)
 
     def describe(
@@ -326,12 +489,7 @@ class Client(_Base):
         """
         name = model if model is not None else self._resolve_model(timeout)
         request = _convert.describe_request_to_pb(name)
-        try:
-            response = self._stub.DescribeModel(
-                request, timeout=self._deadline(timeout), metadata=self._metadata
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+        response = self._unary(self._stub.DescribeModel, request, timeout)
         return _convert.model_description_from_pb(response)
 
     def visualize(
@@ -442,6 +600,12 @@ class Client(_Base):
         generator (`close()`, or dropping it after leaving a `for` loop early) cancels the
         call, which stops the job on the server; `contextlib.closing` cancels it promptly.
 
+        A call that fails with UNAVAILABLE before its first message (a replica that is down,
+        full, or dies while rendering) is replayed from the start on the next replica, like
+        a unary call; after the first message it fails with `Unavailable` instead, as a
+        replay would repeat the messages already yielded: call again (the same seed gives
+        the same images).
+
         Args:
             objective: What to maximize: a class index (int) for its logit; a `Neuron` for
                 one neuron (with y and x) or the mean of a whole channel (without); a
@@ -500,24 +664,33 @@ class Client(_Base):
     ) -> Generator[Progress | Visualization, None, None]:
         if resolve:
             _convert.set_visualize_model(request, self._resolve_model(timeout))
-        call = self._stub.Visualize(
-            request, timeout=self._deadline(timeout), metadata=self._metadata
-        )
+        attempts = _Attempts(self._deadline(timeout))
         result: Visualization | None = None
-        try:
-            for response in call:
-                item = _convert.visualize_item_from_pb(response)
-                if isinstance(item, Progress):
-                    yield item
-                elif isinstance(item, Visualization):
-                    # The stream ends after the result; reading on collects the call's status.
-                    result = item
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
-        finally:
-            # A no-op once the call has ended; otherwise (the consumer stopped early, a
-            # message failed to decode) it tells the server to stop the job.
-            call.cancel()
+        while True:
+            call = self._stub.Visualize(
+                request, timeout=attempts.remaining(), metadata=self._metadata
+            )
+            started = False
+            try:
+                for response in call:
+                    item = _convert.visualize_item_from_pb(response)
+                    started = True
+                    if isinstance(item, Progress):
+                        yield item
+                    elif isinstance(item, Visualization):
+                        # The stream ends after the result; reading on collects the status.
+                        result = item
+                break
+            except grpc.RpcError as err:
+                # Replayed only while nothing came: a replay starts the job over.
+                delay = None if started else attempts.replay_after(err)
+                if delay is None:
+                    raise from_rpc_error(err) from None
+            finally:
+                # A no-op once the call has ended; otherwise (the consumer stopped early, a
+                # message failed to decode) it tells the server to stop the job.
+                call.cancel()
+            time.sleep(delay)
         if result is None:
             raise _no_result()
         yield result
@@ -549,7 +722,7 @@ class AsyncClient(_Base):
 
     def __init__(
         self,
-        address: str,
+        address: AddressLike,
         *,
         timeout: float | None = None,
         max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
@@ -563,7 +736,14 @@ class AsyncClient(_Base):
         """Opens a grpc.aio channel to a server; the connection is made on the first call.
 
         Args:
-            address: The server's "host:port".
+            address: The server's "host:port"; or several replicas, as a sequence of
+                "IP:port" or one string joining them with commas, or a gRPC target such as
+                "dns:///name:port" (every address the name resolves to) or
+                "ipv4:10.0.0.1:50051,10.0.0.2:50051". The channel balances calls over them
+                with gRPC's round_robin and replays a call that fails with UNAVAILABLE on
+                the next replica (up to 5 attempts in all, within the deadline). Unary calls
+                are replayed even after a replica died while computing them; a Visualize
+                stream only until its first message (see `visualize_stream`).
             timeout: Default deadline of each call in seconds; None waits indefinitely.
             max_message_bytes: Largest message sent or received, in bytes.
             options: Extra gRPC channel options as (name, value) pairs; they override ours.
@@ -578,23 +758,37 @@ class AsyncClient(_Base):
             client_key: PEM private key of `client_certificate`.
 
         Raises:
-            ValueError, TypeError: The token or the certificate arguments are invalid.
+            ValueError, TypeError: The address, the token or the certificate arguments are
+                invalid.
         """
         super().__init__(address, timeout)
         credentials, self._metadata = _security(
             token, tls, root_certificates, client_certificate, client_key
         )
-        channel_options = _channel_options(max_message_bytes, options)
+        channel_options = _channel_options(max_message_bytes, options, self._address)
         if credentials is None:
-            self._channel = grpc.aio.insecure_channel(address, options=channel_options)
+            self._channel = grpc.aio.insecure_channel(self._address, options=channel_options)
         else:
-            self._channel = grpc.aio.secure_channel(address, credentials, options=channel_options)
+            self._channel = grpc.aio.secure_channel(
+                self._address, credentials, options=channel_options
+            )
         self._stub = deepvis_pb2_grpc.ExplainerStub(self._channel)
         # No (de)serializers: the request and response travel as the bytes we encode.
         self._health_check = self._channel.unary_unary(
             _HEALTH_CHECK, request_serializer=None, response_deserializer=None
         )
         self._model_lock = asyncio.Lock()
+
+    async def _unary(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
+        attempts = _Attempts(self._deadline(timeout))
+        while True:
+            try:
+                return await method(request, timeout=attempts.remaining(), metadata=self._metadata)
+            except grpc.RpcError as err:
+                delay = attempts.replay_after(err)
+                if delay is None:
+                    raise from_rpc_error(err) from None
+            await asyncio.sleep(delay)
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Lists the models the server serves.
@@ -608,14 +802,9 @@ class AsyncClient(_Base):
         Raises:
             DeepvisError: The call failed (a subclass per gRPC status).
         """
-        try:
-            response = await self._stub.ListModels(
-                deepvis_pb2.ListModelsRequest(),
-                timeout=self._deadline(timeout),
-                metadata=self._metadata,
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+        response = await self._unary(
+            self._stub.ListModels, deepvis_pb2.ListModelsRequest(), timeout
+        )
         models = _models_from_pb(response)
         self._remember(models)
         return models
@@ -690,12 +879,7 @@ class AsyncClient(_Base):
         )
         if model is None:
             _convert.set_model(request, await self._resolve_model(timeout))
-        try:
-            response = await self._stub.Explain(
-                request, timeout=self._deadline(timeout), metadata=self._metadata
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+        response = await self._unary(self._stub.Explain, request, timeout)
         return _convert.explanation_from_pb(response)
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
@@ -716,12 +900,7 @@ class AsyncClient(_Base):
             ValueError: The server's answer is not a health response.
         """
         request = _convert.health_request_to_bytes(service)
-        try:
-            response = await self._health_check(
-                request, timeout=self._deadline(timeout), metadata=self._metadata
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+        response = await self._unary(self._health_check, request, timeout)
         return _convert.health_status_from_bytes(response)
 
     async def describe(
@@ -742,12 +921,7 @@ class AsyncClient(_Base):
         """
         name = model if model is not None else await self._resolve_model(timeout)
         request = _convert.describe_request_to_pb(name)
-        try:
-            response = await self._stub.DescribeModel(
-                request, timeout=self._deadline(timeout), metadata=self._metadata
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+        response = await self._unary(self._stub.DescribeModel, request, timeout)
         return _convert.model_description_from_pb(response)
 
     async def visualize(
@@ -858,6 +1032,12 @@ class AsyncClient(_Base):
         iterator (`await it.aclose()`, or `contextlib.aclosing`) cancels the call, which
         stops the job on the server; one left unfinished is closed when garbage-collected.
 
+        A call that fails with UNAVAILABLE before its first message (a replica that is down,
+        full, or dies while rendering) is replayed from the start on the next replica, like
+        a unary call; after the first message it fails with `Unavailable` instead, as a
+        replay would repeat the messages already yielded: call again (the same seed gives
+        the same images).
+
         Args:
             objective: What to maximize: a class index (int) for its logit; a `Neuron` for
                 one neuron (with y and x) or the mean of a whole channel (without); a
@@ -916,24 +1096,33 @@ class AsyncClient(_Base):
     ) -> AsyncGenerator[Progress | Visualization, None]:
         if resolve:
             _convert.set_visualize_model(request, await self._resolve_model(timeout))
-        call = self._stub.Visualize(
-            request, timeout=self._deadline(timeout), metadata=self._metadata
-        )
+        attempts = _Attempts(self._deadline(timeout))
         result: Visualization | None = None
-        try:
-            async for response in call:
-                item = _convert.visualize_item_from_pb(response)
-                if isinstance(item, Progress):
-                    yield item
-                elif isinstance(item, Visualization):
-                    # The stream ends after the result; reading on collects the call's status.
-                    result = item
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
-        finally:
-            # A no-op once the call has ended; otherwise (the consumer stopped early, a
-            # message failed to decode) it tells the server to stop the job.
-            call.cancel()
+        while True:
+            call = self._stub.Visualize(
+                request, timeout=attempts.remaining(), metadata=self._metadata
+            )
+            started = False
+            try:
+                async for response in call:
+                    item = _convert.visualize_item_from_pb(response)
+                    started = True
+                    if isinstance(item, Progress):
+                        yield item
+                    elif isinstance(item, Visualization):
+                        # The stream ends after the result; reading on collects the status.
+                        result = item
+                break
+            except grpc.RpcError as err:
+                # Replayed only while nothing came: a replay starts the job over.
+                delay = None if started else attempts.replay_after(err)
+                if delay is None:
+                    raise from_rpc_error(err) from None
+            finally:
+                # A no-op once the call has ended; otherwise (the consumer stopped early, a
+                # message failed to decode) it tells the server to stop the job.
+                call.cancel()
+            await asyncio.sleep(delay)
         if result is None:
             raise _no_result()
         yield result
