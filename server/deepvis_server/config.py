@@ -14,6 +14,8 @@ else:  # pragma: no cover
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 DEFAULT_CONFIG = DEFAULT_MODEL_DIR / "config.toml"
+# `weights = "torchvision:<NAME>"` names torchvision's published weights for the arch.
+TORCHVISION_WEIGHTS_PREFIX = "torchvision:"
 
 
 class ConfigError(ValueError):
@@ -35,6 +37,9 @@ class ModelSpec:
     labels: Path | None = None
     max_batch_size: int = 32
     max_delay_ms: float = 5.0
+    # torchvision's published weights by their full name ("ResNet18_Weights.IMAGENET1K_V1"),
+    # fetched through torch.hub's cache at load time; `weights` is then None.
+    torchvision_weights: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,48 @@ def _path(value: Any, base: Path, where: str) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
+def _torchvision_weights(arch: str, name: str, where: str) -> Any:
+    """The torchvision weights enum member `name` of torchvision model `arch` (no download)."""
+    if ":" in arch:
+        raise ConfigError(
+            f"{where}: torchvision weights need a torchvision arch (e.g. resnet18), got '{arch}'"
+        )
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(arch)
+    except (ValueError, KeyError):
+        raise ConfigError(
+            f"{where}: arch '{arch}' is not a torchvision model with published weights"
+        ) from None
+    if name not in enum.__members__:
+        raise ConfigError(
+            f"{where}: torchvision has no weights '{name}' for '{arch}'; valid: "
+            + ", ".join(enum.__members__)
+        )
+    return enum[name]
+
+
+def _declared_by(weights: Any) -> dict[str, Any]:
+    """What torchvision weights declare: their categories and their evaluation transforms."""
+    declared: dict[str, Any] = {}
+    categories = weights.meta.get("categories")
+    if isinstance(categories, list) and categories:
+        declared["num_classes"] = len(categories)
+    try:
+        transforms = weights.transforms()
+    except Exception:  # noqa: BLE001 - then the config must say it all
+        return declared
+    crop = getattr(transforms, "crop_size", None)
+    if isinstance(crop, (list, tuple)) and len(crop) in (1, 2):
+        declared["input_size"] = [int(crop[0]), int(crop[-1])]
+    for key in ("mean", "std"):
+        value = getattr(transforms, key, None)
+        if isinstance(value, (list, tuple)):
+            declared[key] = [float(v) for v in value]
+    return declared
+
+
 def parse_model(table: dict[str, Any], base: Path, index: int) -> ModelSpec:
     where = f"models[{index}]"
     unknown = set(table) - _MODEL_KEYS
@@ -152,15 +199,35 @@ def parse_model(table: dict[str, Any], base: Path, index: int) -> ModelSpec:
         )
     weights = table.get("weights")
     channels = _positive_int(table.get("channels", 3), f"{where}.channels")
-    size = _req(table, "input_size", where)
+    # torchvision's weights by name: what the table leaves out comes from the weights (their
+    # category count, crop size, mean and std); what it sets is checked as usual.
+    tv_weights = None
+    settings = table
+    if isinstance(weights, str) and weights.startswith(TORCHVISION_WEIGHTS_PREFIX):
+        tv_weights = _torchvision_weights(
+            arch, weights[len(TORCHVISION_WEIGHTS_PREFIX) :], f"{where}.weights"
+        )
+        if channels != 3:
+            raise ConfigError(
+                f"{where}.channels must be 3 with torchvision weights (RGB input), got {channels}"
+            )
+        declared = _declared_by(tv_weights)
+        settings = {**declared, **table}
+        expected = declared.get("num_classes")
+        if expected is not None and settings["num_classes"] != expected:
+            raise ConfigError(
+                f"{where}.num_classes is {settings['num_classes']!r}, but torchvision weights "
+                f"'{weights}' have {expected} categories"
+            )
+    size = _req(settings, "input_size", where)
     if not (isinstance(size, list) and len(size) == 2):
         raise ConfigError(f"{where}.input_size must be [height, width], got {size!r}")
     input_size = (
         _positive_int(size[0], f"{where}.input_size[0]"),
         _positive_int(size[1], f"{where}.input_size[1]"),
     )
-    mean = _floats(table.get("mean", [0.0] * channels), channels, f"{where}.mean")
-    std = _floats(table.get("std", [1.0] * channels), channels, f"{where}.std")
+    mean = _floats(settings.get("mean", [0.0] * channels), channels, f"{where}.mean")
+    std = _floats(settings.get("std", [1.0] * channels), channels, f"{where}.std")
     if any(s <= 0 for s in std):
         raise ConfigError(f"{where}.std must be positive, got {list(std)}")
     delay = table.get("max_delay_ms", 5.0)
@@ -169,8 +236,10 @@ def parse_model(table: dict[str, Any], base: Path, index: int) -> ModelSpec:
     return ModelSpec(
         name=name,
         arch=arch,
-        weights=None if weights is None else _path(weights, base, f"{where}.weights"),
-        num_classes=_positive_int(_req(table, "num_classes", where), f"{where}.num_classes"),
+        weights=None
+        if weights is None or tv_weights is not None
+        else _path(weights, base, f"{where}.weights"),
+        num_classes=_positive_int(_req(settings, "num_classes", where), f"{where}.num_classes"),
         input_size=input_size,
         mean=mean,
         std=std,
@@ -180,6 +249,9 @@ def parse_model(table: dict[str, Any], base: Path, index: int) -> ModelSpec:
         else _path(table["labels"], base, f"{where}.labels"),
         max_batch_size=_positive_int(table.get("max_batch_size", 32), f"{where}.max_batch_size"),
         max_delay_ms=float(delay),
+        torchvision_weights=None
+        if tv_weights is None
+        else f"{type(tv_weights).__name__}.{tv_weights.name}",
     )
 
 

@@ -110,6 +110,92 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+# torchvision builders that construct the model differently when given weights: the
+# arguments they then override (beyond num_classes), mirrored here because the model is
+# built with weights=None and loaded by load_torchvision_model, not by the builder (whose
+# own load calls torch.load(weights_only=False)).
+_TV_FIXED_KWARGS: dict[str, dict[str, Any]] = {
+    "inception_v3": {"transform_input": True, "aux_logits": True, "init_weights": False},
+    "googlenet": {"transform_input": True, "aux_logits": True, "init_weights": False},
+}
+# DenseNet checkpoints predate the ban on '.' in module names ('norm.1' -> 'norm1').
+_DENSENET_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+def fetch_torchvision_state_dict(weights: Any, what: str) -> dict[str, torch.Tensor]:
+    """Torchvision weights' state dict through torch.hub's cache, downloading them if absent.
+
+    `weights.get_state_dict` is torch.hub.load_state_dict_from_url, whose weights_only
+    defaults to False (it passes that to torch.load explicitly): it is set here, so a cached
+    file holding pickled code is refused. check_hash verifies a download against the SHA-256
+    prefix in the file name.
+    """
+    url = str(weights.url)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    log.info("%s: torchvision weights %s from %s (cache: %s)", what, weights, url, cached)
+    try:
+        state = weights.get_state_dict(
+            progress=False, check_hash=True, weights_only=True, map_location="cpu"
+        )
+    except pickle.UnpicklingError as e:
+        raise ConfigError(
+            f"{what}: {cached}: refused: it holds pickled objects other than tensors "
+            f"({_unpickler_reason(e)}); weights are read weights-only"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - network, file system and torch.load errors alike
+        raise ConfigError(
+            f"{what}: cannot get torchvision weights {weights} (not in the cache {cached}, "
+            f"download from {url} failed, or the file is unreadable): {type(e).__name__}: {e}"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{what}: {cached}: expected a state dict of tensors")
+    return state
+
+
+def load_torchvision_model(spec: ModelSpec) -> tuple[nn.Module, tuple[str, ...]]:
+    """Builds `spec.arch` as torchvision does for `spec.torchvision_weights` and loads them.
+
+    Returns the module and the weights' category names.
+    """
+    import torchvision
+
+    assert spec.torchvision_weights is not None
+    what = f"model '{spec.name}'"
+    weights = torchvision.models.get_weight(spec.torchvision_weights)
+    builder = resolve_builder(spec.arch)
+    kwargs: dict[str, Any] = {"num_classes": spec.num_classes}
+    kwargs.update(_TV_FIXED_KWARGS.get(spec.arch, {}))
+    min_size = weights.meta.get("min_size")
+    if spec.arch.startswith("vit_") and min_size:
+        kwargs["image_size"] = min_size[0]
+    elif spec.arch.startswith("maxvit") and min_size:
+        kwargs["input_size"] = tuple(min_size)
+    module = builder(weights=None, **kwargs)
+    state = fetch_torchvision_state_dict(weights, what)
+    if spec.arch.startswith("densenet"):
+        state = {
+            (f"{m.group(1)}{m.group(2)}" if (m := _DENSENET_OLD_KEY.match(k)) else k): v
+            for k, v in state.items()
+        }
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ConfigError(
+            f"{what}: torchvision weights {weights} do not fit '{spec.arch}': {e}"
+        ) from None
+    if isinstance(module, torchvision.models.GoogLeNet):
+        # torchvision drops GoogLeNet's auxiliary heads after loading (they are untrained).
+        module.aux_logits = False
+        module.aux1 = None  # type: ignore[assignment]
+        module.aux2 = None  # type: ignore[assignment]
+    categories = weights.meta.get("categories") or ()
+    return module, tuple(str(c) for c in categories)
+
+
 def _unpickler_reason(err: pickle.UnpicklingError) -> str:
     # torch's message is a page of advice on how to load the file unsafely; keep the reason.
     text = str(err).strip()
@@ -134,6 +220,17 @@ def read_labels(path: Path | None, num_classes: int) -> tuple[str, ...]:
     return labels
 
 
+def _build(spec: ModelSpec) -> nn.Module:
+    builder = resolve_builder(spec.arch)
+    try:
+        module = builder(num_classes=spec.num_classes)
+    except TypeError:
+        module = builder()
+    if not isinstance(module, nn.Module):
+        raise ConfigError(f"model '{spec.name}': arch '{spec.arch}' did not build an nn.Module")
+    return module
+
+
 def load_model(
     spec: ModelSpec, device: torch.device, model_root: Path | None = None
 ) -> ServedModel:
@@ -149,30 +246,30 @@ def load_model(
             weights = resolve_under_root(weights, model_root, f"{where} weights")
         if labels is not None:
             labels = resolve_under_root(labels, model_root, f"{where} labels")
-    builder = resolve_builder(spec.arch)
-    try:
-        module = builder(num_classes=spec.num_classes)
-    except TypeError:
-        module = builder()
-    if not isinstance(module, nn.Module):
-        raise ConfigError(f"model '{spec.name}': arch '{spec.arch}' did not build an nn.Module")
-    if weights is not None:
-        state = load_state_dict(weights)
-        try:
-            module.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise ConfigError(
-                f"model '{spec.name}': weights do not fit '{spec.arch}': {e}"
-            ) from None
+    categories: tuple[str, ...] = ()
+    if spec.torchvision_weights is not None:
+        # Published weights by name: built as torchvision does, read from torch.hub's cache.
+        module, categories = load_torchvision_model(spec)
     else:
-        log.warning("model %s has no weights: serving random initialisation", spec.name)
+        module = _build(spec)
+        if weights is not None:
+            state = load_state_dict(weights)
+            try:
+                module.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                raise ConfigError(
+                    f"model '{spec.name}': weights do not fit '{spec.arch}': {e}"
+                ) from None
+        else:
+            log.warning("model %s has no weights: serving random initialisation", spec.name)
     # Set once at load time, never by a method: inputs get gradients, parameters never do.
     module.eval().requires_grad_(False).to(device)
     served = ServedModel(
         spec=spec,
         module=module,
         device=device,
-        labels=read_labels(labels, spec.num_classes),
+        # A labels file overrides the categories torchvision weights declare.
+        labels=read_labels(labels, spec.num_classes) if labels is not None else categories,
         layers={name: m for name, m in module.named_modules() if name},
     )
     out = _trace_shapes(served)

@@ -1,0 +1,278 @@
+"""torchvision's published weights by name, served from a prepared torch.hub cache (no network)."""
+
+from __future__ import annotations
+
+import builtins
+import re
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import deepvis
+from conftest import free_port
+from deepvis_server.config import ConfigError, load_config, parse_config
+from deepvis_server.models import load_model
+from deepvis_server.server import model_health_service, serve_in_thread
+
+WEIGHTS = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+CATEGORIES = tuple(WEIGHTS.meta["categories"])
+TRANSFORMS = WEIGHTS.transforms()
+# torch.hub caches a download under the last part of its URL; a file there is used as is.
+CHECKPOINT = WEIGHTS.url.rsplit("/", 1)[-1]
+
+
+def resnet_table(name: str = "resnet18-imagenet", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "arch": "resnet18", "weights": "torchvision:IMAGENET1K_V1", **extra}
+
+
+def parse_one(table: dict[str, Any], base: Path = Path(".")) -> Any:
+    return parse_config({"models": [table]}, base).models[0]
+
+
+class CodePayload:
+    """Unpickling this calls open(marker, "w"): code run by loading a 'checkpoint'."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (builtins.open, (str(self.marker), "w"))
+
+
+@pytest.fixture(scope="module")
+def twin() -> torch.nn.Module:
+    """resnet18 with random weights: what the cached 'IMAGENET1K_V1' checkpoint holds."""
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None).eval()
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory, twin: torch.nn.Module) -> Iterator[Path]:
+    """TORCH_HOME with the checkpoint in hub/checkpoints, as a past download leaves it."""
+    home = tmp_path_factory.mktemp("torch-home")
+    checkpoints = home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(twin.state_dict(), checkpoints / CHECKPOINT)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(home))
+        yield home
+
+
+@pytest.fixture
+def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty TORCH_HOME and every HTTP(S) request sent to a closed local port: a download
+    fails at once with 'connection refused', network or not."""
+    home = tmp_path / "empty-torch-home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    dead = f"http://127.0.0.1:{free_port()}"
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, dead)
+    # gRPC honours the proxy variables too: the test's own server stays direct.
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    # urllib builds its opener, and reads the proxy variables, on the first urlopen only.
+    monkeypatch.setattr(urllib.request, "_opener", None)
+    return home
+
+
+def test_the_config_takes_what_the_weights_declare() -> None:
+    spec = parse_one(resnet_table())
+    assert spec.torchvision_weights == "ResNet18_Weights.IMAGENET1K_V1"
+    assert spec.weights is None and spec.labels is None
+    assert spec.num_classes == len(CATEGORIES) == 1000
+    assert spec.input_size == (224, 224) == (TRANSFORMS.crop_size[0],) * 2
+    assert spec.mean == tuple(TRANSFORMS.mean) and spec.std == tuple(TRANSFORMS.std)
+    assert spec.channels == 3
+    # DEFAULT is torchvision's alias of the recommended weights.
+    default = parse_one(resnet_table(weights="torchvision:DEFAULT"))
+    assert default.torchvision_weights == spec.torchvision_weights
+
+
+def test_what_the_config_sets_wins_and_is_checked(tmp_path: Path) -> None:
+    spec = parse_one(
+        resnet_table(input_size=[160, 128], mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    )
+    assert spec.input_size == (160, 128)
+    assert spec.mean == (0.5, 0.5, 0.5) and spec.std == (0.25, 0.25, 0.25)
+    (tmp_path / "labels.txt").write_text("".join(f"class {i}\n" for i in range(1000)))
+    assert parse_one(resnet_table(labels="labels.txt"), tmp_path).labels == tmp_path / "labels.txt"
+    with pytest.raises(ConfigError, match=r"num_classes is 10, but .* have 1000 categories"):
+        parse_one(resnet_table(num_classes=10))
+    with pytest.raises(ConfigError, match=r"channels must be 3 with torchvision weights"):
+        parse_one(resnet_table(channels=1))
+    with pytest.raises(ConfigError, match=r"input_size must be \[height, width\]"):
+        parse_one(resnet_table(input_size=[224]))
+    with pytest.raises(ConfigError, match=r"std must be positive"):
+        parse_one(resnet_table(std=[0.2, 0.0, 0.2]))
+
+
+@pytest.mark.parametrize(
+    ("arch", "name", "valid"),
+    [
+        ("resnet18", "IMAGENET1K_V2", "IMAGENET1K_V1, DEFAULT"),
+        ("resnet50", "imagenet1k_v2", "IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT"),
+        ("resnet18", "", "IMAGENET1K_V1, DEFAULT"),
+    ],
+)
+def test_an_unknown_weights_name_lists_the_valid_ones(arch: str, name: str, valid: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_one({"name": "m", "arch": arch, "weights": f"torchvision:{name}"})
+    assert f"torchvision has no weights '{name}' for '{arch}'; valid: {valid}" in str(info.value)
+
+
+def test_torchvision_weights_need_a_torchvision_arch() -> None:
+    with pytest.raises(ConfigError, match="is not a torchvision model with published weights"):
+        parse_one({"name": "m", "arch": "resnet7", "weights": "torchvision:DEFAULT"})
+    with pytest.raises(ConfigError, match="torchvision weights need a torchvision arch"):
+        parse_one({"name": "m", "arch": "toy_models:FaultyNet", "weights": "torchvision:DEFAULT"})
+
+
+def test_weights_files_still_need_the_preprocessing_keys() -> None:
+    # Without torchvision weights nothing is declared: the old rules and messages hold.
+    with pytest.raises(ConfigError, match=r"model 'm': missing required key 'input_size'"):
+        parse_one({"name": "m", "arch": "resnet18", "weights": "w.safetensors"})
+    with pytest.raises(ConfigError, match=r"model 'm': missing required key 'num_classes'"):
+        parse_one({"name": "m", "arch": "resnet18", "input_size": [64, 64]})
+    spec = parse_one({"name": "m", "arch": "resnet18", "weights": "w.pt", "num_classes": 3, "input_size": [8, 8]})  # fmt: skip
+    assert spec.weights == Path("w.pt") and spec.torchvision_weights is None
+
+
+def test_load_model_reads_the_cached_checkpoint(hub: Path, twin: torch.nn.Module) -> None:
+    served = load_model(parse_one(resnet_table()), torch.device("cpu"))
+    assert served.labels == CATEGORIES
+    assert served.input_shape == (3, 224, 224)
+    assert served.default_cam_layer == "layer4"
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(served.module(x), twin(x), rtol=0, atol=0)
+
+
+def test_a_server_explains_with_the_torchvision_weights(hub: Path, twin: torch.nn.Module) -> None:
+    config = parse_config({"models": [resnet_table(max_delay_ms=0.0)]}, Path("."))
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(224, 224, 3), dtype=np.uint8)
+    with serve_in_thread(config, f"127.0.0.1:{free_port()}") as server:
+        with deepvis.Client(server.bound_address, timeout=60) as client:
+            (info,) = client.models()
+            assert info.labels == CATEGORIES and info.num_classes == 1000
+            assert (info.channels, info.height, info.width) == (3, 224, 224)
+            np.testing.assert_allclose(info.mean, TRANSFORMS.mean, rtol=1e-6)
+            np.testing.assert_allclose(info.std, TRANSFORMS.std, rtol=1e-6)
+            result = client.explain(pixels, method="guided_backprop", top_k=3)
+            cam = client.explain(pixels, method="grad_cam", render=False)
+    # The server's preprocessing: pixels/255, then the weights' mean and std.
+    mean = torch.tensor(TRANSFORMS.mean).view(3, 1, 1)
+    std = torch.tensor(TRANSFORMS.std).view(3, 1, 1)
+    x = (torch.from_numpy(pixels).permute(2, 0, 1).float() / 255 - mean) / std
+    with torch.no_grad():
+        expected = int(twin(x[None]).argmax())
+    assert result.target == expected
+    assert result.predictions[0].index == expected
+    assert result.predictions[0].label == CATEGORIES[expected]
+    assert result.array is not None and result.array.shape == (3, 224, 224)
+    assert np.isfinite(result.array).all() and np.abs(result.array).max() > 0
+    assert result.image is not None and result.image.size == (224, 224)
+    assert cam.array is not None and cam.array.shape == (224, 224)
+    assert cam.arrays["cam"].shape == (7, 7)
+
+
+def test_a_cached_checkpoint_with_pickled_code_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, twin: torch.nn.Module
+) -> None:
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    marker = tmp_path / "payload-ran"
+    torch.save({**twin.state_dict(), "extra": CodePayload(marker)}, checkpoints / CHECKPOINT)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(ConfigError) as info:
+        load_model(parse_one(resnet_table()), torch.device("cpu"))
+    assert "refused" in str(info.value) and CHECKPOINT in str(info.value)
+    assert not marker.exists()
+
+
+@pytest.mark.timeout(60)
+def test_without_network_or_cache_the_model_fails_fast(offline: Path) -> None:
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as info:
+        load_model(parse_one(resnet_table()), torch.device("cpu"))
+    assert time.monotonic() - start < 30
+    message = str(info.value)
+    assert "cannot get torchvision weights ResNet18_Weights.IMAGENET1K_V1" in message
+    assert WEIGHTS.url in message and "URLError" in message
+    # Nothing half-downloaded is left to be mistaken for the weights next time.
+    assert not (offline / "hub" / "checkpoints" / CHECKPOINT).exists()
+
+
+@pytest.mark.timeout(90)
+def test_a_model_whose_weights_cannot_be_fetched_is_not_serving(
+    offline: Path, sample_paths: list[Path]
+) -> None:
+    digits = load_config().models[0]
+    tables = [
+        {
+            "name": "digits",
+            "arch": digits.arch,
+            "weights": str(digits.weights),
+            "labels": str(digits.labels),
+            "num_classes": 10,
+            "channels": 1,
+            "input_size": list(digits.input_size),
+            "mean": list(digits.mean),
+            "std": list(digits.std),
+        },
+        resnet_table(),
+    ]
+    config = parse_config({"models": tables}, Path("."))
+    with serve_in_thread(config, f"127.0.0.1:{free_port()}") as server:
+        with deepvis.Client(server.bound_address, timeout=30) as client:
+            assert client.health(model_health_service("digits")) == "SERVING"
+            assert client.health(model_health_service("resnet18-imagenet")) == "NOT_SERVING"
+            with pytest.raises(deepvis.Unavailable) as info:
+                client.explain(str(sample_paths[3]), model="resnet18-imagenet")
+            assert "cannot get torchvision weights" in info.value.details
+            assert client.explain(str(sample_paths[3]), model="digits").target == 3
+
+
+# Builders that construct the model differently when given weights (GoogLeNet and Inception
+# normalise their input, DenseNet's published files use old key names).
+PARITY = [("googlenet", "IMAGENET1K_V1"), ("inception_v3", "IMAGENET1K_V1"), ("densenet121", "IMAGENET1K_V1")]  # fmt: skip
+_DENSE_NEW_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+@pytest.mark.parametrize(("arch", "name"), PARITY)
+def test_the_model_is_built_as_torchvision_builds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arch: str, name: str
+) -> None:
+    weights = torchvision.models.get_model_weights(arch)[name]
+    spec = parse_one({"name": "m", "arch": arch, "weights": f"torchvision:{name}"})
+    torch.manual_seed(0)
+    kwargs = {"aux_logits": True, "init_weights": False} if arch != "densenet121" else {}
+    state = torchvision.models.get_model(arch, weights=None, **kwargs).state_dict()
+    if arch == "densenet121":  # as published: 'norm.1' where the module is now 'norm1'
+        state = {
+            (f"{m.group(1)}.{m.group(2)}" if (m := _DENSE_NEW_KEY.match(k)) else k): v
+            for k, v in state.items()
+        }
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(state, checkpoints / weights.url.rsplit("/", 1)[-1])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    served = load_model(spec, torch.device("cpu"))
+    # torchvision's own builder on the same cached file; its torch.load is forced weights-only.
+    monkeypatch.setenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")
+    reference = torchvision.models.get_model(arch, weights=weights, progress=False).eval()
+    assert [n for n, _ in served.module.named_modules()] == [
+        n for n, _ in reference.named_modules()
+    ]
+    x = torch.randn(1, 3, *spec.input_size)
+    with torch.no_grad():
+        torch.testing.assert_close(served.module(x), reference(x), rtol=0, atol=0)
