@@ -89,12 +89,7 @@ class Batcher:
         )
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         while self._pending:
             _fail(self._pending.popleft(), Unavailable("server is shutting down"))
 
@@ -302,6 +297,17 @@ def is_fatal_device_error(e: BaseException) -> bool:
 def _release_cached_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+    """Cancels a background loop and waits until it has really stopped."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
 
 
 def _fail(item: WorkItem, exc: BaseException) -> None:

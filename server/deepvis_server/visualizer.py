@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
+from .batcher import cancel_and_wait
 from .errors import DeepvisError, InvalidArgument, ResourceExhausted, Unavailable
 from .featurevis.render import RenderBatch, RenderEvent, RenderJob
 from .models import ServedModel
@@ -84,12 +85,7 @@ class Visualizer:
         )
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         for state in [*self._joining, *self._active.values()]:
             state.events.put_nowait(Unavailable("server is shutting down"))
 
