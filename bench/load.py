@@ -119,7 +119,33 @@ def timeit(fn, n_items: int, min_seconds: float = 3.0) -> float:
     return reps * n_items / (time.perf_counter() - t0)
 
 
-def baselines(module, layer: str, size: int, n: int, device: str, served_model) -> dict:
+def fast_mode(method, served_model, xn, reqs, n: int) -> dict:
+    """The engine in fast mode (channels_last + bf16 autocast): speed and error against fp32."""
+    import copy
+
+    import torch
+
+    exact = method.run(served_model, xn, reqs).arrays.float()
+    fast_model = copy.copy(served_model)
+    fast_model.module = copy.deepcopy(served_model.module).to(memory_format=torch.channels_last)
+    fast_model.layers = dict(fast_model.module.named_modules())
+    x = xn.contiguous(memory_format=torch.channels_last)
+
+    def run():
+        with torch.autocast(xn.device.type, dtype=torch.bfloat16):
+            return method.run(fast_model, x, reqs).arrays.float()
+
+    approx = run()
+    a, b = approx.flatten().cpu().double(), exact.flatten().cpu().double()
+    return {
+        f"engine_fast_batch{n}_images_per_s": round(timeit(run, n), 2),
+        "fast_max_abs_error_over_max": round(float((a - b).abs().max() / b.abs().max()), 4),
+        "fast_mean_abs_error_over_max": round(float((a - b).abs().mean() / b.abs().max()), 5),
+        "fast_correlation": round(float(torch.corrcoef(torch.stack([a, b]))[0, 1]), 4),
+    }
+
+
+def baselines(module, layer: str, size: int, n: int, device: str, served_model, fast: bool) -> dict:
     import warnings
 
     import torch
@@ -167,6 +193,8 @@ def baselines(module, layer: str, size: int, n: int, device: str, served_model) 
                 timeit(lambda m=m, r=reqs: m.run(served_model, xn, r), n), 2
             ),
         }
+        if fast:
+            out[method].update(fast_mode(m, served_model, xn, reqs, n))
     return out
 
 
@@ -219,6 +247,7 @@ def main() -> int:
         "--render-jobs", type=int, default=0, help="concurrent renders (default: --clients)"
     )
     p.add_argument("--render-steps", type=int, default=512)
+    p.add_argument("--fast", action="store_true", help="serve in fast mode; report its error")
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="server max_delay_ms")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--out", type=Path, default=Path("bench/results/load.json"))
@@ -240,7 +269,7 @@ def main() -> int:
     (tmp / "m.toml").write_text(
         f'[server]\ndevice = "{args.device}"\nmax_queue_size = 4096\n[[models]]\nname = "m"\narch = "{args.arch}"\n'
         f'weights = "m.safetensors"\nnum_classes = 1000\ninput_size = [{args.size}, {args.size}]\n'
-        f"mean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]\nmax_batch_size = {n}\nmax_delay_ms = {args.max_delay_ms}\n"
+        f"mean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]\nmax_batch_size = {n}\nmax_delay_ms = {args.max_delay_ms}\nfast = {str(args.fast).lower()}\n"
     )
     spec = parse_config(
         {
@@ -305,7 +334,7 @@ def main() -> int:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
-    base = baselines(module, layer, args.size, n, args.device, served_model)
+    base = baselines(module, layer, args.size, n, args.device, served_model, args.fast)
     for method, b in base.items():
         if method not in report["methods"]:
             continue

@@ -37,6 +37,9 @@ class ModelSpec:
     labels: Path | None = None
     max_batch_size: int = 32
     max_delay_ms: float = 5.0
+    # Opt-in fast mode: channels_last memory and bf16 autocast. Faster on tensor-core GPUs,
+    # not exact: responses say so, and bench/load.py --fast reports the error against fp32.
+    fast: bool = False
     # torchvision's published weights by their full name ("ResNet18_Weights.IMAGENET1K_V1"),
     # fetched through torch.hub's cache at load time; `weights` is then None.
     torchvision_weights: str | None = None
@@ -87,6 +90,7 @@ _MODEL_KEYS = {
     "labels",
     "max_batch_size",
     "max_delay_ms",
+    "fast",
 }
 _LIMIT_KEYS: tuple[str, ...] = (
     "max_message_bytes",
@@ -233,6 +237,9 @@ def parse_model(table: dict[str, Any], base: Path, index: int) -> ModelSpec:
     delay = table.get("max_delay_ms", 5.0)
     if not isinstance(delay, (int, float)) or isinstance(delay, bool) or not 0 <= delay <= 10_000:
         raise ConfigError(f"{where}.max_delay_ms must be a number in [0, 10000], got {delay!r}")
+    fast = table.get("fast", False)
+    if not isinstance(fast, bool):
+        raise ConfigError(f"{where}.fast must be true or false, got {fast!r}")
     return ModelSpec(
         name=name,
         arch=arch,
@@ -249,6 +256,7 @@ def parse_model(table: dict[str, Any], base: Path, index: int) -> ModelSpec:
         else _path(table["labels"], base, f"{where}.labels"),
         max_batch_size=_positive_int(table.get("max_batch_size", 32), f"{where}.max_batch_size"),
         max_delay_ms=float(delay),
+        fast=fast,
         torchvision_weights=None
         if tv_weights is None
         else f"{type(tv_weights).__name__}.{tv_weights.name}",

@@ -79,6 +79,9 @@ class Engine:
                     exc_info=not isinstance(e, ConfigError),
                 )
                 continue
+            if spec.fast:
+                # Chosen in the configuration, once, before serving: never by a request.
+                model.module.to(memory_format=torch.channels_last)
             self.models[spec.name] = model
             batcher = Batcher(
                 model,
