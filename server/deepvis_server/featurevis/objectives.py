@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InvalidArgument
-from ..methods.base import ClassTarget, NeuronTarget, check_target
+from ..methods.base import ClassTarget, NeuronTarget, check_layer, check_target
 from ..models import ServedModel
 
 __all__ = [
@@ -75,17 +74,6 @@ class Objective(ABC):
 
 def _long(values: Sequence[int], device: torch.device) -> torch.Tensor:
     return torch.tensor(list(values), dtype=torch.long, device=device)
-
-
-def _check_layer(model: ServedModel, layer: str, field: str) -> tuple[int, ...]:
-    shape = model.layer_shapes.get(layer)
-    if shape is None:
-        raise InvalidArgument(
-            f"{field} '{layer[:200]}' is not a layer of model '{model.name}' "
-            f"(layer names are those of ListModels/DescribeModel, e.g. {model.example_layers()})",
-            field=field,
-        )
-    return shape
 
 
 @dataclass(frozen=True)
@@ -195,7 +183,7 @@ class Layer(Objective):
         return self.layer
 
     def validate(self, model: ServedModel) -> None:
-        _check_layer(model, self.layer, "target.layer")
+        check_layer(model, self.layer, "objective.layer")
 
     @classmethod
     def plan(
