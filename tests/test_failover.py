@@ -139,8 +139,8 @@ def test_unreachable_replicas_fail_quickly_with_unavailable() -> None:
 
 
 class Flaky(deepvis_pb2_grpc.ExplainerServicer):
-    """Fails the first `failures` calls of each kind with `code`, after sending headers (as a
-    deepvis server does) or without any (trailers only: what gRPC's own retry policy sees)."""
+    """Fails the first `failures` calls of each kind with `code`, 50 ms after sending headers (as
+    a deepvis server does) or without any (trailers only: what gRPC's own retry policy sees)."""
 
     def __init__(self, failures: int, code=grpc.StatusCode.UNAVAILABLE, headers=True) -> None:
         self.failures, self.code, self.headers = failures, code, headers
@@ -152,6 +152,10 @@ class Flaky(deepvis_pb2_grpc.ExplainerServicer):
             return False
         if self.headers:
             context.send_initial_metadata((("x-request-id", f"r{self.calls[kind]}"),))
+            # A replica fails some time after the headers (it was computing), not in the same
+            # breath: back to back, a loaded client can read headers and status together,
+            # which gRPC's retry filter takes as a Trailers-Only answer.
+            time.sleep(0.05)
         context.abort(self.code, "replica going away")
         return True
 
