@@ -212,8 +212,37 @@ def test_each_class_logit_renders_an_image_of_its_class(digits: ServedModel) -> 
         assert float(logits[0, k]) == pytest.approx(r.objective, rel=1e-4)
 
 
+def test_fft_reaches_more_class_logit_than_pixel_adam_in_the_same_steps(
+    digits: ServedModel,
+) -> None:
+    """The Done-when comparison: each class logit of the digits model, the service's recipe
+    (Adam at lr 0.05 with Lucid's transformation robustness) for both parameterizations, the
+    same 128 steps and seeds; the objective is the final image's logit, shown untransformed.
+
+    Summed over the ten classes the decorrelated FFT reaches more (about 11 % more at 128
+    steps, 5-7 % at 256 and 512: `bench/fft_vs_pixel.py`); pixel-space Adam loses class 7
+    outright (logit near 0) and wins a few classes by up to 10 %.
+    """
+    batch = RenderBatch(digits)
+    jobs = {}
+    for k in range(10):
+        for param in ("fft", "pixel"):
+            for seed in (0, 1):
+                jobs[batch.add(RenderJob(ClassLogit(k), steps=128, seed=seed, param=param))] = (
+                    k,
+                    param,
+                )
+    results = run_batch(batch)
+    reached = {"fft": np.zeros(10), "pixel": np.zeros(10)}
+    for h, (k, param) in jobs.items():
+        reached[param][k] += results[h].objective
+    assert reached["fft"].sum() >= 1.05 * reached["pixel"].sum(), reached
+    # Not a trade of a few big wins for many losses: no class falls far behind either.
+    assert np.all(reached["fft"] >= 0.8 * reached["pixel"]), reached
+
+
 def test_fft_parameterization_optimizes_as_well_as_pixels(digits: ServedModel) -> None:
-    """Decorrelated FFT against plain pixel-space Adam (sigmoid pixels, Lucid's naive param).
+    """Decorrelated FFT against plain pixel-space Adam without transforms, on hidden units.
 
     Fair terms: the same 128 steps, lr 0.05, seed, and no random transforms for either, so
     both optimise the very same function of the image; eight channels of conv3 (every 8th,
