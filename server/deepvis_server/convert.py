@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from deepvis.v1 import deepvis_pb2 as pb
 
@@ -145,9 +146,21 @@ def tensor_to_pb(array: np.ndarray, dtype_name: str) -> pb.Tensor:
         enum, dtype = pb.DTYPE_INT64, np.dtype("<i8")  # type: ignore[assignment]
     else:
         enum, dtype = _WIRE_DTYPES[dtype_name]
-    return pb.Tensor(
-        dtype=enum, shape=array.shape, data=np.ascontiguousarray(array, dtype=dtype).tobytes()
-    )
+    return pb.Tensor(dtype=enum, shape=array.shape, data=wire_bytes(array, dtype))
+
+
+def wire_bytes(array: np.ndarray, dtype: np.dtype[Any]) -> bytes:
+    """`array` as contiguous little-endian bytes of `dtype`.
+
+    float32 to float16 goes through torch: numpy's cast sets the FPU's underflow flag
+    (feraiseexcept) for every element too small for float16, as most of a gradient's are,
+    which made one 3x224x224 guided-backprop result take 13 ms on the event loop; torch's
+    vectorised cast takes 0.06 ms and gives the same bits (round to nearest even).
+    """
+    if dtype == np.float16 and array.dtype == np.float32:
+        half = torch.from_numpy(np.ascontiguousarray(array)).to(torch.float16)
+        return half.numpy().astype("<f2", copy=False).tobytes()
+    return np.ascontiguousarray(array, dtype=dtype).tobytes()
 
 
 def explain_response(
