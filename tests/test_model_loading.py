@@ -196,3 +196,24 @@ def test_server_exits_2_at_once_on_invalid_toml(tmp_path) -> None:
     proc = _server_process("--config", str(cfg))
     assert proc.returncode == 2
     assert "ConfigError:" in proc.stderr and "invalid TOML" in proc.stderr
+
+
+def test_cpu_threads_sizes_the_off_loop_pool(tmp_path) -> None:
+    import os
+
+    from deepvis_server.engine import Engine
+
+    model = {"name": "m", "arch": "resnet18", "num_classes": 2, "input_size": [8, 8]}
+    base = {"models": [model]}
+    default = parse_config(base, tmp_path)
+    assert default.cpu_threads == min(8, os.cpu_count() or 2)
+    cfg = parse_config({"server": {"cpu_threads": 3}, **base}, tmp_path)
+    engine = Engine(cfg)
+    try:
+        assert engine.cpu_executor._max_workers == 3
+    finally:
+        engine.cpu_executor.shutdown()
+        engine.device_executor.shutdown()
+    for bad in (0, -1, 2.5, True, "4"):
+        with pytest.raises(ConfigError, match=r"\[server\].cpu_threads must be a positive integer"):
+            parse_config({"server": {"cpu_threads": bad}, **base}, tmp_path)
