@@ -29,7 +29,7 @@ from deepvis._convert import (
     TargetLike,
     Visualization,
 )
-from deepvis._exceptions import Internal, NotFound, from_rpc_error
+from deepvis._exceptions import DeepvisError, Internal, NotFound, from_rpc_error
 from deepvis.v1 import deepvis_pb2, deepvis_pb2_grpc
 
 __all__ = ["SERVICE_CONFIG", "AddressLike", "AsyncClient", "Client", "channel_target"]
@@ -252,6 +252,58 @@ class _Attempts:
         return delay
 
 
+# Items one ExplainBatch call may carry (the server's limit).
+MAX_BATCH_ITEMS = 256
+
+
+def _batch_requests(
+    inputs: Sequence[InputLike],
+    model: str | None,
+    method: str,
+    targets: TargetLike | Sequence[TargetLike],
+    layer: LayersLike,
+    render: bool,
+    array_dtype: str,
+    top_k: int,
+    array: bool,
+    top_k_channels: int,
+    chunk: int,
+) -> list[deepvis_pb2.ExplainRequest]:
+    """Checks the arguments of explain_batch and builds one request per input."""
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or not 1 <= chunk <= MAX_BATCH_ITEMS:
+        raise ValueError(f"chunk must be an int from 1 to {MAX_BATCH_ITEMS}, not {chunk!r}")
+    if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Sequence):
+        raise TypeError(
+            f"inputs must be a sequence (list or tuple) of inputs, not {type(inputs).__name__}"
+        )
+    if not inputs:
+        raise ValueError("inputs is empty; give at least one input")
+    per_item = _convert.batch_targets(targets, len(inputs))
+    return [
+        _convert.request_to_pb(
+            x,
+            model=model or "",
+            method=method,
+            target=t,
+            layer=layer,
+            render=render,
+            array_dtype=array_dtype,
+            top_k=top_k,
+            array=array,
+            top_k_channels=top_k_channels,
+        )
+        for x, t in zip(inputs, per_item, strict=True)
+    ]
+
+
+def _batch_results(results: list[Any], return_errors: bool) -> list[Any]:
+    if not return_errors:
+        for i, r in enumerate(results):
+            if isinstance(r, DeepvisError):
+                raise type(r)(f"item {i}: {r.details}", r.code)
+    return results
+
+
 def _models_from_pb(response: deepvis_pb2.ListModelsResponse) -> list[ModelInfo]:
     return [_convert.model_info_from_pb(m) for m in response.models]
 
@@ -449,6 +501,74 @@ class Client(_Base):
             _convert.set_model(request, self._resolve_model(timeout))
         response = self._unary(self._stub.Explain, request, timeout)
         return _convert.explanation_from_pb(response)
+
+    def explain_batch(
+        self,
+        inputs: Sequence[InputLike],
+        *,
+        model: str | None = None,
+        method: str = "guided_backprop",
+        targets: TargetLike | Sequence[TargetLike] = None,
+        layer: LayersLike = None,
+        render: bool = True,
+        array_dtype: str = "float32",
+        top_k: int = 5,
+        timeout: float | None = None,
+        array: bool = True,
+        top_k_channels: int = 0,
+        return_errors: bool = False,
+        chunk: int = 64,
+    ) -> list[Any]:
+        """Runs an interpretability method on many inputs, a few calls for all of them.
+
+        The inputs travel in ExplainBatch calls of up to `chunk` items; the server batches
+        them with every other client's requests. Cheaper than one `explain` call per
+        input when there are many (a call's fixed cost is paid once per chunk).
+
+        Args:
+            inputs: The inputs, each anything `explain` accepts.
+            targets: One target for all inputs, or a list or tuple with one per input
+                (None entries explain the predicted class).
+            return_errors: False raises the first failed item's error; True puts each
+                failed item's exception (a `DeepvisError`) in its place in the result.
+            chunk: Items per call, 1 to 256.
+            model, method, layer, render, array_dtype, top_k, array, top_k_channels:
+                As for `explain`, the same for every input.
+            timeout: Deadline of each call in seconds; None uses the client's default.
+
+        Returns:
+            One `Explanation` per input, in order (or its exception, with return_errors).
+
+        Raises:
+            DeepvisError: A call failed as a whole, or (without return_errors) an item
+                failed: the first one's error, its message naming the item.
+            TypeError, ValueError: An argument is invalid; nothing was sent.
+            OSError: An input file cannot be read.
+        """
+        requests = _batch_requests(
+            inputs,
+            model,
+            method,
+            targets,
+            layer,
+            render,
+            array_dtype,
+            top_k,
+            array,
+            top_k_channels,
+            chunk,
+        )
+        if model is None:
+            name = self._resolve_model(timeout)
+            for r in requests:
+                _convert.set_model(r, name)
+        results: list[Explanation | DeepvisError] = []
+        for start in range(0, len(requests), chunk):
+            part = requests[start : start + chunk]
+            batch = deepvis_pb2.ExplainBatchRequest(requests=part)
+            response = self._unary(self._stub.ExplainBatch, batch, timeout)
+            results += _convert.explanations_from_batch_pb(response, len(part))
+        return _batch_results(results, return_errors)
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """Asks the server's standard gRPC health service (grpc.health.v1) how it is.
@@ -881,6 +1001,81 @@ class AsyncClient(_Base):
             _convert.set_model(request, await self._resolve_model(timeout))
         response = await self._unary(self._stub.Explain, request, timeout)
         return _convert.explanation_from_pb(response)
+
+    async def explain_batch(
+        self,
+        inputs: Sequence[InputLike],
+        *,
+        model: str | None = None,
+        method: str = "guided_backprop",
+        targets: TargetLike | Sequence[TargetLike] = None,
+        layer: LayersLike = None,
+        render: bool = True,
+        array_dtype: str = "float32",
+        top_k: int = 5,
+        timeout: float | None = None,
+        array: bool = True,
+        top_k_channels: int = 0,
+        return_errors: bool = False,
+        chunk: int = 64,
+    ) -> list[Any]:
+        """Runs an interpretability method on many inputs, a few calls for all of them.
+
+        The inputs travel in ExplainBatch calls of up to `chunk` items; the server batches
+        them with every other client's requests. Cheaper than one `explain` call per
+        input when there are many (a call's fixed cost is paid once per chunk).
+
+        Args:
+            inputs: The inputs, each anything `explain` accepts.
+            targets: One target for all inputs, or a list or tuple with one per input
+                (None entries explain the predicted class).
+            return_errors: False raises the first failed item's error; True puts each
+                failed item's exception (a `DeepvisError`) in its place in the result.
+            chunk: Items per call, 1 to 256.
+            model, method, layer, render, array_dtype, top_k, array, top_k_channels:
+                As for `explain`, the same for every input.
+            timeout: Deadline of each call in seconds; None uses the client's default.
+
+        Returns:
+            One `Explanation` per input, in order (or its exception, with return_errors).
+
+        Raises:
+            DeepvisError: A call failed as a whole, or (without return_errors) an item
+                failed: the first one's error, its message naming the item.
+            TypeError, ValueError: An argument is invalid; nothing was sent.
+            OSError: An input file cannot be read.
+        """
+        requests = _batch_requests(
+            inputs,
+            model,
+            method,
+            targets,
+            layer,
+            render,
+            array_dtype,
+            top_k,
+            array,
+            top_k_channels,
+            chunk,
+        )
+        if model is None:
+            name = await self._resolve_model(timeout)
+            for r in requests:
+                _convert.set_model(r, name)
+        # The chunks go out together: the server batches them as one client's many calls.
+        parts = [requests[i : i + chunk] for i in range(0, len(requests), chunk)]
+        responses = await asyncio.gather(
+            *(
+                self._unary(
+                    self._stub.ExplainBatch, deepvis_pb2.ExplainBatchRequest(requests=p), timeout
+                )
+                for p in parts
+            )
+        )
+        results: list[Explanation | DeepvisError] = []
+        for part, response in zip(parts, responses, strict=True):
+            results += _convert.explanations_from_batch_pb(response, len(part))
+        return _batch_results(results, return_errors)
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """Asks the server's standard gRPC health service (grpc.health.v1) how it is.

@@ -12,6 +12,7 @@ from typing import Any, TypeAlias
 import numpy as np
 from PIL import Image
 
+from deepvis._exceptions import DeepvisError, Internal, from_status
 from deepvis.v1 import deepvis_pb2
 
 __all__ = [
@@ -591,6 +592,32 @@ def request_to_pb(
     if target_pb is not None:
         request.target.CopyFrom(target_pb)
     return request
+
+
+def batch_targets(targets: TargetLike | Sequence[TargetLike], n: int) -> list[TargetLike]:
+    """One target per input: a list or tuple gives each its own, anything else applies to all."""
+    if isinstance(targets, (list, tuple)):
+        if len(targets) != n:
+            raise ValueError(f"targets has {len(targets)} entries for {n} inputs; give one each")
+        return list(targets)
+    return [targets] * n  # type: ignore[list-item]  # not a list or tuple: one target
+
+
+def explanations_from_batch_pb(
+    resp: deepvis_pb2.ExplainBatchResponse, n: int
+) -> list[Explanation | DeepvisError]:
+    """Each item's `Explanation`, or the exception its error stands for, in order."""
+    if len(resp.items) != n:
+        raise Internal(f"the server answered {len(resp.items)} items for {n} requests")
+    out: list[Explanation | DeepvisError] = []
+    for item in resp.items:
+        if item.HasField("response"):
+            out.append(explanation_from_pb(item.response))
+        else:
+            err = item.error
+            details = f"{err.message} (field {err.field})" if err.field else err.message
+            out.append(from_status(err.code, details))
+    return out
 
 
 def set_model(request: deepvis_pb2.ExplainRequest, model: str) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "from_rpc_error",
+    "from_status",
 ]
 
 
@@ -155,3 +156,20 @@ def from_rpc_error(err: grpc.RpcError) -> DeepvisError:
         code = grpc.StatusCode.UNKNOWN
     cls = _BY_CODE.get(code, Internal)
     return cls(details or "", code)
+
+
+_CODES_BY_NUMBER: dict[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def from_status(code: int, details: str) -> DeepvisError:
+    """The exception for a status given by number, as in one failed item of an ExplainBatch.
+
+    Args:
+        code: The gRPC status code's number (google.rpc.Code), e.g. 3 for INVALID_ARGUMENT.
+        details: The server's message.
+
+    Returns:
+        An instance of the subclass for the code (`Internal` for codes without one).
+    """
+    status = _CODES_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
+    return _BY_CODE.get(status, Internal)(details, status)

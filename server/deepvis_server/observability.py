@@ -240,6 +240,15 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         except Exception:  # noqa: BLE001 - metrics must never fail a call
             logging.getLogger(__name__).exception("recording %s failed", call.method)
 
+    def _record_batching(self, response: pb.ExplainResponse) -> None:
+        if not response.HasField("timing"):
+            return
+        # The model that ran, from the response: a request's model name is client text.
+        t, model, obs = response.timing, response.model, self._obs
+        obs.queue_seconds.labels(model).observe(t.queue_ms / 1000.0)
+        obs.compute_seconds.labels(model).observe(t.compute_ms / 1000.0)
+        obs.batch_size.labels(model).observe(t.batch_size)
+
     def _record(
         self, call: _Call, code: str, response: Any, context: grpc.aio.ServicerContext
     ) -> None:
@@ -247,12 +256,12 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         obs = self._obs
         obs.requests.labels(call.method, code).inc()
         obs.request_seconds.labels(call.method).observe(seconds)
-        if isinstance(response, pb.ExplainResponse) and response.HasField("timing"):
-            # The model that ran, from the response: a request's model name is client text.
-            t, model = response.timing, response.model
-            obs.queue_seconds.labels(model).observe(t.queue_ms / 1000.0)
-            obs.compute_seconds.labels(model).observe(t.compute_ms / 1000.0)
-            obs.batch_size.labels(model).observe(t.batch_size)
+        if isinstance(response, pb.ExplainResponse):
+            self._record_batching(response)
+        elif isinstance(response, pb.ExplainBatchResponse):
+            for item in response.items:
+                if item.HasField("response"):
+                    self._record_batching(item.response)
         if obs.access_log:
             # Health probes and reflection succeed every few seconds: only worth a debug line.
             quiet = code == "OK" and "/" in call.method

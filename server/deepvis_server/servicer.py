@@ -46,6 +46,9 @@ def status_of(exc: DeepvisError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+# Items one ExplainBatch call may carry: each holds an input and a queue slot until answered.
+MAX_BATCH_ITEMS = 256
+
 # How long a client refused with UNAVAILABLE (full queue, full render batch) should wait.
 RETRY_DELAY_S = 0.2
 
@@ -111,11 +114,50 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
             error: BaseException = e
         await abort(context, error, "Explain")
 
+    async def ExplainBatch(
+        self, request: pb.ExplainBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExplainBatchResponse:
+        n = len(request.requests)
+        if not 1 <= n <= MAX_BATCH_ITEMS:
+            await abort(
+                context,
+                InvalidArgument(
+                    f"requests has {n} items; send 1 to {MAX_BATCH_ITEMS} per call",
+                    field="requests",
+                ),
+                "ExplainBatch",
+            )
+        deadline = self.deadline(context)
+        # Every item enters its model's batcher now, beside other clients' requests; the
+        # call answers when the last one is done. Cancelling the call cancels them all.
+        items = await asyncio.gather(*(self._explain_item(r, deadline) for r in request.requests))
+        return pb.ExplainBatchResponse(items=items)
+
+    async def _explain_item(
+        self, request: pb.ExplainRequest, deadline: float
+    ) -> pb.ExplainBatchItem:
+        try:
+            return pb.ExplainBatchItem(response=await self._explain_by(request, deadline))
+        except DeepvisError as e:
+            code = status_of(e)
+            if code == grpc.StatusCode.INTERNAL:
+                log.error("internal error in an ExplainBatch item: %s", e.message)
+            error = pb.ItemError(code=code.value[0], message=e.message, field=e.field or "")
+        except Exception as e:  # noqa: BLE001 - one item never fails the others
+            log.error("unexpected error in an ExplainBatch item", exc_info=e)
+            error = pb.ItemError(
+                code=grpc.StatusCode.INTERNAL.value[0],
+                message="internal error; the server logged the traceback",
+            )
+        return pb.ExplainBatchItem(error=error)
+
     async def _explain(
         self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExplainResponse:
+        return await self._explain_by(request, self.deadline(context))
+
+    async def _explain_by(self, request: pb.ExplainRequest, deadline: float) -> pb.ExplainResponse:
         parsed = convert.parse_explain(request)
-        deadline = self.deadline(context)
         model, result, output = await self.engine.explain(
             parsed.model,
             parsed.method,

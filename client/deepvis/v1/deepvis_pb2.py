@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64\x65\x65pvis/v1/deepvis.proto\x12\ndeepvis.v1\"G\n\x06Tensor\x12 \n\x05\x64type\x18\x01 \x01(\x0e\x32\x11.deepvis.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"l\n\x05Input\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12$\n\x06pixels\x18\x02 \x01(\x0b\x32\x12.deepvis.v1.TensorH\x00\x12$\n\x06tensor\x18\x03 \x01(\x0b\x32\x12.deepvis.v1.TensorH\x00\x42\x06\n\x04kind\"T\n\x06Neuron\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\x03\x12\x0e\n\x01y\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x01x\x18\x04 \x01(\x03H\x01\x88\x01\x01\x42\x04\n\x02_yB\x04\n\x02_x\"M\n\x06Target\x12\x15\n\x0b\x63lass_index\x18\x01 \x01(\x03H\x00\x12$\n\x06neuron\x18\x02 \x01(\x0b\x32\x12.deepvis.v1.NeuronH\x00\x42\x06\n\x04kind\"j\n\rOutputOptions\x12&\n\x0b\x61rray_dtype\x18\x01 \x01(\x0e\x32\x11.deepvis.v1.DType\x12\x12\n\nomit_array\x18\x02 \x01(\x08\x12\x0e\n\x06render\x18\x03 \x01(\x08\x12\r\n\x05top_k\x18\x04 \x01(\x05\"\xdc\x01\n\x0e\x45xplainRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x06method\x18\x02 \x01(\x0e\x32\x12.deepvis.v1.Method\x12 \n\x05input\x18\x03 \x01(\x0b\x32\x11.deepvis.v1.Input\x12\"\n\x06target\x18\x04 \x01(\x0b\x32\x12.deepvis.v1.Target\x12\x0e\n\x06layers\x18\x05 \x03(\t\x12)\n\x06output\x18\x06 \x01(\x0b\x32\x19.deepvis.v1.OutputOptions\x12\x16\n\x0etop_k_channels\x18\x07 \x01(\x05\"9\n\nPrediction\x12\r\n\x05index\x18\x01 \x01(\x03\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"B\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x02\x12\x12\n\ncompute_ms\x18\x02 \x01(\x02\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\"\xd2\x02\n\x0f\x45xplainResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x06method\x18\x02 \x01(\x0e\x32\x12.deepvis.v1.Method\x12!\n\x05\x61rray\x18\x03 \x01(\x0b\x32\x12.deepvis.v1.Tensor\x12\x11\n\timage_png\x18\x04 \x01(\x0c\x12+\n\x0bpredictions\x18\x05 \x03(\x0b\x32\x16.deepvis.v1.Prediction\x12\"\n\x06target\x18\x06 \x01(\x0b\x32\x12.deepvis.v1.Target\x12\"\n\x06timing\x18\x07 \x01(\x0b\x32\x12.deepvis.v1.Timing\x12\x10\n\x08warnings\x18\x08 \x03(\t\x12\'\n\x06\x61rrays\x18\t \x03(\x0b\x32\x17.deepvis.v1.NamedTensor\x12&\n\x06images\x18\n \x03(\x0b\x32\x16.deepvis.v1.NamedImage\"?\n\x0bNamedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x06tensor\x18\x02 \x01(\x0b\x32\x12.deepvis.v1.Tensor\"\'\n\nNamedImage\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03png\x18\x02 \x01(\x0c\"\x13\n\x11ListModelsRequest\"\xbd\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x61rch\x18\x02 \x01(\t\x12\x13\n\x0bnum_classes\x18\x03 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x0c\n\x04mean\x18\x07 \x03(\x02\x12\x0b\n\x03std\x18\x08 \x03(\x02\x12\x0e\n\x06labels\x18\t \x03(\t\x12#\n\x07methods\x18\n \x03(\x0e\x32\x12.deepvis.v1.Method\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.deepvis.v1.ModelInfo\"%\n\x14\x44\x65scribeModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"L\n\tLayerInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x14\n\x0coutput_shape\x18\x03 \x03(\x03\x12\r\n\x05\x63\x61lls\x18\x04 \x01(\x05\"\x9d\x01\n\x15\x44\x65scribeModelResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.deepvis.v1.ModelInfo\x12%\n\x06layers\x18\x02 \x03(\x0b\x32\x15.deepvis.v1.LayerInfo\x12\x19\n\x11\x64\x65\x66\x61ult_cam_layer\x18\x03 \x01(\t\x12\x1c\n\x14non_relu_activations\x18\x04 \x03(\t\"q\n\tObjective\x12$\n\x06neuron\x18\x01 \x01(\x0b\x32\x12.deepvis.v1.NeuronH\x00\x12\x15\n\x0b\x63lass_index\x18\x02 \x01(\x03H\x00\x12\x0f\n\x05layer\x18\x03 \x01(\tH\x00\x12\x0e\n\x06negate\x18\x04 \x01(\x08\x42\x06\n\x04kind\"\xf1\x02\n\x10VisualizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\tobjective\x18\x02 \x01(\x0b\x32\x15.deepvis.v1.Objective\x12\r\n\x05steps\x18\x03 \x01(\x05\x12\x15\n\rlearning_rate\x18\x04 \x01(\x02\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\r\n\x05width\x18\x06 \x01(\x05\x12\r\n\x05\x62\x61tch\x18\x07 \x01(\x05\x12\x11\n\tdiversity\x18\x08 \x01(\x02\x12\x0c\n\x04seed\x18\t \x01(\x04\x12\x16\n\x0eprogress_every\x18\n \x01(\x05\x12\x36\n\x10parameterization\x18\x0b \x01(\x0e\x32\x1c.deepvis.v1.Parameterization\x12\x15\n\rno_transforms\x18\x0c \x01(\x08\x12 \n\x05input\x18\r \x01(\x0b\x32\x11.deepvis.v1.Input\x12&\n\x0b\x61rray_dtype\x18\x0e \x01(\x0e\x32\x11.deepvis.v1.DType\"V\n\x11VisualizeProgress\x12\x0c\n\x04step\x18\x01 \x01(\x05\x12\r\n\x05steps\x18\x02 \x01(\x05\x12\x11\n\tobjective\x18\x03 \x01(\x02\x12\x11\n\timage_png\x18\x04 \x01(\x0c\"\xea\x01\n\x0fVisualizeResult\x12!\n\x05\x61rray\x18\x01 \x01(\x0b\x32\x12.deepvis.v1.Tensor\x12\x12\n\nimages_png\x18\x02 \x03(\x0c\x12\x11\n\tobjective\x18\x03 \x01(\x02\x12\r\n\x05steps\x18\x04 \x01(\x05\x12\'\n\x0b\x61ttribution\x18\x05 \x01(\x0b\x32\x12.deepvis.v1.Tensor\x12\x17\n\x0f\x61ttribution_png\x18\x06 \x01(\x0c\x12\x10\n\x08queue_ms\x18\x07 \x01(\x02\x12\x12\n\ncompute_ms\x18\x08 \x01(\x02\x12\x16\n\x0emax_batch_jobs\x18\t \x01(\x05\"}\n\x11VisualizeResponse\x12\x31\n\x08progress\x18\x01 \x01(\x0b\x32\x1d.deepvis.v1.VisualizeProgressH\x00\x12-\n\x06result\x18\x02 \x01(\x0b\x32\x1b.deepvis.v1.VisualizeResultH\x00\x42\x06\n\x04kind*\x9f\x01\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x1a\n\x16METHOD_GUIDED_BACKPROP\x10\x01\x12\x16\n\x12METHOD_ACTIVATIONS\x10\x02\x12\x13\n\x0fMETHOD_GRAD_CAM\x10\x03\x12\x1a\n\x16METHOD_GUIDED_GRAD_CAM\x10\x04\x12\x18\n\x14METHOD_DECONVOLUTION\x10\x05*f\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x03\x12\x0f\n\x0b\x44TYPE_INT64\x10\x04*j\n\x10Parameterization\x12 \n\x1cPARAMETERIZATION_UNSPECIFIED\x10\x00\x12\x18\n\x14PARAMETERIZATION_FFT\x10\x01\x12\x1a\n\x16PARAMETERIZATION_PIXEL\x10\x02\x32\xbe\x02\n\tExplainer\x12\x42\n\x07\x45xplain\x12\x1a.deepvis.v1.ExplainRequest\x1a\x1b.deepvis.v1.ExplainResponse\x12K\n\nListModels\x12\x1d.deepvis.v1.ListModelsRequest\x1a\x1e.deepvis.v1.ListModelsResponse\x12T\n\rDescribeModel\x12 .deepvis.v1.DescribeModelRequest\x1a!.deepvis.v1.DescribeModelResponse\x12J\n\tVisualize\x12\x1c.deepvis.v1.VisualizeRequest\x1a\x1d.deepvis.v1.VisualizeResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64\x65\x65pvis/v1/deepvis.proto\x12\ndeepvis.v1\"G\n\x06Tensor\x12 \n\x05\x64type\x18\x01 \x01(\x0e\x32\x11.deepvis.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"l\n\x05Input\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12$\n\x06pixels\x18\x02 \x01(\x0b\x32\x12.deepvis.v1.TensorH\x00\x12$\n\x06tensor\x18\x03 \x01(\x0b\x32\x12.deepvis.v1.TensorH\x00\x42\x06\n\x04kind\"T\n\x06Neuron\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\x03\x12\x0e\n\x01y\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x01x\x18\x04 \x01(\x03H\x01\x88\x01\x01\x42\x04\n\x02_yB\x04\n\x02_x\"M\n\x06Target\x12\x15\n\x0b\x63lass_index\x18\x01 \x01(\x03H\x00\x12$\n\x06neuron\x18\x02 \x01(\x0b\x32\x12.deepvis.v1.NeuronH\x00\x42\x06\n\x04kind\"j\n\rOutputOptions\x12&\n\x0b\x61rray_dtype\x18\x01 \x01(\x0e\x32\x11.deepvis.v1.DType\x12\x12\n\nomit_array\x18\x02 \x01(\x08\x12\x0e\n\x06render\x18\x03 \x01(\x08\x12\r\n\x05top_k\x18\x04 \x01(\x05\"\xdc\x01\n\x0e\x45xplainRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x06method\x18\x02 \x01(\x0e\x32\x12.deepvis.v1.Method\x12 \n\x05input\x18\x03 \x01(\x0b\x32\x11.deepvis.v1.Input\x12\"\n\x06target\x18\x04 \x01(\x0b\x32\x12.deepvis.v1.Target\x12\x0e\n\x06layers\x18\x05 \x03(\t\x12)\n\x06output\x18\x06 \x01(\x0b\x32\x19.deepvis.v1.OutputOptions\x12\x16\n\x0etop_k_channels\x18\x07 \x01(\x05\"9\n\nPrediction\x12\r\n\x05index\x18\x01 \x01(\x03\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"B\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x02\x12\x12\n\ncompute_ms\x18\x02 \x01(\x02\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\"\xd2\x02\n\x0f\x45xplainResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x06method\x18\x02 \x01(\x0e\x32\x12.deepvis.v1.Method\x12!\n\x05\x61rray\x18\x03 \x01(\x0b\x32\x12.deepvis.v1.Tensor\x12\x11\n\timage_png\x18\x04 \x01(\x0c\x12+\n\x0bpredictions\x18\x05 \x03(\x0b\x32\x16.deepvis.v1.Prediction\x12\"\n\x06target\x18\x06 \x01(\x0b\x32\x12.deepvis.v1.Target\x12\"\n\x06timing\x18\x07 \x01(\x0b\x32\x12.deepvis.v1.Timing\x12\x10\n\x08warnings\x18\x08 \x03(\t\x12\'\n\x06\x61rrays\x18\t \x03(\x0b\x32\x17.deepvis.v1.NamedTensor\x12&\n\x06images\x18\n \x03(\x0b\x32\x16.deepvis.v1.NamedImage\"C\n\x13\x45xplainBatchRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.deepvis.v1.ExplainRequest\"C\n\x14\x45xplainBatchResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.deepvis.v1.ExplainBatchItem\"v\n\x10\x45xplainBatchItem\x12/\n\x08response\x18\x01 \x01(\x0b\x32\x1b.deepvis.v1.ExplainResponseH\x00\x12&\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x15.deepvis.v1.ItemErrorH\x00\x42\t\n\x07outcome\"9\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\"?\n\x0bNamedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x06tensor\x18\x02 \x01(\x0b\x32\x12.deepvis.v1.Tensor\"\'\n\nNamedImage\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03png\x18\x02 \x01(\x0c\"\x13\n\x11ListModelsRequest\"\xbd\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x61rch\x18\x02 \x01(\t\x12\x13\n\x0bnum_classes\x18\x03 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x0c\n\x04mean\x18\x07 \x03(\x02\x12\x0b\n\x03std\x18\x08 \x03(\x02\x12\x0e\n\x06labels\x18\t \x03(\t\x12#\n\x07methods\x18\n \x03(\x0e\x32\x12.deepvis.v1.Method\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.deepvis.v1.ModelInfo\"%\n\x14\x44\x65scribeModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"L\n\tLayerInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x14\n\x0coutput_shape\x18\x03 \x03(\x03\x12\r\n\x05\x63\x61lls\x18\x04 \x01(\x05\"\x9d\x01\n\x15\x44\x65scribeModelResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.deepvis.v1.ModelInfo\x12%\n\x06layers\x18\x02 \x03(\x0b\x32\x15.deepvis.v1.LayerInfo\x12\x19\n\x11\x64\x65\x66\x61ult_cam_layer\x18\x03 \x01(\t\x12\x1c\n\x14non_relu_activations\x18\x04 \x03(\t\"q\n\tObjective\x12$\n\x06neuron\x18\x01 \x01(\x0b\x32\x12.deepvis.v1.NeuronH\x00\x12\x15\n\x0b\x63lass_index\x18\x02 \x01(\x03H\x00\x12\x0f\n\x05layer\x18\x03 \x01(\tH\x00\x12\x0e\n\x06negate\x18\x04 \x01(\x08\x42\x06\n\x04kind\"\xf1\x02\n\x10VisualizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\tobjective\x18\x02 \x01(\x0b\x32\x15.deepvis.v1.Objective\x12\r\n\x05steps\x18\x03 \x01(\x05\x12\x15\n\rlearning_rate\x18\x04 \x01(\x02\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\r\n\x05width\x18\x06 \x01(\x05\x12\r\n\x05\x62\x61tch\x18\x07 \x01(\x05\x12\x11\n\tdiversity\x18\x08 \x01(\x02\x12\x0c\n\x04seed\x18\t \x01(\x04\x12\x16\n\x0eprogress_every\x18\n \x01(\x05\x12\x36\n\x10parameterization\x18\x0b \x01(\x0e\x32\x1c.deepvis.v1.Parameterization\x12\x15\n\rno_transforms\x18\x0c \x01(\x08\x12 \n\x05input\x18\r \x01(\x0b\x32\x11.deepvis.v1.Input\x12&\n\x0b\x61rray_dtype\x18\x0e \x01(\x0e\x32\x11.deepvis.v1.DType\"V\n\x11VisualizeProgress\x12\x0c\n\x04step\x18\x01 \x01(\x05\x12\r\n\x05steps\x18\x02 \x01(\x05\x12\x11\n\tobjective\x18\x03 \x01(\x02\x12\x11\n\timage_png\x18\x04 \x01(\x0c\"\xea\x01\n\x0fVisualizeResult\x12!\n\x05\x61rray\x18\x01 \x01(\x0b\x32\x12.deepvis.v1.Tensor\x12\x12\n\nimages_png\x18\x02 \x03(\x0c\x12\x11\n\tobjective\x18\x03 \x01(\x02\x12\r\n\x05steps\x18\x04 \x01(\x05\x12\'\n\x0b\x61ttribution\x18\x05 \x01(\x0b\x32\x12.deepvis.v1.Tensor\x12\x17\n\x0f\x61ttribution_png\x18\x06 \x01(\x0c\x12\x10\n\x08queue_ms\x18\x07 \x01(\x02\x12\x12\n\ncompute_ms\x18\x08 \x01(\x02\x12\x16\n\x0emax_batch_jobs\x18\t \x01(\x05\"}\n\x11VisualizeResponse\x12\x31\n\x08progress\x18\x01 \x01(\x0b\x32\x1d.deepvis.v1.VisualizeProgressH\x00\x12-\n\x06result\x18\x02 \x01(\x0b\x32\x1b.deepvis.v1.VisualizeResultH\x00\x42\x06\n\x04kind*\x9f\x01\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x1a\n\x16METHOD_GUIDED_BACKPROP\x10\x01\x12\x16\n\x12METHOD_ACTIVATIONS\x10\x02\x12\x13\n\x0fMETHOD_GRAD_CAM\x10\x03\x12\x1a\n\x16METHOD_GUIDED_GRAD_CAM\x10\x04\x12\x18\n\x14METHOD_DECONVOLUTION\x10\x05*f\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x03\x12\x0f\n\x0b\x44TYPE_INT64\x10\x04*j\n\x10Parameterization\x12 \n\x1cPARAMETERIZATION_UNSPECIFIED\x10\x00\x12\x18\n\x14PARAMETERIZATION_FFT\x10\x01\x12\x1a\n\x16PARAMETERIZATION_PIXEL\x10\x02\x32\x91\x03\n\tExplainer\x12\x42\n\x07\x45xplain\x12\x1a.deepvis.v1.ExplainRequest\x1a\x1b.deepvis.v1.ExplainResponse\x12Q\n\x0c\x45xplainBatch\x12\x1f.deepvis.v1.ExplainBatchRequest\x1a .deepvis.v1.ExplainBatchResponse\x12K\n\nListModels\x12\x1d.deepvis.v1.ListModelsRequest\x1a\x1e.deepvis.v1.ListModelsResponse\x12T\n\rDescribeModel\x12 .deepvis.v1.DescribeModelRequest\x1a!.deepvis.v1.DescribeModelResponse\x12J\n\tVisualize\x12\x1c.deepvis.v1.VisualizeRequest\x1a\x1d.deepvis.v1.VisualizeResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'deepvis.v1.deepvis_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_METHOD']._serialized_start=2784
-  _globals['_METHOD']._serialized_end=2943
-  _globals['_DTYPE']._serialized_start=2945
-  _globals['_DTYPE']._serialized_end=3047
-  _globals['_PARAMETERIZATION']._serialized_start=3049
-  _globals['_PARAMETERIZATION']._serialized_end=3155
+  _globals['_METHOD']._serialized_start=3101
+  _globals['_METHOD']._serialized_end=3260
+  _globals['_DTYPE']._serialized_start=3262
+  _globals['_DTYPE']._serialized_end=3364
+  _globals['_PARAMETERIZATION']._serialized_start=3366
+  _globals['_PARAMETERIZATION']._serialized_end=3472
   _globals['_TENSOR']._serialized_start=40
   _globals['_TENSOR']._serialized_end=111
   _globals['_INPUT']._serialized_start=113
@@ -55,32 +55,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TIMING']._serialized_end=844
   _globals['_EXPLAINRESPONSE']._serialized_start=847
   _globals['_EXPLAINRESPONSE']._serialized_end=1185
-  _globals['_NAMEDTENSOR']._serialized_start=1187
-  _globals['_NAMEDTENSOR']._serialized_end=1250
-  _globals['_NAMEDIMAGE']._serialized_start=1252
-  _globals['_NAMEDIMAGE']._serialized_end=1291
-  _globals['_LISTMODELSREQUEST']._serialized_start=1293
-  _globals['_LISTMODELSREQUEST']._serialized_end=1312
-  _globals['_MODELINFO']._serialized_start=1315
-  _globals['_MODELINFO']._serialized_end=1504
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1506
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1565
-  _globals['_DESCRIBEMODELREQUEST']._serialized_start=1567
-  _globals['_DESCRIBEMODELREQUEST']._serialized_end=1604
-  _globals['_LAYERINFO']._serialized_start=1606
-  _globals['_LAYERINFO']._serialized_end=1682
-  _globals['_DESCRIBEMODELRESPONSE']._serialized_start=1685
-  _globals['_DESCRIBEMODELRESPONSE']._serialized_end=1842
-  _globals['_OBJECTIVE']._serialized_start=1844
-  _globals['_OBJECTIVE']._serialized_end=1957
-  _globals['_VISUALIZEREQUEST']._serialized_start=1960
-  _globals['_VISUALIZEREQUEST']._serialized_end=2329
-  _globals['_VISUALIZEPROGRESS']._serialized_start=2331
-  _globals['_VISUALIZEPROGRESS']._serialized_end=2417
-  _globals['_VISUALIZERESULT']._serialized_start=2420
-  _globals['_VISUALIZERESULT']._serialized_end=2654
-  _globals['_VISUALIZERESPONSE']._serialized_start=2656
-  _globals['_VISUALIZERESPONSE']._serialized_end=2781
-  _globals['_EXPLAINER']._serialized_start=3158
-  _globals['_EXPLAINER']._serialized_end=3476
+  _globals['_EXPLAINBATCHREQUEST']._serialized_start=1187
+  _globals['_EXPLAINBATCHREQUEST']._serialized_end=1254
+  _globals['_EXPLAINBATCHRESPONSE']._serialized_start=1256
+  _globals['_EXPLAINBATCHRESPONSE']._serialized_end=1323
+  _globals['_EXPLAINBATCHITEM']._serialized_start=1325
+  _globals['_EXPLAINBATCHITEM']._serialized_end=1443
+  _globals['_ITEMERROR']._serialized_start=1445
+  _globals['_ITEMERROR']._serialized_end=1502
+  _globals['_NAMEDTENSOR']._serialized_start=1504
+  _globals['_NAMEDTENSOR']._serialized_end=1567
+  _globals['_NAMEDIMAGE']._serialized_start=1569
+  _globals['_NAMEDIMAGE']._serialized_end=1608
+  _globals['_LISTMODELSREQUEST']._serialized_start=1610
+  _globals['_LISTMODELSREQUEST']._serialized_end=1629
+  _globals['_MODELINFO']._serialized_start=1632
+  _globals['_MODELINFO']._serialized_end=1821
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1823
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1882
+  _globals['_DESCRIBEMODELREQUEST']._serialized_start=1884
+  _globals['_DESCRIBEMODELREQUEST']._serialized_end=1921
+  _globals['_LAYERINFO']._serialized_start=1923
+  _globals['_LAYERINFO']._serialized_end=1999
+  _globals['_DESCRIBEMODELRESPONSE']._serialized_start=2002
+  _globals['_DESCRIBEMODELRESPONSE']._serialized_end=2159
+  _globals['_OBJECTIVE']._serialized_start=2161
+  _globals['_OBJECTIVE']._serialized_end=2274
+  _globals['_VISUALIZEREQUEST']._serialized_start=2277
+  _globals['_VISUALIZEREQUEST']._serialized_end=2646
+  _globals['_VISUALIZEPROGRESS']._serialized_start=2648
+  _globals['_VISUALIZEPROGRESS']._serialized_end=2734
+  _globals['_VISUALIZERESULT']._serialized_start=2737
+  _globals['_VISUALIZERESULT']._serialized_end=2971
+  _globals['_VISUALIZERESPONSE']._serialized_start=2973
+  _globals['_VISUALIZERESPONSE']._serialized_end=3098
+  _globals['_EXPLAINER']._serialized_start=3475
+  _globals['_EXPLAINER']._serialized_end=3876
 # @@protoc_insertion_point(module_scope)

@@ -157,6 +157,36 @@ class ExplainResponse(_message.Message):
     images: _containers.RepeatedCompositeFieldContainer[NamedImage]
     def __init__(self, model: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., array: _Optional[_Union[Tensor, _Mapping]] = ..., image_png: _Optional[bytes] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., arrays: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[NamedImage, _Mapping]]] = ...) -> None: ...
 
+class ExplainBatchRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[ExplainRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[ExplainRequest, _Mapping]]] = ...) -> None: ...
+
+class ExplainBatchResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ExplainBatchItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[ExplainBatchItem, _Mapping]]] = ...) -> None: ...
+
+class ExplainBatchItem(_message.Message):
+    __slots__ = ("response", "error")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    response: ExplainResponse
+    error: ItemError
+    def __init__(self, response: _Optional[_Union[ExplainResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+
+class ItemError(_message.Message):
+    __slots__ = ("code", "message", "field")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    field: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., field: _Optional[str] = ...) -> None: ...
+
 class NamedTensor(_message.Message):
     __slots__ = ("name", "tensor")
     NAME_FIELD_NUMBER: _ClassVar[int]

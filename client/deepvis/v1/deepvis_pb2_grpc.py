@@ -41,6 +41,11 @@ class ExplainerStub(object):
                 request_serializer=deepvis_dot_v1_dot_deepvis__pb2.ExplainRequest.SerializeToString,
                 response_deserializer=deepvis_dot_v1_dot_deepvis__pb2.ExplainResponse.FromString,
                 _registered_method=True)
+        self.ExplainBatch = channel.unary_unary(
+                '/deepvis.v1.Explainer/ExplainBatch',
+                request_serializer=deepvis_dot_v1_dot_deepvis__pb2.ExplainBatchRequest.SerializeToString,
+                response_deserializer=deepvis_dot_v1_dot_deepvis__pb2.ExplainBatchResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/deepvis.v1.Explainer/ListModels',
                 request_serializer=deepvis_dot_v1_dot_deepvis__pb2.ListModelsRequest.SerializeToString,
@@ -66,6 +71,17 @@ class ExplainerServicer(object):
     def Explain(self, request, context):
         """Runs one method on one input and returns its raw result, an optional
         rendered picture, the model's top predictions and timing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainBatch(self, request, context):
+        """Several Explain requests in one call (each its own model, method, input,
+        target and options), answered in order, each with its response or its own
+        error: one bad item never fails the others. The server batches the items
+        with every other client's requests; one call saves the per-call cost of
+        many (up to 256 items a call).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -102,6 +118,11 @@ def add_ExplainerServicer_to_server(servicer, server):
                     servicer.Explain,
                     request_deserializer=deepvis_dot_v1_dot_deepvis__pb2.ExplainRequest.FromString,
                     response_serializer=deepvis_dot_v1_dot_deepvis__pb2.ExplainResponse.SerializeToString,
+            ),
+            'ExplainBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainBatch,
+                    request_deserializer=deepvis_dot_v1_dot_deepvis__pb2.ExplainBatchRequest.FromString,
+                    response_serializer=deepvis_dot_v1_dot_deepvis__pb2.ExplainBatchResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -148,6 +169,33 @@ class Explainer(object):
             '/deepvis.v1.Explainer/Explain',
             deepvis_dot_v1_dot_deepvis__pb2.ExplainRequest.SerializeToString,
             deepvis_dot_v1_dot_deepvis__pb2.ExplainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deepvis.v1.Explainer/ExplainBatch',
+            deepvis_dot_v1_dot_deepvis__pb2.ExplainBatchRequest.SerializeToString,
+            deepvis_dot_v1_dot_deepvis__pb2.ExplainBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
