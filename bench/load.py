@@ -44,8 +44,10 @@ def client_proc(
     seed: int,
     start: float,
     queue: mp.Queue,
+    per_call: int = 0,
 ) -> None:
-    """One client: its own channel, n sequential requests of uint8 pixels, float16 results."""
+    """One client: its own channel, n sequential images as uint8 pixels, float16 results;
+    one Explain call each, or ExplainBatch calls of `per_call` images."""
     import deepvis
 
     rng = np.random.default_rng(seed)
@@ -56,7 +58,22 @@ def client_proc(
         client.explain(images[0], model="m", method=method, render=False, **kw)  # connect
         while time.time() < start:
             time.sleep(0.001)
-        for i in range(n):
+        for i in range(n // per_call if per_call else 0):
+            t0 = time.perf_counter()
+            many = client.explain_batch(
+                [images[(i + j) % 4] for j in range(per_call)],
+                model="m",
+                method=method,
+                render=False,
+                array_dtype="float16",
+                targets=[int(t) for t in rng.integers(0, 1000, per_call)]
+                if method != "activations"
+                else None,
+                **kw,
+            )
+            lat.append(time.perf_counter() - t0)
+            batches += [r.batch_size for r in many]
+        for i in range(0 if per_call else n):
             t0 = time.perf_counter()
             res = client.explain(
                 images[i % 4],
@@ -72,13 +89,24 @@ def client_proc(
     queue.put((time.time(), lat, batches))
 
 
-def served(address: str, method: str, layer: str, clients: int, requests: int, size: int) -> dict:
+def served(
+    address: str,
+    method: str,
+    layer: str,
+    clients: int,
+    requests: int,
+    size: int,
+    per_call: int = 0,
+) -> dict:
     ctx = mp.get_context("spawn")
     queue: mp.Queue = ctx.Queue()
     start = time.time() + 8.0  # every process imported and connected by then
     per = requests // clients
     procs = [
-        ctx.Process(target=client_proc, args=(address, method, layer, per, size, i, start, queue))
+        ctx.Process(
+            target=client_proc,
+            args=(address, method, layer, per, size, i, start, queue, per_call),
+        )
         for i in range(clients)
     ]
     for p in procs:
@@ -89,11 +117,13 @@ def served(address: str, method: str, layer: str, clients: int, requests: int, s
     wall = max(o[0] for o in outs) - start
     lat = np.concatenate([o[1] for o in outs]) * 1000
     batches = np.concatenate([o[2] for o in outs])
-    n = per * clients
+    n = (per // per_call * per_call if per_call else per) * clients
     return {
-        "requests": int(n),
+        "images_per_call": per_call or 1,
+        "images": int(n),
+        "requests": int(n // (per_call or 1)),
         "seconds": round(wall, 3),
-        "requests_per_s": round(n / wall, 2),
+        "requests_per_s": round(n / (per_call or 1) / wall, 2),
         "images_per_s": round(n / wall, 2),
         "latency_ms": {
             q: round(float(np.percentile(lat, int(q[1:]))), 1) for q in ("p50", "p90", "p99")
@@ -250,6 +280,12 @@ def main() -> int:
     p.add_argument("--fast", action="store_true", help="serve in fast mode; report its error")
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="server max_delay_ms")
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument(
+        "--per-call",
+        type=int,
+        default=0,
+        help="images per ExplainBatch call (0: one Explain call per image); latency is per call",
+    )
     p.add_argument("--out", type=Path, default=Path("bench/results/load.json"))
     args = p.parse_args()
     import torch
@@ -323,7 +359,9 @@ def main() -> int:
                 break
         for method in args.methods.split(","):
             report["methods"][method] = {
-                "served": served(address, method, layer, args.clients, args.requests, args.size)
+                "served": served(
+                    address, method, layer, args.clients, args.requests, args.size, args.per_call
+                )
             }
             print(method, report["methods"][method], flush=True)
         if args.render_steps:
