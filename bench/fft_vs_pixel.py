@@ -84,8 +84,10 @@ def main() -> None:
     for steps in args.steps:
         for transforms in (True, False):
             rows += run(model, steps, transforms, args.seeds)
-    print(f"{'objectives':<15} {'steps':>5} {'transforms':>10} {'FFT':>8} {'pixel':>8} "
-          f"{'FFT/pixel':>9} {'FFT ahead':>9} {'worst':>6}")
+    print(
+        f"{'objectives':<15} {'steps':>5} {'transforms':>10} {'FFT':>8} {'pixel':>8} "
+        f"{'FFT/pixel':>9} {'FFT ahead':>9} {'worst':>6}"
+    )
     for r in rows:
         print(
             f"{r['objectives']:<15} {r['steps']:>5} {str(r['transforms']):>10} {r['fft']:8.1f} "
