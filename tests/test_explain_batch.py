@@ -109,3 +109,27 @@ def test_chunks_and_the_async_client(digits_server, sample_paths) -> None:
         assert a.target == b.target
         assert relative_error(b.array, a.array) <= TOL
         assert c.target == 3 and c.image is not None
+
+
+def test_answers_beyond_the_message_limit_fail_alone(sample_paths) -> None:
+    import dataclasses
+
+    from conftest import free_port
+    from deepvis_server.config import load_config
+    from deepvis_server.server import serve_in_thread
+
+    config = dataclasses.replace(load_config(), max_message_bytes=40_000)
+    images = [str(p) for p in sample_paths]
+    with serve_in_thread(config, f"127.0.0.1:{free_port()}") as server:
+        with deepvis.Client(server.bound_address, timeout=60) as client:
+            one = client.explain(images[0])  # float32 array and a picture: several KB
+            results = client.explain_batch(images, return_errors=True)
+    fitted = [r for r in results if isinstance(r, deepvis.Explanation)]
+    refused = [r for r in results if not isinstance(r, deepvis.Explanation)]
+    assert fitted and refused, "the limit should cut this batch in two"
+    # The answers that fit come first and are whole; the rest say why and what to do.
+    assert all(isinstance(r, deepvis.Explanation) for r in results[: len(fitted)])
+    assert relative_error(fitted[0].array, one.array) <= TOL
+    for err in refused:
+        assert isinstance(err, deepvis.ResourceExhausted)
+        assert "max_message_bytes is 40000" in str(err) and "fewer items" in str(err)

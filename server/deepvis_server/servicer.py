@@ -131,7 +131,32 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         # Every item enters its model's batcher now, beside other clients' requests; the
         # call answers when the last one is done. Cancelling the call cancels them all.
         items = await asyncio.gather(*(self._explain_item(r, deadline) for r in request.requests))
-        return pb.ExplainBatchResponse(items=items)
+        return pb.ExplainBatchResponse(items=self._within_message_limit(items))
+
+    def _within_message_limit(self, items: list[pb.ExplainBatchItem]) -> list[pb.ExplainBatchItem]:
+        """Answers that would push the response past max_message_bytes become per-item
+        RESOURCE_EXHAUSTED errors, so the items that fit still arrive (instead of gRPC
+        failing the whole call after all the work)."""
+        limit = self.engine.config.max_message_bytes - 1024  # the envelope's few bytes
+        total, out = 0, []
+        for i, item in enumerate(items):
+            size = item.ByteSize() + 8  # the item's tag and length prefix
+            if item.HasField("response") and total + size > limit:
+                item = pb.ExplainBatchItem(
+                    error=pb.ItemError(
+                        code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                        message=(
+                            f"item {i} does not fit in this answer: the server's "
+                            f"max_message_bytes is {self.engine.config.max_message_bytes} and "
+                            f"the items before it took {total} bytes; send fewer items per "
+                            "call, float16 arrays or no pictures"
+                        ),
+                    )
+                )
+                size = item.ByteSize() + 8
+            total += size
+            out.append(item)
+        return out
 
     async def _explain_item(
         self, request: pb.ExplainRequest, deadline: float
