@@ -1835,3 +1835,17 @@ def test_cli_health(
     assert main(["health", "--server", DEAD_ADDRESS, "--timeout", "2"]) == 1
     out, err = _err_lines(capsys)
     assert out == [] and len(err) == 1 and err[0].startswith("Unavailable: ")
+
+
+def test_float16_results_widen_to_numpys_float32_bit_for_bit() -> None:
+    """Every float16 bit pattern (normal, subnormal, zero, inf, nan) decodes to exactly the
+    float32 numpy's own cast gives, in the array's shape."""
+    every = np.arange(65536, dtype="<u2").view("<f2").reshape(16, 64, 64)
+    tensor = deepvis_pb2.Tensor(
+        dtype=deepvis_pb2.DTYPE_FLOAT16, shape=list(every.shape), data=every.tobytes()
+    )
+    resp = deepvis_pb2.ExplainResponse(array=tensor)
+    arr = _convert.explanation_from_pb(resp).array
+    assert arr.dtype == np.float32 and arr.shape == (16, 64, 64)
+    assert np.array_equal(arr.view(np.uint32), every.astype(np.float32).view(np.uint32))
+    arr[0, 0, 0] = 1.0  # a plain writable array of its own

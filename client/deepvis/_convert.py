@@ -648,9 +648,25 @@ def _decode_tensor(
             f"{what} of shape {list(shape)} and dtype {dtype} needs {expected} bytes, "
             f"got {len(tensor.data)}"
         )
-    # Zero-copy for float32 and int64 on little-endian hosts; float16 is widened for easier use.
+    if dtype == np.float16:
+        # Widened for easier use, through a table of every float16's float32: numpy's own
+        # cast takes a slow path for subnormals, which most of a gradient is (1.5 ms against
+        # 0.17 ms for a 3x224x224 result); the table holds numpy's values, bit for bit.
+        bits = np.frombuffer(tensor.data, dtype="<u2")
+        return np.take(_float16_table(), bits).reshape(shape)
+    # Zero-copy for float32 and int64 on little-endian hosts.
     native = np.int64 if dtype.kind == "i" else np.float32
     return np.frombuffer(tensor.data, dtype=dtype).reshape(shape).astype(native, copy=False)
+
+
+_FLOAT16_TABLE: list[np.ndarray] = []
+
+
+def _float16_table() -> np.ndarray:
+    """float32 value of each of the 65,536 float16 bit patterns (256 KB, built once)."""
+    if not _FLOAT16_TABLE:
+        _FLOAT16_TABLE.append(np.arange(65536, dtype="<u2").view("<f2").astype(np.float32))
+    return _FLOAT16_TABLE[0]
 
 
 def _array_from_pb(tensor: deepvis_pb2.Tensor, what: str = "result array") -> np.ndarray | None:
