@@ -16,6 +16,7 @@ import torch
 from .errors import DeadlineExceeded, DeepvisError, ResourceExhausted, Unavailable
 from .methods import Method, MethodRequest, Target
 from .models import ServedModel
+from .preprocess import to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class ItemResult:
 class WorkItem:
     """A validated, preprocessed request waiting for a batch."""
 
-    x: torch.Tensor  # [C, H, W] float32, CPU
+    x: torch.Tensor  # [C, H, W] on the CPU: uint8 pixels, or a float32 model tensor
     method: Method
     request: MethodRequest
     top_k: int
@@ -48,7 +49,8 @@ class WorkItem:
     key: Hashable = field(init=False)
 
     def __post_init__(self) -> None:
-        self.key = (self.method.batch_key(self.request), tuple(self.x.shape))
+        # Pixels and float tensors batch apart: a batch is stacked, then normalised as one.
+        self.key = (self.method.batch_key(self.request), tuple(self.x.shape), self.x.dtype)
 
 
 class Batcher:
@@ -78,6 +80,7 @@ class Batcher:
         # Items that reached the device: a request dropped before compute never counts here.
         self.computed_items = 0
         self.closed = False
+        self._norm: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def queue_depth(self) -> int:
@@ -212,6 +215,16 @@ class Batcher:
             if not it.future.done():
                 it.future.set_result(res)
 
+    def _mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's normalisation as [C, 1, 1] float32 tensors on its device (made once)."""
+        if self._norm is None:
+            spec, dev = self.model.spec, self.model.device
+            self._norm = (
+                torch.tensor(spec.mean, dtype=torch.float32, device=dev)[:, None, None],
+                torch.tensor(spec.std, dtype=torch.float32, device=dev)[:, None, None],
+            )
+        return self._norm
+
     def _compute(
         self, batch: list[WorkItem]
     ) -> tuple[list[tuple[WorkItem, ItemResult]], list[WorkItem]]:
@@ -236,7 +249,7 @@ class Batcher:
             if model.device.type == "cuda":
                 # Page-locked memory lets the copy run asynchronously with the host work.
                 x = x.pin_memory()
-            x = x.to(model.device, non_blocking=True)
+            x = to_model_input(x.to(model.device, non_blocking=True), *self._mean_std())
             fast = model.spec.fast
             if fast:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -138,26 +138,31 @@ def pixels_to_image(raw: RawInput, limits: Limits) -> Image.Image:
 
 
 def image_to_tensor(img: Image.Image, spec: ModelSpec) -> torch.Tensor:
-    """Converts, resizes to the model's input size and normalises: float32 [C, H, W]."""
+    """Converts and resizes to the model's input mode and size: uint8 pixels [C, H, W]."""
     img = to_model_mode(img, spec.channels)
     h, w = spec.input_size
     if img.size != (w, h):
         img = img.resize((w, h), Image.Resampling.BILINEAR)
-    return normalize(np.asarray(img), spec)
+    return pixels_chw(np.asarray(img))
 
 
-def normalize(pixels: np.ndarray, spec: ModelSpec) -> torch.Tensor:
-    """uint8 [H, W] or [H, W, C] pixels to the model's float32 [C, H, W]: (x / 255 - mean) / std.
+def pixels_chw(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W] or [H, W, C] pixels as a uint8 tensor [C, H, W] of its own memory.
 
-    One cast into a fresh [C, H, W] array, then in-place arithmetic: a quarter of the time
-    of the out-of-place version, with the same float32 results.
+    Pixels stay uint8 until the device: a quarter of the bytes to stack and copy, and the
+    normalisation runs there, on the whole batch at once (`to_model_input`).
     """
     chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-    arr = np.ascontiguousarray(chw, dtype=np.float32)
-    arr /= 255.0
-    arr -= np.asarray(spec.mean, dtype=np.float32)[:, None, None]
-    arr /= np.asarray(spec.std, dtype=np.float32)[:, None, None]
-    return torch.from_numpy(arr)
+    return torch.from_numpy(chw.copy(order="C"))
+
+
+def to_model_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """A batch as the model takes it: uint8 pixels [N, C, H, W] become (x / 255 - mean) / std
+    in float32 (in place, on x's device; mean and std are [C, 1, 1] there); a batch of
+    float tensors (already preprocessed by the client) passes as it is."""
+    if x.dtype != torch.uint8:
+        return x
+    return x.float().div_(255.0).sub_(mean).div_(std)
 
 
 def tensor_input(raw: RawInput, spec: ModelSpec, limits: Limits) -> torch.Tensor:
@@ -196,7 +201,8 @@ def tensor_input(raw: RawInput, spec: ModelSpec, limits: Limits) -> torch.Tensor
 
 
 def input_to_tensor(raw: RawInput, spec: ModelSpec, limits: Limits) -> torch.Tensor:
-    """The model input tensor [C, H, W] float32 for any kind of request input."""
+    """One request's input at the model's size, [C, H, W]: uint8 pixels for images and pixel
+    arrays (normalised later, per batch, by `to_model_input`), float32 for a tensor."""
     if raw.kind == "tensor":
         return tensor_input(raw, spec, limits)
     if raw.kind == "pixels":
@@ -207,7 +213,7 @@ def input_to_tensor(raw: RawInput, spec: ModelSpec, limits: Limits) -> torch.Ten
         ):
             # Already the model's mode and size (the usual case for a client that resized):
             # straight from the request's bytes, no PIL round trip.
-            return normalize(np.frombuffer(raw.data, dtype=np.uint8).reshape(raw.shape), spec)
+            return pixels_chw(np.frombuffer(raw.data, dtype=np.uint8).reshape(raw.shape))
         return image_to_tensor(img, spec)
     if raw.kind == "image":
         return image_to_tensor(decode_image(raw.data, limits), spec)

@@ -51,12 +51,16 @@ def jet(values: np.ndarray) -> np.ndarray:
 
 
 def input_pixels(x: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """A model input [C, H, W] back in [0, 1] pixels, as RGB [H, W, 3]."""
+    """A request's input [C, H, W] (uint8 pixels, or a normalised model tensor) in [0, 1]
+    pixels, as RGB [H, W, 3]."""
     c = x.shape[0]
-    pixels = (
-        x * np.asarray(std, np.float32)[:c, None, None]
-        + np.asarray(mean, np.float32)[:c, None, None]
-    )
+    if x.dtype == np.uint8:
+        pixels = x.astype(np.float32) / 255.0
+    else:
+        pixels = (
+            x * np.asarray(std, np.float32)[:c, None, None]
+            + np.asarray(mean, np.float32)[:c, None, None]
+        )
     pixels = np.clip(pixels, 0.0, 1.0).transpose(1, 2, 0)
     return np.repeat(pixels, 3, axis=2) if c == 1 else pixels[:, :, :3]
 
