@@ -278,6 +278,11 @@ def main() -> int:
     )
     p.add_argument("--render-steps", type=int, default=512)
     p.add_argument("--fast", action="store_true", help="serve in fast mode; report its error")
+    p.add_argument(
+        "--render-fp32",
+        action="store_true",
+        help="renders in plain fp32 (render_tf32 = false; the server's default uses TF32 on CUDA)",
+    )
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="server max_delay_ms")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument(
@@ -303,7 +308,9 @@ def main() -> int:
     )
     n = args.max_batch or args.clients
     (tmp / "m.toml").write_text(
-        f'[server]\ndevice = "{args.device}"\nmax_queue_size = 4096\n[[models]]\nname = "m"\narch = "{args.arch}"\n'
+        f'[server]\ndevice = "{args.device}"\nmax_queue_size = 4096\n'
+        f"render_tf32 = {str(not args.render_fp32).lower()}\n"
+        f'[[models]]\nname = "m"\narch = "{args.arch}"\n'
         f'weights = "m.safetensors"\nnum_classes = 1000\ninput_size = [{args.size}, {args.size}]\n'
         f"mean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]\nmax_batch_size = {n}\nmax_delay_ms = {args.max_delay_ms}\nfast = {str(args.fast).lower()}\n"
     )
@@ -357,7 +364,7 @@ def main() -> int:
         for line in server.stdout:
             if "serving" in line:
                 break
-        for method in args.methods.split(","):
+        for method in filter(None, args.methods.split(",")):  # "": renders only
             report["methods"][method] = {
                 "served": served(
                     address, method, layer, args.clients, args.requests, args.size, args.per_call

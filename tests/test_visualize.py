@@ -202,3 +202,30 @@ def test_bad_visualize_requests(digits_server, fields, code, fragment) -> None:
         assert info.value.code() == code, info.value.details()
         assert fragment in info.value.details()
         assert stub.ListModels(pb.ListModelsRequest(), timeout=10).models
+
+
+def test_render_steps_use_tf32_only_inside_and_restore_the_flags() -> None:
+    import torch
+
+    from deepvis_server.config import load_config, parse_config
+    from deepvis_server.visualizer import tf32_enabled
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with tf32_enabled(True):
+            assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        with pytest.raises(RuntimeError), tf32_enabled(True):
+            raise RuntimeError("a failed step")
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        with tf32_enabled(False):  # render_tf32 = false, or not on CUDA: untouched
+            assert not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    assert load_config().render_tf32 is True
+    models = [{"name": "m", "arch": "resnet18", "num_classes": 2, "input_size": [8, 8]}]
+    off = parse_config({"server": {"render_tf32": False}, "models": models}, ".")
+    assert off.render_tf32 is False
+    with pytest.raises(Exception, match="render_tf32 must be true or false"):
+        parse_config({"server": {"render_tf32": "yes"}, "models": models}, ".")

@@ -55,6 +55,9 @@ class ServerConfig:
     # TF32 matmuls and convolutions on CUDA trade ~1e-3 relative error for speed; the
     # methods are exact by default, so it stays off unless the operator turns it on.
     allow_tf32: bool = False
+    # Feature visualization is an optimization, not an attribution to match to 1e-5: its
+    # steps use TF32 on CUDA (PyTorch's own default for cuDNN convolutions) unless this is off.
+    render_tf32: bool = True
     max_message_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
     max_tensor_elements: int = 3 * 1024 * 1024
@@ -110,6 +113,7 @@ _PATH_KEYS = ("model_root", "tls_cert", "tls_key", "tls_client_ca", "auth_tokens
 _SERVER_KEYS = {
     "device",
     "allow_tf32",
+    "render_tf32",
     "allow_insecure_remote",
     "metrics_port",
     "metrics_address",
@@ -294,7 +298,7 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     kwargs: dict[str, Any] = {
         k: _positive_int(server[k], f"[server].{k}") for k in _LIMIT_KEYS if k in server
     }
-    for key in ("allow_tf32", "allow_insecure_remote"):
+    for key in ("allow_tf32", "render_tf32", "allow_insecure_remote"):
         if key in server and not isinstance(server[key], bool):
             raise ConfigError(f"[server].{key} must be true or false")
         if key in server:

@@ -95,7 +95,9 @@ class Engine:
             batcher.on_fatal = self._device_failed
             batcher.start()
             self.batchers[spec.name] = batcher
-            visualizer = Visualizer(model, self.device_executor, self.render_limits)
+            visualizer = Visualizer(
+                model, self.device_executor, self.render_limits, tf32=self.config.render_tf32
+            )
             visualizer.start()
             self.visualizers[spec.name] = visualizer
             log.info("serving model %s (%s) on %s", spec.name, spec.arch, self.device)

@@ -4,11 +4,14 @@ stepped on the device thread; jobs join at the next step and leave when done or 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+
+import torch
 
 from .batcher import cancel_and_wait
 from .errors import DeepvisError, InvalidArgument, ResourceExhausted, Unavailable
@@ -54,6 +57,22 @@ class JobState:
                 return
 
 
+@contextlib.contextmanager
+def tf32_enabled(enabled: bool) -> Iterator[None]:
+    """TF32 for CUDA matmuls and cuDNN convolutions inside the block, the flags restored
+    after it. The flags are process-wide: this is only safe on the one device thread, where
+    Explain batches (which follow `allow_tf32`) never run at the same time."""
+    if not enabled:
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
 class Visualizer:
     """Runs every feature-visualization job of one model.
 
@@ -63,9 +82,12 @@ class Visualizer:
     waiting for whole renders.
     """
 
-    def __init__(self, model: ServedModel, executor: Executor, limits: RenderLimits) -> None:
+    def __init__(
+        self, model: ServedModel, executor: Executor, limits: RenderLimits, *, tf32: bool = False
+    ) -> None:
         self.model = model
         self.limits = limits
+        self.tf32 = tf32  # TF32 matmuls and convolutions during render steps (CUDA only)
         self._executor = executor
         self._batches: dict[tuple[int, int], RenderBatch] = {}
         self._joining: list[JobState] = []
@@ -172,7 +194,9 @@ class Visualizer:
                 continue
             n_jobs = len(batch.handles)
             try:
-                out.append((size, batch.step(), n_jobs))
+                with tf32_enabled(self.tf32 and self.model.device.type == "cuda"):
+                    events = batch.step()
+                out.append((size, events, n_jobs))
             except Exception as e:  # noqa: BLE001 - fail this batch's jobs, keep serving
                 log.exception("render step failed on model %s at %s", self.model.name, size)
                 for h in batch.handles:
