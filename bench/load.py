@@ -175,7 +175,9 @@ def fast_mode(method, served_model, xn, reqs, n: int) -> dict:
     }
 
 
-def baselines(module, layer: str, size: int, n: int, device: str, served_model, fast: bool) -> dict:
+def baselines(
+    module, layer: str, size: int, n: int, device: str, served_model, fast: bool, methods
+) -> dict:
     import warnings
 
     import torch
@@ -199,7 +201,7 @@ def baselines(module, layer: str, size: int, n: int, device: str, served_model, 
         "activations": lambda x, t: LayerActivation(module, layer_mod).attribute(x),
     }
     out = {}
-    for method in METHODS:
+    for method in methods:
         m = REGISTRY[method]
         reqs = [
             MethodRequest(
@@ -379,7 +381,9 @@ def main() -> int:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
-    base = baselines(module, layer, args.size, n, args.device, served_model, args.fast)
+    base = baselines(
+        module, layer, args.size, n, args.device, served_model, args.fast, list(report["methods"])
+    )
     for method, b in base.items():
         if method not in report["methods"]:
             continue
