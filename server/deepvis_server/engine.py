@@ -163,9 +163,11 @@ class Engine:
         top_k: int,
         render: bool,
         deadline: float,
+        half_result: bool = False,
     ) -> tuple[ServedModel, ItemResult, Output]:
         """Validates, preprocesses and queues one request; returns its share of its batch and
-        the finished output (arrays and pictures)."""
+        the finished output (arrays and pictures). With `half_result` the main array may come
+        back as float16 (when its whole batch wants that), cast on the device."""
         model = self.model(model_name)
         method = self.method(method_name)
         request = method.prepare(model, request)
@@ -180,6 +182,7 @@ class Engine:
             top_k=min(top_k, model.spec.num_classes),
             deadline=deadline,
             future=loop.create_future(),
+            half=half_result,
         )
         future = self.batchers[model.name].submit(item)
         try:

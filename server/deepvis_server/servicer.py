@@ -191,6 +191,8 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
             top_k=parsed.top_k,
             render=parsed.render,
             deadline=deadline,
+            # No pictures to draw from it: the device may hand the result over as float16.
+            half_result=parsed.array_dtype == "float16" and not parsed.render,
         )
         return convert.explain_response(parsed, model, result, output)
 
