@@ -72,10 +72,14 @@ def test_float16_array_and_top_k(digits_server, sample_paths) -> None:
     assert half.image is None
     assert half.array.dtype == np.float32
     assert relative_error(half.array, full.array) <= 1e-3
-    # Cast once per batch on the device, it is exactly the float32 answer rounded to float16.
+    # It is the float32 answer rounded to float16: bit for bit on the CPU; on a GPU (cast
+    # there, per batch) within one float16 step, as two CUDA runs may differ in the last bit.
     assert full.batch_size == half.batch_size == 1
     rounded = full.array.astype(np.float16).astype(np.float32)
-    assert np.array_equal(half.array.view(np.uint32), rounded.view(np.uint32))
+    if digits_server.engine.device.type == "cpu":
+        assert np.array_equal(half.array.view(np.uint32), rounded.view(np.uint32))
+    else:
+        assert np.allclose(half.array, rounded, rtol=2**-10, atol=2**-24)
     scores = [p.score for p in half.predictions]
     assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1) < 1e-4
 
