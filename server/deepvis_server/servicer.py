@@ -79,20 +79,23 @@ def status_details(exc: DeepvisError) -> tuple[grpc.StatusCode, str, tuple[tuple
     return code, exc.message, (("grpc-status-details-bin", st.SerializeToString()),)
 
 
-async def abort(context: grpc.aio.ServicerContext, exc: BaseException, rpc: str) -> NoReturn:
-    """Ends the call with the status for `exc`; anything that is not a domain error is INTERNAL
-    (logged with its traceback, never shown to the client)."""
+def failure(exc: BaseException, rpc: str) -> tuple[grpc.StatusCode, str]:
+    """The status code and message a call (or one ExplainBatch item) that raised `exc` ends
+    with. Anything that is not a domain error is INTERNAL: logged with its traceback, never
+    shown to the client."""
     if isinstance(exc, DeepvisError):
-        code, message, trailer = status_details(exc)
+        code = status_of(exc)
         if code == grpc.StatusCode.INTERNAL:
-            log.error("internal error in %s: %s", rpc, message)
-    else:
-        log.error("unexpected error in %s", rpc, exc_info=exc)
-        code, message, trailer = (
-            grpc.StatusCode.INTERNAL,
-            "internal error; the server logged the traceback",
-            (),
-        )
+            log.error("internal error in %s: %s", rpc, exc.message)
+        return code, exc.message
+    log.error("unexpected error in %s", rpc, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, "internal error; the server logged the traceback"
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: BaseException, rpc: str) -> NoReturn:
+    """Ends the call with the status for `exc` (see `failure`), with its details trailer."""
+    code, message = failure(exc, rpc)
+    trailer = status_details(exc)[2] if isinstance(exc, DeepvisError) else ()
     await context.abort(code, message, trailing_metadata=trailer)
     raise AssertionError("unreachable")  # abort raises
 
@@ -163,17 +166,10 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     ) -> pb.ExplainBatchItem:
         try:
             return pb.ExplainBatchItem(response=await self._explain_by(request, deadline))
-        except DeepvisError as e:
-            code = status_of(e)
-            if code == grpc.StatusCode.INTERNAL:
-                log.error("internal error in an ExplainBatch item: %s", e.message)
-            error = pb.ItemError(code=code.value[0], message=e.message, field=e.field or "")
         except Exception as e:  # noqa: BLE001 - one item never fails the others
-            log.error("unexpected error in an ExplainBatch item", exc_info=e)
-            error = pb.ItemError(
-                code=grpc.StatusCode.INTERNAL.value[0],
-                message="internal error; the server logged the traceback",
-            )
+            code, message = failure(e, "an ExplainBatch item")
+            field = e.field if isinstance(e, DeepvisError) else None
+            error = pb.ItemError(code=code.value[0], message=message, field=field or "")
         return pb.ExplainBatchItem(error=error)
 
     async def _explain(
