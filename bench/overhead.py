@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from load import free_port  # bench/ is on the path when run as a script
 
 SIZE = 224
 
@@ -168,7 +169,6 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("bench/results/overhead.json"))
     args = p.parse_args()
     here = str(Path(__file__).resolve().parent)
-    sys.path.insert(0, here)
     import torch
 
     tmp = Path(tempfile.mkdtemp())
@@ -181,8 +181,7 @@ def main() -> int:
         "in_process": in_process(cfg, args.clients, args.requests),
     }
     print("in-process", report["in_process"], flush=True)
-    with socket_port() as port:
-        address = f"127.0.0.1:{port}"
+    address = f"127.0.0.1:{free_port()}"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
     server = subprocess.Popen(
         [
@@ -216,20 +215,6 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     return 0
-
-
-class socket_port:  # noqa: N801 - a tiny context manager
-    """A free TCP port on the loopback."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        self._s = socket.socket()
-        self._s.bind(("127.0.0.1", 0))
-        return int(self._s.getsockname()[1])
-
-    def __exit__(self, *exc: object) -> None:
-        self._s.close()
 
 
 if __name__ == "__main__":
