@@ -13,6 +13,7 @@ from pathlib import Path
 from .config import DEFAULT_CONFIG, ConfigError, ServerConfig, load_config
 from .observability import configure_logging
 from .server import DeepvisServer
+from .workers import MAX_WORKERS, Supervisor, address_port
 
 log = logging.getLogger("deepvis_server")
 
@@ -27,6 +28,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--address", default="127.0.0.1:50051", help="HOST:PORT to listen on (default %(default)s)"
     )
     p.add_argument("--device", help="override [server].device: auto, cpu, cuda, cuda:N")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="override [server].workers: server processes sharing the address, each with its "
+        f"own event loop and copy of the models (1 to {MAX_WORKERS}; needs a fixed port)",
+    )
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     access = p.add_argument_group("access (each overrides its [server] key)")
     access.add_argument("--tls-cert", metavar="PEM", help="server certificate chain: TLS on")
     access.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
@@ -96,6 +104,7 @@ def apply_overrides(config: ServerConfig, args: argparse.Namespace) -> ServerCon
         tls_client_ca=_override(args.tls_client_ca, config.tls_client_ca),
         auth_tokens_file=_override(args.auth_tokens_file, config.auth_tokens_file),
         allow_insecure_remote=config.allow_insecure_remote or args.allow_insecure_remote,
+        workers=config.workers if args.workers is None else args.workers,
     )
 
 
@@ -104,6 +113,24 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("text", args.log_level)  # until the configuration is read
     try:
         config = apply_overrides(load_config(args.config), args)
+        if not 1 <= config.workers <= MAX_WORKERS:
+            raise ConfigError(f"workers must be 1 to {MAX_WORKERS}, got {config.workers}")
+        if args.worker_index is None and config.workers > 1:
+            if address_port(args.address) == 0:
+                raise ConfigError(
+                    f"--address {args.address}: workers share one port, so give a fixed one "
+                    "(port 0 would give each worker a different port)"
+                )
+            command = [
+                sys.executable,
+                "-m",
+                "deepvis_server",
+                *(sys.argv[1:] if argv is None else argv),
+            ]
+            return Supervisor(command, config.workers, args.address, sys.stdout).run()
+        if args.worker_index is not None and config.metrics_port:
+            # Each worker has its own metrics: worker i serves them on metrics_port + i.
+            config = replace(config, metrics_port=config.metrics_port + args.worker_index)
         configure_logging(config.log_format, args.log_level)
         return asyncio.run(serve(DeepvisServer(config, args.address)))
     except ConfigError as e:

@@ -69,6 +69,9 @@ class ServerConfig:
     # Threads that decode, normalise and render off the event loop (numpy and Pillow release
     # the GIL, so they scale with cores): JPEG decoding alone is ~1 ms per 224x224 image.
     cpu_threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 2))
+    # Server processes on one address (`deepvis-server --workers`, see workers.py): each has
+    # its own event loop, batcher and copy of the models; 1 is a single process.
+    workers: int = 1
     default_timeout_s: float = 60.0  # a request without a deadline gets this one
     max_timeout_s: float = 600.0  # a client's deadline is capped here (clients can only shorten)
     # Safety and access.
@@ -107,7 +110,7 @@ _LIMIT_KEYS: tuple[str, ...] = (
     "max_render_side",
     "max_render_rows",
 )
-_LIMIT_KEYS = (*_LIMIT_KEYS, "max_queue_size", "cpu_threads")
+_LIMIT_KEYS = (*_LIMIT_KEYS, "max_queue_size", "cpu_threads", "workers")
 _SECONDS_KEYS = ("default_timeout_s", "max_timeout_s")
 _PATH_KEYS = ("model_root", "tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file")
 _SERVER_KEYS = {

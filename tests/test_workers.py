@@ -1,0 +1,163 @@
+"""`deepvis-server --workers N`: N server processes on one address, under one supervisor.
+
+Real processes on a real port: connections spread over the workers, every worker answers
+the same as the others, SIGTERM drains them all, and one worker's death stops the set.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+import deepvis
+from conftest import free_port
+from deepvis_server.config import DEFAULT_CONFIG
+
+PIXELS = (load_digits().images[:4] * 16).clip(0, 255).astype(np.uint8)
+
+
+def two_free_ports() -> int:
+    """A port p with p + 1 also free (worker i serves metrics on metrics_port + i)."""
+    for _ in range(50):
+        p = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p + 1))
+            except OSError:
+                continue
+        return p
+    raise AssertionError("no two adjacent free ports")
+
+
+def write_config(tmp_path: Path, metrics_port: int) -> Path:
+    """The embedded digits model, with /metrics on (worker i on metrics_port + i)."""
+    text = DEFAULT_CONFIG.read_text()
+    for name in ("digits_cnn.safetensors", "labels.txt"):
+        text = text.replace(f'"{name}"', f'"{DEFAULT_CONFIG.parent / name}"')
+    cfg = tmp_path / "workers.toml"
+    cfg.write_text(f"[server]\nmetrics_port = {metrics_port}\n{text}")
+    return cfg
+
+
+def start(args: list[str]) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deepvis_server", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("deepvis-server: serving"):
+            assert "2 workers" in line, line
+            return proc
+    raise AssertionError(f"the supervisor did not start (exit {proc.wait()})")
+
+
+def worker_pids(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped) is not alive either.
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def explain_ok(metrics_port: int) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read()
+    total = 0.0
+    for labels, value in re.findall(
+        r"^deepvis_requests_total\{([^}]*)\} (\S+)$", body.decode(), re.M
+    ):
+        if '"Explain"' in labels and 'code="OK"' in labels:
+            total += float(value)
+    return total
+
+
+def test_workers_share_the_address_answer_alike_and_drain_on_sigterm(tmp_path) -> None:
+    metrics = two_free_ports()
+    address = f"127.0.0.1:{free_port()}"
+    proc = start(["--config", str(write_config(tmp_path, metrics)), "--address", address,
+                  "--workers", "2"])  # fmt: skip
+    try:
+        workers = worker_pids(proc.pid)
+        assert len(workers) == 2
+        answers = []
+        # Each client its own connection (no shared subchannel), so the kernel picks a
+        # worker per client: go on until both have answered (each try: 1 in 2).
+        for _ in range(40):
+            with deepvis.Client(
+                address, timeout=30, options=[("grpc.use_local_subchannel_pool", 1)]
+            ) as client:
+                answers.append(client.explain(PIXELS[1], target=1, render=False).array)
+            if explain_ok(metrics) >= 1 and explain_ok(metrics + 1) >= 1:
+                break
+        counts = (explain_ok(metrics), explain_ok(metrics + 1))
+        assert min(counts) >= 1, f"one worker answered every call: {counts}"
+        assert sum(counts) == len(answers)
+        # Both workers serve the same model: every answer is the same array.
+        assert all(np.array_equal(answers[0], a) for a in answers[1:])
+        assert np.abs(answers[0]).max() > 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        deadline = time.monotonic() + 10
+        while any(alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(w) for w in workers)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_one_worker_dying_stops_the_others_and_the_supervisor_fails(tmp_path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    proc = start(["--address", address, "--workers", "2"])
+    try:
+        first, second = worker_pids(proc.pid)
+        os.kill(first, signal.SIGKILL)
+        # Whatever restarts a failed server then restarts the whole set: non-zero exit.
+        assert proc.wait(timeout=60) == 1
+        deadline = time.monotonic() + 10
+        while alive(second) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(second)
+        with pytest.raises(deepvis.Unavailable):
+            with deepvis.Client(address, timeout=2) as client:
+                client.explain(PIXELS[0], render=False)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--address", "127.0.0.1:0", "--workers", "2"], "give a fixed one"),
+        (["--address", "127.0.0.1:50051", "--workers", "0"], "workers must be 1 to 64"),
+        (["--address", "127.0.0.1:50051", "--workers", "65"], "workers must be 1 to 64"),
+    ],
+)
+def test_workers_refuse_port_zero_and_out_of_range_counts(args, message) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "deepvis_server", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert message in done.stderr
