@@ -52,7 +52,7 @@ def client_proc(
 
     rng = np.random.default_rng(seed)
     images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(4)]
-    lat, batches = [], []
+    lat, batches, device_ms = [], [], []
     with deepvis.Client(address, timeout=600) as client:
         kw = {"layer": layer} if method != "guided_backprop" else {}
         client.explain(images[0], model="m", method=method, render=False, **kw)  # connect
@@ -73,6 +73,7 @@ def client_proc(
             )
             lat.append(time.perf_counter() - t0)
             batches += [r.batch_size for r in many]
+            device_ms += [r.compute_ms / r.batch_size for r in many]
         for i in range(0 if per_call else n):
             t0 = time.perf_counter()
             res = client.explain(
@@ -86,7 +87,25 @@ def client_proc(
             )
             lat.append(time.perf_counter() - t0)
             batches.append(res.batch_size)
-    queue.put((time.time(), lat, batches))
+            device_ms.append(res.compute_ms / res.batch_size)
+    queue.put((time.time(), lat, batches, device_ms))
+
+
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU seconds of a process, or of one of its threads."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(pid: int) -> tuple[float, list[float]]:
+    """CPU seconds of a server: all its processes (a supervisor and its workers, or the one
+    process), and each serving process's main thread (its event loop) apart."""
+    kids = [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return (
+        sum(cpu_seconds(p) for p in [pid, *kids]),
+        [cpu_seconds(p, p) for p in kids or [pid]],
+    )
 
 
 def served(
@@ -97,7 +116,13 @@ def served(
     requests: int,
     size: int,
     per_call: int = 0,
+    server_pid: int | None = None,
 ) -> dict:
+    """One timed run of `requests` images from `clients` processes; raw figures (see summary).
+
+    With `server_pid`, also the server's CPU over the timed part: the whole process, and its
+    main thread alone, which runs the event loop that every call's gRPC and protobuf work
+    shares, so its busy share says how close one server process is to its own limit."""
     ctx = mp.get_context("spawn")
     queue: mp.Queue = ctx.Queue()
     start = time.time() + 8.0  # every process imported and connected by then
@@ -111,14 +136,33 @@ def served(
     ]
     for p in procs:
         p.start()
+    time.sleep(max(0.0, start - time.time()))
+    cpu0 = server_cpu(server_pid) if server_pid else None
     outs = [queue.get(timeout=1800) for _ in procs]
+    cpu1 = server_cpu(server_pid) if server_pid else None
     for p in procs:
         p.join()
-    wall = max(o[0] for o in outs) - start
-    lat = np.concatenate([o[1] for o in outs]) * 1000
-    batches = np.concatenate([o[2] for o in outs])
-    n = (per // per_call * per_call if per_call else per) * clients
     return {
+        "per_call": per_call,
+        "images": (per // per_call * per_call if per_call else per) * clients,
+        "seconds": max(o[0] for o in outs) - start,
+        "latency_ms": np.concatenate([o[1] for o in outs]) * 1000,
+        "batches": np.concatenate([o[2] for o in outs]),
+        # Each item's share of its batch's compute: summed, the device's busy time.
+        "device_s": sum(sum(o[3]) for o in outs) / 1000,
+        "server_cpu_s": (cpu1[0] - cpu0[0], [b - a for a, b in zip(cpu0[1], cpu1[1], strict=True)])
+        if cpu0 and cpu1
+        else None,
+    }
+
+
+def summary(runs: list[dict]) -> dict:
+    """Served figures pooled over timed runs (rounds) of the same method."""
+    n = sum(r["images"] for r in runs)
+    wall = sum(r["seconds"] for r in runs)
+    per_call = runs[0]["per_call"]
+    lat = np.concatenate([r["latency_ms"] for r in runs])
+    out = {
         "images_per_call": per_call or 1,
         "images": int(n),
         "requests": int(n // (per_call or 1)),
@@ -128,8 +172,21 @@ def served(
         "latency_ms": {
             q: round(float(np.percentile(lat, int(q[1:]))), 1) for q in ("p50", "p90", "p99")
         },
-        "mean_batch_size": round(float(batches.mean()), 2),
+        "mean_batch_size": round(float(np.concatenate([r["batches"] for r in runs]).mean()), 2),
+        # The share of the wall time the device thread spent computing batches: near 1, the
+        # device limits; well below, batches wait on the serving path or the clients.
+        "device_busy": round(sum(r["device_s"] for r in runs) / wall, 3),
     }
+    if all(r["server_cpu_s"] for r in runs):
+        proc = sum(r["server_cpu_s"][0] for r in runs)
+        loops = np.sum([r["server_cpu_s"][1] for r in runs], axis=0)  # per worker
+        out["server_cpu_ms_per_image"] = round(proc * 1000 / n, 3)
+        out["server_loop_thread_cpu_ms_per_image"] = round(float(loops.sum()) * 1000 / n, 3)
+        # The busiest event loop's share of the wall time: near 1, it is the limit.
+        out["server_loop_thread_busy"] = round(float(loops.max()) / wall, 3)
+    if len(runs) > 1:
+        out["rounds_images_per_s"] = [round(r["images"] / r["seconds"], 2) for r in runs]
+    return out
 
 
 def timeit(fn, n_items: int, min_seconds: float = 3.0) -> float:
@@ -263,6 +320,37 @@ def renders(address: str, jobs: int, steps: int) -> dict:
     }
 
 
+def combine(runs: list[dict], bases: list[dict], n: int) -> dict:
+    """One method's report: served figures pooled over the rounds, each baseline figure the
+    median over the rounds, and each ratio the median of the rounds' own ratios (a round's
+    served images/s over the baselines measured right after it)."""
+    r: dict = {"served": summary(runs)}
+    for key in bases[0]:
+        vals = [b[key] for b in bases]
+        r[key] = round(float(np.median(vals)), 4 if "error" in key or "corr" in key else 2)
+    b1, bn, en = (
+        "captum_batch1_images_per_s",
+        f"captum_batch{n}_images_per_s",
+        f"engine_batch{n}_images_per_s",
+    )
+    rounds = [
+        {
+            "served_images_per_s": round(run["images"] / run["seconds"], 2),
+            b1: b[b1],
+            bn: b[bn],
+            "served_over_unbatched": round(run["images"] / run["seconds"] / b[b1], 2),
+            "served_over_ceiling": round(run["images"] / run["seconds"] / b[bn], 2),
+        }
+        for run, b in zip(runs, bases, strict=True)
+    ]
+    for key in ("served_over_unbatched", "served_over_ceiling"):
+        r[key] = round(float(np.median([x[key] for x in rounds])), 2)
+    r[f"engine_over_captum_batch{n}"] = round(float(np.median([b[en] / b[bn] for b in bases])), 2)
+    if len(rounds) > 1:
+        r["rounds"] = rounds
+    return r
+
+
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -286,12 +374,25 @@ def main() -> int:
         help="renders in plain fp32 (render_tf32 = false; the server's default uses TF32 on CUDA)",
     )
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="server max_delay_ms")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes on the address (deepvis-server --workers)",
+    )
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument(
         "--per-call",
         type=int,
         default=0,
         help="images per ExplainBatch call (0: one Explain call per image); latency is per call",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="split the requests into R rounds, each followed by its own baselines; "
+        "ratios are the median of the rounds' ratios",
     )
     p.add_argument("--out", type=Path, default=Path("bench/results/load.json"))
     args = p.parse_args()
@@ -344,6 +445,8 @@ def main() -> int:
             address,
             "--log-level",
             "WARNING",
+            "--workers",
+            str(args.workers),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -353,6 +456,7 @@ def main() -> int:
         "size": args.size,
         "clients": args.clients,
         "requests": args.requests,
+        "workers": args.workers,
         "device": torch.cuda.get_device_name()
         if args.device.startswith("cuda")
         else f"cpu ({os.cpu_count()} cores)",
@@ -362,17 +466,37 @@ def main() -> int:
         "layer": layer,
         "methods": {},
     }
+    methods = list(filter(None, args.methods.split(",")))  # "": renders only
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    base_rounds: list[dict] = []
     try:
         for line in server.stdout:
             if "serving" in line:
                 break
-        for method in filter(None, args.methods.split(",")):  # "": renders only
-            report["methods"][method] = {
-                "served": served(
-                    address, method, layer, args.clients, args.requests, args.size, args.per_call
+        for r in range(args.rounds):
+            for method in methods:
+                run = served(
+                    address,
+                    method,
+                    layer,
+                    args.clients,
+                    args.requests // args.rounds,
+                    args.size,
+                    args.per_call,
+                    server.pid,
                 )
-            }
-            print(method, report["methods"][method], flush=True)
+                runs[method].append(run)
+                print(f"round {r + 1}/{args.rounds}", method, summary([run]), flush=True)
+            if methods:
+                # The baselines of this round, measured now, beside its served runs (the
+                # server idles meanwhile): on a shared machine whose speed drifts, each
+                # served figure is compared with baselines taken minutes, not runs, apart.
+                base_rounds.append(
+                    baselines(
+                        module, layer, args.size, n, args.device, served_model, args.fast, methods
+                    )
+                )
+                print(f"round {r + 1}/{args.rounds} baselines", base_rounds[-1], flush=True)
         if args.render_steps:
             report["feature_visualization"] = renders(
                 address, args.render_jobs or args.clients, args.render_steps
@@ -381,32 +505,24 @@ def main() -> int:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
-    base = baselines(
-        module, layer, args.size, n, args.device, served_model, args.fast, list(report["methods"])
-    )
-    for method, b in base.items():
-        if method not in report["methods"]:
-            continue
-        r = report["methods"][method]
-        r.update(b)
-        s = r["served"]["images_per_s"]
-        r["served_over_unbatched"] = round(s / b["captum_batch1_images_per_s"], 2)
-        r["served_over_ceiling"] = round(s / b[f"captum_batch{n}_images_per_s"], 2)
-        r[f"engine_over_captum_batch{n}"] = round(
-            b[f"engine_batch{n}_images_per_s"] / b[f"captum_batch{n}_images_per_s"], 2
-        )
+    for method in methods:
+        report["methods"][method] = combine(runs[method], [b[method] for b in base_rounds], n)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(
-        f"\n{'method':16} {'served img/s':>12} {'captum b1':>10} {'captum bN':>10} {'engine bN':>10} {'/unbatched':>10} {'/ceiling':>9} {'batch':>6} {'p50 ms':>7} {'p99 ms':>7}"
+        f"\n{'method':16} {'served img/s':>12} {'captum b1':>10} {'captum bN':>10} {'engine bN':>10} {'/unbatched':>10} {'/ceiling':>9} {'batch':>6} {'p50 ms':>7} {'p99 ms':>7} {'device busy':>11} {'loop busy':>9}"
     )
     for method, r in report["methods"].items():
         s = r["served"]
         print(
             f"{method:16} {s['images_per_s']:12.1f} {r['captum_batch1_images_per_s']:10.1f} {r[f'captum_batch{n}_images_per_s']:10.1f} "
             f"{r[f'engine_batch{n}_images_per_s']:10.1f} {r['served_over_unbatched']:10.2f} {r['served_over_ceiling']:9.2f} "
-            f"{s['mean_batch_size']:6.1f} {s['latency_ms']['p50']:7.1f} {s['latency_ms']['p99']:7.1f}"
+            f"{s['mean_batch_size']:6.1f} {s['latency_ms']['p50']:7.1f} {s['latency_ms']['p99']:7.1f} {s['device_busy']:11.2f} {s.get('server_loop_thread_busy', 0):9.2f}"
         )
+        for i, x in enumerate(r.get("rounds", []), 1):
+            print(
+                f"  round {i}: served {x['served_images_per_s']:.1f}, /unbatched {x['served_over_unbatched']:.2f}, /ceiling {x['served_over_ceiling']:.2f}"
+            )
     return 0
 
 

@@ -10,7 +10,9 @@ On a GPU host that cost, not the device, bounds how many requests one server ans
 Measured, in one run: the engine in-process (no gRPC, 8 concurrent callers), then a real
 server process driven by N client processes, with one Explain call per image and with
 ExplainBatch calls of --per-call images. Reports images/s and the server's CPU ms per image
-(user + system time of the server process, from /proc, over the timed part only).
+(user + system time of the server process, from /proc, over the timed part only), and the
+same for its main thread alone, the event loop's: 1000 / that figure is the most calls a
+second one server process could answer on this CPU, whatever the device.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from load import free_port  # bench/ is on the path when run as a script
+from load import cpu_seconds, free_port, server_cpu  # bench/ is on the path when run as a script
 
 SIZE = 224
 
@@ -40,11 +42,6 @@ def near_free(num_classes: int = 1000):  # noqa: ANN201 - torch is imported lazi
     return nn.Sequential(
         nn.AvgPool2d(32), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 7 * 7, num_classes)
     )
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def write_config(tmp: Path, clients: int) -> Path:
@@ -94,10 +91,11 @@ def served(address: str, pid: int, clients: int, requests: int, per_call: int) -
     for p in procs:
         p.start()
     time.sleep(max(0.0, start - time.time()))
-    c0, t0 = cpu_seconds(pid), time.time()
+    (c0, l0), t0 = server_cpu(pid), time.time()
     for _ in procs:
         q.get(timeout=1800)
-    c1, t1 = cpu_seconds(pid), time.time()
+    (c1, l1), t1 = server_cpu(pid), time.time()
+    loops = [b - a for a, b in zip(l0, l1, strict=True)]  # each worker's event loop
     for p in procs:
         p.join()
     n = per * clients if not per_call else (per // per_call) * per_call * clients
@@ -105,6 +103,9 @@ def served(address: str, pid: int, clients: int, requests: int, per_call: int) -
         "images": n,
         "images_per_s": round(n / (t1 - t0), 1),
         "server_cpu_ms_per_image": round((c1 - c0) * 1000 / n, 3),
+        # The main thread runs the event loop: every call's gRPC and protobuf work is there.
+        "server_loop_cpu_ms_per_image": round(sum(loops) * 1000 / n, 3),
+        "server_loop_busy": round(max(loops) / (t1 - t0), 3),
     }
 
 
@@ -166,6 +167,9 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--requests", type=int, default=768)
     p.add_argument("--per-call", type=int, default=8, help="images per ExplainBatch call (0: none)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="server processes (deepvis-server --workers)"
+    )
     p.add_argument("--out", type=Path, default=Path("bench/results/overhead.json"))
     args = p.parse_args()
     here = str(Path(__file__).resolve().parent)
@@ -178,6 +182,7 @@ def main() -> int:
         "cpu": f"{os.cpu_count()} cores",
         "torch": torch.__version__,
         "command": " ".join(sys.argv),
+        "workers": args.workers,
         "in_process": in_process(cfg, args.clients, args.requests),
     }
     print("in-process", report["in_process"], flush=True)
@@ -194,6 +199,8 @@ def main() -> int:
             address,
             "--log-level",
             "WARNING",
+            "--workers",
+            str(args.workers),
         ],
         stdout=subprocess.PIPE,
         text=True,
