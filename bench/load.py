@@ -101,7 +101,10 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
 def server_cpu(pid: int) -> tuple[float, list[float]]:
     """CPU seconds of a server: all its processes (a supervisor and its workers, or the one
     process), and each serving process's main thread (its event loop) apart."""
-    kids = [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    try:
+        kids = [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:  # a kernel without CONFIG_PROC_CHILDREN: the process alone
+        kids = []
     return (
         sum(cpu_seconds(p) for p in [pid, *kids]),
         [cpu_seconds(p, p) for p in kids or [pid]],
