@@ -10,6 +10,7 @@ import zlib
 import grpc
 import numpy as np
 import pytest
+import torch
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
@@ -40,6 +41,36 @@ def first_layer(client: deepvis.Client, input, model: str = "digits") -> np.ndar
 
 def digit(seed: int = 0, size: int = 32) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("channels", "shape"),
+    [
+        (1, (32, 32)),
+        (1, (32, 32, 1)),
+        (1, (32, 32, 3)),  # RGB for a grayscale model: luminance, through PIL
+        (3, (32, 32, 3)),
+        (3, (32, 32, 4)),  # RGBA for an RGB model: alpha dropped, through PIL
+        (3, (32, 32)),  # grayscale for an RGB model: replicated, through PIL
+        (3, (20, 24, 3)),  # another size: resized, through PIL
+    ],
+)
+def test_pixel_arrays_become_the_same_tensor_as_their_pil_image(channels, shape) -> None:
+    """Pixels already at the model's channels and size skip PIL: the same uint8 tensor."""
+    from dataclasses import replace
+
+    from deepvis_server.preprocess import Limits, RawInput, image_to_tensor, input_to_tensor
+
+    spec = replace(load_config().models[0], channels=channels, input_size=(32, 32))
+    arr = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
+    raw = RawInput(kind="pixels", data=arr.tobytes(), dtype="uint8", shape=shape)
+    got = input_to_tensor(raw, spec, Limits(max_image_pixels=1 << 20, max_tensor_elements=1 << 20))
+    squeezed = arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr
+    expected = image_to_tensor(Image.fromarray(squeezed), spec)
+    assert got.dtype == torch.uint8 and got.shape == (channels, 32, 32)
+    assert torch.equal(got, expected)
+    if channels == 3 and shape == (32, 32, 3):
+        assert torch.equal(got, torch.from_numpy(arr).permute(2, 0, 1))  # and not via PIL
 
 
 def test_image_modes_are_converted_to_the_model_input(digits_server, zoo) -> None:

@@ -103,8 +103,9 @@ def to_model_mode(img: Image.Image, channels: int) -> Image.Image:
     return img
 
 
-def pixels_to_image(raw: RawInput, limits: Limits) -> Image.Image:
-    """Wraps uint8 [H, W] or [H, W, C] pixels (C in 1, 3, 4) as a PIL image without copying twice."""
+def pixels_array(raw: RawInput, limits: Limits) -> np.ndarray:
+    """Checks uint8 [H, W] or [H, W, C] pixels (C in 1, 3, 4) and views them, without a copy:
+    [H, W] for one channel, [H, W, C] otherwise."""
     if raw.dtype != "uint8":
         raise InvalidArgument(
             f"input.pixels.dtype must be UINT8, got {raw.dtype or 'unset'}",
@@ -132,9 +133,7 @@ def pixels_to_image(raw: RawInput, limits: Limits) -> Image.Image:
             field="input.pixels.data",
         )
     arr = np.frombuffer(raw.data, dtype=np.uint8).reshape(shape)
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    return Image.fromarray(arr)  # uint8 [H, W] -> L, [H, W, 3] -> RGB, [H, W, 4] -> RGBA
+    return arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr
 
 
 def image_to_tensor(img: Image.Image, spec: ModelSpec) -> torch.Tensor:
@@ -206,15 +205,13 @@ def input_to_tensor(raw: RawInput, spec: ModelSpec, limits: Limits) -> torch.Ten
     if raw.kind == "tensor":
         return tensor_input(raw, spec, limits)
     if raw.kind == "pixels":
-        img = pixels_to_image(raw, limits)
-        if img.mode == ("L" if spec.channels == 1 else "RGB") and img.size == (
-            spec.input_size[1],
-            spec.input_size[0],
-        ):
-            # Already the model's mode and size (the usual case for a client that resized):
-            # straight from the request's bytes, no PIL round trip.
-            return pixels_chw(np.frombuffer(raw.data, dtype=np.uint8).reshape(raw.shape))
-        return image_to_tensor(img, spec)
+        arr = pixels_array(raw, limits)
+        channels = 1 if arr.ndim == 2 else arr.shape[2]
+        if channels == spec.channels and arr.shape[:2] == tuple(spec.input_size):
+            # Already the model's channels and size (the usual case for a client that
+            # resized): straight from the request's bytes, no PIL image, one copy.
+            return pixels_chw(arr)
+        return image_to_tensor(Image.fromarray(arr), spec)
     if raw.kind == "image":
         return image_to_tensor(decode_image(raw.data, limits), spec)
     raise InvalidArgument("input must set one of image, pixels or tensor", field="input")
