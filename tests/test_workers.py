@@ -144,6 +144,25 @@ def test_one_worker_dying_stops_the_others_and_the_supervisor_fails(tmp_path) ->
         proc.wait()
 
 
+def test_a_single_server_refuses_a_port_another_one_serves() -> None:
+    """gRPC lets processes share a port by default; only workers do, on purpose."""
+    address = f"127.0.0.1:{free_port()}"
+    proc = start(["--address", address, "--workers", "2"])
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "deepvis_server", "--address", address],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 1
+        assert f"OSError: cannot listen on {address}: the port is in use" in done.stderr
+        assert "Traceback" not in done.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

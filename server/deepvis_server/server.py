@@ -81,6 +81,9 @@ class DeepvisServer:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
+                # Workers share their port on purpose (SO_REUSEPORT); a single server must not
+                # share it by accident with another process, which gRPC allows by default.
+                ("grpc.so_reuseport", 1 if self.config.workers > 1 else 0),
             ],
         )
         pb_grpc.add_ExplainerServicer_to_server(ExplainerServicer(self.engine), server)
@@ -93,12 +96,18 @@ class DeepvisServer:
             ),
             server,
         )
-        if credentials is None:
-            self.port = server.add_insecure_port(self.address)
-        else:
-            self.port = server.add_secure_port(self.address, credentials)
+        try:
+            if credentials is None:
+                self.port = server.add_insecure_port(self.address)
+            else:
+                self.port = server.add_secure_port(self.address, credentials)
+        except RuntimeError:  # grpc's "Failed to bind"
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.address}")
+            raise OSError(
+                f"cannot listen on {self.address}: the port is in use or the host is not "
+                "an address of this machine"
+            )
         self._server = server
         await self.engine.start()
         await server.start()
