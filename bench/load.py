@@ -378,6 +378,12 @@ def main() -> int:
     )
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="server max_delay_ms")
     p.add_argument(
+        "--gil-switch-interval-ms",
+        type=float,
+        default=0.1,
+        help="the server's gil_switch_interval_ms (Python's own default: 5)",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -416,6 +422,7 @@ def main() -> int:
     (tmp / "m.toml").write_text(
         f'[server]\ndevice = "{args.device}"\nmax_queue_size = 4096\n'
         f"render_tf32 = {str(not args.render_fp32).lower()}\n"
+        f"gil_switch_interval_ms = {args.gil_switch_interval_ms}\n"
         f'[[models]]\nname = "m"\narch = "{args.arch}"\n'
         f'weights = "m.safetensors"\nnum_classes = 1000\ninput_size = [{args.size}, {args.size}]\n'
         f"mean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]\nmax_batch_size = {n}\nmax_delay_ms = {args.max_delay_ms}\nfast = {str(args.fast).lower()}\n"
@@ -460,6 +467,7 @@ def main() -> int:
         "clients": args.clients,
         "requests": args.requests,
         "workers": args.workers,
+        "gil_switch_interval_ms": args.gil_switch_interval_ms,
         "device": torch.cuda.get_device_name()
         if args.device.startswith("cuda")
         else f"cpu ({os.cpu_count()} cores)",

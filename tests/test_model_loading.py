@@ -198,6 +198,18 @@ def test_server_exits_2_at_once_on_invalid_toml(tmp_path) -> None:
     assert "ConfigError:" in proc.stderr and "invalid TOML" in proc.stderr
 
 
+def test_gil_switch_interval_is_a_positive_number_of_ms(tmp_path) -> None:
+    base = {"models": [{"name": "m", "arch": "resnet18", "num_classes": 2, "input_size": [8, 8]}]}
+    assert parse_config(base, tmp_path).gil_switch_interval_ms == 0.1
+    cfg = parse_config({"server": {"gil_switch_interval_ms": 2}, **base}, tmp_path)
+    assert cfg.gil_switch_interval_ms == 2.0
+    for bad in (0, -1, 101, True, "1"):
+        with pytest.raises(
+            ConfigError, match=r"gil_switch_interval_ms must be a number in \(0, 100\]"
+        ):
+            parse_config({"server": {"gil_switch_interval_ms": bad}, **base}, tmp_path)
+
+
 def test_cpu_threads_sizes_the_off_loop_pool(tmp_path) -> None:
     import os
 

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pytest
@@ -41,20 +42,23 @@ def two_free_ports() -> int:
 
 
 def write_config(tmp_path: Path, metrics_port: int) -> Path:
-    """The embedded digits model, with /metrics on (worker i on metrics_port + i)."""
+    """The embedded digits model, with /metrics on (worker i on metrics_port + i), and a
+    GIL switch interval other than the default."""
     text = DEFAULT_CONFIG.read_text()
     for name in ("digits_cnn.safetensors", "labels.txt"):
         text = text.replace(f'"{name}"', f'"{DEFAULT_CONFIG.parent / name}"')
     cfg = tmp_path / "workers.toml"
-    cfg.write_text(f"[server]\nmetrics_port = {metrics_port}\n{text}")
+    cfg.write_text(
+        f"[server]\nmetrics_port = {metrics_port}\ngil_switch_interval_ms = 0.25\n{text}"
+    )
     return cfg
 
 
-def start(args: list[str]) -> subprocess.Popen[str]:
+def start(args: list[str], stderr: IO[str] | int = subprocess.DEVNULL) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "deepvis_server", *args],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
         text=True,
     )
     assert proc.stdout is not None
@@ -92,8 +96,9 @@ def explain_ok(metrics_port: int) -> float:
 def test_workers_share_the_address_answer_alike_and_drain_on_sigterm(tmp_path) -> None:
     metrics = two_free_ports()
     address = f"127.0.0.1:{free_port()}"
+    log = (tmp_path / "stderr.log").open("w")
     proc = start(["--config", str(write_config(tmp_path, metrics)), "--address", address,
-                  "--workers", "2"])  # fmt: skip
+                  "--workers", "2"], stderr=log)  # fmt: skip
     try:
         workers = worker_pids(proc.pid)
         assert len(workers) == 2
@@ -119,9 +124,12 @@ def test_workers_share_the_address_answer_alike_and_drain_on_sigterm(tmp_path) -
         while any(alive(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(alive(w) for w in workers)
+        # Each worker process runs with the configured GIL switch interval.
+        assert (tmp_path / "stderr.log").read_text().count("GIL switch interval 0.25 ms") == 2
     finally:
         proc.kill()
         proc.wait()
+        log.close()
 
 
 def test_one_worker_dying_stops_the_others_and_the_supervisor_fails(tmp_path) -> None:

@@ -132,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
             # Each worker has its own metrics: worker i serves them on metrics_port + i.
             config = replace(config, metrics_port=config.metrics_port + args.worker_index)
         configure_logging(config.log_format, args.log_level)
+        # The device thread takes the GIL back after every op: a short switch interval keeps
+        # a busy event loop from holding it for 5 ms each time (bench/gil_convoy.py).
+        sys.setswitchinterval(config.gil_switch_interval_ms / 1000.0)
+        log.info("GIL switch interval %g ms", config.gil_switch_interval_ms)
         return asyncio.run(serve(DeepvisServer(config, args.address)))
     except ConfigError as e:
         print(f"ConfigError: {e}", file=sys.stderr)

@@ -72,6 +72,12 @@ class ServerConfig:
     # Server processes on one address (`deepvis-server --workers`, see workers.py): each has
     # its own event loop, batcher and copy of the models; 1 is a single process.
     workers: int = 1
+    # The interpreter's switch interval in the server process (sys.setswitchinterval). Every
+    # op the device thread runs gives up the GIL and takes it back; while the event loop runs
+    # Python without pause, each take-back waits up to this long. Python's default, 5 ms,
+    # made a guided-backprop batch 55x slower beside a busy thread; 0.1 ms, 2.5x
+    # (bench/gil_convoy.py).
+    gil_switch_interval_ms: float = 0.1
     default_timeout_s: float = 60.0  # a request without a deadline gets this one
     max_timeout_s: float = 600.0  # a client's deadline is capped here (clients can only shorten)
     # Safety and access.
@@ -112,6 +118,7 @@ _LIMIT_KEYS: tuple[str, ...] = (
 )
 _LIMIT_KEYS = (*_LIMIT_KEYS, "max_queue_size", "cpu_threads", "workers")
 _SECONDS_KEYS = ("default_timeout_s", "max_timeout_s")
+_FLOAT_KEYS = ("gil_switch_interval_ms",)
 _PATH_KEYS = ("model_root", "tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file")
 _SERVER_KEYS = {
     "device",
@@ -123,6 +130,7 @@ _SERVER_KEYS = {
     "log_format",
     *_LIMIT_KEYS,
     *_SECONDS_KEYS,
+    *_FLOAT_KEYS,
     *_PATH_KEYS,
 }
 
@@ -312,6 +320,11 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 86400:
                 raise ConfigError(f"[server].{key} must be a number of seconds in (0, 86400]")
             kwargs[key] = float(v)
+    if "gil_switch_interval_ms" in server:
+        v = server["gil_switch_interval_ms"]
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 100:
+            raise ConfigError("[server].gil_switch_interval_ms must be a number in (0, 100]")
+        kwargs["gil_switch_interval_ms"] = float(v)
     for key in _PATH_KEYS:
         if key in server:
             kwargs[key] = _path(server[key], base, f"[server].{key}")
