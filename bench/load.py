@@ -380,7 +380,7 @@ def main() -> int:
     p.add_argument(
         "--gil-switch-interval-ms",
         type=float,
-        default=0.1,
+        default=0.5,
         help="the server's gil_switch_interval_ms (Python's own default: 5)",
     )
     p.add_argument(

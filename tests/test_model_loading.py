@@ -200,7 +200,7 @@ def test_server_exits_2_at_once_on_invalid_toml(tmp_path) -> None:
 
 def test_gil_switch_interval_is_a_positive_number_of_ms(tmp_path) -> None:
     base = {"models": [{"name": "m", "arch": "resnet18", "num_classes": 2, "input_size": [8, 8]}]}
-    assert parse_config(base, tmp_path).gil_switch_interval_ms == 0.1
+    assert parse_config(base, tmp_path).gil_switch_interval_ms == 0.5
     cfg = parse_config({"server": {"gil_switch_interval_ms": 2}, **base}, tmp_path)
     assert cfg.gil_switch_interval_ms == 2.0
     for bad in (0, -1, 101, True, "1"):
