@@ -9,7 +9,9 @@ On a GPU host that cost, not the device, bounds how many requests one server ans
 
 Measured, in one run: the engine in-process (no gRPC, 8 concurrent callers), then a real
 server process driven by N client processes, with one Explain call per image and with
-ExplainBatch calls of --per-call images. Reports images/s and the server's CPU ms per image
+ExplainBatch calls of --per-call images, then the same clients against gRPC's floor: a bare
+grpc.aio server whose Explain answers a prebuilt response of the same size. Reports images/s
+and the server's CPU ms per image
 (user + system time of the server process, from /proc, over the timed part only), and the
 same for its main thread alone, the event loop's: 1000 / that figure is the most calls a
 second one server process could answer on this CPU, whatever the device.
@@ -44,7 +46,7 @@ def near_free(num_classes: int = 1000):  # noqa: ANN201 - torch is imported lazi
     )
 
 
-def write_config(tmp: Path, clients: int) -> Path:
+def write_config(tmp: Path, clients: int, gil_switch_interval_ms: float = 0.5) -> Path:
     import torch
     from safetensors.torch import save_file
 
@@ -52,7 +54,9 @@ def write_config(tmp: Path, clients: int) -> Path:
     save_file(near_free().state_dict(), str(tmp / "m.safetensors"))
     cfg = tmp / "m.toml"
     cfg.write_text(
-        '[server]\ndevice = "cpu"\nmax_queue_size = 4096\n[[models]]\nname = "m"\n'
+        '[server]\ndevice = "cpu"\nmax_queue_size = 4096\n'
+        f"gil_switch_interval_ms = {gil_switch_interval_ms}\n"
+        '[[models]]\nname = "m"\n'
         'arch = "overhead:near_free"\nweights = "m.safetensors"\nnum_classes = 1000\n'
         f"input_size = [{SIZE}, {SIZE}]\nmax_batch_size = {clients * 8}\nmax_delay_ms = 5\n"
     )
@@ -107,6 +111,61 @@ def served(address: str, pid: int, clients: int, requests: int, per_call: int) -
         "server_loop_cpu_ms_per_image": round(sum(loops) * 1000 / n, 3),
         "server_loop_busy": round(max(loops) / (t1 - t0), 3),
     }
+
+
+def floor_server(address: str, ready) -> None:  # noqa: ANN001
+    """gRPC's own floor: an Explainer whose Explain answers a prebuilt response of the same
+    size as deepvis's (a float16 3x224x224 array, five predictions) and does nothing else."""
+    import grpc
+
+    from deepvis.v1 import deepvis_pb2 as pb
+    from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
+
+    resp = pb.ExplainResponse(
+        model="m",
+        method=pb.METHOD_GUIDED_BACKPROP,
+        array=pb.Tensor(
+            dtype=pb.DTYPE_FLOAT16,
+            shape=[3, SIZE, SIZE],
+            data=np.zeros((3, SIZE, SIZE), np.float16).tobytes(),
+        ),
+        predictions=[pb.Prediction(index=i, label=str(i), score=0.2) for i in range(5)],
+        target=pb.Target(class_index=1),
+    )
+
+    class Floor(pb_grpc.ExplainerServicer):
+        async def Explain(self, request, context):  # noqa: ANN001, ANN202, N802
+            return resp
+
+    async def serve() -> None:
+        limit = 64 * 1024 * 1024
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+            ]
+        )
+        pb_grpc.add_ExplainerServicer_to_server(Floor(), server)
+        server.add_insecure_port(address)
+        await server.start()
+        ready.set()
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+
+
+def floor(clients: int, requests: int) -> dict:
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    address = f"127.0.0.1:{free_port()}"
+    proc = ctx.Process(target=floor_server, args=(address, ready), daemon=True)
+    proc.start()
+    try:
+        ready.wait(timeout=120)
+        return served(address, proc.pid, clients, requests, 0)
+    finally:
+        proc.terminate()
+        proc.join()
 
 
 def in_process(cfg: Path, callers: int, requests: int) -> dict:
@@ -170,19 +229,26 @@ def main() -> int:
     p.add_argument(
         "--workers", type=int, default=1, help="server processes (deepvis-server --workers)"
     )
+    p.add_argument(
+        "--gil-switch-interval-ms",
+        type=float,
+        default=0.5,
+        help="the server's gil_switch_interval_ms (Python's own default: 5)",
+    )
     p.add_argument("--out", type=Path, default=Path("bench/results/overhead.json"))
     args = p.parse_args()
     here = str(Path(__file__).resolve().parent)
     import torch
 
     tmp = Path(tempfile.mkdtemp())
-    cfg = write_config(tmp, args.clients)
+    cfg = write_config(tmp, args.clients, args.gil_switch_interval_ms)
     report: dict = {
         "date": time.strftime("%Y-%m-%d"),
         "cpu": f"{os.cpu_count()} cores",
         "torch": torch.__version__,
         "command": " ".join(sys.argv),
         "workers": args.workers,
+        "gil_switch_interval_ms": args.gil_switch_interval_ms,
         "in_process": in_process(cfg, args.clients, args.requests),
     }
     print("in-process", report["in_process"], flush=True)
@@ -219,6 +285,8 @@ def main() -> int:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
+    report["grpc_floor"] = floor(args.clients, args.requests)
+    print("grpc floor (prebuilt answers)", report["grpc_floor"], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     return 0
