@@ -4,7 +4,7 @@ switch interval does to it.
     .venv/bin/python bench/gil_convoy.py --out bench/results/gil-convoy.json
 
 Every PyTorch op called from Python lets go of the GIL while it runs and takes it back after;
-so does every backward op that goes through guided backprop's dispatch-level ReLU rule. When
+so does every Python hook in a backward pass (guided backprop's ReLU rule is one per ReLU). When
 another thread of the process (the server's event loop, answering calls) runs Python without
 pause, each of those take-backs waits until the interpreter makes that thread yield: up to
 `sys.getswitchinterval()`, 5 ms by default. A batch of a few hundred ops then takes seconds.
@@ -40,7 +40,7 @@ def main() -> int:
     import torchvision
 
     sys.path.insert(0, str(HERE.parent / "server"))
-    from deepvis_server.methods.guided_backprop import ModifiedReLUGradient
+    from deepvis_server.methods.guided_backprop import relu_rule
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -51,7 +51,7 @@ def main() -> int:
         xx = x.clone().requires_grad_(True)
         score = model(xx)[:, 0].sum()
         if rule:
-            with ModifiedReLUGradient("guided"):
+            with relu_rule(score, "guided"):
                 torch.autograd.grad(score, xx)
         else:
             torch.autograd.grad(score, xx)

@@ -75,8 +75,8 @@ class ServerConfig:
     # The interpreter's switch interval in the server process (sys.setswitchinterval). Every
     # op the device thread runs gives up the GIL and takes it back; while the event loop runs
     # Python without pause, each take-back waits up to this long. Python's default, 5 ms,
-    # made a guided-backprop batch 55x slower beside a busy thread; 0.5 ms, 5.9x; 0.1 ms,
-    # 2.5x but 13 % fewer answers a second from a loop-bound server (bench/gil_convoy.py,
+    # made a guided-backprop batch 22x slower beside a busy thread; 0.5 ms, 3.2x; 0.1 ms,
+    # 1.4x but 13 % fewer answers a second from a loop-bound server (bench/gil_convoy.py,
     # bench/overhead.py), where 0.5 ms cost nothing measurable.
     gil_switch_interval_ms: float = 0.5
     default_timeout_s: float = 60.0  # a request without a deadline gets this one

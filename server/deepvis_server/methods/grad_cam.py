@@ -14,7 +14,7 @@ from ..errors import InvalidArgument
 from ..models import ServedModel
 from ..render import input_pixels, render_gradient, render_heatmap, to_png
 from .base import BatchOutput, Method, MethodRequest, Output, forward_and_score
-from .guided_backprop import ModifiedReLUGradient, relu_rule_warnings
+from .guided_backprop import relu_rule, relu_rule_warnings
 
 
 def grad_cam(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
@@ -90,7 +90,7 @@ class GuidedGradCam(_CamMethod):
             # One forward, two backward passes: the plain layer gradient for Grad-CAM, then
             # the guided input gradient.
             (grads,) = torch.autograd.grad(score, acts[layer], retain_graph=True)
-            with ModifiedReLUGradient("guided"):
+            with relu_rule(score, "guided"):
                 (guided,) = torch.autograd.grad(score, x)
         cam = upsample(grad_cam(acts[layer].detach(), grads), x.shape[2:])
         return BatchOutput(

@@ -2,45 +2,77 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..models import ServedModel
 from ..render import render_gradient
 from .base import BatchOutput, Method, MethodRequest, forward_and_score
 
-_aten = torch.ops.aten
+# The autograd nodes whose backward is a ReLU's: `threshold_backward(grad, x, threshold)`,
+# whether the forward was nn.ReLU, F.relu, torch.relu, Tensor.relu, their in-place forms or
+# F.threshold, however often one module is reused.
+RELU_BACKWARD_NODES = frozenset(
+    {"ReluBackward0", "ReluBackward1", "ThresholdBackward0", "ThresholdBackward1"}
+)
 
 
-class ModifiedReLUGradient(TorchDispatchMode):
-    """Rewrites the backward of every ReLU while a backward pass runs under it.
+def relu_backward_nodes(output: torch.Tensor) -> list[Any]:
+    """Every ReLU node of the autograd graph that produced `output`."""
+    seen: set[Any] = set()
+    stack, found = [output.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)  # keeps each node's Python object, hence its identity, alive
+        if node.name() in RELU_BACKWARD_NODES:
+            found.append(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return found
 
-    Autograd computes each ReLU's backward as `threshold_backward(grad, result, 0)`,
-    whether the forward was nn.ReLU, F.relu, torch.relu, Tensor.relu or their in-place
-    forms, and however often one module is reused. Intercepting that one op at dispatch
-    makes the rule exact for all of them, without hooks on (or changes to) the model:
+
+def _guided(grad_outputs: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor | None, ...]:
+    # Before the node: only positive gradient comes in; the node then masks it by the
+    # forward's positive inputs, as always.
+    return tuple(None if g is None else g.clamp(min=0) for g in grad_outputs)
+
+
+def _deconv(
+    grad_inputs: tuple[torch.Tensor | None, ...], grad_outputs: tuple[torch.Tensor | None, ...]
+) -> tuple[torch.Tensor | None, ...]:
+    # Instead of the node's result: the positive part of the incoming gradient, unmasked.
+    return tuple(None if g is None else g.clamp(min=0) for g in grad_outputs)
+
+
+@contextmanager
+def relu_rule(output: torch.Tensor, rule: str) -> Iterator[None]:
+    """Backward passes from `output` inside the context use a modified ReLU gradient:
     - guided: pass back only positive gradient at positive inputs;
     - deconv: pass back the positive part of the gradient, ignoring the forward mask.
+
+    Hooks on the ReLU nodes of this one graph, found by walking it: exact for every way a
+    model calls ReLU, nothing is changed on (or hooked into) the model, and Python runs once
+    per ReLU node of the backward, not once per op. (A dispatch mode that rewrote
+    threshold_backward did the same arithmetic but ran Python for every backward op, each
+    taking the GIL back; on CUDA the plain backward runs in C++ without it.)
     """
-
-    def __init__(self, rule: str) -> None:
-        super().__init__()
-        if rule not in ("guided", "deconv"):
-            raise ValueError(f"rule must be 'guided' or 'deconv', got {rule!r}")
-        self.rule = rule
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if func is _aten.threshold_backward.default:
-            grad, result, threshold = args
-            if self.rule == "deconv":
-                return grad.clamp(min=0)
-            return func(grad.clamp(min=0), result, threshold)
-        return func(*args, **(kwargs or {}))
+    if rule not in ("guided", "deconv"):
+        raise ValueError(f"rule must be 'guided' or 'deconv', got {rule!r}")
+    handles = [
+        node.register_prehook(_guided) if rule == "guided" else node.register_hook(_deconv)
+        for node in relu_backward_nodes(output)
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def relu_rule_warnings(model: ServedModel, method: str) -> tuple[str, ...]:
@@ -61,7 +93,7 @@ def modified_relu_gradient(
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits, score, resolved, _ = forward_and_score(model, x, requests)
-        with ModifiedReLUGradient(rule):
+        with relu_rule(score, rule):
             (grad,) = torch.autograd.grad(score, x)
     return logits.detach(), grad, resolved
 
