@@ -6,6 +6,7 @@ the same as the others, SIGTERM drains them all, and one worker's death stops th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -75,11 +76,10 @@ def worker_pids(pid: int) -> list[int]:
 
 def alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        # A zombie (exited, not yet reaped) is not alive either.
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
         return False
-    # A zombie (exited, not yet reaped) is not alive either.
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def explain_ok(metrics_port: int) -> float:
@@ -150,6 +150,25 @@ def test_one_worker_dying_stops_the_others_and_the_supervisor_fails(tmp_path) ->
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_workers_do_not_outlive_a_killed_supervisor() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    proc = start(["--address", address, "--workers", "2"])
+    workers = worker_pids(proc.pid)
+    try:
+        os.kill(proc.pid, signal.SIGKILL)  # no chance to stop them itself
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while any(alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(w) for w in workers)
+    finally:
+        proc.kill()
+        proc.wait()
+        for w in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w, signal.SIGKILL)
 
 
 def test_a_single_server_refuses_a_port_another_one_serves() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from .config import DEFAULT_CONFIG, ConfigError, ServerConfig, load_config
 from .observability import configure_logging
 from .server import DeepvisServer
-from .workers import MAX_WORKERS, Supervisor, address_port
+from .workers import MAX_WORKERS, Supervisor, address_port, die_with_supervisor
 
 log = logging.getLogger("deepvis_server")
 
@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                 *(sys.argv[1:] if argv is None else argv),
             ]
             return Supervisor(command, config.workers, args.address, sys.stdout).run()
+        if args.worker_index is not None:
+            die_with_supervisor()
         if args.worker_index is not None and config.metrics_port:
             # Each worker has its own metrics: worker i serves them on metrics_port + i.
             config = replace(config, metrics_port=config.metrics_port + args.worker_index)

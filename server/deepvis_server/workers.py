@@ -13,11 +13,14 @@ Contract, the same as one process's: the supervisor prints one "serving" line wh
 worker serves; SIGTERM or SIGINT drains all of them and exits 0; if any worker exits (a
 fatal device error's 3, a crash, a kill), the supervisor stops the others and exits with
 that worker's code (1 when a signal killed it), so that whatever restarts a failed server
-restarts the whole set. Worker i serves /metrics on metrics_port + i (when metrics are on).
+restarts the whole set; a worker whose supervisor dies (even by SIGKILL) drains and exits.
+Worker i serves /metrics on metrics_port + i (when metrics are on).
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -26,6 +29,24 @@ from collections.abc import Sequence
 from typing import IO
 
 MAX_WORKERS = 64
+SUPERVISOR_PID_ENV = "DEEPVIS_SUPERVISOR_PID"
+
+
+def die_with_supervisor() -> None:
+    """In a worker: ask Linux to send SIGTERM (a drain) when the supervisor dies, however it
+    dies (a SIGKILL included), so that no worker outlives it holding the port; exits at once
+    if the supervisor is already gone. Elsewhere than Linux, nothing."""
+    expected = os.environ.get(SUPERVISOR_PID_ENV)
+    if expected is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(expected):  # it died before the request took effect
+        sys.exit(1)
 
 
 def address_port(address: str) -> int:
@@ -79,6 +100,7 @@ class Supervisor:
                 [*self.command, "--worker-index", str(i)],
                 stdout=subprocess.PIPE,
                 text=True,
+                env={**os.environ, SUPERVISOR_PID_ENV: str(os.getpid())},
             )
             self.procs.append(proc)
             threading.Thread(target=self._forward, args=(i, proc), daemon=True).start()
