@@ -193,7 +193,8 @@ def test_a_single_server_refuses_a_port_another_one_serves() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--address", "127.0.0.1:0", "--workers", "2"], "give a fixed one"),
+        (["--address", "127.0.0.1:0", "--workers", "2"], "with a fixed port"),
+        (["--address", "unix:/tmp/deepvis.sock", "--workers", "2"], "not a Unix socket"),
         (["--address", "127.0.0.1:50051", "--workers", "0"], "workers must be 1 to 64"),
         (["--address", "127.0.0.1:50051", "--workers", "65"], "workers must be 1 to 64"),
     ],

@@ -118,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.worker_index is None and config.workers > 1:
             if address_port(args.address) == 0:
                 raise ConfigError(
-                    f"--address {args.address}: workers share one port, so give a fixed one "
-                    "(port 0 would give each worker a different port)"
+                    f"--address {args.address}: workers share one TCP port, so give "
+                    "HOST:PORT with a fixed port (not 0, which gives each worker its own, and "
+                    "not a Unix socket)"
                 )
             command = [
                 sys.executable,
@@ -127,12 +128,11 @@ def main(argv: list[str] | None = None) -> int:
                 "deepvis_server",
                 *(sys.argv[1:] if argv is None else argv),
             ]
-            return Supervisor(command, config.workers, args.address, sys.stdout).run()
+            return Supervisor(command, config.workers, sys.stdout).run()
         if args.worker_index is not None:
             die_with_supervisor()
-        if args.worker_index is not None and config.metrics_port:
-            # Each worker has its own metrics: worker i serves them on metrics_port + i.
-            config = replace(config, metrics_port=config.metrics_port + args.worker_index)
+            if config.metrics_port:  # each worker its own: worker i on metrics_port + i
+                config = replace(config, metrics_port=config.metrics_port + args.worker_index)
         configure_logging(config.log_format, args.log_level)
         # The device thread takes the GIL back after every op: a short switch interval keeps
         # a busy event loop from holding it for 5 ms each time (bench/gil_convoy.py).

@@ -50,7 +50,7 @@ def die_with_supervisor() -> None:
 
 
 def address_port(address: str) -> int:
-    """The port of a HOST:PORT address (0 when it cannot be read: the worker then fails)."""
+    """The port of a HOST:PORT address; 0 when there is none (a Unix socket) or it is 0."""
     try:
         return int(address.rsplit(":", 1)[1])
     except (IndexError, ValueError):
@@ -60,10 +60,9 @@ def address_port(address: str) -> int:
 class Supervisor:
     """Runs `n` worker processes (`command` + `--worker-index i`) until a signal or a failure."""
 
-    def __init__(self, command: Sequence[str], n: int, address: str, out: IO[str]) -> None:
+    def __init__(self, command: Sequence[str], n: int, out: IO[str]) -> None:
         self.command = list(command)
         self.n = n
-        self.address = address
         self.out = out
         self.procs: list[subprocess.Popen[str]] = []
         self._serving: list[str] = []
