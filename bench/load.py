@@ -91,6 +91,39 @@ def client_proc(
     queue.put((time.time(), lat, batches, device_ms))
 
 
+def start_server(
+    config: Path, address: str, workers: int = 1, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """`deepvis-server` on `config` as its own process (quiet logs); see wait_serving."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deepvis_server",
+            "--config",
+            str(config),
+            "--address",
+            address,
+            "--log-level",
+            "WARNING",
+            "--workers",
+            str(workers),
+        ],  # fmt: skip
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def wait_serving(server: subprocess.Popen[str]) -> None:
+    """Returns once the server printed its serving line (models loaded, warmed up)."""
+    assert server.stdout is not None
+    for line in server.stdout:
+        if "serving" in line:
+            return
+    raise RuntimeError(f"deepvis-server exited with {server.wait()} before serving")
+
+
 def cpu_seconds(pid: int, tid: int | None = None) -> float:
     """User + system CPU seconds of a process, or of one of its threads."""
     path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
@@ -444,23 +477,7 @@ def main() -> int:
     served_model = load_model(spec, torch.device(args.device))
     layer = served_model.default_cam_layer
     address = f"127.0.0.1:{free_port()}"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "deepvis_server",
-            "--config",
-            str(tmp / "m.toml"),
-            "--address",
-            address,
-            "--log-level",
-            "WARNING",
-            "--workers",
-            str(args.workers),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    server = start_server(tmp / "m.toml", address, args.workers)
     report: dict = {
         "arch": args.arch,
         "size": args.size,
@@ -481,9 +498,7 @@ def main() -> int:
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     base_rounds: list[dict] = []
     try:
-        for line in server.stdout:
-            if "serving" in line:
-                break
+        wait_serving(server)
         for r in range(args.rounds):
             for method in methods:
                 run = served(

@@ -25,14 +25,19 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from load import cpu_seconds, free_port, server_cpu  # bench/ is on the path when run as a script
+from load import (
+    cpu_seconds,
+    free_port,
+    server_cpu,
+    start_server,
+    wait_serving,
+)  # bench/ is on the path when run as a script
 
 SIZE = 224
 
@@ -254,28 +259,9 @@ def main() -> int:
     print("in-process", report["in_process"], flush=True)
     address = f"127.0.0.1:{free_port()}"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "deepvis_server",
-            "--config",
-            str(cfg),
-            "--address",
-            address,
-            "--log-level",
-            "WARNING",
-            "--workers",
-            str(args.workers),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    server = start_server(cfg, address, args.workers, env)
     try:
-        for line in server.stdout:  # type: ignore[union-attr]
-            if "serving" in line:
-                break
+        wait_serving(server)
         runs = [("explain", 0)]
         if args.per_call:  # 0: one call per image only
             runs.append((f"explain_batch_{args.per_call}", args.per_call))
