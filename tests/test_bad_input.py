@@ -260,3 +260,27 @@ def test_fuzzed_requests_get_documented_statuses(digits_server, req) -> None:
         assert code in DOCUMENTED, (code, req)
         health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_batch_of_pixels_is_normalised_as_the_plain_formula_whatever_each_item_layout() -> None:
+    """Pixels off the wire are [C, H, W] views of channels-last memory, decoded images may be
+    plain [C, H, W]; a batch of both, stacked channels-last and laid out on the device, is
+    bit for bit (x / 255 - mean) / std of the items stacked as [N, C, H, W]. Float tensors
+    pass as they are."""
+    from deepvis_server.preprocess import batch_to_model_input, pixels_chw
+
+    rng = np.random.default_rng(5)
+    hwc = [rng.integers(0, 256, (6, 5, 3), dtype=np.uint8) for _ in range(3)]
+    items = [pixels_chw(hwc[0]), pixels_chw(hwc[1]).contiguous(), pixels_chw(hwc[2])]
+    assert not items[0].is_contiguous() and items[1].is_contiguous()
+    mean = torch.tensor([0.4, 0.5, 0.6])[:, None, None]
+    std = torch.tensor([0.2, 0.25, 0.3])[:, None, None]
+    got = batch_to_model_input(items, torch.device("cpu"), mean, std)
+    chw = torch.stack([torch.from_numpy(a.transpose(2, 0, 1).copy()) for a in hwc])
+    expected = (chw.float() / 255.0 - mean) / std
+    assert got.dtype == torch.float32 and got.is_contiguous() and torch.equal(got, expected)
+    gray = [pixels_chw(rng.integers(0, 256, (6, 5), dtype=np.uint8)) for _ in range(2)]
+    got = batch_to_model_input(gray, torch.device("cpu"), mean[:1], std[:1])
+    assert torch.equal(got, (torch.stack(gray).float() / 255.0 - mean[:1]) / std[:1])
+    floats = [torch.randn(3, 6, 5) for _ in range(2)]
+    assert torch.equal(batch_to_model_input(floats, torch.device("cpu"), mean, std), torch.stack(floats))

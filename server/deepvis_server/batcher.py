@@ -16,7 +16,7 @@ import torch
 from .errors import DeadlineExceeded, DeepvisError, ResourceExhausted, Unavailable
 from .methods import Method, MethodRequest, Target
 from .models import ServedModel
-from .preprocess import to_model_input
+from .preprocess import batch_to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -246,11 +246,7 @@ class Batcher:
         t0 = time.perf_counter()
         model = self.model
         try:
-            x = torch.stack([it.x for it in live])
-            if model.device.type == "cuda":
-                # Page-locked memory lets the copy run asynchronously with the host work.
-                x = x.pin_memory()
-            x = to_model_input(x.to(model.device, non_blocking=True), *self._mean_std())
+            x = batch_to_model_input([it.x for it in live], model.device, *self._mean_std())
             fast = model.spec.fast
             if fast:
                 x = x.contiguous(memory_format=torch.channels_last)

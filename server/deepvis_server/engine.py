@@ -15,7 +15,7 @@ from .config import ConfigError, ServerConfig
 from .errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from .methods import REGISTRY, Method, MethodRequest, Output
 from .models import ServedModel, load_model, select_device
-from .preprocess import Limits, RawInput, input_to_tensor
+from .preprocess import Limits, RawInput, input_to_tensor, wire_pixels
 from .visualizer import RenderLimits, Visualizer
 
 log = logging.getLogger(__name__)
@@ -172,9 +172,13 @@ class Engine:
         method = self.method(method_name)
         request = method.prepare(model, request)
         loop = asyncio.get_running_loop()
-        x = await loop.run_in_executor(
-            self.cpu_executor, input_to_tensor, raw, model.spec, self.limits
-        )
+        # Pixels already at the model's size take one copy of their bytes: cheaper here than
+        # the hop to a worker thread and back. Anything to decode or resize takes the hop.
+        x = wire_pixels(raw, model.spec, self.limits)
+        if x is None:
+            x = await loop.run_in_executor(
+                self.cpu_executor, input_to_tensor, raw, model.spec, self.limits
+            )
         item = WorkItem(
             x=x,
             method=method,
@@ -184,15 +188,15 @@ class Engine:
             future=loop.create_future(),
             half=half_result,
         )
-        future = self.batchers[model.name].submit(item)
+        batcher = self.batchers[model.name]
+        future = batcher.submit(item)
+        # At the deadline the future fails, so the batcher drops the item before compute (a
+        # timer handle: asyncio.wait_for would wrap each request in a task and a timeout).
+        timer = loop.call_at(deadline, _expire, future, batcher)
         try:
-            # Cancelling the future on timeout drops the item before compute.
-            result = await asyncio.wait_for(future, timeout=max(0.0, deadline - loop.time()))
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"no result within the request's deadline (queue depth now "
-                f"{self.batchers[model.name].queue_depth})"
-            ) from None
+            result = await future
+        finally:
+            timer.cancel()
         finish = (model, result.array, result.extras, request, x, render)
         if render:  # pictures: PNG encoding belongs off the loop
             output = await loop.run_in_executor(self.cpu_executor, method.finish, *finish)
@@ -203,3 +207,12 @@ class Engine:
     async def run_cpu(self, fn: Callable[..., T], *args: Any) -> T:
         """Runs CPU work (decoding, PNG encoding) off the event loop and off the device thread."""
         return await asyncio.get_running_loop().run_in_executor(self.cpu_executor, fn, *args)
+
+
+def _expire(future: asyncio.Future[ItemResult], batcher: Batcher) -> None:
+    if not future.done():
+        future.set_exception(
+            DeadlineExceeded(
+                f"no result within the request's deadline (queue depth now {batcher.queue_depth})"
+            )
+        )
