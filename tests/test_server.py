@@ -87,7 +87,7 @@ def test_float16_array_and_top_k(digits_server, sample_paths) -> None:
 def test_float16_wire_bytes_are_numpy_cast_bits() -> None:
     """The fast float16 cast gives exactly numpy's bits: every magnitude a result can have
     (gradients far below float16's smallest normal, subnormals, overflow, inf, nan, -0)."""
-    from deepvis_server.convert import tensor_to_pb, wire_bytes
+    from deepvis_server.convert import fill_tensor, wire_bytes
 
     rng = np.random.default_rng(0)
     parts = [rng.standard_normal(2000) * s for s in (1e-9, 1e-7, 3e-5, 1e-3, 1.0, 1e3, 6e4, 1e6)]
@@ -100,10 +100,12 @@ def test_float16_wire_bytes_are_numpy_cast_bits() -> None:
     with np.errstate(over="ignore"):
         assert wire_bytes(a.T, np.dtype("<f2")) == a.T.astype("<f2").tobytes()
     assert wire_bytes(a, np.dtype("<f4")) == a.tobytes()
-    t = tensor_to_pb(a[:, :8], "float16")
+    t = pb.Tensor()
+    fill_tensor(t, a[:, :8], "float16")
     assert t.dtype == pb.DTYPE_FLOAT16 and list(t.shape) == [2, 8]
     assert np.array_equal(np.frombuffer(t.data, "<f2").reshape(2, 8), a[:, :8].astype("<f2"))
-    ints = tensor_to_pb(np.arange(3, dtype=np.int32), "float16")
+    ints = pb.Tensor()
+    fill_tensor(ints, np.arange(3, dtype=np.int32), "float16")
     assert ints.dtype == pb.DTYPE_INT64 and np.frombuffer(ints.data, "<i8").tolist() == [0, 1, 2]
 
 

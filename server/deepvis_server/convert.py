@@ -32,12 +32,20 @@ def method_name(value: int) -> str:
     return pb.Method.Name(value).removeprefix("METHOD_").lower()
 
 
+# Every schema method by value and by name, read once (the enum wrapper's values() builds a
+# new list on each call, and parsing checks every request's method).
+_METHODS: dict[int, str] = {
+    v: method_name(v) for v in pb.Method.values() if v != pb.METHOD_UNSPECIFIED
+}
+_METHOD_VALUES: dict[str, Any] = {name: v for v, name in _METHODS.items()}
+
+
 def method_value(name: str) -> Any:  # the enum type exists only in the .pyi
-    return pb.Method.Value("METHOD_" + name.upper())
+    return _METHOD_VALUES[name]
 
 
 def schema_methods() -> list[str]:
-    return [method_name(v) for v in pb.Method.values() if v != pb.METHOD_UNSPECIFIED]
+    return list(_METHODS.values())
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,8 @@ def _target(msg: pb.ExplainRequest) -> Target | None:
 
 def parse_explain(msg: pb.ExplainRequest) -> ParsedExplain:
     """Reads an ExplainRequest into plain values; refuses what is wrong whatever the model."""
-    if msg.method == pb.METHOD_UNSPECIFIED or msg.method not in pb.Method.values():
+    method = _METHODS.get(msg.method)
+    if method is None:
         raise InvalidArgument(
             f"method {msg.method} is not a served method; valid: "
             + ", ".join(f"METHOD_{m.upper()}" for m in schema_methods()),
@@ -119,7 +128,7 @@ def parse_explain(msg: pb.ExplainRequest) -> ParsedExplain:
         raise InvalidArgument(f"output.top_k must be >= 0, got {opts.top_k}", field="output.top_k")
     return ParsedExplain(
         model=msg.model,
-        method=method_name(msg.method),
+        method=method,
         input=_raw_input(msg.input),
         request=MethodRequest(
             target=_target(msg), layers=tuple(msg.layers), top_k_channels=msg.top_k_channels
@@ -140,13 +149,17 @@ def target_to_pb(target: Target) -> pb.Target:
     return pb.Target(neuron=neuron)
 
 
-def tensor_to_pb(array: np.ndarray, dtype_name: str) -> pb.Tensor:
-    """Raw little-endian bytes: integer arrays as INT64, float ones as asked (float32/float16)."""
+def fill_tensor(msg: pb.Tensor, array: np.ndarray, dtype_name: str) -> None:
+    """Writes `array` into `msg` as raw little-endian bytes: integer arrays as INT64, float ones
+    as asked (float32/float16). In place: a Tensor built apart and then copied into its parent
+    message would copy the bytes once more."""
     if np.issubdtype(array.dtype, np.integer):
         enum, dtype = pb.DTYPE_INT64, np.dtype("<i8")  # type: ignore[assignment]
     else:
         enum, dtype = _WIRE_DTYPES[dtype_name]
-    return pb.Tensor(dtype=enum, shape=array.shape, data=wire_bytes(array, dtype))
+    msg.dtype = enum
+    msg.shape.extend(array.shape)
+    msg.data = wire_bytes(array, dtype)
 
 
 def wire_bytes(array: np.ndarray, dtype: np.dtype[Any]) -> bytes:
@@ -180,11 +193,9 @@ def explain_response(
         images=[pb.NamedImage(name=k, png=v) for k, v in output.pngs.items()],
     )
     if not parsed.omit_array:
-        resp.array.CopyFrom(tensor_to_pb(output.array, parsed.array_dtype))
-        resp.arrays.extend(
-            pb.NamedTensor(name=k, tensor=tensor_to_pb(v, parsed.array_dtype))
-            for k, v in output.arrays.items()
-        )
+        fill_tensor(resp.array, output.array, parsed.array_dtype)
+        for k, v in output.arrays.items():
+            fill_tensor(resp.arrays.add(name=k).tensor, v, parsed.array_dtype)
     if output.png is not None:
         resp.image_png = output.png
     return resp
@@ -318,7 +329,6 @@ def visualize_result(
     max_jobs: int,
 ) -> pb.VisualizeResponse:
     result = pb.VisualizeResult(
-        array=tensor_to_pb(pixels, parsed.array_dtype),
         images_png=pngs,
         objective=objective,
         steps=steps,
@@ -326,8 +336,9 @@ def visualize_result(
         compute_ms=compute_ms,
         max_batch_jobs=max_jobs,
     )
+    fill_tensor(result.array, pixels, parsed.array_dtype)
     if attribution is not None:
-        result.attribution.CopyFrom(tensor_to_pb(attribution.array, parsed.array_dtype))
+        fill_tensor(result.attribution, attribution.array, parsed.array_dtype)
         if attribution.png is not None:
             result.attribution_png = attribution.png
     return pb.VisualizeResponse(result=result)

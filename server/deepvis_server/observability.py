@@ -262,11 +262,11 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             for item in response.items:
                 if item.HasField("response"):
                     self._record_batching(item.response)
-        if obs.access_log:
-            # Health probes and reflection succeed every few seconds: only worth a debug line.
-            quiet = code == "OK" and "/" in call.method
+        # Health probes and reflection succeed every few seconds: only worth a debug line.
+        level = logging.DEBUG if code == "OK" and "/" in call.method else logging.INFO
+        if obs.access_log and _access.isEnabledFor(level):  # the peer and fields only if logged
             _access.log(
-                logging.DEBUG if quiet else logging.INFO,
+                level,
                 "%s %s %.1f ms",
                 call.method,
                 code,
