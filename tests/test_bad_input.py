@@ -283,4 +283,6 @@ def test_a_batch_of_pixels_is_normalised_as_the_plain_formula_whatever_each_item
     got = batch_to_model_input(gray, torch.device("cpu"), mean[:1], std[:1])
     assert torch.equal(got, (torch.stack(gray).float() / 255.0 - mean[:1]) / std[:1])
     floats = [torch.randn(3, 6, 5) for _ in range(2)]
-    assert torch.equal(batch_to_model_input(floats, torch.device("cpu"), mean, std), torch.stack(floats))
+    assert torch.equal(
+        batch_to_model_input(floats, torch.device("cpu"), mean, std), torch.stack(floats)
+    )
