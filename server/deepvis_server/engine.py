@@ -190,8 +190,8 @@ class Engine:
         )
         batcher = self.batchers[model.name]
         future = batcher.submit(item)
-        # At the deadline the future fails, so the batcher drops the item before compute (a
-        # timer handle: asyncio.wait_for would wrap each request in a task and a timeout).
+        # At the deadline the future fails, so the batcher drops the item before compute: one
+        # timer handle, where asyncio.wait_for added a waiter future and callbacks as well.
         timer = loop.call_at(deadline, _expire, future, batcher)
         try:
             result = await future
