@@ -198,7 +198,7 @@ def in_process(cfg: Path, callers: int, requests: int) -> dict:
         async def caller(n: int) -> None:
             for _ in range(n):
                 p = convert.parse_explain(pb.ExplainRequest.FromString(data))
-                model, res, out = await engine.explain(
+                model, res, out, region = await engine.explain(
                     p.model,
                     p.method,
                     p.input,
@@ -207,7 +207,7 @@ def in_process(cfg: Path, callers: int, requests: int) -> dict:
                     render=False,
                     deadline=loop.time() + 600,
                 )
-                convert.explain_response(p, model, res, out).SerializeToString()
+                convert.explain_response(p, model, res, out, region).SerializeToString()
 
         await asyncio.gather(*(caller(4) for _ in range(callers)))
         c0, t0 = cpu_seconds(os.getpid()), time.time()

@@ -64,9 +64,12 @@ def test_pixel_arrays_become_the_same_tensor_as_their_pil_image(channels, shape)
     spec = replace(load_config().models[0], channels=channels, input_size=(32, 32))
     arr = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
     raw = RawInput(kind="pixels", data=arr.tobytes(), dtype="uint8", shape=shape)
-    got = input_to_tensor(raw, spec, Limits(max_image_pixels=1 << 20, max_tensor_elements=1 << 20))
+    got, region = input_to_tensor(
+        raw, spec, Limits(max_image_pixels=1 << 20, max_tensor_elements=1 << 20)
+    )
     squeezed = arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr
-    expected = image_to_tensor(Image.fromarray(squeezed), spec)
+    expected, expected_region = image_to_tensor(Image.fromarray(squeezed), spec)
+    assert region == expected_region == (0.0, 0.0, float(shape[1]), float(shape[0]))
     assert got.dtype == torch.uint8 and got.shape == (channels, 32, 32)
     assert torch.equal(got, expected)
     if channels == 3 and shape == (32, 32, 3):

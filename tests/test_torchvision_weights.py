@@ -90,6 +90,7 @@ def test_the_config_takes_what_the_weights_declare() -> None:
     assert spec.input_size == (224, 224) == (TRANSFORMS.crop_size[0],) * 2
     assert spec.mean == tuple(TRANSFORMS.mean) and spec.std == tuple(TRANSFORMS.std)
     assert spec.channels == 3
+    assert spec.resize == 256 == TRANSFORMS.resize_size[0]  # shorter side, then the crop
     # DEFAULT is torchvision's alias of the recommended weights.
     default = parse_one(resnet_table(weights="torchvision:DEFAULT"))
     assert default.torchvision_weights == spec.torchvision_weights
@@ -111,6 +112,62 @@ def test_what_the_config_sets_wins_and_is_checked(tmp_path: Path) -> None:
         parse_one(resnet_table(input_size=[224]))
     with pytest.raises(ConfigError, match=r"std must be positive"):
         parse_one(resnet_table(std=[0.2, 0.0, 0.2]))
+    assert parse_one(resnet_table(resize=0)).resize == 0  # straight to input_size
+    assert parse_one(resnet_table(resize=300)).resize == 300
+    for bad in (100, 223, True, 2.5, 10_000):
+        with pytest.raises(ConfigError, match=r"resize must be 0 .* from max\(input_size\) = 224"):
+            parse_one(resnet_table(resize=bad))
+
+
+def _photo(width: int, height: int) -> Any:
+    """A smooth RGB picture (gradients and a disc), as a PIL image."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:height, 0:width]
+    disc = ((xx - width / 3) ** 2 + (yy - height / 2) ** 2 < (min(width, height) / 4) ** 2) * 120
+    rgb = np.stack([xx * 255 / width, yy * 255 / height, disc + 60], axis=-1)
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("size", [(300, 200), (199, 301), (640, 480), (224, 260)])
+def test_images_are_resized_and_centre_cropped_as_torchvision_does(size: tuple[int, int]) -> None:
+    """With the weights' resize, the model input is torchvision's own evaluation transform of
+    the image, bit for bit (the same PIL resize and crop, the same float arithmetic)."""
+    from deepvis_server.preprocess import batch_to_model_input, image_to_tensor
+
+    spec = parse_one(resnet_table())
+    img = _photo(*size)
+    pixels, region = image_to_tensor(img, spec)
+    mean = torch.tensor(spec.mean)[:, None, None]
+    std = torch.tensor(spec.std)[:, None, None]
+    x = batch_to_model_input([pixels], torch.device("cpu"), mean, std)
+    assert torch.equal(x, TRANSFORMS(img)[None])
+    # The crop box in the picture's own pixels: 224x224 of the resized picture (its size as
+    # torchvision resizes it), centred to within one resized pixel.
+    from torchvision.transforms import functional as tvf
+
+    width, height = size
+    new_w, new_h = tvf.resize(img, TRANSFORMS.resize_size).size
+    sx, sy = width / new_w, height / new_h
+    x0, y0, w, h = region
+    assert w == pytest.approx(224 * sx) and h == pytest.approx(224 * sy)
+    assert x0 + w / 2 == pytest.approx(width / 2, abs=sx)
+    assert y0 + h / 2 == pytest.approx(height / 2, abs=sy)
+
+
+def test_the_crop_box_by_hand_and_inputs_at_the_model_size_taken_as_they_are() -> None:
+    from deepvis_server.preprocess import image_to_tensor
+
+    spec = parse_one(resnet_table())
+    # 300x200 -> 384x256 (shorter side 256), crop 224 at left 80, top 16; scale 200/256.
+    _, region = image_to_tensor(_photo(300, 200), spec)
+    assert region == (62.5, 12.5, 175.0, 175.0)
+    pixels, region = image_to_tensor(_photo(224, 224), spec)
+    assert region == (0.0, 0.0, 224.0, 224.0)
+    assert torch.equal(pixels.permute(1, 2, 0), torch.from_numpy(np.array(_photo(224, 224))))
+    # Without resize the picture is squashed to the input size: all of it is seen.
+    _, region = image_to_tensor(_photo(300, 200), parse_one(resnet_table(resize=0)))
+    assert region == (0.0, 0.0, 300.0, 200.0)
 
 
 @pytest.mark.parametrize(
@@ -181,6 +238,36 @@ def test_a_server_explains_with_the_torchvision_weights(hub: Path, twin: torch.n
     assert result.image is not None and result.image.size == (224, 224)
     assert cam.array is not None and cam.array.shape == (224, 224)
     assert cam.arrays["cam"].shape == (7, 7)
+
+
+def test_a_photo_is_explained_on_the_crop_torchvision_would_take(
+    hub: Path, twin: torch.nn.Module
+) -> None:
+    """A 320x240 PNG through a real server: the model saw torchvision's evaluation transform of
+    it (its class scores are the twin's on that input), the answer says which box of the
+    photo that was, and DescribeModel says the model resizes to 256 first."""
+    import io
+
+    config = parse_config({"models": [resnet_table(max_delay_ms=0.0)]}, Path("."))
+    img = _photo(320, 240)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    with serve_in_thread(config, f"127.0.0.1:{free_port()}") as server:
+        with deepvis.Client(server.bound_address, timeout=60) as client:
+            (info,) = client.models()
+            result = client.explain(buf.getvalue(), method="guided_backprop", top_k=5)
+            straight = client.explain(np.array(_photo(224, 224)), render=False, top_k=1)
+    assert info.resize == 256
+    with torch.no_grad():
+        probs = twin(TRANSFORMS(img)[None]).softmax(dim=1)[0]
+    top = probs.topk(5)
+    assert [p.index for p in result.predictions] == top.indices.tolist()
+    np.testing.assert_allclose([p.score for p in result.predictions], top.values, rtol=1e-5)
+    # 320x240 -> 341x256, crop 224 at left 58, top 16; back in the photo's pixels.
+    sx, sy = 320 / 341, 240 / 256
+    assert result.input_region == pytest.approx((58 * sx, 16 * sy, 224 * sx, 224 * sy))
+    assert result.array is not None and result.array.shape == (3, 224, 224)
+    assert straight.input_region == (0.0, 0.0, 224.0, 224.0)
 
 
 def test_a_cached_checkpoint_with_pickled_code_is_refused(

@@ -146,6 +146,11 @@ def test_attribution_on_an_input(digits_server, sample_paths) -> None:
         direct = client.explain(str(sample_paths[4]), target=deepvis.Neuron("conv3", 5))
     assert res.attribution is not None and res.attribution_image is not None
     assert np.allclose(res.attribution, direct.array, atol=1e-6)
+    # The digits model squashes (no resize): the attribution covers the whole picture.
+    from PIL import Image
+
+    width, height = Image.open(sample_paths[4]).size
+    assert res.attribution_region == direct.input_region == (0.0, 0.0, width, height)
 
 
 @pytest.mark.parametrize(

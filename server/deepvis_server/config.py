@@ -44,6 +44,10 @@ class ModelSpec:
     # torchvision's published weights by their full name ("ResNet18_Weights.IMAGENET1K_V1"),
     # fetched through torch.hub's cache at load time; `weights` is then None.
     torchvision_weights: str | None = None
+    # Inputs not already at input_size: resized so that their shorter side is this many
+    # pixels, then centre-cropped to input_size (torchvision's evaluation transforms);
+    # 0: resized straight to input_size.
+    resize: int = 0
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ _MODEL_KEYS = {
     "max_batch_size",
     "max_delay_ms",
     "fast",
+    "resize",
 }
 _LIMIT_KEYS: tuple[str, ...] = (
     "max_message_bytes",
@@ -200,6 +205,9 @@ def _declared_by(weights: Any) -> dict[str, Any]:
     crop = getattr(transforms, "crop_size", None)
     if isinstance(crop, (list, tuple)) and len(crop) in (1, 2):
         declared["input_size"] = [int(crop[0]), int(crop[-1])]
+    resize = getattr(transforms, "resize_size", None)
+    if isinstance(resize, (list, tuple)) and len(resize) == 1:  # the shorter side
+        declared["resize"] = int(resize[0])
     for key in ("mean", "std"):
         value = getattr(transforms, key, None)
         if isinstance(value, (list, tuple)):
@@ -260,6 +268,16 @@ def parse_model(table: dict[str, Any], base: Path, index: int) -> ModelSpec:
     fast = table.get("fast", False)
     if not isinstance(fast, bool):
         raise ConfigError(f"{where}.fast must be true or false, got {fast!r}")
+    resize = settings.get("resize", 0)
+    if (
+        not isinstance(resize, int)
+        or isinstance(resize, bool)
+        or (resize != 0 and not max(input_size) <= resize <= 8192)
+    ):
+        raise ConfigError(
+            f"{where}.resize must be 0 (resize straight to input_size) or the shorter side "
+            f"in pixels, from max(input_size) = {max(input_size)} to 8192, got {resize!r}"
+        )
     return ModelSpec(
         name=name,
         arch=arch,
@@ -280,6 +298,7 @@ def parse_model(table: dict[str, Any], base: Path, index: int) -> ModelSpec:
         torchvision_weights=None
         if tv_weights is None
         else f"{type(tv_weights).__name__}.{tv_weights.name}",
+        resize=resize,
     )
 
 

@@ -17,7 +17,7 @@ from .featurevis.render import RenderJob
 from .methods import ClassTarget, MethodRequest, NeuronTarget, Output, Target
 from .methods.base import MAX_LAYERS_PER_REQUEST
 from .models import ServedModel
-from .preprocess import RawInput
+from .preprocess import RawInput, Region
 
 _DTYPE_NAMES = {pb.DTYPE_FLOAT32: "float32", pb.DTYPE_FLOAT16: "float16", pb.DTYPE_UINT8: "uint8"}
 _WIRE_DTYPES: dict[str, tuple[Any, np.dtype[Any]]] = {
@@ -176,8 +176,13 @@ def wire_bytes(array: np.ndarray, dtype: np.dtype[Any]) -> bytes:
     return np.ascontiguousarray(array, dtype=dtype).tobytes()
 
 
+def region_to_pb(region: Region) -> pb.InputRegion:
+    x, y, width, height = region
+    return pb.InputRegion(x=x, y=y, width=width, height=height)
+
+
 def explain_response(
-    parsed: ParsedExplain, model: ServedModel, result: ItemResult, output: Output
+    parsed: ParsedExplain, model: ServedModel, result: ItemResult, output: Output, region: Region
 ) -> pb.ExplainResponse:
     resp = pb.ExplainResponse(
         model=model.name,
@@ -191,6 +196,7 @@ def explain_response(
         ),
         warnings=list(result.warnings),
         images=[pb.NamedImage(name=k, png=v) for k, v in output.pngs.items()],
+        input_region=region_to_pb(region),
     )
     if not parsed.omit_array:
         fill_tensor(resp.array, output.array, parsed.array_dtype)
@@ -214,6 +220,7 @@ def model_info(model: ServedModel, methods: list[str]) -> pb.ModelInfo:
         std=s.std,
         labels=list(model.labels),
         methods=[method_value(m) for m in methods],
+        resize=s.resize,
     )
 
 
@@ -323,7 +330,7 @@ def visualize_result(
     pngs: list[bytes],
     objective: float,
     steps: int,
-    attribution: Output | None,
+    attribution: tuple[Output, Region] | None,
     queue_ms: float,
     compute_ms: float,
     max_jobs: int,
@@ -338,9 +345,11 @@ def visualize_result(
     )
     fill_tensor(result.array, pixels, parsed.array_dtype)
     if attribution is not None:
-        fill_tensor(result.attribution, attribution.array, parsed.array_dtype)
-        if attribution.png is not None:
-            result.attribution_png = attribution.png
+        output, region = attribution
+        fill_tensor(result.attribution, output.array, parsed.array_dtype)
+        result.attribution_region.CopyFrom(region_to_pb(region))
+        if output.png is not None:
+            result.attribution_png = output.png
     return pb.VisualizeResponse(result=result)
 
 

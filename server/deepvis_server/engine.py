@@ -15,7 +15,7 @@ from .config import ConfigError, ServerConfig
 from .errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from .methods import REGISTRY, Method, MethodRequest, Output
 from .models import ServedModel, load_model, select_device
-from .preprocess import Limits, RawInput, input_to_tensor, wire_pixels
+from .preprocess import Limits, RawInput, Region, input_to_tensor, whole, wire_pixels
 from .visualizer import RenderLimits, Visualizer
 
 log = logging.getLogger(__name__)
@@ -164,19 +164,22 @@ class Engine:
         render: bool,
         deadline: float,
         half_result: bool = False,
-    ) -> tuple[ServedModel, ItemResult, Output]:
-        """Validates, preprocesses and queues one request; returns its share of its batch and
-        the finished output (arrays and pictures). With `half_result` the main array may come
-        back as float16 (when its whole batch wants that), cast on the device."""
+    ) -> tuple[ServedModel, ItemResult, Output, Region]:
+        """Validates, preprocesses and queues one request; returns its share of its batch, the
+        finished output (arrays and pictures) and the region of the input the model saw. With
+        `half_result` the main array may come back as float16 (when its whole batch wants
+        that), cast on the device."""
         model = self.model(model_name)
         method = self.method(method_name)
         request = method.prepare(model, request)
         loop = asyncio.get_running_loop()
         # Pixels already at the model's size take one copy of their bytes: cheaper here than
         # the hop to a worker thread and back. Anything to decode or resize takes the hop.
-        x = wire_pixels(raw, model.spec, self.limits)
-        if x is None:
-            x = await loop.run_in_executor(
+        ready = wire_pixels(raw, model.spec, self.limits)
+        if ready is not None:
+            x, region = ready, whole(*model.spec.input_size[::-1])
+        else:
+            x, region = await loop.run_in_executor(
                 self.cpu_executor, input_to_tensor, raw, model.spec, self.limits
             )
         item = WorkItem(
@@ -202,7 +205,7 @@ class Engine:
             output = await loop.run_in_executor(self.cpu_executor, method.finish, *finish)
         else:  # arrays only: slicing, cheaper than the hop to a thread and back
             output = method.finish(*finish)
-        return model, result, output
+        return model, result, output, region
 
     async def run_cpu(self, fn: Callable[..., T], *args: Any) -> T:
         """Runs CPU work (decoding, PNG encoding) off the event loop and off the device thread."""

@@ -136,13 +136,48 @@ def pixels_array(raw: RawInput, limits: Limits) -> np.ndarray:
     return arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr
 
 
-def image_to_tensor(img: Image.Image, spec: ModelSpec) -> torch.Tensor:
-    """Converts and resizes to the model's input mode and size: uint8 pixels [C, H, W]."""
+# The part of an input the model sees, in the input's own pixels: x, y of the top-left
+# corner, width, height.
+Region = tuple[float, float, float, float]
+
+
+def whole(width: float, height: float) -> Region:
+    return (0.0, 0.0, float(width), float(height))
+
+
+def image_to_tensor(img: Image.Image, spec: ModelSpec) -> tuple[torch.Tensor, Region]:
+    """Converts to the model's input mode and brings the image to its input size: uint8
+    pixels [C, H, W], and the region of the image they show.
+
+    An image already at the input size is taken as it is. Any other is resized straight to
+    it, or, when the model has `resize`, resized so that its shorter side is `resize` pixels
+    and centre-cropped: what torchvision's evaluation transforms (Resize, CenterCrop) do, by
+    the same PIL calls, so the pixels are the same.
+    """
     img = to_model_mode(img, spec.channels)
     h, w = spec.input_size
+    region = whole(*img.size)
     if img.size != (w, h):
-        img = img.resize((w, h), Image.Resampling.BILINEAR)
-    return pixels_chw(np.array(img))
+        if spec.resize:
+            img, region = _resize_and_crop(img, spec.resize, h, w)
+        else:
+            img = img.resize((w, h), Image.Resampling.BILINEAR)
+    return pixels_chw(np.array(img)), region
+
+
+def _resize_and_crop(img: Image.Image, short: int, h: int, w: int) -> tuple[Image.Image, Region]:
+    """torchvision's Resize(short) then CenterCrop((h, w)) on a PIL image (`short` is at least
+    h and w, so the crop always fits), and the crop box in the original image's pixels."""
+    width, height = img.size
+    if width <= height:
+        new_w, new_h = short, int(short * height / width)
+    else:
+        new_w, new_h = int(short * width / height), short
+    img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    top, left = int(round((new_h - h) / 2.0)), int(round((new_w - w) / 2.0))
+    sx, sy = width / new_w, height / new_h
+    region = (left * sx, top * sy, w * sx, h * sy)
+    return img.crop((left, top, left + w, top + h)), region
 
 
 def pixels_chw(pixels: np.ndarray) -> torch.Tensor:
@@ -231,15 +266,16 @@ def tensor_input(raw: RawInput, spec: ModelSpec, limits: Limits) -> torch.Tensor
     )  # astype copies: the wire buffer stays read-only
 
 
-def input_to_tensor(raw: RawInput, spec: ModelSpec, limits: Limits) -> torch.Tensor:
+def input_to_tensor(raw: RawInput, spec: ModelSpec, limits: Limits) -> tuple[torch.Tensor, Region]:
     """One request's input at the model's size, [C, H, W]: uint8 pixels for images and pixel
-    arrays (normalised later, per batch, by `batch_to_model_input`), float32 for a tensor."""
+    arrays (normalised later, per batch, by `batch_to_model_input`), float32 for a tensor;
+    and the region of the input it shows (see `image_to_tensor`)."""
     if raw.kind == "tensor":
-        return tensor_input(raw, spec, limits)
+        return tensor_input(raw, spec, limits), whole(*spec.input_size[::-1])
     if raw.kind == "pixels":
         ready = wire_pixels(raw, spec, limits)
         if ready is not None:
-            return ready
+            return ready, whole(*spec.input_size[::-1])
         return image_to_tensor(Image.fromarray(pixels_array(raw, limits)), spec)
     if raw.kind == "image":
         return image_to_tensor(decode_image(raw.data, limits), spec)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -26,6 +26,9 @@ from .errors import (
 from .methods import MethodRequest, Output
 from .models import ServedModel
 from .render import render_images, render_strip
+
+if TYPE_CHECKING:
+    from .preprocess import Region
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +182,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
 
     async def _explain_by(self, request: pb.ExplainRequest, deadline: float) -> pb.ExplainResponse:
         parsed = convert.parse_explain(request)
-        model, result, output = await self.engine.explain(
+        model, result, output, region = await self.engine.explain(
             parsed.model,
             parsed.method,
             parsed.input,
@@ -190,7 +193,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
             # No pictures to draw from it: the device may hand the result over as float16.
             half_result=parsed.array_dtype == "float16" and not parsed.render,
         )
-        return convert.explain_response(parsed, model, result, output)
+        return convert.explain_response(parsed, model, result, output, region)
 
     def deadline(self, context: grpc.aio.ServicerContext) -> float:
         """The request's deadline on the loop clock: the client's, capped at max_timeout_s, or
@@ -261,12 +264,13 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
 
     async def _attribution(
         self, parsed: convert.ParsedVisualize, model: ServedModel
-    ) -> Output | None:
-        """Guided backprop of the objective's neuron or class on the request's input."""
+    ) -> tuple[Output, Region] | None:
+        """Guided backprop of the objective's neuron or class on the request's input, and the
+        region of the input it covers."""
         target = convert.objective_target(parsed.job.objective)
         if target is None or parsed.input is None:
             return None
-        _, _, output = await self.engine.explain(
+        _, _, output, region = await self.engine.explain(
             model.name,
             "guided_backprop",
             parsed.input,
@@ -275,7 +279,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
             render=True,
             deadline=asyncio.get_running_loop().time() + self.engine.config.max_timeout_s,
         )
-        return output
+        return output, region
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext

@@ -134,7 +134,7 @@ class Timing(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("model", "method", "array", "image_png", "predictions", "target", "timing", "warnings", "arrays", "images")
+    __slots__ = ("model", "method", "array", "image_png", "predictions", "target", "timing", "warnings", "arrays", "images", "input_region")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ARRAY_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,7 @@ class ExplainResponse(_message.Message):
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     ARRAYS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    INPUT_REGION_FIELD_NUMBER: _ClassVar[int]
     model: str
     method: Method
     array: Tensor
@@ -155,7 +156,20 @@ class ExplainResponse(_message.Message):
     warnings: _containers.RepeatedScalarFieldContainer[str]
     arrays: _containers.RepeatedCompositeFieldContainer[NamedTensor]
     images: _containers.RepeatedCompositeFieldContainer[NamedImage]
-    def __init__(self, model: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., array: _Optional[_Union[Tensor, _Mapping]] = ..., image_png: _Optional[bytes] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., arrays: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[NamedImage, _Mapping]]] = ...) -> None: ...
+    input_region: InputRegion
+    def __init__(self, model: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., array: _Optional[_Union[Tensor, _Mapping]] = ..., image_png: _Optional[bytes] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., arrays: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[NamedImage, _Mapping]]] = ..., input_region: _Optional[_Union[InputRegion, _Mapping]] = ...) -> None: ...
+
+class InputRegion(_message.Message):
+    __slots__ = ("x", "y", "width", "height")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    x: float
+    y: float
+    width: float
+    height: float
+    def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ..., width: _Optional[float] = ..., height: _Optional[float] = ...) -> None: ...
 
 class ExplainBatchRequest(_message.Message):
     __slots__ = ("requests",)
@@ -208,7 +222,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "arch", "num_classes", "channels", "height", "width", "mean", "std", "labels", "methods")
+    __slots__ = ("name", "arch", "num_classes", "channels", "height", "width", "mean", "std", "labels", "methods", "resize")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARCH_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +233,7 @@ class ModelInfo(_message.Message):
     STD_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     METHODS_FIELD_NUMBER: _ClassVar[int]
+    RESIZE_FIELD_NUMBER: _ClassVar[int]
     name: str
     arch: str
     num_classes: int
@@ -229,7 +244,8 @@ class ModelInfo(_message.Message):
     std: _containers.RepeatedScalarFieldContainer[float]
     labels: _containers.RepeatedScalarFieldContainer[str]
     methods: _containers.RepeatedScalarFieldContainer[Method]
-    def __init__(self, name: _Optional[str] = ..., arch: _Optional[str] = ..., num_classes: _Optional[int] = ..., channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., labels: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[_Union[Method, str]]] = ...) -> None: ...
+    resize: int
+    def __init__(self, name: _Optional[str] = ..., arch: _Optional[str] = ..., num_classes: _Optional[int] = ..., channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., labels: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[_Union[Method, str]]] = ..., resize: _Optional[int] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
@@ -324,7 +340,7 @@ class VisualizeProgress(_message.Message):
     def __init__(self, step: _Optional[int] = ..., steps: _Optional[int] = ..., objective: _Optional[float] = ..., image_png: _Optional[bytes] = ...) -> None: ...
 
 class VisualizeResult(_message.Message):
-    __slots__ = ("array", "images_png", "objective", "steps", "attribution", "attribution_png", "queue_ms", "compute_ms", "max_batch_jobs")
+    __slots__ = ("array", "images_png", "objective", "steps", "attribution", "attribution_png", "queue_ms", "compute_ms", "max_batch_jobs", "attribution_region")
     ARRAY_FIELD_NUMBER: _ClassVar[int]
     IMAGES_PNG_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
@@ -334,6 +350,7 @@ class VisualizeResult(_message.Message):
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_JOBS_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_REGION_FIELD_NUMBER: _ClassVar[int]
     array: Tensor
     images_png: _containers.RepeatedScalarFieldContainer[bytes]
     objective: float
@@ -343,7 +360,8 @@ class VisualizeResult(_message.Message):
     queue_ms: float
     compute_ms: float
     max_batch_jobs: int
-    def __init__(self, array: _Optional[_Union[Tensor, _Mapping]] = ..., images_png: _Optional[_Iterable[bytes]] = ..., objective: _Optional[float] = ..., steps: _Optional[int] = ..., attribution: _Optional[_Union[Tensor, _Mapping]] = ..., attribution_png: _Optional[bytes] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., max_batch_jobs: _Optional[int] = ...) -> None: ...
+    attribution_region: InputRegion
+    def __init__(self, array: _Optional[_Union[Tensor, _Mapping]] = ..., images_png: _Optional[_Iterable[bytes]] = ..., objective: _Optional[float] = ..., steps: _Optional[int] = ..., attribution: _Optional[_Union[Tensor, _Mapping]] = ..., attribution_png: _Optional[bytes] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., max_batch_jobs: _Optional[int] = ..., attribution_region: _Optional[_Union[InputRegion, _Mapping]] = ...) -> None: ...
 
 class VisualizeResponse(_message.Message):
     __slots__ = ("progress", "result")
