@@ -1377,6 +1377,21 @@ def test_async_client(fake_server: tuple[str, FakeExplainer]) -> None:
     assert all(r.model == "tiny" and r.image is not None for r in results)
 
 
+def test_crop_preprocessing_reaches_the_client() -> None:
+    """ModelInfo.resize and ExplainResponse.input_region become `resize` and `input_region`;
+    a server that does not send a region leaves it None, one without resize says 0."""
+    info = _tiny_info()
+    assert _convert.model_info_from_pb(info).resize == 0
+    info.resize = 256
+    assert _convert.model_info_from_pb(info).resize == 256
+    resp = deepvis_pb2.ExplainResponse(model="tiny", method=deepvis_pb2.METHOD_GUIDED_BACKPROP)
+    assert _convert.explanation_from_pb(resp).input_region is None
+    resp.input_region.CopyFrom(deepvis_pb2.InputRegion(x=62.5, y=12.5, width=175, height=175))
+    assert _convert.explanation_from_pb(resp).input_region == (62.5, 12.5, 175.0, 175.0)
+    line = _cli._format_model(_convert.model_info_from_pb(info))
+    assert "input=3x8x8  resize=256  methods=" in line
+
+
 def test_cli_models(
     fake_server: tuple[str, FakeExplainer], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -356,9 +356,11 @@ def _report(err: BaseException, prefix: str = "") -> None:
 
 def _format_model(info: ModelInfo) -> str:
     names = ",".join(_cli_name(m) for m in info.methods) or "-"
+    # Pictures of another size: shorter side to `resize`, then the centre crop.
+    resize = f"  resize={info.resize}" if info.resize else ""
     return (
         f"{info.name}  arch={info.arch}  classes={info.num_classes}  "
-        f"input={info.channels}x{info.height}x{info.width}  methods={names}"
+        f"input={info.channels}x{info.height}x{info.width}{resize}  methods={names}"
     )
 
 

@@ -151,6 +151,9 @@ class ModelInfo:
         std: Per-channel normalisation std applied to images and pixels.
         labels: Class labels in index order; empty when the model has none.
         methods: Names of the methods the model serves, as in `methods()`.
+        resize: Images and pixel arrays not already at the input size are resized so that
+            their shorter side is this many pixels, then centre-cropped to height x width
+            (torchvision's evaluation transforms); 0: resized straight to height x width.
     """
 
     name: str
@@ -163,6 +166,7 @@ class ModelInfo:
     std: tuple[float, ...]
     labels: tuple[str, ...]
     methods: tuple[str, ...]
+    resize: int = 0
 
     def __repr__(self) -> str:
         # Spelling out a thousand labels would drown the useful fields.
@@ -194,6 +198,10 @@ class Explanation:
             Grad-CAM: "cam", the layer-size map). Float arrays are float32, index arrays int64.
         images: Further rendered pictures, by name (activations: "<layer>.grid" and
             "<layer>.heatmap"); empty when rendering was not asked for.
+        input_region: The part of the input the model saw, in the input's own pixels:
+            (x, y, width, height) of a box whose top-left corner is (x, y). All of the input
+            unless the model centre-crops (`ModelInfo.resize`); results in the model's input
+            space cover this box. None from a server that does not say.
     """
 
     model: str
@@ -208,6 +216,7 @@ class Explanation:
     warnings: list[str] = field(default_factory=list)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     images: dict[str, Image.Image] = field(default_factory=dict)
+    input_region: tuple[float, float, float, float] | None = None
 
     def __repr__(self) -> str:
         top = self.predictions[0] if self.predictions else None
@@ -297,6 +306,8 @@ class Visualization:
         attribution: With an input and a neuron or class objective, guided backpropagation of
             the objective on that input as float32 [C, H, W] in the model input space; else None.
         attribution_image: The attribution rendered, or None.
+        attribution_region: The part of the input the attribution covers, (x, y, width,
+            height) in the input's own pixels (see `Explanation.input_region`), or None.
         queue_ms: Milliseconds from the job's arrival to its first step.
         compute_ms: Milliseconds from its first step to its last.
         max_batch_jobs: The most jobs that shared an optimization batch with this one.
@@ -308,6 +319,7 @@ class Visualization:
     steps: int = 0
     attribution: np.ndarray | None = None
     attribution_image: Image.Image | None = None
+    attribution_region: tuple[float, float, float, float] | None = None
     queue_ms: float = 0.0
     compute_ms: float = 0.0
     max_batch_jobs: int = 0
@@ -745,7 +757,16 @@ def explanation_from_pb(resp: deepvis_pb2.ExplainResponse) -> Explanation:
         warnings=list(resp.warnings),
         arrays=_named_arrays_from_pb(resp.arrays),
         images=_named_images_from_pb(resp.images),
+        input_region=_region_from_pb(resp, "input_region"),
     )
+
+
+def _region_from_pb(msg: Any, name: str) -> tuple[float, float, float, float] | None:
+    """A message's InputRegion field `name` as (x, y, width, height); None when unset."""
+    if not msg.HasField(name):
+        return None
+    r = getattr(msg, name)
+    return (float(r.x), float(r.y), float(r.width), float(r.height))
 
 
 def model_info_from_pb(info: deepvis_pb2.ModelInfo) -> ModelInfo:
@@ -761,6 +782,7 @@ def model_info_from_pb(info: deepvis_pb2.ModelInfo) -> ModelInfo:
         std=tuple(float(v) for v in info.std),
         labels=tuple(info.labels),
         methods=tuple(method_from_pb(m) for m in info.methods),
+        resize=int(info.resize),
     )
 
 
@@ -888,6 +910,7 @@ def _visualization_from_pb(msg: deepvis_pb2.VisualizeResult) -> Visualization:
         steps=int(msg.steps),
         attribution=_array_from_pb(msg.attribution, "attribution array"),
         attribution_image=_png_from_bytes(msg.attribution_png),
+        attribution_region=_region_from_pb(msg, "attribution_region"),
         queue_ms=float(msg.queue_ms),
         compute_ms=float(msg.compute_ms),
         max_batch_jobs=int(msg.max_batch_jobs),
