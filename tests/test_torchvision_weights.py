@@ -18,10 +18,13 @@ import torchvision
 import deepvis
 from conftest import free_port
 from deepvis_server.config import ConfigError, load_config, parse_config
+from deepvis_server.errors import InvalidArgument
 from deepvis_server.models import load_model
+from deepvis_server.preprocess import Limits
 from deepvis_server.server import model_health_service, serve_in_thread
 
 WEIGHTS = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+LIMITS = Limits(max_image_pixels=4096 * 1024, max_tensor_elements=1 << 20)
 CATEGORIES = tuple(WEIGHTS.meta["categories"])
 TRANSFORMS = WEIGHTS.transforms()
 # torch.hub caches a download under the last part of its URL; a file there is used as is.
@@ -137,7 +140,7 @@ def test_images_are_resized_and_centre_cropped_as_torchvision_does(size: tuple[i
 
     spec = parse_one(resnet_table())
     img = _photo(*size)
-    pixels, region = image_to_tensor(img, spec)
+    pixels, region = image_to_tensor(img, spec, LIMITS)
     mean = torch.tensor(spec.mean)[:, None, None]
     std = torch.tensor(spec.std)[:, None, None]
     x = batch_to_model_input([pixels], torch.device("cpu"), mean, std)
@@ -160,14 +163,17 @@ def test_the_crop_box_by_hand_and_inputs_at_the_model_size_taken_as_they_are() -
 
     spec = parse_one(resnet_table())
     # 300x200 -> 384x256 (shorter side 256), crop 224 at left 80, top 16; scale 200/256.
-    _, region = image_to_tensor(_photo(300, 200), spec)
+    _, region = image_to_tensor(_photo(300, 200), spec, LIMITS)
     assert region == (62.5, 12.5, 175.0, 175.0)
-    pixels, region = image_to_tensor(_photo(224, 224), spec)
+    pixels, region = image_to_tensor(_photo(224, 224), spec, LIMITS)
     assert region == (0.0, 0.0, 224.0, 224.0)
     assert torch.equal(pixels.permute(1, 2, 0), torch.from_numpy(np.array(_photo(224, 224))))
     # Without resize the picture is squashed to the input size: all of it is seen.
-    _, region = image_to_tensor(_photo(300, 200), parse_one(resnet_table(resize=0)))
+    _, region = image_to_tensor(_photo(300, 200), parse_one(resnet_table(resize=0)), LIMITS)
     assert region == (0.0, 0.0, 300.0, 200.0)
+    # A long, thin picture would grow past the pixel limit once resized: refused, not made.
+    with pytest.raises(InvalidArgument, match=r"would be 25600x256 = 6553600 pixels; at most"):
+        image_to_tensor(_photo(2000, 20), spec, LIMITS)
 
 
 @pytest.mark.parametrize(

@@ -145,27 +145,32 @@ def whole(width: float, height: float) -> Region:
     return (0.0, 0.0, float(width), float(height))
 
 
-def image_to_tensor(img: Image.Image, spec: ModelSpec) -> tuple[torch.Tensor, Region]:
+def image_to_tensor(
+    img: Image.Image, spec: ModelSpec, limits: Limits
+) -> tuple[torch.Tensor, Region]:
     """Converts to the model's input mode and brings the image to its input size: uint8
     pixels [C, H, W], and the region of the image they show.
 
     An image already at the input size is taken as it is. Any other is resized straight to
     it, or, when the model has `resize`, resized so that its shorter side is `resize` pixels
     and centre-cropped: what torchvision's evaluation transforms (Resize, CenterCrop) do, by
-    the same PIL calls, so the pixels are the same.
+    the same PIL calls, so the pixels are the same. The resized picture may hold at most
+    `limits.max_image_pixels` (a long, thin input would otherwise make a huge one).
     """
     img = to_model_mode(img, spec.channels)
     h, w = spec.input_size
     region = whole(*img.size)
     if img.size != (w, h):
         if spec.resize:
-            img, region = _resize_and_crop(img, spec.resize, h, w)
+            img, region = _resize_and_crop(img, spec.resize, h, w, limits.max_image_pixels)
         else:
             img = img.resize((w, h), Image.Resampling.BILINEAR)
     return pixels_chw(np.array(img)), region
 
 
-def _resize_and_crop(img: Image.Image, short: int, h: int, w: int) -> tuple[Image.Image, Region]:
+def _resize_and_crop(
+    img: Image.Image, short: int, h: int, w: int, max_pixels: int
+) -> tuple[Image.Image, Region]:
     """torchvision's Resize(short) then CenterCrop((h, w)) on a PIL image (`short` is at least
     h and w, so the crop always fits), and the crop box in the original image's pixels."""
     width, height = img.size
@@ -173,6 +178,14 @@ def _resize_and_crop(img: Image.Image, short: int, h: int, w: int) -> tuple[Imag
         new_w, new_h = short, int(short * height / width)
     else:
         new_w, new_h = int(short * width / height), short
+    if new_w * new_h > max_pixels:
+        raise InvalidArgument(
+            f"the input is {width}x{height}: with its shorter side resized to {short} pixels, "
+            f"as this model's preprocessing does before the centre crop, it would be "
+            f"{new_w}x{new_h} = {new_w * new_h} pixels; at most {max_pixels} allowed (crop it "
+            "closer to a square before sending)",
+            field="input",
+        )
     img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
     top, left = int(round((new_h - h) / 2.0)), int(round((new_w - w) / 2.0))
     sx, sy = width / new_w, height / new_h
@@ -276,7 +289,7 @@ def input_to_tensor(raw: RawInput, spec: ModelSpec, limits: Limits) -> tuple[tor
         ready = wire_pixels(raw, spec, limits)
         if ready is not None:
             return ready, whole(*spec.input_size[::-1])
-        return image_to_tensor(Image.fromarray(pixels_array(raw, limits)), spec)
+        return image_to_tensor(Image.fromarray(pixels_array(raw, limits)), spec, limits)
     if raw.kind == "image":
-        return image_to_tensor(decode_image(raw.data, limits), spec)
+        return image_to_tensor(decode_image(raw.data, limits), spec, limits)
     raise InvalidArgument("input must set one of image, pixels or tensor", field="input")
