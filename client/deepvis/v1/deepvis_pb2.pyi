@@ -14,6 +14,8 @@ class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     METHOD_GRAD_CAM: _ClassVar[Method]
     METHOD_GUIDED_GRAD_CAM: _ClassVar[Method]
     METHOD_DECONVOLUTION: _ClassVar[Method]
+    METHOD_SALIENCY: _ClassVar[Method]
+    METHOD_INTEGRATED_GRADIENTS: _ClassVar[Method]
 
 class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -34,6 +36,8 @@ METHOD_ACTIVATIONS: Method
 METHOD_GRAD_CAM: Method
 METHOD_GUIDED_GRAD_CAM: Method
 METHOD_DECONVOLUTION: Method
+METHOD_SALIENCY: Method
+METHOD_INTEGRATED_GRADIENTS: Method
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT16: DType

@@ -5,13 +5,22 @@ from __future__ import annotations
 from .activations import Activations
 from .base import BatchOutput, ClassTarget, Method, MethodRequest, NeuronTarget, Output, Target
 from .grad_cam import GradCam, GuidedGradCam
+from .gradients import IntegratedGradients, Saliency
 from .guided_backprop import Deconvolution, GuidedBackprop
 
 # Keys are the proto Method enum names without METHOD_, lowercased; a test checks that
 # every enum value has a method here and the other way round.
 REGISTRY: dict[str, Method] = {
     m.name: m
-    for m in (GuidedBackprop(), Activations(), GradCam(), GuidedGradCam(), Deconvolution())
+    for m in (
+        GuidedBackprop(),
+        Activations(),
+        GradCam(),
+        GuidedGradCam(),
+        Deconvolution(),
+        Saliency(),
+        IntegratedGradients(),
+    )
 }
 
 __all__ = [
@@ -23,9 +32,11 @@ __all__ = [
     "GradCam",
     "GuidedBackprop",
     "GuidedGradCam",
+    "IntegratedGradients",
     "Method",
     "MethodRequest",
     "NeuronTarget",
     "Output",
+    "Saliency",
     "Target",
 ]
