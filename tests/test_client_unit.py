@@ -223,7 +223,7 @@ def test_request_to_pb_fields() -> None:
     [
         ({"array_dtype": "float64"}, "array_dtype"),
         ({"top_k": -1}, "top_k"),
-        ({"method": "saliency"}, "guided_backprop"),
+        ({"method": "lime"}, "guided_backprop"),
     ],
 )
 def test_request_to_pb_rejects(overrides: dict[str, Any], match: str) -> None:
@@ -241,6 +241,8 @@ def test_methods_derived_from_enum() -> None:
         "grad_cam",
         "guided_grad_cam",
         "deconvolution",
+        "saliency",
+        "integrated_gradients",
     ]
     expected = [
         name.removeprefix("METHOD_").lower()
@@ -1120,7 +1122,7 @@ def test_cli_missing_image_fails_before_any_call(
 
 def test_cli_usage_errors_exit_2(tmp_path: Path) -> None:
     for argv in (
-        ["explain", "x.png", "--out", str(tmp_path), "--method", "saliency"],
+        ["explain", "x.png", "--out", str(tmp_path), "--method", "lime"],
         ["explain", "x.png"],
         ["explain", "--out", str(tmp_path)],
         [],
