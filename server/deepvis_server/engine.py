@@ -15,7 +15,7 @@ from .config import ConfigError, ServerConfig
 from .errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from .methods import REGISTRY, Method, MethodRequest, Output
 from .models import ServedModel, load_model, select_device
-from .preprocess import Limits, RawInput, Region, input_to_tensor, whole, wire_pixels
+from .preprocess import Limits, RawInput, Region, input_to_tensor, model_region, wire_pixels
 from .visualizer import RenderLimits, Visualizer
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ class Engine:
         # the hop to a worker thread and back. Anything to decode or resize takes the hop.
         ready = wire_pixels(raw, model.spec, self.limits)
         if ready is not None:
-            x, region = ready, whole(*model.spec.input_size[::-1])
+            x, region = ready, model_region(model.spec)
         else:
             x, region = await loop.run_in_executor(
                 self.cpu_executor, input_to_tensor, raw, model.spec, self.limits

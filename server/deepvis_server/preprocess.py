@@ -211,12 +211,23 @@ def wire_pixels(raw: RawInput, spec: ModelSpec, limits: Limits) -> torch.Tensor 
     None for any other input (decoding and resizing belong on a worker thread)."""
     if raw.kind != "pixels":
         return None
-    arr = pixels_array(raw, limits)
+    return _at_model_size(pixels_array(raw, limits), raw, spec)
+
+
+def _at_model_size(arr: np.ndarray, raw: RawInput, spec: ModelSpec) -> torch.Tensor | None:
+    """`arr` (the checked view of `raw`'s pixels) as [C, H, W] over a copy of the bytes when
+    it has the model's channels and size; None otherwise."""
     channels = 1 if arr.ndim == 2 else arr.shape[2]
     if channels != spec.channels or arr.shape[:2] != tuple(spec.input_size):
         return None
     # A bytearray: writable memory of the item's own (the request's bytes are immutable).
     return pixels_chw(np.frombuffer(bytearray(raw.data), dtype=np.uint8).reshape(arr.shape))
+
+
+def model_region(spec: ModelSpec) -> Region:
+    """The region of an input given at the model's own size: all of it."""
+    h, w = spec.input_size
+    return whole(w, h)
 
 
 def batch_to_model_input(
@@ -284,12 +295,13 @@ def input_to_tensor(raw: RawInput, spec: ModelSpec, limits: Limits) -> tuple[tor
     arrays (normalised later, per batch, by `batch_to_model_input`), float32 for a tensor;
     and the region of the input it shows (see `image_to_tensor`)."""
     if raw.kind == "tensor":
-        return tensor_input(raw, spec, limits), whole(*spec.input_size[::-1])
+        return tensor_input(raw, spec, limits), model_region(spec)
     if raw.kind == "pixels":
-        ready = wire_pixels(raw, spec, limits)
+        arr = pixels_array(raw, limits)
+        ready = _at_model_size(arr, raw, spec)
         if ready is not None:
-            return ready, whole(*spec.input_size[::-1])
-        return image_to_tensor(Image.fromarray(pixels_array(raw, limits)), spec, limits)
+            return ready, model_region(spec)
+        return image_to_tensor(Image.fromarray(arr), spec, limits)
     if raw.kind == "image":
         return image_to_tensor(decode_image(raw.data, limits), spec, limits)
     raise InvalidArgument("input must set one of image, pixels or tensor", field="input")

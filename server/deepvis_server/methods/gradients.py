@@ -18,23 +18,12 @@ from .base import (
     Method,
     MethodRequest,
     NeuronTarget,
-    forward_and_score,
     resolve_class_targets,
 )
+from .guided_backprop import input_gradient
 
 # Integrated gradients' quadrature: Captum's default, 50 Gauss-Legendre points on [0, 1].
 INTEGRATED_GRADIENTS_STEPS = 50
-
-
-def input_gradient(
-    model: ServedModel, x: torch.Tensor, requests: Sequence[MethodRequest]
-) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """Plain input gradient of each item's target; also the logits and resolved targets."""
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits, score, resolved, _ = forward_and_score(model, x, requests)
-        (grad,) = torch.autograd.grad(score, x)
-    return logits.detach(), grad, resolved
 
 
 class Saliency(Method):
@@ -46,7 +35,7 @@ class Saliency(Method):
     def run(
         self, model: ServedModel, x: torch.Tensor, requests: Sequence[MethodRequest]
     ) -> BatchOutput:
-        logits, grad, targets = input_gradient(model, x, requests)
+        logits, grad, targets = input_gradient(model, x, requests, None)
         return BatchOutput(logits=logits, arrays=grad.abs(), targets=targets)
 
     def render(self, array: np.ndarray, model: ServedModel) -> Image.Image:
@@ -88,7 +77,7 @@ class IntegratedGradients(Method):
         total = torch.zeros_like(x)
         targets: list = []
         for alpha, weight in zip(*gauss_legendre(self.steps), strict=True):
-            _, grad, targets = input_gradient(model, alpha * x, requests)
+            _, grad, targets = input_gradient(model, alpha * x, requests, None)
             total.add_(grad, alpha=weight)
         return BatchOutput(logits=logits, arrays=x * total, targets=targets)
 

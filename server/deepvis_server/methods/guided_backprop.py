@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, ClassVar
 
 import numpy as np
@@ -86,14 +86,15 @@ def relu_rule_warnings(model: ServedModel, method: str) -> tuple[str, ...]:
     )
 
 
-def modified_relu_gradient(
-    model: ServedModel, x: torch.Tensor, requests: Sequence[MethodRequest], rule: str
+def input_gradient(
+    model: ServedModel, x: torch.Tensor, requests: Sequence[MethodRequest], rule: str | None
 ) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """Input gradient of each item's target under the ReLU rule `rule`; also the logits."""
+    """Input gradient of each item's target, under the ReLU rule `rule` (None: the plain
+    gradient); also the logits and the resolved targets."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits, score, resolved, _ = forward_and_score(model, x, requests)
-        with relu_rule(score, rule):
+        with relu_rule(score, rule) if rule is not None else nullcontext():
             (grad,) = torch.autograd.grad(score, x)
     return logits.detach(), grad, resolved
 
@@ -107,7 +108,7 @@ class GuidedBackprop(Method):
     def run(
         self, model: ServedModel, x: torch.Tensor, requests: Sequence[MethodRequest]
     ) -> BatchOutput:
-        logits, grad, targets = modified_relu_gradient(model, x, requests, self.rule)
+        logits, grad, targets = input_gradient(model, x, requests, self.rule)
         return BatchOutput(
             logits=logits,
             arrays=grad,
