@@ -647,8 +647,9 @@ class Client(_Base):
             batch: Number of images to synthesize together; 0 means 1.
             diversity: Weight of the diversity term across the batch; 0 disables it.
             seed: Random seed in [0, 2**64); the same seed gives the same images.
-            progress_every: Send a progress message with the current images every this many
-                steps; 0 sends no pictures.
+            progress_every: Send a progress message, with the current images, every this
+                many steps; 0 sends about 64 progress messages without pictures. A reader
+                that falls behind gets the latest progress, not every message it missed.
             parameterization: "fft" (decorrelated Fourier spectrum, natural-looking images)
                 or "pixel" (plain pixels, for comparison).
             transforms: Apply transformation robustness (pad, jitter, scale, rotate).
@@ -739,8 +740,9 @@ class Client(_Base):
             batch: Number of images to synthesize together; 0 means 1.
             diversity: Weight of the diversity term across the batch; 0 disables it.
             seed: Random seed in [0, 2**64); the same seed gives the same images.
-            progress_every: Send a progress message with the current images every this many
-                steps; 0 sends no pictures.
+            progress_every: Send a progress message, with the current images, every this
+                many steps; 0 sends about 64 progress messages without pictures. A reader
+                that falls behind gets the latest progress, not every message it missed.
             parameterization: "fft" (decorrelated Fourier spectrum, natural-looking images)
                 or "pixel" (plain pixels, for comparison).
             transforms: Apply transformation robustness (pad, jitter, scale, rotate).
@@ -1154,8 +1156,9 @@ class AsyncClient(_Base):
             batch: Number of images to synthesize together; 0 means 1.
             diversity: Weight of the diversity term across the batch; 0 disables it.
             seed: Random seed in [0, 2**64); the same seed gives the same images.
-            progress_every: Send a progress message with the current images every this many
-                steps; 0 sends no pictures.
+            progress_every: Send a progress message, with the current images, every this
+                many steps; 0 sends about 64 progress messages without pictures. A reader
+                that falls behind gets the latest progress, not every message it missed.
             parameterization: "fft" (decorrelated Fourier spectrum, natural-looking images)
                 or "pixel" (plain pixels, for comparison).
             transforms: Apply transformation robustness (pad, jitter, scale, rotate).
@@ -1246,8 +1249,9 @@ class AsyncClient(_Base):
             batch: Number of images to synthesize together; 0 means 1.
             diversity: Weight of the diversity term across the batch; 0 disables it.
             seed: Random seed in [0, 2**64); the same seed gives the same images.
-            progress_every: Send a progress message with the current images every this many
-                steps; 0 sends no pictures.
+            progress_every: Send a progress message, with the current images, every this
+                many steps; 0 sends about 64 progress messages without pictures. A reader
+                that falls behind gets the latest progress, not every message it missed.
             parameterization: "fft" (decorrelated Fourier spectrum, natural-looking images)
                 or "pixel" (plain pixels, for comparison).
             transforms: Apply transformation robustness (pad, jitter, scale, rotate).

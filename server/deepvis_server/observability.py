@@ -114,14 +114,14 @@ def _code_name(code: Any, default: str) -> str:
     return default
 
 
-def _failure_code(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
+def _failure_code(exc: BaseException, context: grpc.aio.ServicerContext, call: _Call) -> str:
     if isinstance(exc, grpc.aio.AbortError):
-        # context.abort() stored the code on the context before raising.
+        # context.abort() stored the code on the context (Python state) before raising.
         return _code_name(context.code(), "UNKNOWN")
     if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
         # grpc cancels the handler's task both when the client goes away and at its deadline.
-        remaining = context.time_remaining()
-        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+        expired = call.deadline is not None and time.perf_counter() >= call.deadline
+        return "DEADLINE_EXCEEDED" if expired else "CANCELLED"
     return "UNKNOWN"  # what grpc answers for an exception that escapes a handler
 
 
@@ -131,6 +131,12 @@ class _Call:
     request_id: str
     announce: bool  # this interceptor took the id, so it sends it back
     start: float = 0.0
+    # Read from the context when the handler starts, while the call is alive: grpc's peer
+    # string belongs to the transport, and reading it after the client went away reads freed
+    # memory (grpc/grpc#29069, #29927: a segfault of the whole server). Nothing in the
+    # handler's `finally` may ask the context for it.
+    peer: str = ""
+    deadline: float | None = None  # perf_counter() time of the call's deadline, if any
 
 
 class RequestInterceptor(grpc.aio.ServerInterceptor):
@@ -198,10 +204,10 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                 code = _code_name(context.code(), "OK")  # a handler may set_code() and return
                 return response
             except BaseException as e:
-                code = _failure_code(e, context)
+                code = _failure_code(e, context, call)
                 raise
             finally:
-                self._end(call, code, response, context)
+                self._end(call, code, response)
 
         return observed
 
@@ -217,26 +223,29 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                         yield response
                 code = _code_name(context.code(), "OK")
             except BaseException as e:
-                code = _failure_code(e, context)
+                code = _failure_code(e, context, call)
                 raise
             finally:
-                self._end(call, code, None, context)
+                self._end(call, code, None)
 
         return observed
 
     async def _begin(self, call: _Call, context: grpc.aio.ServicerContext) -> None:
         call.start = time.perf_counter()
+        # Everything the record needs from the context, taken now (see _Call.peer).
+        call.peer = context.peer() if self._obs.access_log else ""
+        remaining = context.time_remaining()
+        call.deadline = None if remaining is None else call.start + remaining
         if _request_id.get() is None:  # should grpc ever run the handler in another task
             _request_id.set(call.request_id)
         if call.announce:
             await context.send_initial_metadata(((REQUEST_ID_KEY, call.request_id),))
 
-    def _end(
-        self, call: _Call, code: str, response: Any, context: grpc.aio.ServicerContext
-    ) -> None:
-        # Runs in the handler's `finally`: an error here would replace the call's own.
+    def _end(self, call: _Call, code: str, response: Any) -> None:
+        # Runs in the handler's `finally`, when the call may be over: it gets no context to
+        # touch. An error here would replace the call's own.
         try:
-            self._record(call, code, response, context)
+            self._record(call, code, response)
         except Exception:  # noqa: BLE001 - metrics must never fail a call
             logging.getLogger(__name__).exception("recording %s failed", call.method)
 
@@ -249,9 +258,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         obs.compute_seconds.labels(model).observe(t.compute_ms / 1000.0)
         obs.batch_size.labels(model).observe(t.batch_size)
 
-    def _record(
-        self, call: _Call, code: str, response: Any, context: grpc.aio.ServicerContext
-    ) -> None:
+    def _record(self, call: _Call, code: str, response: Any) -> None:
         seconds = time.perf_counter() - call.start if call.start else 0.0
         obs = self._obs
         obs.requests.labels(call.method, code).inc()
@@ -276,7 +283,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                     "rpc": call.method,
                     "code": code,
                     "duration_ms": round(seconds * 1000.0, 3),
-                    "peer": context.peer(),
+                    "peer": call.peer,
                 },
             )
 

@@ -227,8 +227,6 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
             attribution = asyncio.ensure_future(self._attribution(parsed, model))
         error: DeepvisError | None = None
         try:
-            job = parsed.job
-            stride = max(1, job.steps // 64)  # about 64 progress messages a job, plus pictures
             async for ev in state.stream():
                 if ev.result is not None:
                     res = ev.result
@@ -250,8 +248,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                 png = None
                 if ev.progress is not None:
                     png = await self.engine.run_cpu(render_strip, ev.progress.images)
-                if png is not None or ev.step % stride == 0:
-                    yield convert.visualize_progress(ev.step, ev.steps, ev.objective, png)
+                yield convert.visualize_progress(ev.step, ev.steps, ev.objective, png)
         except DeepvisError as e:
             error = e
         finally:

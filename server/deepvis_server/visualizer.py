@@ -31,30 +31,74 @@ class RenderLimits:
     max_rows: int = 128
 
 
+# Progress messages a job sends when it asks for no pictures: about this many in all.
+PROGRESS_MESSAGES = 64
+
+
+def progress_stride(job: RenderJob) -> int:
+    """Every how many steps a job's stream sends a progress message: `progress_every` when it
+    asks for pictures (each message then carries them), else about PROGRESS_MESSAGES in all."""
+    return job.progress_every if job.progress_every > 0 else max(1, job.steps // PROGRESS_MESSAGES)
+
+
 @dataclass(eq=False)
 class JobState:
-    """One submitted job as its stream sees it."""
+    """One submitted job as its stream sees it.
+
+    What waits for the stream is bounded whatever its reader does: the newest progress event
+    not yet taken (a newer one replaces it, so a reader that falls behind gets the latest
+    state, not a backlog), the final result, or the error that ended the job.
+    """
 
     job: RenderJob
     size: tuple[int, int]
     arrival: float
-    events: asyncio.Queue[RenderEvent | BaseException] = field(default_factory=asyncio.Queue)
     handle: int | None = None  # set on the device thread once the job has joined
     cancelled: bool = False
     done: bool = False
     first_step: float | None = None
     last_step: float | None = None
     max_jobs: int = 0
+    stride: int = field(init=False)
+    _pending: RenderEvent | None = field(default=None, repr=False)
+    _result: RenderEvent | None = field(default=None, repr=False)
+    _error: BaseException | None = field(default=None, repr=False)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def __post_init__(self) -> None:
+        self.stride = progress_stride(self.job)
+
+    def post(self, ev: RenderEvent) -> None:
+        """Hands a step's event to the stream (on the event loop): the result always; a
+        progress event when a message is due at its step, replacing one not yet taken."""
+        if ev.done:
+            self._result = ev
+        elif ev.step % self.stride == 0:
+            self._pending = ev
+        else:
+            return
+        self._changed.set()
+
+    def fail(self, error: BaseException) -> None:
+        """Ends the stream with `error` once it has taken what came before."""
+        self._error = error
+        self._changed.set()
 
     async def stream(self) -> AsyncIterator[RenderEvent]:
-        """Events until the job's result (inclusive); raises what failed the job."""
+        """Progress events as they are due (the latest one when the reader falls behind),
+        then the result; raises what failed the job."""
         while True:
-            ev = await self.events.get()
-            if isinstance(ev, BaseException):
-                raise ev
-            yield ev
-            if ev.done:
+            if self._pending is not None:
+                ev, self._pending = self._pending, None
+                yield ev
+                continue
+            if self._error is not None:
+                raise self._error
+            if self._result is not None:
+                yield self._result
                 return
+            self._changed.clear()
+            await self._changed.wait()
 
 
 @contextlib.contextmanager
@@ -77,7 +121,7 @@ class Visualizer:
     """Runs every feature-visualization job of one model.
 
     One asyncio task loops: hand the pending joins and leaves to the device thread, run one
-    step of every RenderBatch there, route the events to the jobs' queues. Each round is one
+    step of every RenderBatch there, hand the events to the jobs' streams. Each round is one
     call on the device executor, so Explain batches interleave with render steps instead of
     waiting for whole renders.
     """
@@ -109,7 +153,7 @@ class Visualizer:
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         for state in [*self._joining, *self._active.values()]:
-            state.events.put_nowait(Unavailable("server is shutting down"))
+            state.fail(Unavailable("server is shutting down"))
 
     def check(self, job: RenderJob) -> tuple[int, int]:
         """Refuses a job outside the limits or the model; returns its image size."""
@@ -216,7 +260,7 @@ class Visualizer:
                 for key in [k for k in self._active if k[0] == size]:
                     state = self._active.pop(key)
                     self._rows -= state.job.batch
-                    state.events.put_nowait(DeepvisError("internal error while rendering"))
+                    state.fail(DeepvisError("internal error while rendering"))
                 continue
             for ev in events:
                 active = self._active.get((size, ev.handle))
@@ -228,7 +272,7 @@ class Visualizer:
                 state.last_step = now
                 state.max_jobs = max(state.max_jobs, n_jobs)
                 if not state.cancelled:
-                    state.events.put_nowait(ev)
+                    state.post(ev)
                 if ev.done:
                     state.done = True
                     self._active.pop((size, ev.handle))

@@ -104,8 +104,11 @@ class ExplainerServicer(object):
 
     def Visualize(self, request, context):
         """Feature visualization: synthesizes the input that maximizes an objective
-        (a neuron, channel, class logit or whole layer). Streams progress messages,
-        then one final message with the result. Cancelling the call stops the job.
+        (a neuron, channel, class logit or whole layer). Streams progress messages
+        (see VisualizeRequest.progress_every), then one final message with the
+        result. A reader that falls behind is sent the latest progress when it
+        reads again, not every message it missed: the server holds at most one
+        unsent progress message per stream. Cancelling the call stops the job.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
