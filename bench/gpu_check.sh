@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The device checks, in one run on a lent GPU host (bare image: torch, grpcio, protobuf,
-# numpy, pillow, pytest, scikit-learn, safetensors). Wheels the image lacks travel in .whl/
-# (captum, grpcio-health-checking/-reflection/-status 1.66.2, googleapis-common-protos,
-# pytest-timeout).
+# The test suite on a GPU host, in one run (a machine whose python3 has torch, grpcio, protobuf,
+# numpy, pillow, pytest, scikit-learn, safetensors but no package index). Wheels it lacks go in
+# .whl/ beforehand (captum, grpcio-health-checking/-reflection/-status 1.66.2,
+# googleapis-common-protos, pytest-timeout; see bench/README.md).
 # Usage there: bash bench/gpu_check.sh   (writes $OUT/pytest.log)
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh"

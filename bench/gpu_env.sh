@@ -1,5 +1,5 @@
-# Sourced by the GPU scripts: installs the wheels the bare GPU image lacks (carried in .whl/)
-# and puts them and this checkout on PYTHONPATH.
+# Sourced by the GPU scripts: installs the wheels in .whl/ (what the GPU host's python3 lacks;
+# no index, no dependency resolution) and puts them and this checkout on PYTHONPATH.
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The load benchmark on a lent GPU host (resnet50 at 224x224, fp32, 64 clients), in one run
+# The load benchmark on a GPU host (resnet50 at 224x224, fp32, 64 clients), in one run
 # of at most 8 minutes (the timeouts sum to 470 s):
 #   1. one Explain call per image for the three methods, plus 64 concurrent renders (TF32
 #      steps, the server's default) against one alone;
