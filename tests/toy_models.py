@@ -89,3 +89,43 @@ class FatalNet(FaultyNet):
         if bool((x == POISON).any()):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return super().forward(x)
+
+
+class CappedReLUNet(nn.Module):
+    """ReLUs with a cap, every way they are written: F.relu6, nn.Hardtanh(0, 6), an in-place
+    nn.ReLU6, and an nn.ReLU beside them."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.cap = nn.Hardtanh(0.0, 6.0)
+        self.relu6 = nn.ReLU6(inplace=True)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(16 * 4 * 4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu6(self.conv1(x)))
+        x = self.pool(self.cap(self.conv2(x)))
+        x = self.relu(self.relu6(self.conv3(x)) - 1.0)
+        return self.fc(torch.flatten(x, 1))
+
+
+class HardtanhNet(nn.Module):
+    """A Hardtanh(-1, 1) between ReLUs: not a ReLU, so the rule leaves its gradient plain."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.tanh = nn.Hardtanh(-1.0, 1.0)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(16 * 4 * 4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.tanh(self.conv1(x)))
+        x = self.pool(self.relu(self.conv2(x)))
+        return self.fc(torch.flatten(x, 1))

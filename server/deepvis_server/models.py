@@ -293,7 +293,7 @@ _NON_RELU_ACTIVATIONS = {
     "leaky_relu",
     "hardswish",
     "hardsigmoid",
-    "hardtanh",
+    "hardtanh",  # min_val other than 0: ReLU6-like calls are noted as relu6
     "softplus",
     "mish",
     "prelu",
@@ -304,15 +304,29 @@ _NON_RELU_ACTIVATIONS = {
 }
 
 
+def _is_relu_like_hardtanh(args: Any, kwargs: Any) -> bool:
+    """hardtanh(x, min_val=-1, max_val=1) with min_val 0 (ReLU6, Hardtanh(0, cap)): a ReLU
+    with a cap, which the ReLU rule covers."""
+    min_val = args[1] if len(args) > 1 else (kwargs or {}).get("min_val", -1.0)
+    return bool(min_val == 0)
+
+
 class _OpRecorder(TorchDispatchMode):
-    """Notes which aten ops a forward pass runs (to find activations the rules do not cover)."""
+    """Notes which aten ops a forward pass runs (to find activations the rules do not cover).
+
+    A hardtanh call with min_val 0 (how ReLU6 reaches aten) is noted as "relu6" instead:
+    the guided and deconvnet rules cover it.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.ops: set[str] = set()
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        self.ops.add(func.overloadpacket.__name__.rstrip("_"))
+        name = func.overloadpacket.__name__.rstrip("_")
+        if name == "hardtanh" and _is_relu_like_hardtanh(args, kwargs):
+            name = "relu6"
+        self.ops.add(name)
         return func(*args, **(kwargs or {}))
 
 
