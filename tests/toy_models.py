@@ -89,3 +89,92 @@ class FatalNet(FaultyNet):
         if bool((x == POISON).any()):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return super().forward(x)
+
+
+# Small transformers and a small ConvNeXt, built by torchvision's own classes: their layer
+# layouts (tokens, channels-last, channels-first) are those of the full-size models.
+
+
+def tiny_vit(num_classes: int = 10) -> nn.Module:
+    """A 2-block ViT on 32x32 inputs: 8x8 patches, so tokens [17, 32] (a class token and a
+    4x4 grid)."""
+    import torchvision
+
+    vit = torchvision.models.VisionTransformer(
+        image_size=32,
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        mlp_dim=64,
+        num_classes=num_classes,
+    )
+    # torchvision initialises the head to zeros, which would make every gradient zero.
+    nn.init.normal_(vit.heads.head.weight, std=0.5)
+    return vit
+
+
+def tiny_swin(num_classes: int = 10) -> nn.Module:
+    """A 2-stage Swin: channels-last stages [8, 8, 16] and [4, 4, 32] on 32x32 inputs."""
+    import torchvision
+
+    return torchvision.models.SwinTransformer(
+        patch_size=[4, 4],
+        embed_dim=16,
+        depths=[2, 2],
+        num_heads=[2, 2],
+        window_size=[4, 4],
+        num_classes=num_classes,
+    )
+
+
+def tiny_convnext(num_classes: int = 10) -> nn.Module:
+    """A 2-stage ConvNeXt: channels-first stages, channels-last layers inside each block."""
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    # layer_scale 1 (not 1e-6) so that random blocks change the features they add to.
+    return ConvNeXt(
+        [CNBlockConfig(16, 32, 2), CNBlockConfig(32, None, 2)],
+        layer_scale=1.0,
+        num_classes=num_classes,
+    )
+
+
+class CappedReLUNet(nn.Module):
+    """ReLUs with a cap, every way they are written: F.relu6, nn.Hardtanh(0, 6), an in-place
+    nn.ReLU6, and an nn.ReLU beside them."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.cap = nn.Hardtanh(0.0, 6.0)
+        self.relu6 = nn.ReLU6(inplace=True)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(16 * 4 * 4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu6(self.conv1(x)))
+        x = self.pool(self.cap(self.conv2(x)))
+        x = self.relu(self.relu6(self.conv3(x)) - 1.0)
+        return self.fc(torch.flatten(x, 1))
+
+
+class HardtanhNet(nn.Module):
+    """A Hardtanh(-1, 1) between ReLUs: not a ReLU, so the rule leaves its gradient plain."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.tanh = nn.Hardtanh(-1.0, 1.0)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(16 * 4 * 4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.tanh(self.conv1(x)))
+        x = self.pool(self.relu(self.conv2(x)))
+        return self.fc(torch.flatten(x, 1))

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -19,6 +19,56 @@ from .config import ConfigError, ModelSpec
 from .security import resolve_under_root
 
 log = logging.getLogger(__name__)
+
+LayoutKind = Literal["nchw", "nhwc", "tokens", "vector", "other"]
+# Which axis of a layer's output (no batch axis) holds its channels, by layout.
+_CHANNEL_AXIS: dict[str, int] = {"nchw": 0, "nhwc": 2, "tokens": 1, "vector": 0}
+
+
+@dataclass(frozen=True)
+class LayerLayout:
+    """How a layer's output for one input (no batch axis) is laid out; see `infer_layout`.
+
+    `kind`: "nchw" channels-first maps [C, h, w]; "nhwc" channels-last maps [h, w, C];
+    "tokens" [T, C]; "vector" [F]; "other" for anything else. `grid` is (h, w) of a map, or
+    the patch grid (gh, gw) of tokens when T - class_tokens = gh * gw fits the input (None
+    when none does); `class_tokens` is how many tokens (class, distillation, register
+    tokens) precede the grid.
+    """
+
+    kind: LayoutKind
+    shape: tuple[int, ...]
+    grid: tuple[int, int] | None = None
+    class_tokens: int = 0
+
+    @property
+    def channels(self) -> int | None:
+        """The size of the channel (feature) axis; None when the layout has none known."""
+        axis = _CHANNEL_AXIS.get(self.kind)
+        return None if axis is None else self.shape[axis]
+
+    @property
+    def positions(self) -> int:
+        """How many places of the input the output covers: h * w of a map, T of tokens."""
+        if self.kind in ("nchw", "nhwc") and self.grid is not None:
+            return self.grid[0] * self.grid[1]
+        return self.shape[0] if self.kind == "tokens" else 1
+
+    def describe(self) -> str:
+        """The layout in words, e.g. 'channels-last [h, w, C]'."""
+        if self.kind == "nchw":
+            return "channels-first [C, h, w]"
+        if self.kind == "nhwc":
+            return "channels-last [h, w, C]"
+        if self.kind == "tokens":
+            if self.grid is None:
+                return "tokens [T, C] (no patch grid fits the input)"
+            k = self.class_tokens
+            lead = f"{k} class token{'s' if k != 1 else ''}" if k else "no class token"
+            return f"tokens [T, C] ({lead} and a {self.grid[0]}x{self.grid[1]} patch grid)"
+        if self.kind == "vector":
+            return "a vector [F]"
+        return "neither [C, h, w], [h, w, C], tokens [T, C] nor a vector"
 
 
 @dataclass(eq=False)
@@ -37,7 +87,15 @@ class ServedModel:
     layer_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
     # name -> how often the module runs in one forward pass.
     layer_calls: dict[str, int] = field(default_factory=dict, repr=False)
-    # The last layer with a spatial output: Grad-CAM's and activations' default.
+    # name -> how its output is laid out (channels-first, channels-last, tokens, ...),
+    # for the same layers as layer_shapes.
+    layer_layouts: dict[str, LayerLayout] = field(default_factory=dict, repr=False)
+    # The layer whose output is the model's last feature map, whatever its layout.
+    last_feature_layer: str = ""
+    # The last channels-first feature map [C, h, w] (a layer to use when one is refused).
+    channels_first_layer: str = ""
+    # Grad-CAM's and activations' default: the last feature map when it is channels-first,
+    # else "" (no default: token or channels-last layers run after the last [C, h, w] one).
     default_cam_layer: str = ""
     # aten activation ops other than ReLU that the forward pass runs (silu, gelu, ...).
     non_relu_activations: tuple[str, ...] = ()
@@ -293,7 +351,7 @@ _NON_RELU_ACTIVATIONS = {
     "leaky_relu",
     "hardswish",
     "hardsigmoid",
-    "hardtanh",
+    "hardtanh",  # min_val other than 0: ReLU6-like calls are noted as relu6
     "softplus",
     "mish",
     "prelu",
@@ -304,37 +362,175 @@ _NON_RELU_ACTIVATIONS = {
 }
 
 
+def _is_relu_like_hardtanh(args: Any, kwargs: Any) -> bool:
+    """hardtanh(x, min_val=-1, max_val=1) with min_val 0 (ReLU6, Hardtanh(0, cap)): a ReLU
+    with a cap, which the ReLU rule covers."""
+    min_val = args[1] if len(args) > 1 else (kwargs or {}).get("min_val", -1.0)
+    return bool(min_val == 0)
+
+
 class _OpRecorder(TorchDispatchMode):
-    """Notes which aten ops a forward pass runs (to find activations the rules do not cover)."""
+    """Notes which aten ops a forward pass runs (to find activations the rules do not cover).
+
+    A hardtanh call with min_val 0 (how ReLU6 reaches aten) is noted as "relu6" instead:
+    the guided and deconvnet rules cover it.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.ops: set[str] = set()
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        self.ops.add(func.overloadpacket.__name__.rstrip("_"))
+        name = func.overloadpacket.__name__.rstrip("_")
+        if name == "hardtanh" and _is_relu_like_hardtanh(args, kwargs):
+            name = "relu6"
+        self.ops.add(name)
         return func(*args, **(kwargs or {}))
+
+
+# Tokens: at most this many leading tokens (class, distillation, register tokens) before the
+# patch grid.
+MAX_CLASS_TOKENS = 8
+
+
+def _map_fits(h: int, w: int, size: tuple[int, int]) -> bool:
+    """Whether (h, w) can be the spatial axes of a feature map of an input of `size`: within
+    its height and width, and in its aspect ratio: h and w are H / s and W / s for one
+    stride s, each within 1 (convolutions round their output sizes)."""
+    height, width = size
+    if not (1 <= h <= height and 1 <= w <= width):
+        return False
+    # 1 / s must lie in [(h - 1) / H, (h + 1) / H] and in [(w - 1) / W, (w + 1) / W].
+    return max((h - 1) / height, (w - 1) / width) <= min((h + 1) / height, (w + 1) / width)
+
+
+def _patch_grids(tokens: int, size: tuple[int, int]) -> list[tuple[int, tuple[int, int]]]:
+    """The (class tokens k, patch grid (gh, gw)) for which tokens - k = gh * gw, gh and gw
+    being the input's height and width over one patch size p, rounded the same way (down, or
+    up for padded inputs), with more than one patch and fewer class tokens than patches;
+    fewest class tokens first."""
+    height, width = size
+    fits = []
+    for k in range(min(MAX_CLASS_TOKENS, (tokens - 1) // 2) + 1):
+        n = tokens - k
+        for p in range(1, max(height, width) + 1):
+            grid = next(
+                (
+                    g
+                    for g in ((height // p, width // p), (-(-height // p), -(-width // p)))
+                    if g[0] * g[1] == n and n >= 2 and min(g) >= 1
+                ),
+                None,
+            )
+            if grid is not None:
+                fits.append((k, grid))
+                break
+    return fits
+
+
+def infer_layout(
+    shape: tuple[int, ...],
+    size: tuple[int, int],
+    shape2: tuple[int, ...] | None = None,
+    size2: tuple[int, int] | None = None,
+) -> LayerLayout:
+    """The layout of a layer's output `shape` (no batch axis) for an input of `size` (H, W).
+
+    `shape2` is the same layer's output for a second input size `size2`, when the model
+    accepts one (None otherwise): the channel axis keeps its size across input sizes, the
+    spatial or token axes follow the input. The rule, by rank:
+    - 1: a vector [F].
+    - 3: [C, h, w] when (h, w) fits the input (within its height and width, in its aspect
+      ratio: see `_map_fits`) and, with a second trace, C is unchanged and (h2, w2) fits the
+      second input; [h, w, C] the same way with the axes read channels-last. When only one
+      reading fits, it is the layout; when both fit (a square input and a map as deep as it
+      is wide, e.g. [16, 16, 16], with no second trace to tell), the evidence is ambiguous
+      and channels-first is assumed, as in every convolutional network; when neither fits,
+      other.
+    - 2: tokens [T, C] when T - k = gh * gw for k leading class tokens (at most
+      MAX_CLASS_TOKENS) and a patch grid (gh, gw) that is the input over one patch size (see
+      `_patch_grids`) and, with a second trace, C is unchanged and T2 - k fits the second
+      input with the same k; fewest class tokens first. With a second trace in which T
+      changes with the input and C does not, tokens without a grid when none fits. Else other.
+    - anything else: other.
+    """
+    rank = len(shape)
+    if rank == 1:
+        return LayerLayout("vector", shape)
+    if rank == 3:
+        c, a, b = shape
+
+        def reading_fits(ch: int, sp: tuple[int, int], channel_axis: int, spatial: slice) -> bool:
+            if not _map_fits(*sp, size):
+                return False
+            if shape2 is None or size2 is None:
+                return True
+            h2, w2 = shape2[spatial]
+            return shape2[channel_axis] == ch and _map_fits(h2, w2, size2)
+
+        nchw = reading_fits(c, (a, b), 0, slice(1, 3))
+        nhwc = reading_fits(b, (c, a), 2, slice(0, 2))
+        if nhwc and not nchw:
+            return LayerLayout("nhwc", shape, grid=(c, a))
+        if nchw:
+            return LayerLayout("nchw", shape, grid=(a, b))
+        return LayerLayout("other", shape)
+    if rank == 2:
+        tokens, channels = shape
+        same_channels = shape2 is not None and len(shape2) == 2 and shape2[1] == channels
+        fits = _patch_grids(tokens, size)
+        if shape2 is not None and size2 is not None:
+            later = dict(_patch_grids(shape2[0], size2)) if same_channels else {}
+            fits = [(k, g) for k, g in fits if k in later]
+        if fits:
+            k, grid = fits[0]
+            return LayerLayout("tokens", shape, grid=grid, class_tokens=k)
+        if same_channels and shape2 is not None and shape2[0] != tokens:
+            return LayerLayout("tokens", shape)
+    return LayerLayout("other", shape)
+
+
+def _second_input_size(size: tuple[int, int]) -> tuple[int, int]:
+    # Half as large again: every axis that follows the input changes by a stride of up to
+    # half the input, and the aspect ratio is kept.
+    return (size[0] + max(1, size[0] // 2), size[1] + max(1, size[1] // 2))
 
 
 def _trace_shapes(served: ServedModel) -> object:
     """One forward pass on zeros (it also warms the model up) recording every layer's output
-    shape, how often it runs, which spatial layer finishes last, and the activation ops used."""
+    shape, how often it runs, the activation ops used and which layer gives the last feature
+    map; a second pass at another input size, when the model accepts one, is evidence for
+    the layouts (see `infer_layout`).
+
+    The last feature map: of the layers with a map or tokens over more than one place of the
+    input, in the order their forward passes finish (a whole `layer4` or `features` block
+    after its last conv), the last; adaptive pools are left out (they only resample: VGG's
+    7x7 avgpool up-samples a 2x2 map). `channels_first_layer` is the last such map that is
+    [C, h, w] and runs once (a reused ReLU is ambiguous); it is `default_cam_layer` unless a
+    channels-last or token map runs after it (ViT: its only [C, h, w] layer is the patch
+    embedding, before every block), which leaves no default.
+    """
     shapes: dict[str, tuple[int, ...]] = {}
     calls: dict[str, int] = {}
     finished: list[str] = []
 
-    def make_hook(name: str) -> Callable[..., None]:
+    def make_hook(
+        name: str, into: dict[str, tuple[int, ...]], log_calls: bool
+    ) -> Callable[..., None]:
         def hook(_m: nn.Module, _inp: object, out: object) -> None:
-            calls[name] = calls.get(name, 0) + 1
-            finished.append(name)
+            if log_calls:
+                calls[name] = calls.get(name, 0) + 1
+                finished.append(name)
             if isinstance(out, torch.Tensor) and out.dim() >= 1:
-                shapes[name] = tuple(out.shape[1:])
+                into[name] = tuple(out.shape[1:])
             else:
-                shapes.pop(name, None)
+                into.pop(name, None)
 
         return hook
 
-    handles = [m.register_forward_hook(make_hook(n)) for n, m in served.layers.items()]
+    handles = [
+        m.register_forward_hook(make_hook(n, shapes, True)) for n, m in served.layers.items()
+    ]
     recorder = _OpRecorder()
     try:
         with torch.no_grad(), recorder:
@@ -342,23 +538,50 @@ def _trace_shapes(served: ServedModel) -> object:
     finally:
         for h in handles:
             h.remove()
+    size = (served.input_shape[1], served.input_shape[2])
+    size2 = _second_input_size(size)
+    second: dict[str, tuple[int, ...]] = {}
+    handles = [
+        m.register_forward_hook(make_hook(n, second, False)) for n, m in served.layers.items()
+    ]
+    shapes2: dict[str, tuple[int, ...]] | None = second
+    try:
+        with torch.no_grad():
+            served.module(torch.zeros(1, served.input_shape[0], *size2, device=served.device))
+    except Exception as e:  # noqa: BLE001 - a model made for one input size fails its own way
+        log.debug("model %s: no second trace at %s: %s", served.name, size2, e)
+        shapes2 = None
+    finally:
+        for h in handles:
+            h.remove()
     # Keep named_modules() order, which is what people read in print(model).
     served.layer_shapes.update({n: shapes[n] for n in served.layers if n in shapes})
     served.layer_calls.update(calls)
-    # Grad-CAM wants the last spatial feature map: of the modules that run once (a reused
-    # ReLU is ambiguous), the one whose forward finishes last (a whole `layer4` or
-    # `features` block rather than its last conv).
-    # Adaptive pools only resample (VGG's 7x7 avgpool up-samples a 2x2 map), so skip them.
+    served.layer_layouts.update(
+        {
+            n: infer_layout(s, size, shapes2.get(n) if shapes2 is not None else None, size2)
+            for n, s in served.layer_shapes.items()
+        }
+    )
     resampling = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-    spatial = [
+    layouts = served.layer_layouts
+    maps = {
         n
-        for n in finished
-        if calls[n] == 1
-        and len(shapes.get(n, ())) == 3
-        and shapes[n][1] * shapes[n][2] > 1
+        for n, lay in layouts.items()
+        if lay.kind in ("nchw", "nhwc", "tokens")
+        and lay.positions > 1
         and not isinstance(served.layers[n], resampling)
-    ]
-    served.default_cam_layer = spatial[-1] if spatial else ""
+    }
+    order = [n for n in finished if n in maps]
+    once = [n for n in order if calls[n] == 1]
+    channels_first = [n for n in once if layouts[n].kind == "nchw"]
+    served.channels_first_layer = channels_first[-1] if channels_first else ""
+    served.last_feature_layer = once[-1] if once else (order[-1] if order else "")
+    after = order[order.index(channels_first[-1]) + 1 :] if channels_first else order
+    later = [n for n in after if layouts[n].kind != "nchw"]
+    served.default_cam_layer = served.channels_first_layer if not later else ""
+    if later and served.last_feature_layer in ("", served.channels_first_layer):
+        served.last_feature_layer = later[-1]
     served.non_relu_activations = tuple(sorted(recorder.ops & _NON_RELU_ACTIVATIONS))
     return out
 

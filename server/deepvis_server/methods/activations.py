@@ -8,9 +8,18 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ..errors import InvalidArgument
 from ..models import ServedModel
 from ..render import input_pixels, render_grid, render_heatmap, to_png
-from .base import BatchOutput, ClassTarget, Method, MethodRequest, Output, forward_capturing
+from .base import (
+    BatchOutput,
+    ClassTarget,
+    Method,
+    MethodRequest,
+    Output,
+    forward_capturing,
+    layout_problem,
+)
 
 
 def top_channels(act: np.ndarray, k: int) -> np.ndarray:
@@ -19,12 +28,48 @@ def top_channels(act: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-means, kind="stable")[:k].astype(np.int64)
 
 
+def _channels_first(model: ServedModel, name: str) -> bool:
+    layout = model.layer_layouts.get(name)
+    return layout is None or layout.kind == "nchw"
+
+
+def layout_warnings(model: ServedModel, layers: Sequence[str]) -> tuple[str, ...]:
+    """One warning per layer that is neither channels-first maps nor a vector."""
+    out = []
+    for name in layers:
+        layout = model.layer_layouts.get(name)
+        if layout is not None and layout.kind not in ("nchw", "vector"):
+            out.append(
+                f"activations: layer '{name}' gives {list(layout.shape)}, {layout.describe()}; "
+                "it is returned as the layer gives it, without a grid or heatmap picture"
+            )
+    return tuple(out)
+
+
 class Activations(Method):
-    """The outputs of one or more named layers for the input (no gradients)."""
+    """The outputs of one or more named layers for the input (no gradients).
+
+    Layers of any layout come back as the layer gives them; pictures (a grid of the channels,
+    a heatmap of their mean over the input) are drawn for channels-first maps [C, h, w]
+    only, and top_k_channels ranks the first axis, so it is refused for channels-last and
+    token layers.
+    """
 
     name: ClassVar[str] = "activations"
     uses_layers: ClassVar[bool] = True
     max_layers: ClassVar[int] = 16
+
+    def prepare(self, model: ServedModel, request: MethodRequest) -> MethodRequest:
+        request = super().prepare(model, request)
+        if request.top_k_channels:
+            for name in request.layers:
+                problem = layout_problem(model, name, "top_k_channels ranks")
+                if problem:
+                    raise InvalidArgument(
+                        f"{problem}; or leave top_k_channels 0 for the whole array",
+                        field="top_k_channels",
+                    )
+        return request
 
     def run(
         self, model: ServedModel, x: torch.Tensor, requests: Sequence[MethodRequest]
@@ -37,6 +82,7 @@ class Activations(Method):
             logits=logits,
             arrays=acts[layers[0]],
             targets=[ClassTarget(int(c)) for c in predicted],
+            warnings=layout_warnings(model, layers),
             extras={f"layer:{n}": a for n, a in acts.items()},
         )
 
@@ -62,7 +108,7 @@ class Activations(Method):
             arrays[name] = act
             if main is None:
                 main = act
-            if render and act.ndim == 3:
+            if render and act.ndim == 3 and _channels_first(model, name):
                 pngs[f"{name}.grid"] = to_png(render_grid(act))
                 full = extras[f"layer:{name}"].mean(axis=0)
                 heat = torch.nn.functional.interpolate(

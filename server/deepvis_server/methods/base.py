@@ -83,6 +83,54 @@ def check_layer(model: ServedModel, name: str, field_name: str) -> tuple[int, ..
     return shape
 
 
+def channels_first_hint(model: ServedModel) -> str:
+    """Which channels-first layer to use when one of another layout is refused, in words."""
+    if model.default_cam_layer:
+        name = model.default_cam_layer
+        shape = list(model.layer_shapes[name])
+        return f"use '{name}' instead, the model's last feature map, channels-first {shape}"
+    if model.channels_first_layer:
+        name = model.channels_first_layer
+        shape = list(model.layer_shapes[name])
+        last = model.layer_layouts.get(model.last_feature_layer)
+        later = "token" if last is not None and last.kind == "tokens" else "channels-last"
+        return (
+            f"the model's last channels-first feature map is '{name}' {shape}, which runs "
+            f"before its {later} layers"
+        )
+    return "the model has no channels-first feature map [C, h, w]"
+
+
+def layout_problem(model: ServedModel, name: str, lead: str) -> str | None:
+    """Why a request part that reads channels on the first axis cannot read layer `name`
+    (channels-last or token layers), or None. `lead` says what reads them, e.g. "a neuron's
+    channel indexes"."""
+    layout = model.layer_layouts.get(name)
+    if layout is None or layout.kind not in ("nhwc", "tokens"):
+        return None
+    return (
+        f"{lead} the first axis of a channels-first layer [C, h, w] or a vector [F]; layer "
+        f"'{name[:200]}' gives {list(layout.shape)}, {layout.describe()}, whose first axis is "
+        f"not its channels; {channels_first_hint(model)}"
+    )
+
+
+def no_default_layer_message(model: ServedModel, method: str) -> str:
+    """Why a layer method has no default layer on `model`, and what to do instead."""
+    last = model.layer_layouts.get(model.last_feature_layer)
+    if last is None:
+        return (
+            f"method {method} needs a layer and model '{model.name}' has no spatial layer "
+            "to default to; name one in `layers`"
+        )
+    return (
+        f"method {method} needs a layer and model '{model.name}' has none to default to: its "
+        f"last feature maps are {last.describe()} ('{model.last_feature_layer}' gives "
+        f"{list(last.shape)}), not channels-first [C, h, w]; name a layer in `layers` "
+        f"({channels_first_hint(model)})"
+    )
+
+
 def check_target(model: ServedModel, target: Target | None) -> None:
     """Refuses targets outside the model before they can reach a batch."""
     if target is None:
@@ -106,6 +154,8 @@ def check_target(model: ServedModel, target: Target | None) -> None:
         raise InvalidArgument(
             f"layer '{target.layer}' has no channel dimension", field="target.neuron.layer"
         )
+    if problem := layout_problem(model, target.layer, "a neuron's channel indexes"):
+        raise InvalidArgument(problem, field="target.neuron.layer")
     if not 0 <= target.channel < shape[0]:
         raise InvalidArgument(
             f"target.neuron.channel must be in [0, {shape[0]}) for layer '{target.layer}', "
@@ -241,11 +291,7 @@ class Method(ABC):
             return replace(request, layers=())
         layers = request.layers or ((model.default_cam_layer,) if model.default_cam_layer else ())
         if not layers:
-            raise InvalidArgument(
-                f"method {self.name} needs a layer and model '{model.name}' has no spatial layer "
-                "to default to; name one in `layers`",
-                field="layers",
-            )
+            raise InvalidArgument(no_default_layer_message(model, self.name), field="layers")
         if len(layers) > self.max_layers:
             raise InvalidArgument(
                 f"method {self.name} takes at most {self.max_layers} layer(s), got {len(layers)}",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, NoReturn
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from PIL import Image
 from ..errors import InvalidArgument
 from ..models import ServedModel
 from ..render import input_pixels, render_gradient, render_heatmap, to_png
-from .base import BatchOutput, Method, MethodRequest, Output, forward_and_score
+from .base import BatchOutput, Method, MethodRequest, Output, channels_first_hint, forward_and_score
 from .guided_backprop import relu_rule, relu_rule_warnings
 
 
@@ -31,12 +31,29 @@ class _CamMethod(Method):
     uses_layers: ClassVar[bool] = True
 
     def check_layer_shape(self, model: ServedModel, name: str, shape: tuple[int, ...]) -> None:
+        # Grad-CAM weighs axis 0 as channels and up-samples the other two over the input:
+        # a channels-last or token layer would be read as the wrong maps, silently.
+        layout = model.layer_layouts.get(name)
+        if layout is not None and layout.kind in ("nhwc", "tokens"):
+            self._refuse(model, name, shape, layout.describe())
         if len(shape) != 3:
+            default = f"'{model.default_cam_layer}'" if model.default_cam_layer else "none"
             raise InvalidArgument(
                 f"method {self.name} needs a layer with a spatial output [C, h, w]; "
-                f"'{name}' gives {list(shape)} (default: '{model.default_cam_layer}')",
+                f"'{name}' gives {list(shape)} (default: {default})",
                 field="layers",
             )
+        if layout is not None and layout.kind != "nchw":
+            h, w = model.spec.input_size
+            fits = "neither [C, h, w] nor [h, w, C] fits it"
+            self._refuse(model, name, shape, f"not a feature map of the {h}x{w} input ({fits})")
+
+    def _refuse(self, model: ServedModel, name: str, shape: tuple[int, ...], what: str) -> NoReturn:
+        raise InvalidArgument(
+            f"method {self.name} needs a channels-first feature map [C, h, w]; layer "
+            f"'{name}' gives {list(shape)}, {what}; {channels_first_hint(model)}",
+            field="layers",
+        )
 
 
 class GradCam(_CamMethod):

@@ -20,10 +20,22 @@ from .base import BatchOutput, Method, MethodRequest, forward_and_score
 RELU_BACKWARD_NODES = frozenset(
     {"ReluBackward0", "ReluBackward1", "ThresholdBackward0", "ThresholdBackward1"}
 )
+# Hardtanh's nodes (nn.ReLU6, F.relu6 and nn.Hardtanh reach aten as hardtanh): the ReLU rule
+# covers those with min_val 0, ReLUs with a cap, whose backward passes the gradient where
+# 0 < x < cap, as a ReLU's does where 0 < x.
+HARDTANH_BACKWARD_NODES = frozenset({"HardtanhBackward0", "HardtanhBackward1"})
+
+
+def _is_relu_node(node: Any) -> bool:
+    name = node.name()
+    if name in RELU_BACKWARD_NODES:
+        return True
+    return name in HARDTANH_BACKWARD_NODES and getattr(node, "_saved_min_val", None) == 0
 
 
 def relu_backward_nodes(output: torch.Tensor) -> list[Any]:
-    """Every ReLU node of the autograd graph that produced `output`."""
+    """Every ReLU node of the autograd graph that produced `output`, ReLU6-like Hardtanh
+    nodes (min_val 0) included."""
     seen: set[Any] = set()
     stack, found = [output.grad_fn], []
     while stack:
@@ -31,7 +43,7 @@ def relu_backward_nodes(output: torch.Tensor) -> list[Any]:
         if node is None or node in seen:
             continue
         seen.add(node)  # keeps each node's Python object, hence its identity, alive
-        if node.name() in RELU_BACKWARD_NODES:
+        if _is_relu_node(node):
             found.append(node)
         stack.extend(next_node for next_node, _ in node.next_functions)
     return found
@@ -53,7 +65,8 @@ def _deconv(
 @contextmanager
 def relu_rule(output: torch.Tensor, rule: str) -> Iterator[None]:
     """Backward passes from `output` inside the context use a modified ReLU gradient:
-    - guided: pass back only positive gradient at positive inputs;
+    - guided: pass back only positive gradient at positive inputs (for ReLU6 and
+      Hardtanh(0, cap): at inputs in (0, cap), the node's own mask);
     - deconv: pass back the positive part of the gradient, ignoring the forward mask.
 
     Hooks on the ReLU nodes of this one graph, found by walking it: exact for every way a
@@ -81,8 +94,9 @@ def relu_rule_warnings(model: ServedModel, method: str) -> tuple[str, ...]:
         return ()
     acts = ", ".join(model.non_relu_activations)
     return (
-        f"{method}: model '{model.name}' also uses {acts}; the rule modifies only ReLU "
-        "gradients, so those activations pass plain gradients",
+        f"{method}: model '{model.name}' also uses {acts}; the rule modifies only the "
+        "gradients of ReLU and ReLU6 (Hardtanh from 0), so those activations pass plain "
+        "gradients",
     )
 
 
