@@ -1,15 +1,21 @@
-"""Safe model loading over real gRPC: model_root confinement and per-model isolation."""
+"""Model loading over real gRPC: the embedded default, builder arguments, what an arch may
+name, model_root confinement, weights-only loading and per-model isolation."""
 
 from __future__ import annotations
 
 import builtins
+import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -22,6 +28,8 @@ from deepvis_server.security import resolve_under_root
 from deepvis_server.server import DeepvisServer, model_health_service, serve_in_thread
 
 DIGITS = load_config().models[0]
+TESTS_DIR = Path(__file__).resolve().parent
+CPU = torch.device("cpu")
 
 
 class CodePayload:
@@ -96,20 +104,31 @@ def test_the_payload_is_real_code(layout: dict[str, Path], tmp_path: Path) -> No
     assert probe.exists()
 
 
+REFUSED_PICKLE = (
+    "model 'evil' is not available: its weights file was refused when the server started "
+    "(it holds pickled objects other than tensors)"
+)
+
+
 def test_pickled_code_is_refused_and_never_runs(mixed_server, layout, sample_paths) -> None:
     with deepvis.Client(mixed_server.bound_address, timeout=30) as client:
         with pytest.raises(deepvis.Unavailable) as info:
             client.explain(str(sample_paths[0]), model="evil")
-        assert "model 'evil' failed to load" in info.value.details
-        assert "evil.pt" in info.value.details and "refused" in info.value.details
-        with pytest.raises(deepvis.Unavailable):
+        # Why, in one sentence: not where the server keeps its files, nor torch's advice.
+        assert info.value.details == REFUSED_PICKLE
+        with pytest.raises(deepvis.Unavailable) as info:
             client.describe("evil")
-        with pytest.raises(deepvis.Unavailable):
+        assert info.value.details == REFUSED_PICKLE
+        with pytest.raises(deepvis.Unavailable) as info:
             client.visualize(3, model="evil", steps=4)
+        assert info.value.details == REFUSED_PICKLE
         # The other model of the same server answers, correctly.
         result = client.explain(str(sample_paths[0]), model="good")
         assert result.target == 0 and result.predictions[0].label == "0"
     assert not layout["marker"].exists()
+    # The operator's account keeps the path and the unpickler's reason.
+    detail = mixed_server.engine.failure_details["evil"]
+    assert str(layout["root"] / "evil.pt") in detail and "GLOBAL io.open" in detail
 
 
 def test_health_reports_each_model(mixed_server) -> None:
@@ -130,12 +149,18 @@ def test_health_reports_each_model(mixed_server) -> None:
         ("labels-symlink", "models/labels-link.txt"),
     ],
 )
-def test_paths_outside_model_root_are_refused(mixed_server, sample_paths, model, path) -> None:
+def test_paths_outside_model_root_are_refused(
+    mixed_server, layout, sample_paths, model, path
+) -> None:
     with deepvis.Client(mixed_server.bound_address, timeout=10) as client:
         with pytest.raises(deepvis.Unavailable) as info:
             client.explain(str(sample_paths[0]), model=model)
-    details = info.value.details
-    assert path in details and "outside model_root" in details, details
+    kind = "labels" if "labels" in path else "weights"
+    assert info.value.details == (
+        f"model '{model}' is not available: its {kind} file is not inside the server's model_root"
+    )
+    detail = mixed_server.engine.failure_details[model]
+    assert str(layout["base"] / path) in detail and "outside model_root" in detail, detail
 
 
 def test_resolve_under_root_names_the_path(layout) -> None:
@@ -229,3 +254,76 @@ def test_cpu_threads_sizes_the_off_loop_pool(tmp_path) -> None:
     for bad in (0, -1, 2.5, True, "4"):
         with pytest.raises(ConfigError, match=r"\[server\].cpu_threads must be a positive integer"):
             parse_config({"server": {"cpu_threads": bad}, **base}, tmp_path)
+
+
+# --- Server processes --------------------------------------------------------------------
+
+
+def _server_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "deepvis_server", "--device", "cpu", *args]
+
+
+@contextmanager
+def server_process(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, Path]]:
+    """A `deepvis-server` process on a free port: yields its address and its stderr file once
+    it says it is serving; SIGTERM at the end, which must exit 0."""
+    address = f"127.0.0.1:{free_port()}"
+    log = tmp_path / f"server-{address.rsplit(':', 1)[1]}.log"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(
+            _server_cmd("--address", address, *args),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:  # EOF ends the loop if the server died
+            seen.append(line)
+            if line.startswith("deepvis-server: serving"):
+                break
+        else:
+            pytest.fail(f"the server never served: {seen} {log.read_text()}")
+        yield address, log
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# --- What clients hear of a model that failed to load ------------------------------------
+
+
+def test_a_refused_weights_file_is_explained_without_server_paths(layout, tmp_path) -> None:
+    cfg = tmp_path / "mixed.toml"
+    root = layout["root"]
+    cfg.write_text(
+        f'[server]\nmodel_root = "{root}"\nlog_format = "json"\n\n'
+        + "".join(
+            f'[[models]]\nname = "{name}"\narch = "{DIGITS.arch}"\nweights = "{root / file}"\n'
+            "num_classes = 10\nchannels = 1\ninput_size = [32, 32]\n\n"
+            for name, file in (("good", "digits.safetensors"), ("evil", "evil.pt"))
+        )
+    )
+    with server_process(tmp_path, "--config", str(cfg)) as (address, log):
+        with deepvis.Client(address, timeout=30) as client:
+            with pytest.raises(deepvis.Unavailable) as info:
+                client.explain(np.zeros((32, 32), np.uint8), model="evil")
+            assert client.health(model_health_service("evil")) == "NOT_SERVING"
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+    details = info.value.details
+    assert details == REFUSED_PICKLE
+    assert "/" not in details and "torch" not in details.lower()
+    (failed,) = [r for r in records if r["level"] == "ERROR"]
+    assert failed["logger"] == "deepvis_server.engine"
+    assert (
+        f"model evil failed to load, not serving it: {root / 'evil.pt'}: refused"
+        in (failed["message"])
+    )
+    assert not layout["marker"].exists()

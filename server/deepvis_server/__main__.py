@@ -68,8 +68,7 @@ async def serve(server: DeepvisServer) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
-    for name, why in server.engine.failed.items():
-        print(f"deepvis-server: not serving {name}: {why}", file=sys.stderr, flush=True)
+    # A model that failed to load was logged (an error line with the cause) as it failed.
     print(
         f"deepvis-server: serving {', '.join(server.engine.models)} on {server.bound_address} "
         f"({server.access})",

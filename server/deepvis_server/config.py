@@ -20,7 +20,17 @@ TORCHVISION_WEIGHTS_PREFIX = "torchvision:"
 
 
 class ConfigError(ValueError):
-    """The configuration file is invalid; the message names the key."""
+    """The configuration is invalid, or a model it names cannot be loaded.
+
+    The message is for the operator: it names the key, and the file and path at fault.
+    `public`, when set, is what a client may be told instead: one clause that says why,
+    without the server's paths (e.g. "its weights file was not found when the server
+    started").
+    """
+
+    def __init__(self, message: str, *, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = public
 
 
 @dataclass(frozen=True)

@@ -81,17 +81,27 @@ def resolve_builder(arch: str) -> Callable[..., nn.Module]:
         ) from None
 
 
+# What a client is told of a refused weights file: why, in a few words, never where.
+_REFUSED = "its weights file was refused when the server started"
+
+
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Reads weights without running code: safetensors, or torch.load(weights_only=True)."""
     if not path.is_file():
-        raise ConfigError(f"weights file not found: {path}")
+        raise ConfigError(
+            f"weights file not found: {path}",
+            public="its weights file was not found when the server started",
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path), device="cpu")
         except Exception as e:  # noqa: BLE001 - safetensors' error type is not public API
-            raise ConfigError(f"{path}: not a valid safetensors file: {e}") from None
+            raise ConfigError(
+                f"{path}: not a valid safetensors file: {e}",
+                public=f"{_REFUSED} (it is not a valid safetensors file)",
+            ) from None
     # weights_only=True refuses pickled code; there is deliberately no fallback.
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -99,14 +109,21 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise ConfigError(
             f"{path}: refused: it holds pickled objects other than tensors "
             f"({_unpickler_reason(e)}); weights are read weights-only (safetensors, or "
-            "torch.load(weights_only=True))"
+            "torch.load(weights_only=True))",
+            public=f"{_REFUSED} (it holds pickled objects other than tensors)",
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ConfigError(f"{path}: not a torch weights file: {e}") from None
+        raise ConfigError(
+            f"{path}: not a torch weights file: {e}",
+            public=f"{_REFUSED} (it is not a weights file)",
+        ) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ConfigError(f"{path}: expected a state dict of tensors")
+        raise ConfigError(
+            f"{path}: expected a state dict of tensors",
+            public=f"{_REFUSED} (it holds no state dict of tensors)",
+        )
     return obj
 
 
@@ -142,17 +159,22 @@ def fetch_torchvision_state_dict(weights: Any, what: str) -> dict[str, torch.Ten
     except pickle.UnpicklingError as e:
         raise ConfigError(
             f"{what}: {cached}: refused: it holds pickled objects other than tensors "
-            f"({_unpickler_reason(e)}); weights are read weights-only"
+            f"({_unpickler_reason(e)}); weights are read weights-only",
+            public=f"{_REFUSED} (it holds pickled objects other than tensors)",
         ) from None
     except Exception as e:  # noqa: BLE001 - network, file system and torch.load errors alike
         raise ConfigError(
             f"{what}: cannot get torchvision weights {weights} (not in the cache {cached}, "
-            f"download from {url} failed, or the file is unreadable): {type(e).__name__}: {e}"
+            f"download from {url} failed, or the file is unreadable): {type(e).__name__}: {e}",
+            public="its torchvision weights could not be fetched when the server started",
         ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"{what}: {cached}: expected a state dict of tensors")
+        raise ConfigError(
+            f"{what}: {cached}: expected a state dict of tensors",
+            public=f"{_REFUSED} (it holds no state dict of tensors)",
+        )
     return state
 
 
@@ -185,7 +207,8 @@ def load_torchvision_model(spec: ModelSpec) -> tuple[nn.Module, tuple[str, ...]]
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ConfigError(
-            f"{what}: torchvision weights {weights} do not fit '{spec.arch}': {e}"
+            f"{what}: torchvision weights {weights} do not fit '{spec.arch}': {e}",
+            public="its torchvision weights do not fit its architecture",
         ) from None
     if isinstance(module, torchvision.models.GoogLeNet):
         # torchvision drops GoogLeNet's auxiliary heads after loading (they are untrained).
@@ -210,12 +233,16 @@ def read_labels(path: Path | None, num_classes: int) -> tuple[str, ...]:
         return ()
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise ConfigError(f"labels file {path}: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"labels file {path}: {e}",
+            public="its labels file could not be read when the server started",
+        ) from None
     labels = tuple(line.strip() for line in lines if line.strip())
     if len(labels) != num_classes:
         raise ConfigError(
-            f"labels file {path} has {len(labels)} labels, num_classes is {num_classes}"
+            f"labels file {path} has {len(labels)} labels, num_classes is {num_classes}",
+            public=f"its labels file has {len(labels)} labels for {num_classes} classes",
         )
     return labels
 
@@ -243,9 +270,9 @@ def load_model(
     if model_root is not None:
         where = f"model '{spec.name}':"
         if weights is not None:
-            weights = resolve_under_root(weights, model_root, f"{where} weights")
+            weights = _under_root(weights, model_root, f"{where} weights", "weights")
         if labels is not None:
-            labels = resolve_under_root(labels, model_root, f"{where} labels")
+            labels = _under_root(labels, model_root, f"{where} labels", "labels")
     categories: tuple[str, ...] = ()
     if spec.torchvision_weights is not None:
         # Published weights by name: built as torchvision does, read from torch.hub's cache.
@@ -258,7 +285,8 @@ def load_model(
                 module.load_state_dict(state, strict=True)
             except RuntimeError as e:
                 raise ConfigError(
-                    f"model '{spec.name}': weights do not fit '{spec.arch}': {e}"
+                    f"model '{spec.name}': weights do not fit '{spec.arch}': {e}",
+                    public="its weights do not fit its architecture",
                 ) from None
         else:
             log.warning("model %s has no weights: serving random initialisation", spec.name)
@@ -276,9 +304,19 @@ def load_model(
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, spec.num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(
-            f"model '{spec.name}': output for one input is {shape}, expected (1, {spec.num_classes})"
+            f"model '{spec.name}': output for one input is {shape}, expected (1, {spec.num_classes})",
+            public=f"its output for one input is {shape}, not (1, {spec.num_classes})",
         )
     return served
+
+
+def _under_root(path: Path, root: Path, what: str, kind: str) -> Path:
+    try:
+        return resolve_under_root(path, root, what)
+    except ConfigError as e:
+        raise ConfigError(
+            str(e), public=f"its {kind} file is not inside the server's model_root"
+        ) from None
 
 
 # Activation ops whose backward guided backprop and deconvolution leave unmodified.
