@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 from safetensors.torch import load_file
 
 import deepvis
@@ -295,6 +297,51 @@ def server_process(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --- The embedded default model ----------------------------------------------------------
+
+
+def test_a_config_with_only_server_settings_serves_the_embedded_model(
+    tmp_path, sample_paths
+) -> None:
+    metrics_port = free_port()
+    (tmp_path / "models").mkdir()
+    cfg = tmp_path / "server-only.toml"
+    # model_root confines the operator's files; the embedded model ships with the package.
+    cfg.write_text(f'[server]\nmetrics_port = {metrics_port}\nmodel_root = "models"\n')
+    with server_process(tmp_path, "--config", str(cfg)) as (address, _log):
+        with deepvis.Client(address, timeout=30) as client:
+            assert [m.name for m in client.models()] == ["digits"]
+            result = client.explain(str(sample_paths[3]))
+            assert result.target == 3 and result.predictions[0].label == "3"
+        # The [server] settings hold: metrics are on, on the configured port.
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            samples = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(r.read().decode())
+                for s in family.samples
+            }
+        explained = ("deepvis_requests_total", (("code", "OK"), ("method", "Explain")))
+        assert samples[explained] == 1
+    config = parse_config({"server": {"metrics_port": 9100}}, tmp_path)
+    assert [m.name for m in config.models] == ["digits"] and config.metrics_port == 9100
+    assert config.models == load_config().models
+
+
+def test_an_empty_models_list_says_what_to_do(tmp_path) -> None:
+    cfg = tmp_path / "empty.toml"
+    cfg.write_text("models = []\n\n[server]\nmetrics_port = 0\n")
+    proc = _server_process("--config", str(cfg))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "ConfigError: models = [] names no model: add a [[models]] table for each model to "
+        "serve, or leave `models` out to serve the embedded default model"
+    )
+    with pytest.raises(ConfigError, match=r"write \[\[models\]\] \(double brackets\)"):
+        parse_config({"models": {"name": "m"}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"models\[0\] must be a \[\[models\]\] table"):
+        parse_config({"models": ["resnet18"]}, tmp_path)
 
 
 # --- What clients hear of a model that failed to load ------------------------------------

@@ -58,6 +58,9 @@ class ModelSpec:
     # pixels, then centre-cropped to input_size (torchvision's evaluation transforms);
     # 0: resized straight to input_size.
     resize: int = 0
+    # The embedded default model (served when the configuration has no [[models]]): its files
+    # ship inside the package, so model_root does not confine them.
+    embedded: bool = False
 
 
 @dataclass(frozen=True)
@@ -225,8 +228,12 @@ def _declared_by(weights: Any) -> dict[str, Any]:
     return declared
 
 
-def parse_model(table: dict[str, Any], base: Path, index: int) -> ModelSpec:
+def parse_model(
+    table: dict[str, Any], base: Path, index: int, *, embedded: bool = False
+) -> ModelSpec:
     where = f"models[{index}]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a [[models]] table, got {table!r}")
     unknown = set(table) - _MODEL_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; valid: {sorted(_MODEL_KEYS)}")
@@ -309,6 +316,7 @@ def parse_model(table: dict[str, Any], base: Path, index: int) -> ModelSpec:
         if tv_weights is None
         else f"{type(tv_weights).__name__}.{tv_weights.name}",
         resize=resize,
+        embedded=embedded,
     )
 
 
@@ -325,10 +333,21 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     unknown_top = set(data) - {"server", "models"}
     if unknown_top:
         raise ConfigError(f"unknown top-level keys {sorted(unknown_top)}; valid: server, models")
-    tables = data.get("models")
-    if not isinstance(tables, list) or not tables:
-        raise ConfigError("the configuration needs at least one [[models]] table")
-    models = tuple(parse_model(t, base, i) for i, t in enumerate(tables))
+    if "models" in data:
+        tables = data["models"]
+        if isinstance(tables, dict):
+            raise ConfigError(
+                "models must be an array of tables: write [[models]] (double brackets) above "
+                "each model's keys"
+            )
+        if not isinstance(tables, list) or not tables:
+            raise ConfigError(
+                f"models = {tables!r} names no model: add a [[models]] table for each model "
+                "to serve, or leave `models` out to serve the embedded default model"
+            )
+        models = tuple(parse_model(t, base, i) for i, t in enumerate(tables))
+    else:
+        models = default_models()
     names = [m.name for m in models]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -381,14 +400,25 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     return cfg
 
 
-def load_config(path: Path | str | None = None) -> ServerConfig:
-    """Reads a TOML configuration file; None reads the embedded default model's."""
-    p = Path(path) if path is not None else DEFAULT_CONFIG
+def _read_toml(p: Path) -> dict[str, Any]:
     try:
         with p.open("rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"configuration file not found: {p}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: invalid TOML: {e}") from None
-    return parse_config(data, p.resolve().parent, source=p)
+
+
+def default_models() -> tuple[ModelSpec, ...]:
+    """The embedded default model's specs, as a configuration without [[models]] serves them."""
+    tables = _read_toml(DEFAULT_CONFIG)["models"]
+    return tuple(parse_model(t, DEFAULT_MODEL_DIR, i, embedded=True) for i, t in enumerate(tables))
+
+
+def load_config(path: Path | str | None = None) -> ServerConfig:
+    """Reads a TOML configuration file; None: the embedded default model, default settings."""
+    if path is None:
+        return parse_config({}, DEFAULT_MODEL_DIR, source=DEFAULT_CONFIG)
+    p = Path(path)
+    return parse_config(_read_toml(p), p.resolve().parent, source=p)

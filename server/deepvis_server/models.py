@@ -267,7 +267,8 @@ def load_model(
     it, and are read through their resolved paths.
     """
     weights, labels = spec.weights, spec.labels
-    if model_root is not None:
+    # The embedded model's files ship inside the package: model_root confines the operator's.
+    if model_root is not None and not spec.embedded:
         where = f"model '{spec.name}':"
         if weights is not None:
             weights = _under_root(weights, model_root, f"{where} weights", "weights")
