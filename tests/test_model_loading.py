@@ -19,11 +19,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torchvision
+from captum.attr import Saliency
 from prometheus_client.parser import text_string_to_metric_families
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
+from torch import nn
 
 import deepvis
-from conftest import free_port
+from conftest import free_port, relative_error
 from deepvis_server.config import ConfigError, load_config, parse_config
 from deepvis_server.models import load_model
 from deepvis_server.security import resolve_under_root
@@ -342,6 +345,237 @@ def test_an_empty_models_list_says_what_to_do(tmp_path) -> None:
         parse_config({"models": {"name": "m"}}, tmp_path)
     with pytest.raises(ConfigError, match=r"models\[0\] must be a \[\[models\]\] table"):
         parse_config({"models": ["resnet18"]}, tmp_path)
+
+
+# --- Builder arguments -------------------------------------------------------------------
+
+AUX_OFF = {"aux_logits": False, "init_weights": False}
+
+
+@pytest.fixture(scope="module")
+def aux_free(tmp_path_factory) -> Iterator[tuple[DeepvisServer, dict[str, nn.Module]]]:
+    """GoogLeNet and Inception v3 without their auxiliary heads, by torchvision name with
+    `kwargs`, random weights saved to files; and their twins, built here the same way."""
+    root = tmp_path_factory.mktemp("aux")
+    torch.manual_seed(3)
+    tables, twins = [], {}
+    for arch, side in (("googlenet", 64), ("inception_v3", 75)):
+        twin = torchvision.models.get_model(arch, weights=None, num_classes=6, **AUX_OFF).eval()
+        path = root / f"{arch}.safetensors"
+        save_file({k: v.contiguous() for k, v in twin.state_dict().items()}, str(path))
+        tables.append(
+            {
+                "name": arch,
+                "arch": arch,
+                "weights": str(path),
+                "num_classes": 6,
+                "input_size": [side, side],
+                "kwargs": dict(AUX_OFF),
+            }
+        )
+        twins[arch] = twin
+    with serve_in_thread(parse_config({"models": tables}, root), "127.0.0.1:0") as server:
+        yield server, twins
+
+
+@pytest.mark.parametrize("arch", ["googlenet", "inception_v3"])
+def test_builder_kwargs_serve_models_without_aux_heads(aux_free, arch) -> None:
+    server, twins = aux_free
+    twin = twins[arch]
+    side = server.engine.models[arch].spec.input_size[0]
+    assert server.engine.models[arch].spec.kwargs == AUX_OFF
+    # Built without the heads, as the twin: the weights file fitted strictly.
+    assert not any("aux" in name.lower() for name in server.engine.models[arch].layers)
+    x = np.random.default_rng(5).standard_normal((3, side, side)).astype(np.float32)
+    with deepvis.Client(server.bound_address, timeout=120) as client:
+        result = client.explain(x, model=arch, method="saliency", target=2, render=False)
+    batch = torch.from_numpy(x)[None]
+    with torch.no_grad():
+        probs = torch.softmax(twin(batch), 1)[0]
+    top = probs.argsort(descending=True)[: len(result.predictions)].tolist()
+    assert [p.index for p in result.predictions] == top
+    assert np.allclose([p.score for p in result.predictions], probs[top].numpy(), atol=1e-5)
+    ref = Saliency(twin).attribute(batch.clone(), target=2, abs=True)
+    assert relative_error(result.array, ref[0].numpy()) <= 1e-5
+
+
+def _spec(tmp_path: Path, **table: Any) -> Any:
+    base = {"name": "m", "arch": "googlenet", "num_classes": 3, "input_size": [64, 64]}
+    return parse_config({"models": [{**base, **table}]}, tmp_path).models[0]
+
+
+def test_a_kwarg_the_builder_does_not_take_is_a_config_error(tmp_path) -> None:
+    CALLS.clear()
+    with pytest.raises(ConfigError) as info:
+        load_model(_spec(tmp_path, kwargs={"aux_logit": False}), CPU)
+    message = str(info.value)
+    assert "kwargs.aux_logit is not an argument of torchvision's googlenet" in message
+    assert "aux_logits" in message  # the names it does take
+    assert info.value.public is not None and "googlenet" not in info.value.public
+    spec = _spec(tmp_path, arch="test_model_loading:build_tiny", kwargs={"depth": 2})
+    with pytest.raises(
+        ConfigError,
+        match=r"kwargs.depth is not an argument of test_model_loading.build_tiny; "
+        r"it takes: weights, width",
+    ):
+        load_model(spec, CPU)
+    assert CALLS == []  # refused before the builder ran
+
+
+def test_kwargs_are_plain_data_and_never_what_the_table_sets(tmp_path) -> None:
+    for kwargs, message in [
+        ({"num_classes": 3}, "kwargs.num_classes is not allowed: set num_classes in the"),
+        ({"weights": "x"}, "kwargs.weights is not allowed"),
+        ({"progress": True}, "kwargs.progress is not allowed"),
+        ("aux_logits=false", "kwargs must be a table of builder keyword arguments"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            _spec(tmp_path, kwargs=kwargs)
+    import tomllib
+
+    date = tomllib.loads("d = 1979-05-27")["d"]
+    with pytest.raises(ConfigError, match=r"kwargs.blocks\[1\] is a date or time"):
+        _spec(tmp_path, kwargs={"blocks": [1, date]})
+    # A function of the operator's own may take a `weights` argument.
+    spec = _spec(tmp_path, arch="test_model_loading:build_tiny", kwargs={"weights": "x"})
+    assert spec.kwargs == {"weights": "x"}
+
+
+def test_kwargs_that_change_what_torchvision_weights_need_conflict(tmp_path) -> None:
+    # Refused before any download: the weights need the heads to load.
+    spec = _spec(
+        tmp_path,
+        weights="torchvision:IMAGENET1K_V1",
+        input_size=[224, 224],
+        num_classes=1000,
+        kwargs={"aux_logits": False},
+    )
+    with pytest.raises(ConfigError) as info:
+        load_model(spec, CPU)
+    assert "kwargs.aux_logits = False conflicts with torchvision weights" in str(info.value)
+    assert "aux_logits = True" in str(info.value)
+
+
+# --- What an arch may name ---------------------------------------------------------------
+
+# (name, arch called, kwargs it got), one entry per call of a builder below.
+CALLS: list[tuple[str, dict[str, Any]]] = []
+
+
+class TinyNet(nn.Module):
+    """A module class the configuration names directly."""
+
+    def __init__(self, num_classes: int = 4, width: int = 4) -> None:
+        super().__init__()
+        CALLS.append(("TinyNet", {"num_classes": num_classes, "width": width}))
+        self.conv = nn.Conv2d(3, width, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.relu(self.conv(x))), 1))
+
+
+def build_tiny(width: int = 4, weights: str | None = None) -> nn.Module:
+    """A builder without num_classes: its model has 3 classes, whatever the table says."""
+    CALLS.append(("build_tiny", {"width": width, "weights": weights}))
+    return TinyNet(num_classes=3, width=width)
+
+
+def build_any(**kwargs: Any) -> nn.Module:
+    CALLS.append(("build_any", dict(kwargs)))
+    return TinyNet(**kwargs)
+
+
+def build_nothing(num_classes: int) -> int:
+    CALLS.append(("build_nothing", {"num_classes": num_classes}))
+    return num_classes
+
+
+def build_and_exit(num_classes: int) -> nn.Module:
+    CALLS.append(("build_and_exit", {"num_classes": num_classes}))
+    raise SystemExit(0)
+
+
+def test_functions_and_module_classes_are_called_once_as_their_signature_says(
+    tmp_path,
+) -> None:
+    tables = [
+        {"name": "fn", "arch": "test_model_loading:build_tiny", "num_classes": 3},
+        {"name": "cls", "arch": "test_model_loading:TinyNet", "num_classes": 5},
+        {
+            "name": "any",
+            "arch": "test_model_loading:build_any",
+            "num_classes": 2,
+            "kwargs": {"width": 6},
+        },
+    ]
+    tables = [{**t, "input_size": [8, 8]} for t in tables]
+    CALLS.clear()
+    with serve_in_thread(parse_config({"models": tables}, tmp_path), "127.0.0.1:0") as server:
+        # Each builder once: build_tiny without num_classes (its signature has none), the
+        # class and the **kwargs function with it (the class's call comes through build_any).
+        assert CALLS == [
+            ("build_tiny", {"width": 4, "weights": None}),
+            ("TinyNet", {"num_classes": 3, "width": 4}),
+            ("TinyNet", {"num_classes": 5, "width": 4}),
+            ("build_any", {"width": 6, "num_classes": 2}),
+            ("TinyNet", {"num_classes": 2, "width": 6}),
+        ]
+        x = np.random.default_rng(0).standard_normal((3, 8, 8)).astype(np.float32)
+        with deepvis.Client(server.bound_address, timeout=30) as client:
+            for name, classes in (("fn", 3), ("cls", 5), ("any", 2)):
+                result = client.explain(x, model=name, method="saliency", render=False)
+                assert len(result.predictions) == classes and result.array.shape == (3, 8, 8)
+                module = server.engine.models[name].module
+                with torch.no_grad():
+                    expected = int(module(torch.from_numpy(x)[None]).argmax())
+                assert result.target == expected
+    assert len(CALLS) == 5  # serving built nothing more
+
+
+def test_a_builder_must_build_a_module_and_may_not_end_the_server(tmp_path) -> None:
+    CALLS.clear()
+    cases = [
+        ("test_model_loading:build_nothing", "build_nothing returned int, not an nn.Module"),
+        ("test_model_loading:build_and_exit", "raised SystemExit while building the model"),
+        ("collections:OrderedDict", "class collections.OrderedDict is not an nn.Module subclass"),
+        ("test_model_loading:CALLS", "'CALLS' is a list, not an nn.Module subclass"),
+        ("test_model_loading:nope", "module 'test_model_loading' has no 'nope'"),
+        ("no_such_module_xyz:Net", "cannot import module 'no_such_module_xyz'"),
+    ]
+    for arch, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            load_model(_spec(tmp_path, arch=arch), CPU)
+    assert CALLS == [("build_nothing", {"num_classes": 3}), ("build_and_exit", {"num_classes": 3})]
+
+
+REFUSED_ARCHS = {
+    "getpid": ("os:getpid", "'getpid' is a builtin"),
+    "print": ("builtins:print", "'print' is a builtin"),
+    "quit": ("builtins:exit", "'exit' is a Quitter"),
+    "sys-exit": ("sys:exit", "'exit' is a builtin"),
+}
+
+
+def test_an_arch_that_is_no_builder_is_refused_and_the_server_exits_2(tmp_path) -> None:
+    cfg = tmp_path / "callables.toml"
+    cfg.write_text(
+        "".join(
+            f'[[models]]\nname = "{name}"\narch = "{arch}"\nnum_classes = 2\n'
+            "input_size = [8, 8]\n\n"
+            for name, (arch, _) in REFUSED_ARCHS.items()
+        )
+    )
+    proc = _server_process("--config", str(cfg))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""  # print() never ran: it would have written an empty line
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("ConfigError")]
+    assert error.startswith("ConfigError: no model could be loaded: ")
+    for name, (arch, kind) in REFUSED_ARCHS.items():
+        assert f"model '{name}': arch '{arch}': {kind}" in error, error
+    assert error.count("not an nn.Module subclass or a Python function that returns one") == 4
 
 
 # --- What clients hear of a model that failed to load ------------------------------------

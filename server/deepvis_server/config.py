@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 from dataclasses import dataclass, field
@@ -58,6 +59,9 @@ class ModelSpec:
     # pixels, then centre-cropped to input_size (torchvision's evaluation transforms);
     # 0: resized straight to input_size.
     resize: int = 0
+    # Keyword arguments for the builder beside num_classes (the table's `kwargs`): plain
+    # TOML data only, deep-copied for each build so that no builder can change the spec.
+    kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
     # The embedded default model (served when the configuration has no [[models]]): its files
     # ship inside the package, so model_root does not confine them.
     embedded: bool = False
@@ -126,6 +130,14 @@ _MODEL_KEYS = {
     "max_delay_ms",
     "fast",
     "resize",
+    "kwargs",
+}
+# Builder arguments the table sets itself, or the server does: never in `kwargs` (the
+# last two only for torchvision builders, which the server calls with weights=None).
+_RESERVED_KWARGS = {
+    "num_classes": "set num_classes in the [[models]] table itself",
+    "weights": "the table's `weights` key names the weights of a torchvision model",
+    "progress": "the server fetches torchvision weights itself",
 }
 _LIMIT_KEYS: tuple[str, ...] = (
     "max_message_bytes",
@@ -181,6 +193,35 @@ def _path(value: Any, base: Path, where: str) -> Path:
         raise ConfigError(f"{where} must be a non-empty path string, got {value!r}")
     p = Path(value)
     return p if p.is_absolute() else (base / p)
+
+
+def _plain_value(value: Any, where: str) -> Any:
+    """A TOML value made of strings, numbers, booleans, arrays and tables, else ConfigError."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, list):
+        return [_plain_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _plain_value(v, f"{where}.{k}") for k, v in value.items()}
+    kind = "a date or time" if isinstance(value, (datetime.date, datetime.time)) else "unsupported"
+    raise ConfigError(
+        f"{where} is {kind} ({value!r}); builder arguments are strings, numbers, booleans, "
+        "arrays and inline tables"
+    )
+
+
+def _builder_kwargs(value: Any, arch: str, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{where} must be a table of builder keyword arguments, e.g. "
+            f"kwargs = {{ aux_logits = false }}, got {value!r}"
+        )
+    for key in value:
+        if key in _RESERVED_KWARGS and (key == "num_classes" or ":" not in arch):
+            raise ConfigError(f"{where}.{key} is not allowed: {_RESERVED_KWARGS[key]}")
+        if not key.isidentifier():
+            raise ConfigError(f"{where}: '{key}' is not a Python keyword argument name")
+    return {k: _plain_value(v, f"{where}.{k}") for k, v in value.items()}
 
 
 def _torchvision_weights(arch: str, name: str, where: str) -> Any:
@@ -316,6 +357,7 @@ def parse_model(
         if tv_weights is None
         else f"{type(tv_weights).__name__}.{tv_weights.name}",
         resize=resize,
+        kwargs=_builder_kwargs(table.get("kwargs", {}), arch, f"{where}.kwargs"),
         embedded=embedded,
     )
 

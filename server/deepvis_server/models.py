@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
+import inspect
 import logging
 import pickle
 import re
@@ -58,17 +60,42 @@ class ServedModel:
         return self.labels[index] if index < len(self.labels) else str(index)
 
 
+_ARCH_FORMS = "a torchvision builder name or 'package.module:callable'"
+
+
 def resolve_builder(arch: str) -> Callable[..., nn.Module]:
-    """Returns the callable that builds `arch`: 'package.module:callable' or a torchvision name."""
+    """Returns what builds `arch`: a torchvision builder, or for 'package.module:callable'
+    an nn.Module subclass or a Python function (never a builtin or other callable object).
+
+    Raises:
+        ConfigError: The module cannot be imported, or the name is anything else.
+    """
     if ":" in arch:
         module_name, _, attr = arch.partition(":")
+        if not module_name or not attr.isidentifier():
+            raise ConfigError(f"arch '{arch}' must be {_ARCH_FORMS}")
         try:
             module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise ConfigError(f"arch '{arch}': cannot import module '{module_name}': {e}") from None
+        except BaseException as e:  # noqa: BLE001 - SystemExit too: an import must not end us
+            raise ConfigError(
+                f"arch '{arch}': cannot import module '{module_name}': {type(e).__name__}: {e}"
+            ) from None
         builder = getattr(module, attr, None)
-        if not callable(builder):
-            raise ConfigError(f"arch '{arch}': '{attr}' is not a callable in '{module_name}'")
+        if builder is None:
+            raise ConfigError(f"arch '{arch}': module '{module_name}' has no '{attr}'")
+        if inspect.isclass(builder):
+            if not issubclass(builder, nn.Module):
+                raise ConfigError(
+                    f"arch '{arch}': class {_qualified(builder)} is not an nn.Module subclass; "
+                    "refused (arch names an nn.Module subclass or a Python function that "
+                    "returns one)"
+                )
+        elif not inspect.isfunction(builder):
+            kind = "a builtin" if inspect.isbuiltin(builder) else f"a {type(builder).__name__}"
+            raise ConfigError(
+                f"arch '{arch}': '{attr}' is {kind}, not an nn.Module subclass or a Python "
+                "function that returns one; refused"
+            )
         return builder  # type: ignore[no-any-return]
     import torchvision
 
@@ -81,6 +108,105 @@ def resolve_builder(arch: str) -> Callable[..., nn.Module]:
         ) from None
 
 
+def _qualified(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+@dataclass(frozen=True)
+class _Accepts:
+    """The keyword arguments a builder takes: these names, and any name when `any_name`."""
+
+    names: frozenset[str]
+    any_name: bool
+
+    def __contains__(self, name: object) -> bool:
+        return self.any_name or name in self.names
+
+
+def _accepts(signature: inspect.Signature) -> _Accepts:
+    params = signature.parameters.values()
+    return _Accepts(
+        names=frozenset(
+            p.name
+            for p in params
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        ),
+        any_name=any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params),
+    )
+
+
+def _signature(builder: Callable[..., Any], arch: str) -> inspect.Signature:
+    try:
+        return inspect.signature(builder)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"arch '{arch}': cannot read the signature of its builder: {e}") from None
+
+
+def _torchvision_accepts(builder: Callable[..., Any], signature: inspect.Signature) -> _Accepts:
+    """What a torchvision builder takes: it passes its **kwargs on to the model class it
+    returns (its return annotation), whose constructor says which names are valid."""
+    own = _accepts(signature)
+    returned = signature.return_annotation
+    if not own.any_name or not (inspect.isclass(returned) and issubclass(returned, nn.Module)):
+        return own
+    try:
+        cls = _accepts(inspect.signature(returned))
+    except (TypeError, ValueError):
+        return own
+    return _Accepts(names=own.names | cls.names, any_name=cls.any_name)
+
+
+def _build_with(
+    spec: ModelSpec, builder: Callable[..., Any], fixed: dict[str, Any] | None = None
+) -> nn.Module:
+    """Calls `builder` once with num_classes (when it takes it), the spec's kwargs and the
+    server's `fixed` arguments; every failure is a ConfigError naming the model and arch."""
+    what = f"model '{spec.name}': arch '{spec.arch}'"
+    signature = _signature(builder, spec.arch)
+    torchvision_builder = ":" not in spec.arch
+    accepts = (
+        _torchvision_accepts(builder, signature) if torchvision_builder else _accepts(signature)
+    )
+    name = f"torchvision's {spec.arch}" if torchvision_builder else _qualified(builder)
+    # The server sets these for torchvision builders itself (config.py refuses them there).
+    offered = accepts.names - (
+        {"weights", "progress", "num_classes"} if torchvision_builder else {"num_classes"}
+    )
+    for key in spec.kwargs:
+        if key not in accepts:
+            raise ConfigError(
+                f"{what}: kwargs.{key} is not an argument of {name}; it takes: "
+                + (", ".join(sorted(offered)) or "none"),
+                public="its configuration names a builder argument its architecture does not take",
+            )
+    # Deep copies: whatever the builder does to its arguments cannot reach the spec.
+    kwargs: dict[str, Any] = copy.deepcopy(dict(spec.kwargs))
+    if "num_classes" in accepts:
+        kwargs["num_classes"] = spec.num_classes
+    kwargs.update(copy.deepcopy(fixed or {}))
+    try:
+        signature.bind(**kwargs)
+    except TypeError as e:
+        raise ConfigError(
+            f"{what}: {name} cannot be called with {sorted(kwargs)}: {e}",
+            public=_BUILD_FAILED,
+        ) from None
+    try:
+        module = builder(**kwargs)
+    except BaseException as e:  # noqa: BLE001 - SystemExit too: a builder must not end us
+        raise ConfigError(
+            f"{what}: {name} raised {type(e).__name__} while building the model: {e}",
+            public=_BUILD_FAILED,
+        ) from None
+    if not isinstance(module, nn.Module):
+        raise ConfigError(
+            f"{what}: {name} returned {type(module).__name__}, not an nn.Module",
+            public=_BUILD_FAILED,
+        )
+    return module
+
+
+_BUILD_FAILED = "its architecture could not be built when the server started"
 # What a client is told of a refused weights file: why, in a few words, never where.
 _REFUSED = "its weights file was refused when the server started"
 
@@ -189,14 +315,22 @@ def load_torchvision_model(spec: ModelSpec) -> tuple[nn.Module, tuple[str, ...]]
     what = f"model '{spec.name}'"
     weights = torchvision.models.get_weight(spec.torchvision_weights)
     builder = resolve_builder(spec.arch)
-    kwargs: dict[str, Any] = {"num_classes": spec.num_classes}
-    kwargs.update(_TV_FIXED_KWARGS.get(spec.arch, {}))
+    # What the weights need, as torchvision's own builders set it: a kwargs entry may repeat
+    # it, never change it (torchvision's builders refuse that too).
+    fixed: dict[str, Any] = dict(_TV_FIXED_KWARGS.get(spec.arch, {}))
     min_size = weights.meta.get("min_size")
     if spec.arch.startswith("vit_") and min_size:
-        kwargs["image_size"] = min_size[0]
+        fixed["image_size"] = min_size[0]
     elif spec.arch.startswith("maxvit") and min_size:
-        kwargs["input_size"] = tuple(min_size)
-    module = builder(weights=None, **kwargs)
+        fixed["input_size"] = tuple(min_size)
+    for key, value in spec.kwargs.items():
+        if key in fixed and _plain(value) != _plain(fixed[key]):
+            raise ConfigError(
+                f"{what}: kwargs.{key} = {value!r} conflicts with torchvision weights "
+                f"{weights}, which are built with {key} = {fixed[key]!r}; leave it out",
+                public="its configuration conflicts with its torchvision weights",
+            )
+    module = _build_with(spec, builder, {"weights": None, **fixed})
     state = fetch_torchvision_state_dict(weights, what)
     if spec.arch.startswith("densenet"):
         state = {
@@ -210,13 +344,24 @@ def load_torchvision_model(spec: ModelSpec) -> tuple[nn.Module, tuple[str, ...]]
             f"{what}: torchvision weights {weights} do not fit '{spec.arch}': {e}",
             public="its torchvision weights do not fit its architecture",
         ) from None
-    if isinstance(module, torchvision.models.GoogLeNet):
-        # torchvision drops GoogLeNet's auxiliary heads after loading (they are untrained).
+    if (
+        isinstance(module, torchvision.models.GoogLeNet)
+        and spec.kwargs.get("aux_logits") is not True
+    ):
+        # torchvision drops GoogLeNet's auxiliary heads after loading (they are untrained)
+        # unless they were asked for.
         module.aux_logits = False
         module.aux1 = None  # type: ignore[assignment]
         module.aux2 = None  # type: ignore[assignment]
     categories = weights.meta.get("categories") or ()
     return module, tuple(str(c) for c in categories)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so that a TOML array compares equal to the tuple it stands for."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _unpickler_reason(err: pickle.UnpicklingError) -> str:
@@ -248,14 +393,7 @@ def read_labels(path: Path | None, num_classes: int) -> tuple[str, ...]:
 
 
 def _build(spec: ModelSpec) -> nn.Module:
-    builder = resolve_builder(spec.arch)
-    try:
-        module = builder(num_classes=spec.num_classes)
-    except TypeError:
-        module = builder()
-    if not isinstance(module, nn.Module):
-        raise ConfigError(f"model '{spec.name}': arch '{spec.arch}' did not build an nn.Module")
-    return module
+    return _build_with(spec, resolve_builder(spec.arch))
 
 
 def load_model(
