@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -510,3 +511,55 @@ def test_cli_tls_and_client_certificates(mtls_server, pki) -> None:
     assert proc.returncode == 2 and "--tls-cert and --tls-key go together" in proc.stderr
     proc = deepvis_cli("--tls-ca", str(pki["dir"] / "missing.pem"), "models")
     assert proc.returncode == 1 and proc.stderr.startswith("FileNotFoundError: ")
+
+
+def test_cli_shows_grpc_log_lines_when_the_user_asks_for_them(tls_server) -> None:
+    proc = deepvis_cli(
+        "--tls", "models", "--server", tls_server.bound_address, "--timeout", "10",
+        GRPC_VERBOSITY="INFO",
+    )  # fmt: skip
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 1 and lines[-1].startswith("Unavailable: ")
+    assert any("ssl_transport_security" in line for line in lines[:-1]), lines
+
+
+@pytest.mark.parametrize("verbosity", [None, "INFO"])
+def test_server_json_log_stays_json_when_plaintext_clients_hit_its_tls_port(
+    pki, tmp_path, verbosity
+) -> None:
+    cfg = tmp_path / "json-log.toml"
+    cfg.write_text('[server]\nlog_format = "json"\n')  # and the embedded model
+    port = free_port()
+    log = tmp_path / "server.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("GRPC_VERBOSITY", "GRPC_TRACE")}
+    if verbosity is not None:
+        env["GRPC_VERBOSITY"] = verbosity  # the operator's own choice wins
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(
+            _server_cmd(
+                "--config", str(cfg), "--address", f"127.0.0.1:{port}",
+                "--tls-cert", str(pki["server"]), "--tls-key", str(pki["server-key"]),
+            ),
+            stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
+        )  # fmt: skip
+    try:
+        _wait_serving(proc, "(TLS)")
+        address = f"127.0.0.1:{port}"
+        for _ in range(2):
+            with deepvis.Client(address, timeout=5) as client:  # plaintext
+                with pytest.raises(deepvis.Unavailable):
+                    client.models()
+        with deepvis.Client(address, timeout=10, root_certificates=pki["ca"].read_bytes()) as c:
+            assert [m.name for m in c.models()] == ["digits"]
+        _stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = log.read_text().splitlines()
+    if verbosity is not None:  # gRPC's handshake lines, as the operator asked
+        assert any("Handshake failed" in line for line in lines), lines
+        return
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    (access,) = [r for r in records if r["logger"] == "deepvis_server.access"]
+    assert access["rpc"] == "ListModels" and access["code"] == "OK"
+    assert any(r["message"] == "shutting down" for r in records)
