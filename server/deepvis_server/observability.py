@@ -158,10 +158,12 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             _request_id.set(request_id)  # before continuation: later interceptors log with it
         else:
             request_id = outer
+        start = time.perf_counter()
         handler = await continuation(handler_call_details)
         method = rpc_label(handler_call_details.method)
         if handler is None:  # grpc answers UNIMPLEMENTED
             self._obs.requests.labels(method, "UNIMPLEMENTED").inc()
+            self._obs.request_seconds.labels(method).observe(time.perf_counter() - start)
             return None
         return self._wrap(handler, _Call(method, request_id, announce=outer is None))
 
@@ -240,6 +242,15 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         except Exception:  # noqa: BLE001 - metrics must never fail a call
             logging.getLogger(__name__).exception("recording %s failed", call.method)
 
+    def _record_batch_items(self, response: pb.ExplainBatchResponse) -> None:
+        items = self._obs.batch_items
+        for item in response.items:
+            if item.HasField("response"):
+                items.labels("OK").inc()
+                self._record_batching(item.response)
+            else:  # the item's own status: a bounded set of names
+                items.labels(_code_name(item.error.code, "UNKNOWN")).inc()
+
     def _record_batching(self, response: pb.ExplainResponse) -> None:
         if not response.HasField("timing"):
             return
@@ -259,9 +270,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(response, pb.ExplainResponse):
             self._record_batching(response)
         elif isinstance(response, pb.ExplainBatchResponse):
-            for item in response.items:
-                if item.HasField("response"):
-                    self._record_batching(item.response)
+            self._record_batch_items(response)
         # Health probes and reflection succeed every few seconds: only worth a debug line.
         level = logging.DEBUG if code == "OK" and "/" in call.method else logging.INFO
         if obs.access_log and _access.isEnabledFor(level):  # the peer and fields only if logged
@@ -396,23 +405,33 @@ class Observability:
             buckets=_REQUEST_BUCKETS,
             registry=r,
         )
+        self.batch_items = Counter(
+            "deepvis_explain_batch_items",
+            "ExplainBatch items answered, by each item's own status (OK, or its error's code)",
+            ["code"],
+            registry=r,
+        )
+        # Per item that ran: an Explain call is one item, an ExplainBatch call one per item.
         self.queue_seconds = Histogram(
             "deepvis_queue_seconds",
-            "Explain: time from arrival at the batcher to its batch's start",
+            "Time from arrival at the batcher to its batch's start, per item: every Explain "
+            "call and every ExplainBatch item alike",
             ["model"],
             buckets=_STAGE_BUCKETS,
             registry=r,
         )
         self.compute_seconds = Histogram(
             "deepvis_compute_seconds",
-            "Explain: compute time of the batch the request ran in",
+            "Compute time of the batch each item ran in: every Explain call and every "
+            "ExplainBatch item alike",
             ["model"],
             buckets=_STAGE_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
             "deepvis_batch_size",
-            "Explain: size of the batch each request ran in",
+            "Size of the batch each item ran in: every Explain call and every ExplainBatch "
+            "item alike",
             ["model"],
             buckets=_size_buckets(config),
             registry=r,
