@@ -83,3 +83,15 @@ def test_errors_print_one_line_and_exit_nonzero(digits_server, sample_paths, tmp
     )
     assert proc.returncode == 1
     assert proc.stderr.startswith("InvalidArgument: ") and "[0, 10)" in proc.stderr
+
+
+def test_the_commands_import_no_grpc_before_they_set_its_log_level() -> None:
+    # gRPC reads GRPC_VERBOSITY when grpc is first imported: the entry points' modules (and
+    # the packages above them) must not import it before main() has set the default.
+    code = (
+        "import sys, deepvis, deepvis.__main__, deepvis_server.__main__; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'grpc'); "
+        "assert not bad, bad; print('ok')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout) == (0, "ok\n"), proc.stderr

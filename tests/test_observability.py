@@ -173,8 +173,11 @@ def test_requests_batches_and_gauges_reach_metrics(observed: Observed) -> None:
         if n == "deepvis_device_memory_bytes"
     }
     device = observed.server.engine.device
-    assert set(memory) == ({"allocated", "reserved"} if device.type == "cuda" else {"rss"})
-    assert max(memory.values()) > 0
+    # On a CPU host the process's memory is process_resident_memory_bytes, reported once.
+    assert set(memory) == ({"allocated", "reserved"} if device.type == "cuda" else set())
+    assert value(after, "process_resident_memory_bytes") > 0
+    if memory:
+        assert max(memory.values()) > 0
     # The second interceptor on the same calls counted them in its own registry.
     inner = parse(observed.inner.exposition().decode())
     assert value(inner, "deepvis_requests_total", method="Explain", code="OK") == value(
@@ -354,3 +357,96 @@ def test_batch_size_buckets_follow_the_configured_batch_size() -> None:
     obs = Observability(replace(config, models=models))
     bounds = [b for b in obs.batch_size._upper_bounds if b != float("inf")]
     assert bounds == [1, 2, 4, 8, 16, 32, 48]
+
+
+def test_explain_batch_items_are_counted_apart_from_explain_calls(observed: Observed) -> None:
+    before = observed.scrape()
+    inputs = [PIXELS, PIXELS + 1, PIXELS + 2, PIXELS]
+    with deepvis.Client(observed.address, timeout=30) as client:
+        results = client.explain_batch(
+            inputs, model="digits", targets=[1, 2, 3, 12], render=False, return_errors=True
+        )
+    assert [r.target for r in results[:3]] == [1, 2, 3]
+    assert isinstance(results[3], deepvis.InvalidArgument)  # class 12 of 10: that item alone
+    after = eventually(
+        observed.scrape,
+        lambda a: (
+            value(a, "deepvis_requests_total", method="ExplainBatch", code="OK")
+            > value(before, "deepvis_requests_total", method="ExplainBatch", code="OK")
+        ),
+    )
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("deepvis_requests_total", method="ExplainBatch", code="OK") == 1
+    assert delta("deepvis_request_seconds_count", method="ExplainBatch") == 1
+    assert delta("deepvis_explain_batch_items_total", code="OK") == 3
+    assert delta("deepvis_explain_batch_items_total", code="INVALID_ARGUMENT") == 1
+    # No Explain call was made; the items that ran are in the stage histograms.
+    assert delta("deepvis_request_seconds_count", method="Explain") == 0
+    for stage in ("deepvis_queue_seconds", "deepvis_compute_seconds", "deepvis_batch_size"):
+        assert delta(f"{stage}_count", model="digits") == 3, stage
+    families = families_of(observed)
+    for stage in ("deepvis_queue_seconds", "deepvis_compute_seconds", "deepvis_batch_size"):
+        assert families[stage].documentation.endswith(
+            "every Explain call and every ExplainBatch item alike"
+        ), families[stage].documentation
+    assert families["deepvis_explain_batch_items"].type == "counter"
+
+
+def families_of(observed: Observed) -> dict[str, Any]:
+    assert observed.obs.port is not None
+    with urllib.request.urlopen(f"http://127.0.0.1:{observed.obs.port}/metrics", timeout=5) as r:
+        return {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+
+
+def test_metrics_are_served_on_metrics_only(observed: Observed) -> None:
+    base = f"http://127.0.0.1:{observed.obs.port}"
+    for path in ("/", "/metric", "/metrics/", "/favicon.ico", "/metrics/../x"):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(base + path, timeout=5)
+        assert info.value.code == 404, path
+        assert info.value.read() == b"Not Found: the metrics are at /metrics\n"
+    # The query string still selects series, as prometheus_client's app does.
+    with urllib.request.urlopen(base + "/metrics?name[]=deepvis_requests_total", timeout=5) as r:
+        names = {f.name for f in text_string_to_metric_families(r.read().decode())}
+    assert names == {"deepvis_requests"}
+
+
+def test_no_created_series(observed: Observed) -> None:
+    with deepvis.Client(observed.address, timeout=30) as client:
+        client.models()  # a counter and a histogram child exist
+    samples = observed.scrape()
+    assert ("deepvis_requests_total", frozenset({("method", "ListModels"), ("code", "OK")})) in (
+        samples
+    )
+    created = sorted({name for name, _ in samples if name.endswith("_created")})
+    assert created == []
+
+
+def test_unknown_methods_get_a_duration_sample(observed: Observed) -> None:
+    before = observed.scrape()
+    with grpc.insecure_channel(observed.address) as channel:
+        for path in ("/made/up", "/deepvis.v1.Explainer/Nope"):
+            with pytest.raises(grpc.RpcError) as e:
+                channel.unary_unary(path)(b"", timeout=10)
+            assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    after = eventually(
+        observed.scrape,
+        lambda a: (
+            value(a, "deepvis_requests_total", method="unknown", code="UNIMPLEMENTED")
+            >= value(before, "deepvis_requests_total", method="unknown", code="UNIMPLEMENTED") + 2
+        ),
+    )
+    counted = value(after, "deepvis_request_seconds_count", method="unknown") - value(
+        before, "deepvis_request_seconds_count", method="unknown"
+    )
+    assert counted == 2
+    # Every finished call has its duration: the histogram's count matches the counter's.
+    calls = sum(
+        v
+        for (n, labels), v in after.items()
+        if n == "deepvis_requests_total" and ("method", "unknown") in labels
+    )
+    assert value(after, "deepvis_request_seconds_count", method="unknown") == calls

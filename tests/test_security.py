@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -510,3 +512,152 @@ def test_cli_tls_and_client_certificates(mtls_server, pki) -> None:
     assert proc.returncode == 2 and "--tls-cert and --tls-key go together" in proc.stderr
     proc = deepvis_cli("--tls-ca", str(pki["dir"] / "missing.pem"), "models")
     assert proc.returncode == 1 and proc.stderr.startswith("FileNotFoundError: ")
+
+
+def test_cli_against_a_tls_server_prints_only_its_one_line_error(tls_server, pki) -> None:
+    address = tls_server.bound_address
+    # Plaintext to a TLS port: the server closes the connection during the handshake.
+    proc = deepvis_cli("models", "--server", address, "--timeout", "10")
+    assert proc.returncode == 1
+    (line,) = proc.stderr.splitlines()  # no gRPC log line before it
+    assert line.startswith("Unavailable: ") and "Socket closed" in line
+    assert line.endswith(" (the server may need TLS: pass --tls / --tls-ca)")
+    # TLS, but the server's certificate is not signed by a CA the client trusts.
+    proc = deepvis_cli("--tls", "models", "--server", address, "--timeout", "10")
+    assert proc.returncode == 1
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("Unavailable: ") and "CERTIFICATE_VERIFY_FAILED" in line
+    assert "--tls-ca" not in line  # the hint is for plaintext only
+    # Files that are not PEM are refused before any connection, each naming its flag.
+    not_pem = pki["dir"] / "not-pem.txt"
+    not_pem.write_text("hello\n")
+    proc = deepvis_cli("--tls-ca", str(not_pem), "models", "--server", address)
+    assert (proc.returncode, proc.stderr) == (
+        1,
+        f"ValueError: --tls-ca {not_pem} is not a PEM certificate "
+        "(it has no -----BEGIN CERTIFICATE----- line)\n",
+    )
+    proc = deepvis_cli(
+        "--tls-ca", str(pki["ca"]), "--tls-cert", str(pki["client"]),
+        "--tls-key", str(pki["client"]), "models", "--server", address,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        f"ValueError: --tls-key {pki['client']} is not a PEM private key "
+        "(it has no -----BEGIN PRIVATE KEY----- line)\n"
+    )
+    proc = deepvis_cli("--tls-ca", str(pki["ca"]), "models", "--server", address)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout.startswith("digits")
+    # Nothing listening: no TLS hint, which would mislead.
+    proc = deepvis_cli("models", "--server", f"127.0.0.1:{free_port()}", "--timeout", "10")
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("Unavailable: ") and "TLS" not in line
+
+
+def test_cli_shows_grpc_log_lines_when_the_user_asks_for_them(tls_server) -> None:
+    proc = deepvis_cli(
+        "--tls", "models", "--server", tls_server.bound_address, "--timeout", "10",
+        GRPC_VERBOSITY="INFO",
+    )  # fmt: skip
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 1 and lines[-1].startswith("Unavailable: ")
+    assert any("ssl_transport_security" in line for line in lines[:-1]), lines
+
+
+def _this_machines_address() -> str | None:
+    """A non-loopback address of this machine (from the route a UDP socket would take)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent
+        except OSError:
+            return None
+        host = str(s.getsockname()[0])
+    return None if host.startswith("127.") or host == "0.0.0.0" else host
+
+
+def test_cli_warns_before_sending_a_token_off_this_machine_in_plaintext(pki) -> None:
+    host = _this_machines_address()
+    if host is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    config = replace(load_config(), auth_tokens_file=pki["tokens"], allow_insecure_remote=True)
+    with serve_in_thread(config, f"0.0.0.0:{free_port()}") as server:
+        port = _port(server)
+        proc = deepvis_cli("--token", "alpha-0123456789", "models", "--server", f"{host}:{port}")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("digits")
+        assert proc.stderr == (
+            f"warning: sending the bearer token to {host}:{port} unencrypted (no TLS): anyone "
+            "on the way can read it; pass --tls or --tls-ca\n"
+        )
+        # On this machine the token never leaves it: no warning.
+        for server_address in (f"127.0.0.1:{port}", f"localhost:{port}"):
+            proc = deepvis_cli("models", "--server", server_address, DEEPVIS_TOKEN="beta-token-two")
+            assert (proc.returncode, proc.stderr) == (0, ""), server_address
+        # Without a token there is nothing to warn about.
+        proc = deepvis_cli("health", "--server", f"{host}:{port}")
+        assert (proc.returncode, proc.stderr, proc.stdout) == (0, "", "SERVING\n")
+
+
+@pytest.mark.parametrize(
+    ("server", "local"),
+    [
+        ("127.0.0.1:50051", True),
+        ("localhost:50051", True),
+        ("[::1]:50051", True),
+        ("127.0.0.1:1,127.0.0.2:2", True),
+        ("unix:/tmp/deepvis.sock", True),
+        ("dns:///localhost:50051", True),
+        ("ipv4:127.0.0.1:1,10.0.0.2:2", False),
+        ("10.0.0.2:50051", False),
+        ("example.com:50051", False),
+        ("dns:///example.com:50051", False),
+        ("[2001:db8::1]:50051", False),
+    ],
+)
+def test_which_servers_keep_a_token_on_this_machine(server: str, local: bool) -> None:
+    from deepvis._cli import _stays_on_this_machine
+
+    assert _stays_on_this_machine(server) is local
+
+
+@pytest.mark.parametrize("verbosity", [None, "INFO"])
+def test_server_json_log_stays_json_when_plaintext_clients_hit_its_tls_port(
+    pki, tmp_path, verbosity
+) -> None:
+    cfg = tmp_path / "json-log.toml"
+    cfg.write_text('[server]\nlog_format = "json"\n')  # and the embedded model
+    port = free_port()
+    log = tmp_path / "server.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("GRPC_VERBOSITY", "GRPC_TRACE")}
+    if verbosity is not None:
+        env["GRPC_VERBOSITY"] = verbosity  # the operator's own choice wins
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(
+            _server_cmd(
+                "--config", str(cfg), "--address", f"127.0.0.1:{port}",
+                "--tls-cert", str(pki["server"]), "--tls-key", str(pki["server-key"]),
+            ),
+            stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
+        )  # fmt: skip
+    try:
+        _wait_serving(proc, "(TLS)")
+        address = f"127.0.0.1:{port}"
+        for _ in range(2):
+            with deepvis.Client(address, timeout=5) as client:  # plaintext
+                with pytest.raises(deepvis.Unavailable):
+                    client.models()
+        with deepvis.Client(address, timeout=10, root_certificates=pki["ca"].read_bytes()) as c:
+            assert [m.name for m in c.models()] == ["digits"]
+        _stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = log.read_text().splitlines()
+    if verbosity is not None:  # gRPC's handshake lines, as the operator asked
+        assert any("Handshake failed" in line for line in lines), lines
+        return
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    (access,) = [r for r in records if r["logger"] == "deepvis_server.access"]
+    assert access["rpc"] == "ListModels" and access["code"] == "OK"
+    assert any(r["message"] == "shutting down" for r in records)

@@ -2,32 +2,36 @@
 
 from __future__ import annotations
 
-from deepvis._client import AsyncClient, Client
-from deepvis._convert import (
-    Explanation,
-    Layer,
-    LayerInfo,
-    ModelDescription,
-    ModelInfo,
-    Neuron,
-    Prediction,
-    Progress,
-    Visualization,
-    methods,
-)
-from deepvis._exceptions import (
-    Cancelled,
-    DeadlineExceeded,
-    DeepvisError,
-    Internal,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
-    Unauthenticated,
-    Unavailable,
-    Unimplemented,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from deepvis._client import AsyncClient, Client
+    from deepvis._convert import (
+        Explanation,
+        Layer,
+        LayerInfo,
+        ModelDescription,
+        ModelInfo,
+        Neuron,
+        Prediction,
+        Progress,
+        Visualization,
+        methods,
+    )
+    from deepvis._exceptions import (
+        Cancelled,
+        DeadlineExceeded,
+        DeepvisError,
+        Internal,
+        InvalidArgument,
+        NotFound,
+        PermissionDenied,
+        ResourceExhausted,
+        Unauthenticated,
+        Unavailable,
+        Unimplemented,
+    )
 
 __version__ = "0.1.0"
 
@@ -57,3 +61,54 @@ __all__ = [
     "__version__",
     "methods",
 ]
+
+# Each public name's module, imported on first use (PEP 562). Importing the package loads no
+# gRPC: the `deepvis` command (deepvis/__main__.py) sets GRPC_VERBOSITY first, which gRPC's
+# C core reads once, when grpc is imported.
+_MODULES = {
+    **dict.fromkeys(("AsyncClient", "Client"), "deepvis._client"),
+    **dict.fromkeys(
+        (
+            "Explanation",
+            "Layer",
+            "LayerInfo",
+            "ModelDescription",
+            "ModelInfo",
+            "Neuron",
+            "Prediction",
+            "Progress",
+            "Visualization",
+            "methods",
+        ),
+        "deepvis._convert",
+    ),
+    **dict.fromkeys(
+        (
+            "Cancelled",
+            "DeadlineExceeded",
+            "DeepvisError",
+            "Internal",
+            "InvalidArgument",
+            "NotFound",
+            "PermissionDenied",
+            "ResourceExhausted",
+            "Unauthenticated",
+            "Unavailable",
+            "Unimplemented",
+        ),
+        "deepvis._exceptions",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'deepvis' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from deepvis import __version__
-from deepvis._client import Client
+from deepvis._client import Client, channel_target
 from deepvis._convert import (
     Explanation,
     Layer,
@@ -26,7 +27,7 @@ from deepvis._convert import (
     methods,
     parameterizations,
 )
-from deepvis._exceptions import DeepvisError
+from deepvis._exceptions import DeepvisError, Unavailable
 
 __all__ = ["main"]
 
@@ -348,9 +349,21 @@ def _add_visualize_parser(
     )
 
 
-def _report(err: BaseException, prefix: str = "") -> None:
+# gRPC's words for a connection the server closed during its handshake: what a TLS port does
+# to a plaintext client (a port where nothing listens says "Connection refused" instead).
+_CLOSED_AT_HANDSHAKE = ("socket closed", "connection reset")
+_TLS_HINT = "the server may need TLS: pass --tls / --tls-ca"
+
+
+def _report(err: BaseException, prefix: str = "", *, tls: bool = True) -> None:
     # One line, so that scripts can grep it and a batch of errors stays readable.
     message = " ".join(str(err).split())
+    if (
+        not tls
+        and isinstance(err, Unavailable)
+        and any(words in message.lower() for words in _CLOSED_AT_HANDSHAKE)
+    ):
+        message += f" ({_TLS_HINT})"
     print(f"{type(err).__name__}: {prefix}{message}", file=sys.stderr)
 
 
@@ -453,7 +466,7 @@ def _run_explain(client: Client, args: argparse.Namespace) -> int:
                 result, written = future.result()
             except _REPORTED as err:
                 failed += 1
-                _report(err, prefix=f"{image}: ")
+                _report(err, prefix=f"{image}: ", tls=_uses_tls(args))
                 continue
             top = result.predictions[0] if result.predictions else None
             top_text = f"{top.label} ({top.score:.3f})" if top else "-"
@@ -569,17 +582,70 @@ def _run_health(client: Client, args: argparse.Namespace) -> int:
     return 0 if status == _HEALTHY else 1
 
 
-def _read(path: str | None) -> bytes | None:
-    return None if path is None else Path(path).read_bytes()
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----")
+_PEM_PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+
+
+def _read_pem(path: str | None, flag: str, kind: str, marker: re.Pattern[bytes]) -> bytes | None:
+    """The file's bytes, checked here: gRPC would only fail the handshake, saying less."""
+    if path is None:
+        return None
+    data = Path(path).read_bytes()
+    if marker.search(data) is None:
+        begin = marker.pattern.decode().replace("[A-Z ]*", "")
+        raise ValueError(f"{flag} {path} is not a PEM {kind} (it has no {begin} line)")
+    return data
+
+
+def _uses_tls(args: argparse.Namespace) -> bool:
+    return bool(args.tls or args.tls_ca or args.tls_cert)
 
 
 def _tls_arguments(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "tls": args.tls,
-        "root_certificates": _read(args.tls_ca),
-        "client_certificate": _read(args.tls_cert),
-        "client_key": _read(args.tls_key),
+        "root_certificates": _read_pem(args.tls_ca, "--tls-ca", "certificate", _PEM_CERTIFICATE),
+        "client_certificate": _read_pem(
+            args.tls_cert, "--tls-cert", "certificate", _PEM_CERTIFICATE
+        ),
+        "client_key": _read_pem(args.tls_key, "--tls-key", "private key", _PEM_PRIVATE_KEY),
     }
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # any other name may resolve off this machine
+
+
+def _host(address: str) -> str:
+    if address.startswith("["):  # [v6]:port
+        return address[1:].partition("]")[0]
+    return address.rpartition(":")[0] if address.count(":") == 1 else address
+
+
+def _stays_on_this_machine(server: str) -> bool:
+    """Whether every address `server` names is a loopback address or a Unix socket."""
+    try:
+        target = channel_target(server)
+    except (TypeError, ValueError):
+        return False  # Client reports it
+    scheme, _, rest = target.partition(":")
+    scheme = scheme.lower()
+    if scheme in ("unix", "unix-abstract"):
+        return True
+    if scheme in ("ipv4", "ipv6"):
+        addresses = rest.split(",")
+    elif scheme == "dns":  # dns:[//authority]/host:port
+        addresses = [rest.lstrip("/").rpartition("/")[2]]
+    elif "://" in target:
+        return False
+    else:
+        addresses = [target]
+    return all(_is_loopback_host(_host(a.strip())) for a in addresses)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -599,6 +665,13 @@ def main(argv: list[str] | None = None) -> int:
     server = args.server or os.environ.get(_SERVER_ENV) or _DEFAULT_SERVER
     # An empty variable means no token, as an unset one does.
     token = args.token or os.environ.get(_TOKEN_ENV, "").strip() or None
+    tls = _uses_tls(args)
+    if token is not None and not tls and not _stays_on_this_machine(server):
+        print(
+            f"warning: sending the bearer token to {server} unencrypted (no TLS): anyone on "
+            "the way can read it; pass --tls or --tls-ca",
+            file=sys.stderr,
+        )
     try:
         with Client(server, timeout=args.timeout, token=token, **_tls_arguments(args)) as client:
             if args.command == "models":
@@ -611,5 +684,5 @@ def main(argv: list[str] | None = None) -> int:
                 return _run_health(client, args)
             return _run_explain(client, args)
     except _REPORTED as err:
-        _report(err)
+        _report(err, tls=tls)
         return 1

@@ -9,11 +9,16 @@ import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from deepvis._grpc_log import default_grpc_verbosity
 
 from .config import DEFAULT_CONFIG, ConfigError, ServerConfig, load_config
-from .observability import configure_logging
-from .server import DeepvisServer
 from .workers import MAX_WORKERS, Supervisor, address_port, die_with_supervisor
+
+# Nothing above imports grpc: main() sets GRPC_VERBOSITY first (see default_grpc_verbosity).
+if TYPE_CHECKING:
+    from .server import DeepvisServer
 
 log = logging.getLogger("deepvis_server")
 
@@ -68,8 +73,7 @@ async def serve(server: DeepvisServer) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
-    for name, why in server.engine.failed.items():
-        print(f"deepvis-server: not serving {name}: {why}", file=sys.stderr, flush=True)
+    # A model that failed to load was logged (an error line with the cause) as it failed.
     print(
         f"deepvis-server: serving {', '.join(server.engine.models)} on {server.bound_address} "
         f"({server.access})",
@@ -110,6 +114,12 @@ def apply_overrides(config: ServerConfig, args: argparse.Namespace) -> ServerCon
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # gRPC's C core reads its log level when grpc is first imported: set it before that, so
+    # its own lines (TLS handshake failures of clients) stay out of the server's log.
+    default_grpc_verbosity()
+    from .observability import configure_logging
+    from .server import DeepvisServer
+
     configure_logging("text", args.log_level)  # until the configuration is read
     try:
         config = apply_overrides(load_config(args.config), args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 from dataclasses import dataclass, field
@@ -20,7 +21,17 @@ TORCHVISION_WEIGHTS_PREFIX = "torchvision:"
 
 
 class ConfigError(ValueError):
-    """The configuration file is invalid; the message names the key."""
+    """The configuration is invalid, or a model it names cannot be loaded.
+
+    The message is for the operator: it names the key, and the file and path at fault.
+    `public`, when set, is what a client may be told instead: one clause that says why,
+    without the server's paths (e.g. "its weights file was not found when the server
+    started").
+    """
+
+    def __init__(self, message: str, *, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = public
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,12 @@ class ModelSpec:
     # pixels, then centre-cropped to input_size (torchvision's evaluation transforms);
     # 0: resized straight to input_size.
     resize: int = 0
+    # Keyword arguments for the builder beside num_classes (the table's `kwargs`): plain
+    # TOML data only, deep-copied for each build so that no builder can change the spec.
+    kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
+    # The embedded default model (served when the configuration has no [[models]]): its files
+    # ship inside the package, so model_root does not confine them.
+    embedded: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,6 +130,14 @@ _MODEL_KEYS = {
     "max_delay_ms",
     "fast",
     "resize",
+    "kwargs",
+}
+# Builder arguments the table sets itself, or the server does: never in `kwargs` (the
+# last two only for torchvision builders, which the server calls with weights=None).
+_RESERVED_KWARGS = {
+    "num_classes": "set num_classes in the [[models]] table itself",
+    "weights": "the table's `weights` key names the weights of a torchvision model",
+    "progress": "the server fetches torchvision weights itself",
 }
 _LIMIT_KEYS: tuple[str, ...] = (
     "max_message_bytes",
@@ -170,6 +195,35 @@ def _path(value: Any, base: Path, where: str) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
+def _plain_value(value: Any, where: str) -> Any:
+    """A TOML value made of strings, numbers, booleans, arrays and tables, else ConfigError."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, list):
+        return [_plain_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _plain_value(v, f"{where}.{k}") for k, v in value.items()}
+    kind = "a date or time" if isinstance(value, (datetime.date, datetime.time)) else "unsupported"
+    raise ConfigError(
+        f"{where} is {kind} ({value!r}); builder arguments are strings, numbers, booleans, "
+        "arrays and inline tables"
+    )
+
+
+def _builder_kwargs(value: Any, arch: str, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{where} must be a table of builder keyword arguments, e.g. "
+            f"kwargs = {{ aux_logits = false }}, got {value!r}"
+        )
+    for key in value:
+        if key in _RESERVED_KWARGS and (key == "num_classes" or ":" not in arch):
+            raise ConfigError(f"{where}.{key} is not allowed: {_RESERVED_KWARGS[key]}")
+        if not key.isidentifier():
+            raise ConfigError(f"{where}: '{key}' is not a Python keyword argument name")
+    return {k: _plain_value(v, f"{where}.{k}") for k, v in value.items()}
+
+
 def _torchvision_weights(arch: str, name: str, where: str) -> Any:
     """The torchvision weights enum member `name` of torchvision model `arch` (no download)."""
     if ":" in arch:
@@ -215,8 +269,12 @@ def _declared_by(weights: Any) -> dict[str, Any]:
     return declared
 
 
-def parse_model(table: dict[str, Any], base: Path, index: int) -> ModelSpec:
+def parse_model(
+    table: dict[str, Any], base: Path, index: int, *, embedded: bool = False
+) -> ModelSpec:
     where = f"models[{index}]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a [[models]] table, got {table!r}")
     unknown = set(table) - _MODEL_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; valid: {sorted(_MODEL_KEYS)}")
@@ -299,6 +357,8 @@ def parse_model(table: dict[str, Any], base: Path, index: int) -> ModelSpec:
         if tv_weights is None
         else f"{type(tv_weights).__name__}.{tv_weights.name}",
         resize=resize,
+        kwargs=_builder_kwargs(table.get("kwargs", {}), arch, f"{where}.kwargs"),
+        embedded=embedded,
     )
 
 
@@ -315,10 +375,21 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     unknown_top = set(data) - {"server", "models"}
     if unknown_top:
         raise ConfigError(f"unknown top-level keys {sorted(unknown_top)}; valid: server, models")
-    tables = data.get("models")
-    if not isinstance(tables, list) or not tables:
-        raise ConfigError("the configuration needs at least one [[models]] table")
-    models = tuple(parse_model(t, base, i) for i, t in enumerate(tables))
+    if "models" in data:
+        tables = data["models"]
+        if isinstance(tables, dict):
+            raise ConfigError(
+                "models must be an array of tables: write [[models]] (double brackets) above "
+                "each model's keys"
+            )
+        if not isinstance(tables, list) or not tables:
+            raise ConfigError(
+                f"models = {tables!r} names no model: add a [[models]] table for each model "
+                "to serve, or leave `models` out to serve the embedded default model"
+            )
+        models = tuple(parse_model(t, base, i) for i, t in enumerate(tables))
+    else:
+        models = default_models()
     names = [m.name for m in models]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -371,14 +442,25 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     return cfg
 
 
-def load_config(path: Path | str | None = None) -> ServerConfig:
-    """Reads a TOML configuration file; None reads the embedded default model's."""
-    p = Path(path) if path is not None else DEFAULT_CONFIG
+def _read_toml(p: Path) -> dict[str, Any]:
     try:
         with p.open("rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"configuration file not found: {p}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: invalid TOML: {e}") from None
-    return parse_config(data, p.resolve().parent, source=p)
+
+
+def default_models() -> tuple[ModelSpec, ...]:
+    """The embedded default model's specs, as a configuration without [[models]] serves them."""
+    tables = _read_toml(DEFAULT_CONFIG)["models"]
+    return tuple(parse_model(t, DEFAULT_MODEL_DIR, i, embedded=True) for i, t in enumerate(tables))
+
+
+def load_config(path: Path | str | None = None) -> ServerConfig:
+    """Reads a TOML configuration file; None: the embedded default model, default settings."""
+    if path is None:
+        return parse_config({}, DEFAULT_MODEL_DIR, source=DEFAULT_CONFIG)
+    p = Path(path)
+    return parse_config(_read_toml(p), p.resolve().parent, source=p)

@@ -20,6 +20,8 @@ from .visualizer import RenderLimits, Visualizer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# What clients hear of a model that failed to load for a reason without a public account.
+_LOAD_FAILED = "it could not be loaded when the server started (the server's log says why)"
 
 
 class Engine:
@@ -43,7 +45,10 @@ class Engine:
         self.models: dict[str, ServedModel] = {}
         self.batchers: dict[str, Batcher] = {}
         self.visualizers: dict[str, Visualizer] = {}
-        self.failed: dict[str, str] = {}  # model name -> why it failed to load
+        # Model name -> why it failed to load, as clients are told (one clause, no paths).
+        self.failed: dict[str, str] = {}
+        # Model name -> the operator's account of it (paths and all), as logged.
+        self.failure_details: dict[str, str] = {}
         # Set once the device has failed beyond repair; the server then goes NOT_SERVING and
         # the process exits non-zero so that a supervisor restarts it.
         self.fatal_error: BaseException | None = None
@@ -58,8 +63,9 @@ class Engine:
         """Loads and warms every configured model on the device thread, then starts the batchers.
 
         A model that fails to load is left out and remembered in `failed` (requests naming it
-        get UNAVAILABLE with the reason), so one bad weights file does not take the other
-        models down; only when no model loads at all does this raise ConfigError.
+        get UNAVAILABLE with that reason, which names no server path) and in
+        `failure_details` (the logged account), so one bad weights file does not take the
+        other models down; only when no model loads at all does this raise ConfigError.
         """
         loop = asyncio.get_running_loop()
         if self.device.type == "cuda":
@@ -71,13 +77,15 @@ class Engine:
                     self.device_executor, load_model, spec, self.device, self.config.model_root
                 )
             except Exception as e:  # noqa: BLE001 - isolate the failure to this one model
-                reason = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"
-                self.failed[spec.name] = reason
+                detail = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"
+                public = e.public if isinstance(e, ConfigError) else None
+                self.failed[spec.name] = public or _LOAD_FAILED
+                self.failure_details[spec.name] = detail
                 # A ConfigError says all there is; anything else is unexpected: keep its trace.
                 log.error(
                     "model %s failed to load, not serving it: %s",
                     spec.name,
-                    reason,
+                    detail,
                     exc_info=not isinstance(e, ConfigError),
                 )
                 continue
@@ -104,7 +112,7 @@ class Engine:
         if not self.models:
             raise ConfigError(
                 "no model could be loaded: "
-                + "; ".join(f"model '{name}': {why}" for name, why in self.failed.items())
+                + "; ".join(f"model '{name}': {why}" for name, why in self.failure_details.items())
             )
 
     def _device_failed(self, error: BaseException) -> None:
@@ -137,8 +145,7 @@ class Engine:
             why = self.failed.get(name)
             if why is not None:
                 raise Unavailable(
-                    f"model '{name}' failed to load when the server started: {why}",
-                    field="model",
+                    f"model '{name}' is not available: {why}", field="model"
                 ) from None
             raise NotFound(
                 f"model '{name[:200]}' is not served; served models: {', '.join(self.models)}",

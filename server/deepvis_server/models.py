@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
+import inspect
 import logging
 import pickle
 import re
@@ -116,17 +118,42 @@ class ServedModel:
         return self.labels[index] if index < len(self.labels) else str(index)
 
 
+_ARCH_FORMS = "a torchvision builder name or 'package.module:callable'"
+
+
 def resolve_builder(arch: str) -> Callable[..., nn.Module]:
-    """Returns the callable that builds `arch`: 'package.module:callable' or a torchvision name."""
+    """Returns what builds `arch`: a torchvision builder, or for 'package.module:callable'
+    an nn.Module subclass or a Python function (never a builtin or other callable object).
+
+    Raises:
+        ConfigError: The module cannot be imported, or the name is anything else.
+    """
     if ":" in arch:
         module_name, _, attr = arch.partition(":")
+        if not module_name or not attr.isidentifier():
+            raise ConfigError(f"arch '{arch}' must be {_ARCH_FORMS}")
         try:
             module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise ConfigError(f"arch '{arch}': cannot import module '{module_name}': {e}") from None
+        except BaseException as e:  # noqa: BLE001 - SystemExit too: an import must not end us
+            raise ConfigError(
+                f"arch '{arch}': cannot import module '{module_name}': {type(e).__name__}: {e}"
+            ) from None
         builder = getattr(module, attr, None)
-        if not callable(builder):
-            raise ConfigError(f"arch '{arch}': '{attr}' is not a callable in '{module_name}'")
+        if builder is None:
+            raise ConfigError(f"arch '{arch}': module '{module_name}' has no '{attr}'")
+        if inspect.isclass(builder):
+            if not issubclass(builder, nn.Module):
+                raise ConfigError(
+                    f"arch '{arch}': class {_qualified(builder)} is not an nn.Module subclass; "
+                    "refused (arch names an nn.Module subclass or a Python function that "
+                    "returns one)"
+                )
+        elif not inspect.isfunction(builder):
+            kind = "a builtin" if inspect.isbuiltin(builder) else f"a {type(builder).__name__}"
+            raise ConfigError(
+                f"arch '{arch}': '{attr}' is {kind}, not an nn.Module subclass or a Python "
+                "function that returns one; refused"
+            )
         return builder  # type: ignore[no-any-return]
     import torchvision
 
@@ -139,17 +166,126 @@ def resolve_builder(arch: str) -> Callable[..., nn.Module]:
         ) from None
 
 
+def _qualified(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+@dataclass(frozen=True)
+class _Accepts:
+    """The keyword arguments a builder takes: these names, and any name when `any_name`."""
+
+    names: frozenset[str]
+    any_name: bool
+
+    def __contains__(self, name: object) -> bool:
+        return self.any_name or name in self.names
+
+
+def _accepts(signature: inspect.Signature) -> _Accepts:
+    params = signature.parameters.values()
+    return _Accepts(
+        names=frozenset(
+            p.name
+            for p in params
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        ),
+        any_name=any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params),
+    )
+
+
+def _signature(builder: Callable[..., Any], arch: str) -> inspect.Signature:
+    try:
+        return inspect.signature(builder)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"arch '{arch}': cannot read the signature of its builder: {e}") from None
+
+
+def _torchvision_accepts(builder: Callable[..., Any], signature: inspect.Signature) -> _Accepts:
+    """What a torchvision builder takes: it passes its **kwargs on to the model class it
+    returns (its return annotation), whose constructor says which names are valid."""
+    own = _accepts(signature)
+    returned = signature.return_annotation
+    if not own.any_name or not (inspect.isclass(returned) and issubclass(returned, nn.Module)):
+        return own
+    try:
+        cls = _accepts(inspect.signature(returned))
+    except (TypeError, ValueError):
+        return own
+    return _Accepts(names=own.names | cls.names, any_name=cls.any_name)
+
+
+def _build_with(
+    spec: ModelSpec, builder: Callable[..., Any], fixed: dict[str, Any] | None = None
+) -> nn.Module:
+    """Calls `builder` once with num_classes (when it takes it), the spec's kwargs and the
+    server's `fixed` arguments; every failure is a ConfigError naming the model and arch."""
+    what = f"model '{spec.name}': arch '{spec.arch}'"
+    signature = _signature(builder, spec.arch)
+    torchvision_builder = ":" not in spec.arch
+    accepts = (
+        _torchvision_accepts(builder, signature) if torchvision_builder else _accepts(signature)
+    )
+    name = f"torchvision's {spec.arch}" if torchvision_builder else _qualified(builder)
+    # The server sets these for torchvision builders itself (config.py refuses them there).
+    offered = accepts.names - (
+        {"weights", "progress", "num_classes"} if torchvision_builder else {"num_classes"}
+    )
+    for key in spec.kwargs:
+        if key not in accepts:
+            raise ConfigError(
+                f"{what}: kwargs.{key} is not an argument of {name}; it takes: "
+                + (", ".join(sorted(offered)) or "none"),
+                public="its configuration names a builder argument its architecture does not take",
+            )
+    # Deep copies: whatever the builder does to its arguments cannot reach the spec.
+    kwargs: dict[str, Any] = copy.deepcopy(dict(spec.kwargs))
+    if "num_classes" in accepts:
+        kwargs["num_classes"] = spec.num_classes
+    kwargs.update(copy.deepcopy(fixed or {}))
+    try:
+        signature.bind(**kwargs)
+    except TypeError as e:
+        raise ConfigError(
+            f"{what}: {name} cannot be called with {sorted(kwargs)}: {e}",
+            public=_BUILD_FAILED,
+        ) from None
+    try:
+        module = builder(**kwargs)
+    except BaseException as e:  # noqa: BLE001 - SystemExit too: a builder must not end us
+        raise ConfigError(
+            f"{what}: {name} raised {type(e).__name__} while building the model: {e}",
+            public=_BUILD_FAILED,
+        ) from None
+    if not isinstance(module, nn.Module):
+        raise ConfigError(
+            f"{what}: {name} returned {type(module).__name__}, not an nn.Module",
+            public=_BUILD_FAILED,
+        )
+    return module
+
+
+_BUILD_FAILED = "its architecture could not be built when the server started"
+# What a client is told of a refused weights file: why, in a few words, never where.
+_REFUSED = "its weights file was refused when the server started"
+
+
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Reads weights without running code: safetensors, or torch.load(weights_only=True)."""
     if not path.is_file():
-        raise ConfigError(f"weights file not found: {path}")
+        raise ConfigError(
+            f"weights file not found: {path}",
+            public="its weights file was not found when the server started",
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path), device="cpu")
         except Exception as e:  # noqa: BLE001 - safetensors' error type is not public API
-            raise ConfigError(f"{path}: not a valid safetensors file: {e}") from None
+            raise ConfigError(
+                f"{path}: not a valid safetensors file: {e}",
+                public=f"{_REFUSED} (it is not a valid safetensors file)",
+            ) from None
     # weights_only=True refuses pickled code; there is deliberately no fallback.
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -157,14 +293,21 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise ConfigError(
             f"{path}: refused: it holds pickled objects other than tensors "
             f"({_unpickler_reason(e)}); weights are read weights-only (safetensors, or "
-            "torch.load(weights_only=True))"
+            "torch.load(weights_only=True))",
+            public=f"{_REFUSED} (it holds pickled objects other than tensors)",
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ConfigError(f"{path}: not a torch weights file: {e}") from None
+        raise ConfigError(
+            f"{path}: not a torch weights file: {e}",
+            public=f"{_REFUSED} (it is not a weights file)",
+        ) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ConfigError(f"{path}: expected a state dict of tensors")
+        raise ConfigError(
+            f"{path}: expected a state dict of tensors",
+            public=f"{_REFUSED} (it holds no state dict of tensors)",
+        )
     return obj
 
 
@@ -200,17 +343,22 @@ def fetch_torchvision_state_dict(weights: Any, what: str) -> dict[str, torch.Ten
     except pickle.UnpicklingError as e:
         raise ConfigError(
             f"{what}: {cached}: refused: it holds pickled objects other than tensors "
-            f"({_unpickler_reason(e)}); weights are read weights-only"
+            f"({_unpickler_reason(e)}); weights are read weights-only",
+            public=f"{_REFUSED} (it holds pickled objects other than tensors)",
         ) from None
     except Exception as e:  # noqa: BLE001 - network, file system and torch.load errors alike
         raise ConfigError(
             f"{what}: cannot get torchvision weights {weights} (not in the cache {cached}, "
-            f"download from {url} failed, or the file is unreadable): {type(e).__name__}: {e}"
+            f"download from {url} failed, or the file is unreadable): {type(e).__name__}: {e}",
+            public="its torchvision weights could not be fetched when the server started",
         ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"{what}: {cached}: expected a state dict of tensors")
+        raise ConfigError(
+            f"{what}: {cached}: expected a state dict of tensors",
+            public=f"{_REFUSED} (it holds no state dict of tensors)",
+        )
     return state
 
 
@@ -225,14 +373,22 @@ def load_torchvision_model(spec: ModelSpec) -> tuple[nn.Module, tuple[str, ...]]
     what = f"model '{spec.name}'"
     weights = torchvision.models.get_weight(spec.torchvision_weights)
     builder = resolve_builder(spec.arch)
-    kwargs: dict[str, Any] = {"num_classes": spec.num_classes}
-    kwargs.update(_TV_FIXED_KWARGS.get(spec.arch, {}))
+    # What the weights need, as torchvision's own builders set it: a kwargs entry may repeat
+    # it, never change it (torchvision's builders refuse that too).
+    fixed: dict[str, Any] = dict(_TV_FIXED_KWARGS.get(spec.arch, {}))
     min_size = weights.meta.get("min_size")
     if spec.arch.startswith("vit_") and min_size:
-        kwargs["image_size"] = min_size[0]
+        fixed["image_size"] = min_size[0]
     elif spec.arch.startswith("maxvit") and min_size:
-        kwargs["input_size"] = tuple(min_size)
-    module = builder(weights=None, **kwargs)
+        fixed["input_size"] = tuple(min_size)
+    for key, value in spec.kwargs.items():
+        if key in fixed and _plain(value) != _plain(fixed[key]):
+            raise ConfigError(
+                f"{what}: kwargs.{key} = {value!r} conflicts with torchvision weights "
+                f"{weights}, which are built with {key} = {fixed[key]!r}; leave it out",
+                public="its configuration conflicts with its torchvision weights",
+            )
+    module = _build_with(spec, builder, {"weights": None, **fixed})
     state = fetch_torchvision_state_dict(weights, what)
     if spec.arch.startswith("densenet"):
         state = {
@@ -243,15 +399,27 @@ def load_torchvision_model(spec: ModelSpec) -> tuple[nn.Module, tuple[str, ...]]
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ConfigError(
-            f"{what}: torchvision weights {weights} do not fit '{spec.arch}': {e}"
+            f"{what}: torchvision weights {weights} do not fit '{spec.arch}': {e}",
+            public="its torchvision weights do not fit its architecture",
         ) from None
-    if isinstance(module, torchvision.models.GoogLeNet):
-        # torchvision drops GoogLeNet's auxiliary heads after loading (they are untrained).
+    if (
+        isinstance(module, torchvision.models.GoogLeNet)
+        and spec.kwargs.get("aux_logits") is not True
+    ):
+        # torchvision drops GoogLeNet's auxiliary heads after loading (they are untrained)
+        # unless they were asked for.
         module.aux_logits = False
         module.aux1 = None  # type: ignore[assignment]
         module.aux2 = None  # type: ignore[assignment]
     categories = weights.meta.get("categories") or ()
     return module, tuple(str(c) for c in categories)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so that a TOML array compares equal to the tuple it stands for."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _unpickler_reason(err: pickle.UnpicklingError) -> str:
@@ -268,25 +436,22 @@ def read_labels(path: Path | None, num_classes: int) -> tuple[str, ...]:
         return ()
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise ConfigError(f"labels file {path}: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"labels file {path}: {e}",
+            public="its labels file could not be read when the server started",
+        ) from None
     labels = tuple(line.strip() for line in lines if line.strip())
     if len(labels) != num_classes:
         raise ConfigError(
-            f"labels file {path} has {len(labels)} labels, num_classes is {num_classes}"
+            f"labels file {path} has {len(labels)} labels, num_classes is {num_classes}",
+            public=f"its labels file has {len(labels)} labels for {num_classes} classes",
         )
     return labels
 
 
 def _build(spec: ModelSpec) -> nn.Module:
-    builder = resolve_builder(spec.arch)
-    try:
-        module = builder(num_classes=spec.num_classes)
-    except TypeError:
-        module = builder()
-    if not isinstance(module, nn.Module):
-        raise ConfigError(f"model '{spec.name}': arch '{spec.arch}' did not build an nn.Module")
-    return module
+    return _build_with(spec, resolve_builder(spec.arch))
 
 
 def load_model(
@@ -298,12 +463,13 @@ def load_model(
     it, and are read through their resolved paths.
     """
     weights, labels = spec.weights, spec.labels
-    if model_root is not None:
+    # The embedded model's files ship inside the package: model_root confines the operator's.
+    if model_root is not None and not spec.embedded:
         where = f"model '{spec.name}':"
         if weights is not None:
-            weights = resolve_under_root(weights, model_root, f"{where} weights")
+            weights = _under_root(weights, model_root, f"{where} weights", "weights")
         if labels is not None:
-            labels = resolve_under_root(labels, model_root, f"{where} labels")
+            labels = _under_root(labels, model_root, f"{where} labels", "labels")
     categories: tuple[str, ...] = ()
     if spec.torchvision_weights is not None:
         # Published weights by name: built as torchvision does, read from torch.hub's cache.
@@ -316,7 +482,8 @@ def load_model(
                 module.load_state_dict(state, strict=True)
             except RuntimeError as e:
                 raise ConfigError(
-                    f"model '{spec.name}': weights do not fit '{spec.arch}': {e}"
+                    f"model '{spec.name}': weights do not fit '{spec.arch}': {e}",
+                    public="its weights do not fit its architecture",
                 ) from None
         else:
             log.warning("model %s has no weights: serving random initialisation", spec.name)
@@ -334,9 +501,19 @@ def load_model(
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, spec.num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(
-            f"model '{spec.name}': output for one input is {shape}, expected (1, {spec.num_classes})"
+            f"model '{spec.name}': output for one input is {shape}, expected (1, {spec.num_classes})",
+            public=f"its output for one input is {shape}, not (1, {spec.num_classes})",
         )
     return served
+
+
+def _under_root(path: Path, root: Path, what: str, kind: str) -> Path:
+    try:
+        return resolve_under_root(path, root, what)
+    except ConfigError as e:
+        raise ConfigError(
+            str(e), public=f"its {kind} file is not inside the server's model_root"
+        ) from None
 
 
 # Activation ops whose backward guided backprop and deconvolution leave unmodified.

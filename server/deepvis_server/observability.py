@@ -8,8 +8,9 @@ import contextvars
 import inspect
 import json
 import logging
-import os
 import re
+import socket
+import socketserver
 import threading
 import time
 import uuid
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TextIO
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -27,8 +28,9 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -164,10 +166,12 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             _request_id.set(request_id)  # before continuation: later interceptors log with it
         else:
             request_id = outer
+        start = time.perf_counter()
         handler = await continuation(handler_call_details)
         method = rpc_label(handler_call_details.method)
         if handler is None:  # grpc answers UNIMPLEMENTED
             self._obs.requests.labels(method, "UNIMPLEMENTED").inc()
+            self._obs.request_seconds.labels(method).observe(time.perf_counter() - start)
             return None
         return self._wrap(handler, _Call(method, request_id, announce=outer is None))
 
@@ -249,6 +253,15 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         except Exception:  # noqa: BLE001 - metrics must never fail a call
             logging.getLogger(__name__).exception("recording %s failed", call.method)
 
+    def _record_batch_items(self, response: pb.ExplainBatchResponse) -> None:
+        items = self._obs.batch_items
+        for item in response.items:
+            if item.HasField("response"):
+                items.labels("OK").inc()
+                self._record_batching(item.response)
+            else:  # the item's own status: a bounded set of names
+                items.labels(_code_name(item.error.code, "UNKNOWN")).inc()
+
     def _record_batching(self, response: pb.ExplainResponse) -> None:
         if not response.HasField("timing"):
             return
@@ -266,9 +279,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(response, pb.ExplainResponse):
             self._record_batching(response)
         elif isinstance(response, pb.ExplainBatchResponse):
-            for item in response.items:
-                if item.HasField("response"):
-                    self._record_batching(item.response)
+            self._record_batch_items(response)
         # Health probes and reflection succeed every few seconds: only worth a debug line.
         level = logging.DEBUG if code == "OK" and "/" in call.method else logging.INFO
         if obs.access_log and _access.isEnabledFor(level):  # the peer and fields only if logged
@@ -286,14 +297,6 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                     "peer": call.peer,
                 },
             )
-
-
-def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None  # not Linux: process_resident_memory_bytes is absent there too
 
 
 class _EngineCollector(Collector):
@@ -333,7 +336,8 @@ class _EngineCollector(Collector):
             ),
             GaugeMetricFamily(
                 "deepvis_device_memory_bytes",
-                "Device memory: torch's allocated and reserved bytes on CUDA, process RSS on CPU",
+                "CUDA device memory: torch's allocated and reserved bytes (none on a CPU host, "
+                "where process_resident_memory_bytes is the process's memory)",
                 labels=["device", "kind"],
             ),
         )
@@ -354,8 +358,7 @@ def _device_memory(engine: Engine) -> list[tuple[str, str, float]]:
             (label, "allocated", float(torch.cuda.memory_allocated(index))),
             (label, "reserved", float(torch.cuda.memory_reserved(index))),
         ]
-    rss = _rss_bytes()
-    return [] if rss is None else [(str(device), "rss", float(rss))]
+    return []  # the CPU's share is the process's RSS: process_resident_memory_bytes
 
 
 def _size_buckets(config: ServerConfig) -> tuple[float, ...]:
@@ -388,6 +391,10 @@ class Observability:
         self.config = config
         self.engine = engine
         self.access_log = access_log
+        # No `_created` series: a timestamp sample beside every counter and histogram child,
+        # which most scrapers store as a series of its own. prometheus_client's switch is
+        # process-wide; a server owns its process's metrics.
+        disable_created_metrics()
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -403,23 +410,33 @@ class Observability:
             buckets=_REQUEST_BUCKETS,
             registry=r,
         )
+        self.batch_items = Counter(
+            "deepvis_explain_batch_items",
+            "ExplainBatch items answered, by each item's own status (OK, or its error's code)",
+            ["code"],
+            registry=r,
+        )
+        # Per item that ran: an Explain call is one item, an ExplainBatch call one per item.
         self.queue_seconds = Histogram(
             "deepvis_queue_seconds",
-            "Explain: time from arrival at the batcher to its batch's start",
+            "Time from arrival at the batcher to its batch's start, per item: every Explain "
+            "call and every ExplainBatch item alike",
             ["model"],
             buckets=_STAGE_BUCKETS,
             registry=r,
         )
         self.compute_seconds = Histogram(
             "deepvis_compute_seconds",
-            "Explain: compute time of the batch the request ran in",
+            "Compute time of the batch each item ran in: every Explain call and every "
+            "ExplainBatch item alike",
             ["model"],
             buckets=_STAGE_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
             "deepvis_batch_size",
-            "Explain: size of the batch each request ran in",
+            "Size of the batch each item ran in: every Explain call and every ExplainBatch "
+            "item alike",
             ["model"],
             buckets=_size_buckets(config),
             registry=r,
@@ -452,9 +469,7 @@ class Observability:
             port = self.config.metrics_port
             if port == 0:
                 return None
-        self._httpd, self._thread = start_http_server(
-            port, addr=self.config.metrics_address, registry=self.registry
-        )
+        self._httpd, self._thread = _serve_metrics(self.config.metrics_address, port, self.registry)
         logging.getLogger(__name__).info(
             "metrics on http://%s:%d/metrics", self.config.metrics_address, self.port
         )
@@ -479,6 +494,65 @@ class Observability:
     def exposition(self) -> bytes:
         """The current metrics in the Prometheus text format."""
         return generate_latest(self.registry)
+
+
+_NOT_FOUND = b"Not Found: the metrics are at /metrics\n"
+
+
+def _metrics_only(app: Callable[..., Any]) -> Callable[..., Any]:
+    """The WSGI app on /metrics (its query string selects series: ?name[]=...); 404 elsewhere."""
+
+    def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO") == "/metrics":
+            return app(environ, start_response)
+        start_response(
+            "404 Not Found",
+            [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(_NOT_FOUND))),
+            ],
+        )
+        return [_NOT_FOUND]
+
+    return serve
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Logs no request line to stderr (it would break a JSON log), and drops a connection
+    that sends nothing for 30 s, so one left idle does not keep its thread."""
+
+    timeout = 30.0
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _serve_metrics(
+    address: str, port: int, registry: CollectorRegistry
+) -> tuple[WSGIServer, threading.Thread]:
+    """prometheus_client's exposition app, on /metrics only, in a daemon thread (a thread per
+    connection, as prometheus_client's start_http_server does)."""
+    family, _, _, _, sockaddr = socket.getaddrinfo(
+        address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+
+    class Server(socketserver.ThreadingMixIn, WSGIServer):
+        address_family = family
+        daemon_threads = True  # a connection's thread never holds up shutdown
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            # A scraper that timed out or hung up: socketserver would print a traceback to
+            # stderr, past the log's format.
+            logging.getLogger(__name__).debug(
+                "metrics connection from %s failed", client_address, exc_info=True
+            )
+
+    httpd = make_server(
+        str(sockaddr[0]), port, _metrics_only(make_wsgi_app(registry)), Server, _QuietHandler
+    )
+    thread = threading.Thread(target=httpd.serve_forever, name="deepvis-metrics", daemon=True)
+    thread.start()
+    return httpd, thread
 
 
 # Every attribute a bare LogRecord has: whatever else a record carries came from `extra=`.
