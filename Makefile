@@ -15,14 +15,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Regenerates the stubs in client/deepvis/v1 from the .proto (a test checks they match).
+# Regenerates the stubs in client/deepvis/v1 from the .proto (a test checks they match),
+# and deepvis.binpb, its descriptor set with the comments, which server reflection serves.
 # The generator is pinned and kept apart from the venv: stubs made by an older protoc
 # run on every protobuf runtime >= 5.27.2, so the thin client fits beside other packages.
 PROTO_TOOLS := $(VENV)/proto-tools
 proto: $(STAMP)
 	test -d $(PROTO_TOOLS)/grpc_tools || $(VPY) -m pip install -q --target $(PROTO_TOOLS) grpcio-tools==1.66.2
 	PYTHONPATH=$(PROTO_TOOLS) $(VPY) -m grpc_tools.protoc -Iprotos --python_out=client \
-		--pyi_out=client --grpc_python_out=client protos/deepvis/v1/deepvis.proto
+		--pyi_out=client --grpc_python_out=client \
+		--include_source_info --descriptor_set_out=client/deepvis/v1/deepvis.binpb \
+		protos/deepvis/v1/deepvis.proto
 
 demo: $(STAMP)
 	$(VPY) -m deepvis_server.demo --address $(ADDRESS) --out out
