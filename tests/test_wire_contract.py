@@ -1,0 +1,157 @@
+"""The contract as other languages see it, over raw gRPC against a real server: method names
+and their short spellings, field paths in errors, omit_array, picture sizes."""
+
+from __future__ import annotations
+
+import io
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf import json_format
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from PIL import Image
+
+import deepvis
+from deepvis.v1 import deepvis_pb2 as pb
+from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
+from deepvis_server.methods import REGISTRY
+
+
+def digit_png(seed: int = 0) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (32, 32), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def bad_request(err: grpc.RpcError) -> error_details_pb2.BadRequest.FieldViolation:
+    """The one field violation of an INVALID_ARGUMENT call's google.rpc.Status trailer."""
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    status = rpc_status.from_call(err)
+    assert status is not None, "no grpc-status-details-bin trailer"
+    bad = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad)
+    (violation,) = bad.field_violations
+    assert violation.description == err.details() == status.message
+    return violation
+
+
+def explain_error(stub: pb_grpc.ExplainerStub, request: pb.ExplainRequest) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Explain(request, timeout=30)
+    return info.value
+
+
+def visualize_error(stub: pb_grpc.ExplainerStub, **fields) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.Visualize(pb.VisualizeRequest(**fields), timeout=30))
+    return info.value
+
+
+# -- method names ---------------------------------------------------------------------------
+
+SNAKE = ["guided_backprop", "activations", "grad_cam", "guided_grad_cam", "deconvolution"]
+SNAKE += ["saliency", "integrated_gradients"]
+
+
+def check_lists_snake_names(message: str) -> None:
+    """Every method by its snake-case name, in enum order, and METHOD_ said once."""
+    assert ", ".join(SNAKE) in message, message
+    assert message.count("METHOD_") == 1 and "METHOD_<NAME>" in message, message
+
+
+def test_an_unset_method_is_required_and_the_valid_ones_are_listed(digits_server) -> None:
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        stub = pb_grpc.ExplainerStub(ch)
+        err = explain_error(stub, pb.ExplainRequest(model="digits", input={"image": digit_png()}))
+        violation = bad_request(err)
+        assert violation.field == "method"
+        assert err.details().startswith("method is required: set it to one of guided_backprop")
+        assert "method 0" not in err.details()
+        check_lists_snake_names(err.details())
+        # A number the schema does not have: named, and the same list.
+        request = pb.ExplainRequest(model="digits", method=42, input={"image": digit_png()})
+        err = explain_error(stub, request)
+        assert bad_request(err).field == "method"
+        assert err.details().startswith("method 42 is not a method")
+        check_lists_snake_names(err.details())
+
+
+def test_server_messages_name_methods_in_snake_case_only(digits_server) -> None:
+    """A method's own refusal (a layer Grad-CAM cannot use) names it as the client does."""
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        request = pb.ExplainRequest(
+            model="digits", method=pb.METHOD_GRAD_CAM, input={"image": digit_png()}, layers=["fc"]
+        )
+        err = explain_error(pb_grpc.ExplainerStub(ch), request)
+    assert bad_request(err).field == "layers"
+    assert "method grad_cam needs a layer with a spatial output" in err.details()
+    assert "METHOD_" not in err.details()
+
+
+def test_short_method_spellings_parse_from_json_and_run(digits_server) -> None:
+    png = digit_png(1)
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        stub = pb_grpc.ExplainerStub(ch)
+        for long_name, short in [("METHOD_GRAD_CAM", "GRAD_CAM"), ("METHOD_SALIENCY", "SALIENCY")]:
+            # What grpcurl -d '{"method": "GRAD_CAM", ...}' sends: JSON parsed by protobuf.
+            request = json_format.Parse(
+                '{"model": "digits", "method": "' + short + '", "target": {"classIndex": 4}}',
+                pb.ExplainRequest(),
+            )
+            assert request.method == pb.Method.Value(long_name)
+            request.input.image = png
+            short_reply = stub.Explain(request, timeout=30)
+            long_reply = stub.Explain(
+                pb.ExplainRequest(
+                    model="digits",
+                    method=pb.Method.Value(long_name),
+                    input=pb.Input(image=png),
+                    target=pb.Target(class_index=4),
+                ),
+                timeout=30,
+            )
+            assert short_reply.method == long_reply.method == pb.Method.Value(long_name)
+            assert short_reply.array.data == long_reply.array.data
+            assert len(short_reply.array.data) > 0
+            # JSON output prints the METHOD_ spelling: the first name of the number.
+            printed = json_format.MessageToDict(short_reply)
+            assert printed["method"] == long_name
+
+
+def test_each_method_is_listed_once_despite_the_aliases(digits_server) -> None:
+    numbers = sorted(set(pb.Method.values()) - {pb.METHOD_UNSPECIFIED})
+    assert len(pb.Method.values()) == 1 + 2 * len(numbers)  # every method has one alias
+    for number in numbers:
+        long_name = pb.Method.Name(number)
+        assert long_name.startswith("METHOD_")
+        assert pb.Method.Value(long_name.removeprefix("METHOD_")) == number
+    assert deepvis.methods() == SNAKE
+    assert sorted(REGISTRY) == sorted(SNAKE)
+    with deepvis.Client(digits_server.bound_address, timeout=30) as client:
+        (model,) = client.models()
+        assert list(model.methods) == SNAKE
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        listed = pb_grpc.ExplainerStub(ch).ListModels(pb.ListModelsRequest(), timeout=10)
+    assert list(listed.models[0].methods) == numbers
+
+
+def test_alias_names_clash_with_no_other_name_in_the_package() -> None:
+    """Enum values live in the package's scope (C++ rules): an alias must not reuse the name of
+    another enum's value, a message, an enum or a service."""
+    file = pb.DESCRIPTOR
+    values = [v.name for v in file.enum_types_by_name["Method"].values]
+    aliases = {n for n in values if not n.startswith("METHOD_")}
+    assert aliases == {n.removeprefix("METHOD_") for n in values if n.startswith("METHOD_")} - {
+        "UNSPECIFIED"
+    }
+    others = {n for n in values if n.startswith("METHOD_")}
+    others |= set(file.message_types_by_name) | set(file.enum_types_by_name)
+    others |= set(file.services_by_name)
+    for enum in file.enum_types_by_name.values():
+        if enum.name != "Method":
+            others |= {v.name for v in enum.values}
+    # Not even in another case (some languages fold case).
+    assert not {a.lower() for a in aliases} & {o.lower() for o in others}
