@@ -155,3 +155,78 @@ def test_alias_names_clash_with_no_other_name_in_the_package() -> None:
             others |= {v.name for v in enum.values}
     # Not even in another case (some languages fold case).
     assert not {a.lower() for a in aliases} & {o.lower() for o in others}
+
+
+# -- field paths -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("objective", "field", "message"),
+    [
+        (
+            pb.Objective(class_index=10),
+            "objective.class_index",
+            "objective.class_index must be in [0, 10) for model 'digits', got 10",
+        ),
+        (
+            pb.Objective(neuron=pb.Neuron(layer="conv9", channel=0)),
+            "objective.neuron.layer",
+            "objective.neuron.layer 'conv9' is not a layer of model 'digits'",
+        ),
+        (
+            pb.Objective(neuron=pb.Neuron(layer="conv3", channel=64)),
+            "objective.neuron.channel",
+            "objective.neuron.channel must be in [0, 64) for layer 'conv3', got 64",
+        ),
+        (
+            pb.Objective(neuron=pb.Neuron(layer="conv3", channel=1, y=8, x=0)),
+            "objective.neuron",
+            "objective.neuron y, x must be in [0, 8) x [0, 8) for layer 'conv3', got (8, 0)",
+        ),
+    ],
+)
+def test_visualize_errors_name_the_objective_fields(
+    digits_server, objective, field, message
+) -> None:
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        stub = pb_grpc.ExplainerStub(ch)
+        err = visualize_error(stub, model="digits", objective=objective, steps=4)
+        violation = bad_request(err)
+        assert violation.field == field
+        assert err.details().startswith(message), err.details()
+        assert "target" not in err.details()
+        # The server goes on serving the same objective once it is valid.
+        good = pb.Objective(class_index=3)
+        replies = list(stub.Visualize(pb.VisualizeRequest(model="digits", objective=good, steps=2)))
+        assert replies[-1].result.steps == 2
+
+
+def test_explain_errors_name_the_target_fields_and_batch_items_their_own(digits_server) -> None:
+    png = digit_png(2)
+    bad_targets = [
+        (pb.Target(class_index=10), "target.class_index"),
+        (pb.Target(neuron=pb.Neuron(layer="conv9", channel=0)), "target.neuron.layer"),
+        (pb.Target(neuron=pb.Neuron(layer="conv3", channel=64)), "target.neuron.channel"),
+    ]
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        stub = pb_grpc.ExplainerStub(ch)
+        requests = []
+        for target, field in bad_targets:
+            request = pb.ExplainRequest(
+                model="digits", method=pb.METHOD_GUIDED_BACKPROP, input=pb.Input(image=png)
+            )
+            request.target.CopyFrom(target)
+            err = explain_error(stub, request)
+            assert bad_request(err).field == field
+            assert err.details().startswith(field)
+            requests.append(request)
+        requests.insert(1, pb.ExplainRequest(model="digits", method=1, input=pb.Input(image=png)))
+        reply = stub.ExplainBatch(pb.ExplainBatchRequest(requests=requests), timeout=30)
+    items = list(reply.items)
+    assert items[1].HasField("response")
+    del items[1]
+    # Each item's field path is relative to the item: what Explain names, no "requests[i].".
+    for item, (_target, field) in zip(items, bad_targets, strict=True):
+        assert item.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert item.error.field == field
+        assert item.error.message.startswith(field)
