@@ -230,3 +230,71 @@ def test_explain_errors_name_the_target_fields_and_batch_items_their_own(digits_
         assert item.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
         assert item.error.field == field
         assert item.error.message.startswith(field)
+
+
+# -- omit_array ------------------------------------------------------------------------------
+
+
+def test_omit_array_leaves_out_array_and_arrays_but_not_pictures(digits_server) -> None:
+    png = digit_png(3)
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        stub = pb_grpc.ExplainerStub(ch)
+
+        def grad_cam(omit: bool) -> pb.ExplainResponse:
+            output = pb.OutputOptions(omit_array=omit, render=True)
+            request = pb.ExplainRequest(
+                model="digits", method=pb.METHOD_GRAD_CAM, input=pb.Input(image=png), output=output
+            )
+            return stub.Explain(request, timeout=30)
+
+        full, omitted = grad_cam(False), grad_cam(True)
+    assert full.HasField("array") and list(full.array.shape) == [32, 32]
+    assert [a.name for a in full.arrays] == ["cam"] and len(full.arrays[0].tensor.data) > 0
+    assert not omitted.HasField("array") and len(omitted.arrays) == 0
+    # Everything else still comes, and is the same.
+    assert omitted.image_png == full.image_png and omitted.image_png
+    assert [p.index for p in omitted.predictions] == [p.index for p in full.predictions]
+    assert omitted.target == full.target
+
+
+# -- picture sizes ---------------------------------------------------------------------------
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as img:
+        return img.size
+
+
+def test_small_pictures_are_enlarged_as_documented(digits_server) -> None:
+    """32x32 results come as 128x128 pictures (4x, nearest neighbour): what the proto says."""
+    png = digit_png(4)
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        stub = pb_grpc.ExplainerStub(ch)
+        output = pb.OutputOptions(render=True)
+        gbp = stub.Explain(
+            pb.ExplainRequest(model="digits", method=1, input=pb.Input(image=png), output=output),
+            timeout=30,
+        )
+        acts = stub.Explain(
+            pb.ExplainRequest(
+                model="digits", method=2, input=pb.Input(image=png), output=output, layers=["conv3"]
+            ),
+            timeout=30,
+        )
+        vis = list(
+            stub.Visualize(
+                pb.VisualizeRequest(
+                    model="digits", objective=pb.Objective(class_index=1), steps=4, progress_every=2
+                ),
+                timeout=60,
+            )
+        )
+    assert list(gbp.array.shape) == [1, 32, 32] and png_size(gbp.image_png) == (128, 128)
+    picture = np.asarray(Image.open(io.BytesIO(gbp.image_png)))
+    assert np.array_equal(picture, np.repeat(np.repeat(picture[::4, ::4], 4, 0), 4, 1))
+    assert png_size(dict((i.name, i.png) for i in acts.images)["conv3.heatmap"]) == (128, 128)
+    result = vis[-1].result
+    assert list(result.array.shape)[-2:] == [32, 32]
+    assert [png_size(p) for p in result.images_png] == [(128, 128)]
+    strips = [m.progress.image_png for m in vis if m.HasField("progress") and m.progress.image_png]
+    assert strips and all(png_size(s)[1] == 128 for s in strips)
