@@ -7,10 +7,13 @@ ADDRESS ?= 127.0.0.1:50077
 
 .PHONY: install demo test proto lint clean
 
-$(STAMP): pyproject.toml
+# Also installs the Node.js client tests' modules from their lockfile where npm exists
+# (without node those tests are skipped).
+$(STAMP): pyproject.toml tests/node/package-lock.json
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[server,dev]'
+	if command -v npm >/dev/null 2>&1; then cd tests/node && npm ci --no-audit --no-fund; fi
 	touch $(STAMP)
 
 install: $(STAMP)
