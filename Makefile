@@ -7,22 +7,28 @@ ADDRESS ?= 127.0.0.1:50077
 
 .PHONY: install demo test proto lint clean
 
-$(STAMP): pyproject.toml
+# Also installs the Node.js client tests' modules from their lockfile where npm exists
+# (without node those tests are skipped).
+$(STAMP): pyproject.toml tests/node/package-lock.json
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[server,dev]'
+	if command -v npm >/dev/null 2>&1; then cd tests/node && npm ci --no-audit --no-fund; fi
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# Regenerates the stubs in client/deepvis/v1 from the .proto (a test checks they match).
+# Regenerates the stubs in client/deepvis/v1 from the .proto (a test checks they match),
+# and deepvis.binpb, its descriptor set with the comments, which server reflection serves.
 # The generator is pinned and kept apart from the venv: stubs made by an older protoc
 # run on every protobuf runtime >= 5.27.2, so the thin client fits beside other packages.
 PROTO_TOOLS := $(VENV)/proto-tools
 proto: $(STAMP)
 	test -d $(PROTO_TOOLS)/grpc_tools || $(VPY) -m pip install -q --target $(PROTO_TOOLS) grpcio-tools==1.66.2
 	PYTHONPATH=$(PROTO_TOOLS) $(VPY) -m grpc_tools.protoc -Iprotos --python_out=client \
-		--pyi_out=client --grpc_python_out=client protos/deepvis/v1/deepvis.proto
+		--pyi_out=client --grpc_python_out=client \
+		--include_source_info --descriptor_set_out=client/deepvis/v1/deepvis.binpb \
+		protos/deepvis/v1/deepvis.proto
 
 demo: $(STAMP)
 	$(VPY) -m deepvis_server.demo --address $(ADDRESS) --out out

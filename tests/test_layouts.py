@@ -322,7 +322,7 @@ def test_neuron_objectives_are_refused_on_channels_last_and_token_layers(
         req = pb.VisualizeRequest(model=model, objective=pb.Objective(neuron=neuron), steps=2)
         code, field, details = refusal(address, "Visualize", req)
         assert code == grpc.StatusCode.INVALID_ARGUMENT
-        assert field.endswith("neuron.layer"), field
+        assert field == "objective.neuron.layer", field
         assert fragment in details and hint in details, details
 
 

@@ -34,6 +34,61 @@ def test_stubs_match_the_proto(tmp_path) -> None:
     assert committed == fresh, "stubs are stale: run `make proto`"
 
 
+def test_descriptor_set_matches_the_proto(tmp_path) -> None:
+    """deepvis.binpb (what reflection serves, comments included) is the .proto's, as protoc
+    writes it with --include_source_info, and the stubs' file once its comments are gone."""
+    pytest.importorskip("grpc_tools")
+    out = tmp_path / "set.binpb"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{ROOT / 'protos'}",
+            "--include_source_info",
+            f"--descriptor_set_out={out}",
+            "deepvis/v1/deepvis.proto",
+        ],
+        check=True,
+    )
+    fresh = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
+    committed = descriptor_pb2.FileDescriptorSet.FromString(
+        (ROOT / "client/deepvis/v1/deepvis.binpb").read_bytes()
+    )
+    assert committed == fresh, "client/deepvis/v1/deepvis.binpb is stale: run `make proto`"
+    (file,) = committed.file
+    assert file.source_code_info.location, "the descriptor set lost the comments"
+    file.ClearField("source_code_info")
+    _drop_json_names(file.message_type)
+    stubs = descriptor_pb2.FileDescriptorProto.FromString(deepvis_pb2.DESCRIPTOR.serialized_pb)
+    assert file == stubs, "stubs and descriptor set disagree: run `make proto`"
+
+
+def test_descriptor_set_is_packaged(tmp_path) -> None:
+    """The wheel carries deepvis.binpb beside the stubs, where reflection reads it."""
+    # The build backend pyproject.toml names; 70.1 builds wheels without the wheel package.
+    pytest.importorskip("setuptools", minversion="70.1")
+    import shutil
+    import zipfile
+
+    src = tmp_path / "src"  # a copy, so the build leaves nothing in the checkout
+    junk = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("client", "server"):
+        shutil.copytree(ROOT / name, src / name, ignore=junk)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+        + ["-w", str(tmp_path / "dist"), str(src)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("deepvis-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        packaged = z.read("deepvis/v1/deepvis.binpb")
+    assert packaged == (ROOT / "client/deepvis/v1/deepvis.binpb").read_bytes()
+
+
 def _drop_json_names(messages) -> None:
     for m in messages:
         for f in m.field:

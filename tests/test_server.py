@@ -117,7 +117,7 @@ def test_float16_wire_bytes_are_numpy_cast_bits() -> None:
             grpc.StatusCode.NOT_FOUND,
             "served models: digits",
         ),
-        ({"model": "digits"}, grpc.StatusCode.INVALID_ARGUMENT, "METHOD_GUIDED_BACKPROP"),
+        ({"model": "digits"}, grpc.StatusCode.INVALID_ARGUMENT, "method is required"),
         ({"model": "digits", "method": 999}, grpc.StatusCode.INVALID_ARGUMENT, "valid"),
         (
             {"model": "digits", "method": pb.METHOD_GUIDED_BACKPROP},

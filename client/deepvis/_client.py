@@ -469,8 +469,10 @@ class Client(_Base):
                 `Explanation.array` is float32 either way.
             top_k: How many top predictions to return; 0 means the server's default (5).
             timeout: Deadline of this call in seconds; None uses the client's default.
-            array: Return the raw result; False leaves it out of the response (and
-                `Explanation.array` None), which saves bandwidth when only the picture is used.
+            array: Return the raw results; False leaves every array out of the response:
+                `Explanation.array` is None and `Explanation.arrays` empty (pictures,
+                predictions and target still come), which saves bandwidth when only the
+                pictures are used.
             top_k_channels: For activations, keep only this many channels per layer, those
                 with the largest mean activation, best first (their indices are in
                 `Explanation.arrays["<layer>.channels"]`); 0 keeps all channels.
@@ -972,8 +974,10 @@ class AsyncClient(_Base):
                 `Explanation.array` is float32 either way.
             top_k: How many top predictions to return; 0 means the server's default (5).
             timeout: Deadline of this call in seconds; None uses the client's default.
-            array: Return the raw result; False leaves it out of the response (and
-                `Explanation.array` None), which saves bandwidth when only the picture is used.
+            array: Return the raw results; False leaves every array out of the response:
+                `Explanation.array` is None and `Explanation.arrays` empty (pictures,
+                predictions and target still come), which saves bandwidth when only the
+                pictures are used.
             top_k_channels: For activations, keep only this many channels per layer, those
                 with the largest mean activation, best first (their indices are in
                 `Explanation.arrays["<layer>.channels"]`); 0 keeps all channels.

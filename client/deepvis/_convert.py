@@ -355,9 +355,11 @@ def methods() -> list[str]:
     Returns:
         One name per value of the proto `Method` enum except METHOD_UNSPECIFIED, in enum order.
     """
+    # sorted(set(...)): each number once, whatever aliases (GRAD_CAM beside METHOD_GRAD_CAM)
+    # the enum has.
     return [
         method_from_pb(number)
-        for _, number in sorted(deepvis_pb2.Method.items(), key=lambda item: item[1])
+        for number in sorted(set(deepvis_pb2.Method.values()))
         if number != deepvis_pb2.METHOD_UNSPECIFIED
     ]
 

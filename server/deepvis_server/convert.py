@@ -33,11 +33,16 @@ def method_name(value: int) -> str:
 
 
 # Every schema method by value and by name, read once (the enum wrapper's values() builds a
-# new list on each call, and parsing checks every request's method).
+# new list on each call, and parsing checks every request's method). Keyed by number, so
+# each method is here once although the enum spells it twice (GRAD_CAM aliases
+# METHOD_GRAD_CAM); Name() gives the METHOD_ spelling, the first one defined.
 _METHODS: dict[int, str] = {
-    v: method_name(v) for v in pb.Method.values() if v != pb.METHOD_UNSPECIFIED
+    v: method_name(v) for v in sorted(set(pb.Method.values())) if v != pb.METHOD_UNSPECIFIED
 }
 _METHOD_VALUES: dict[str, Any] = {name: v for v, name in _METHODS.items()}
+# How every message that lists the methods names them: the registry's (and the client's)
+# snake-case names, said once to be the enum's METHOD_<NAME> values.
+_VALID_METHODS = ", ".join(_METHODS.values()) + " (the Method enum's values METHOD_<NAME>)"
 
 
 def method_value(name: str) -> Any:  # the enum type exists only in the .pyi
@@ -105,9 +110,12 @@ def parse_explain(msg: pb.ExplainRequest) -> ParsedExplain:
     """Reads an ExplainRequest into plain values; refuses what is wrong whatever the model."""
     method = _METHODS.get(msg.method)
     if method is None:
+        if msg.method == pb.METHOD_UNSPECIFIED:
+            raise InvalidArgument(
+                f"method is required: set it to one of {_VALID_METHODS}", field="method"
+            )
         raise InvalidArgument(
-            f"method {msg.method} is not a served method; valid: "
-            + ", ".join(f"METHOD_{m.upper()}" for m in schema_methods()),
+            f"method {msg.method} is not a method of this server's schema; valid: {_VALID_METHODS}",
             field="method",
         )
     opts = msg.output

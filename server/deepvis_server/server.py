@@ -10,7 +10,6 @@ from contextlib import contextmanager
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
@@ -18,6 +17,7 @@ from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 from .config import ServerConfig
 from .engine import Engine
 from .observability import Observability
+from .reflection import add_reflection
 from .security import BearerTokenInterceptor, check_listen_address, server_credentials
 from .servicer import ExplainerServicer
 
@@ -88,13 +88,9 @@ class DeepvisServer:
         )
         pb_grpc.add_ExplainerServicer_to_server(ExplainerServicer(self.engine), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
+        # grpc.reflection.v1 and v1alpha, deepvis.proto with its comments (grpcurl describe).
+        add_reflection(
+            server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
         )
         try:
             if credentials is None:

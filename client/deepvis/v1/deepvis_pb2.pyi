@@ -10,12 +10,19 @@ class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     METHOD_UNSPECIFIED: _ClassVar[Method]
     METHOD_GUIDED_BACKPROP: _ClassVar[Method]
+    GUIDED_BACKPROP: _ClassVar[Method]
     METHOD_ACTIVATIONS: _ClassVar[Method]
+    ACTIVATIONS: _ClassVar[Method]
     METHOD_GRAD_CAM: _ClassVar[Method]
+    GRAD_CAM: _ClassVar[Method]
     METHOD_GUIDED_GRAD_CAM: _ClassVar[Method]
+    GUIDED_GRAD_CAM: _ClassVar[Method]
     METHOD_DECONVOLUTION: _ClassVar[Method]
+    DECONVOLUTION: _ClassVar[Method]
     METHOD_SALIENCY: _ClassVar[Method]
+    SALIENCY: _ClassVar[Method]
     METHOD_INTEGRATED_GRADIENTS: _ClassVar[Method]
+    INTEGRATED_GRADIENTS: _ClassVar[Method]
 
 class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -32,12 +39,19 @@ class Parameterization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PARAMETERIZATION_PIXEL: _ClassVar[Parameterization]
 METHOD_UNSPECIFIED: Method
 METHOD_GUIDED_BACKPROP: Method
+GUIDED_BACKPROP: Method
 METHOD_ACTIVATIONS: Method
+ACTIVATIONS: Method
 METHOD_GRAD_CAM: Method
+GRAD_CAM: Method
 METHOD_GUIDED_GRAD_CAM: Method
+GUIDED_GRAD_CAM: Method
 METHOD_DECONVOLUTION: Method
+DECONVOLUTION: Method
 METHOD_SALIENCY: Method
+SALIENCY: Method
 METHOD_INTEGRATED_GRADIENTS: Method
+INTEGRATED_GRADIENTS: Method
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT16: DType

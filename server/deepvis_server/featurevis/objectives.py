@@ -92,7 +92,7 @@ class Neuron(Objective):
         return self.layer
 
     def validate(self, model: ServedModel) -> None:
-        check_target(model, NeuronTarget(self.layer, self.channel, self.y, self.x))
+        check_target(model, NeuronTarget(self.layer, self.channel, self.y, self.x), "objective")
 
     @classmethod
     def plan(
@@ -129,7 +129,7 @@ class Channel(Objective):
         return self.layer
 
     def validate(self, model: ServedModel) -> None:
-        check_target(model, NeuronTarget(self.layer, self.channel))
+        check_target(model, NeuronTarget(self.layer, self.channel), "objective")
 
     @classmethod
     def plan(
@@ -157,7 +157,7 @@ class ClassLogit(Objective):
         return LOGITS
 
     def validate(self, model: ServedModel) -> None:
-        check_target(model, ClassTarget(self.index))
+        check_target(model, ClassTarget(self.index), "objective")
 
     @classmethod
     def plan(

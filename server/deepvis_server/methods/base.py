@@ -131,50 +131,59 @@ def no_default_layer_message(model: ServedModel, method: str) -> str:
     )
 
 
-def check_target(model: ServedModel, target: Target | None) -> None:
-    """Refuses targets outside the model before they can reach a batch."""
+def check_target(model: ServedModel, target: Target | None, field: str = "target") -> None:
+    """Refuses targets outside the model before they can reach a batch.
+
+    Args:
+        model: the model the request names.
+        target: the class or neuron to check; None (the predicted class) always passes.
+        field: the request field that holds the target, as the request names it: "target"
+            for Explain, "objective" for Visualize's objective. Every error names
+            `<field>.class_index`, `<field>.neuron.layer`, ... accordingly.
+    """
     if target is None:
         return
     if isinstance(target, ClassTarget):
         if not 0 <= target.index < model.spec.num_classes:
             raise InvalidArgument(
-                f"target.class_index must be in [0, {model.spec.num_classes}) for model "
+                f"{field}.class_index must be in [0, {model.spec.num_classes}) for model "
                 f"'{model.name}', got {target.index}",
-                field="target.class_index",
+                field=f"{field}.class_index",
             )
         return
+    neuron = f"{field}.neuron"
     shape = model.layer_shapes.get(target.layer)
     if shape is None:
         raise InvalidArgument(
-            f"target.neuron.layer '{target.layer[:200]}' is not a layer of model '{model.name}' "
+            f"{neuron}.layer '{target.layer[:200]}' is not a layer of model '{model.name}' "
             f"(layer names are those of ListModels/DescribeModel, e.g. {model.example_layers()})",
-            field="target.neuron.layer",
+            field=f"{neuron}.layer",
         )
     if len(shape) == 0:
         raise InvalidArgument(
-            f"layer '{target.layer}' has no channel dimension", field="target.neuron.layer"
+            f"{neuron}.layer '{target.layer}' has no channel dimension", field=f"{neuron}.layer"
         )
     if problem := layout_problem(model, target.layer, "a neuron's channel indexes"):
-        raise InvalidArgument(problem, field="target.neuron.layer")
+        raise InvalidArgument(problem, field=f"{neuron}.layer")
     if not 0 <= target.channel < shape[0]:
         raise InvalidArgument(
-            f"target.neuron.channel must be in [0, {shape[0]}) for layer '{target.layer}', "
+            f"{neuron}.channel must be in [0, {shape[0]}) for layer '{target.layer}', "
             f"got {target.channel}",
-            field="target.neuron.channel",
+            field=f"{neuron}.channel",
         )
     if (target.y is None) != (target.x is None):
-        raise InvalidArgument("target.neuron: set both y and x, or neither", field="target.neuron")
+        raise InvalidArgument(f"{neuron}: set both y and x, or neither", field=neuron)
     if target.y is not None and target.x is not None:
         if len(shape) != 3:
             raise InvalidArgument(
-                f"target.neuron: layer '{target.layer}' output is {list(shape)}, it has no y, x",
-                field="target.neuron",
+                f"{neuron}: layer '{target.layer}' output is {list(shape)}, it has no y, x",
+                field=neuron,
             )
         if not (0 <= target.y < shape[1] and 0 <= target.x < shape[2]):
             raise InvalidArgument(
-                f"target.neuron y, x must be in [0, {shape[1]}) x [0, {shape[2]}) for layer "
+                f"{neuron} y, x must be in [0, {shape[1]}) x [0, {shape[2]}) for layer "
                 f"'{target.layer}', got ({target.y}, {target.x})",
-                field="target.neuron",
+                field=neuron,
             )
 
 

@@ -1,0 +1,300 @@
+"""The contract as other languages see it, over raw gRPC against a real server: method names
+and their short spellings, field paths in errors, omit_array, picture sizes."""
+
+from __future__ import annotations
+
+import io
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf import json_format
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from PIL import Image
+
+import deepvis
+from deepvis.v1 import deepvis_pb2 as pb
+from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
+from deepvis_server.methods import REGISTRY
+
+
+def digit_png(seed: int = 0) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (32, 32), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def bad_request(err: grpc.RpcError) -> error_details_pb2.BadRequest.FieldViolation:
+    """The one field violation of an INVALID_ARGUMENT call's google.rpc.Status trailer."""
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    status = rpc_status.from_call(err)
+    assert status is not None, "no grpc-status-details-bin trailer"
+    bad = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad)
+    (violation,) = bad.field_violations
+    assert violation.description == err.details() == status.message
+    return violation
+
+
+def explain_error(stub: pb_grpc.ExplainerStub, request: pb.ExplainRequest) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Explain(request, timeout=30)
+    return info.value
+
+
+def visualize_error(stub: pb_grpc.ExplainerStub, **fields) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.Visualize(pb.VisualizeRequest(**fields), timeout=30))
+    return info.value
+
+
+# -- method names ---------------------------------------------------------------------------
+
+SNAKE = ["guided_backprop", "activations", "grad_cam", "guided_grad_cam", "deconvolution"]
+SNAKE += ["saliency", "integrated_gradients"]
+
+
+def check_lists_snake_names(message: str) -> None:
+    """Every method by its snake-case name, in enum order, and METHOD_ said once."""
+    assert ", ".join(SNAKE) in message, message
+    assert message.count("METHOD_") == 1 and "METHOD_<NAME>" in message, message
+
+
+def test_an_unset_method_is_required_and_the_valid_ones_are_listed(digits_server) -> None:
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        stub = pb_grpc.ExplainerStub(ch)
+        err = explain_error(stub, pb.ExplainRequest(model="digits", input={"image": digit_png()}))
+        violation = bad_request(err)
+        assert violation.field == "method"
+        assert err.details().startswith("method is required: set it to one of guided_backprop")
+        assert "method 0" not in err.details()
+        check_lists_snake_names(err.details())
+        # A number the schema does not have: named, and the same list.
+        request = pb.ExplainRequest(model="digits", method=42, input={"image": digit_png()})
+        err = explain_error(stub, request)
+        assert bad_request(err).field == "method"
+        assert err.details().startswith("method 42 is not a method")
+        check_lists_snake_names(err.details())
+
+
+def test_server_messages_name_methods_in_snake_case_only(digits_server) -> None:
+    """A method's own refusal (a layer Grad-CAM cannot use) names it as the client does."""
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        request = pb.ExplainRequest(
+            model="digits", method=pb.METHOD_GRAD_CAM, input={"image": digit_png()}, layers=["fc"]
+        )
+        err = explain_error(pb_grpc.ExplainerStub(ch), request)
+    assert bad_request(err).field == "layers"
+    assert "method grad_cam needs a layer with a spatial output" in err.details()
+    assert "METHOD_" not in err.details()
+
+
+def test_short_method_spellings_parse_from_json_and_run(digits_server) -> None:
+    png = digit_png(1)
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        stub = pb_grpc.ExplainerStub(ch)
+        for long_name, short in [("METHOD_GRAD_CAM", "GRAD_CAM"), ("METHOD_SALIENCY", "SALIENCY")]:
+            # What grpcurl -d '{"method": "GRAD_CAM", ...}' sends: JSON parsed by protobuf.
+            request = json_format.Parse(
+                '{"model": "digits", "method": "' + short + '", "target": {"classIndex": 4}}',
+                pb.ExplainRequest(),
+            )
+            assert request.method == pb.Method.Value(long_name)
+            request.input.image = png
+            short_reply = stub.Explain(request, timeout=30)
+            long_reply = stub.Explain(
+                pb.ExplainRequest(
+                    model="digits",
+                    method=pb.Method.Value(long_name),
+                    input=pb.Input(image=png),
+                    target=pb.Target(class_index=4),
+                ),
+                timeout=30,
+            )
+            assert short_reply.method == long_reply.method == pb.Method.Value(long_name)
+            assert short_reply.array.data == long_reply.array.data
+            assert len(short_reply.array.data) > 0
+            # JSON output prints the METHOD_ spelling: the first name of the number.
+            printed = json_format.MessageToDict(short_reply)
+            assert printed["method"] == long_name
+
+
+def test_each_method_is_listed_once_despite_the_aliases(digits_server) -> None:
+    numbers = sorted(set(pb.Method.values()) - {pb.METHOD_UNSPECIFIED})
+    assert len(pb.Method.values()) == 1 + 2 * len(numbers)  # every method has one alias
+    for number in numbers:
+        long_name = pb.Method.Name(number)
+        assert long_name.startswith("METHOD_")
+        assert pb.Method.Value(long_name.removeprefix("METHOD_")) == number
+    assert deepvis.methods() == SNAKE
+    assert sorted(REGISTRY) == sorted(SNAKE)
+    with deepvis.Client(digits_server.bound_address, timeout=30) as client:
+        (model,) = client.models()
+        assert list(model.methods) == SNAKE
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        listed = pb_grpc.ExplainerStub(ch).ListModels(pb.ListModelsRequest(), timeout=10)
+    assert list(listed.models[0].methods) == numbers
+
+
+def test_alias_names_clash_with_no_other_name_in_the_package() -> None:
+    """Enum values live in the package's scope (C++ rules): an alias must not reuse the name of
+    another enum's value, a message, an enum or a service."""
+    file = pb.DESCRIPTOR
+    values = [v.name for v in file.enum_types_by_name["Method"].values]
+    aliases = {n for n in values if not n.startswith("METHOD_")}
+    assert aliases == {n.removeprefix("METHOD_") for n in values if n.startswith("METHOD_")} - {
+        "UNSPECIFIED"
+    }
+    others = {n for n in values if n.startswith("METHOD_")}
+    others |= set(file.message_types_by_name) | set(file.enum_types_by_name)
+    others |= set(file.services_by_name)
+    for enum in file.enum_types_by_name.values():
+        if enum.name != "Method":
+            others |= {v.name for v in enum.values}
+    # Not even in another case (some languages fold case).
+    assert not {a.lower() for a in aliases} & {o.lower() for o in others}
+
+
+# -- field paths -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("objective", "field", "message"),
+    [
+        (
+            pb.Objective(class_index=10),
+            "objective.class_index",
+            "objective.class_index must be in [0, 10) for model 'digits', got 10",
+        ),
+        (
+            pb.Objective(neuron=pb.Neuron(layer="conv9", channel=0)),
+            "objective.neuron.layer",
+            "objective.neuron.layer 'conv9' is not a layer of model 'digits'",
+        ),
+        (
+            pb.Objective(neuron=pb.Neuron(layer="conv3", channel=64)),
+            "objective.neuron.channel",
+            "objective.neuron.channel must be in [0, 64) for layer 'conv3', got 64",
+        ),
+        (
+            pb.Objective(neuron=pb.Neuron(layer="conv3", channel=1, y=8, x=0)),
+            "objective.neuron",
+            "objective.neuron y, x must be in [0, 8) x [0, 8) for layer 'conv3', got (8, 0)",
+        ),
+    ],
+)
+def test_visualize_errors_name_the_objective_fields(
+    digits_server, objective, field, message
+) -> None:
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        stub = pb_grpc.ExplainerStub(ch)
+        err = visualize_error(stub, model="digits", objective=objective, steps=4)
+        violation = bad_request(err)
+        assert violation.field == field
+        assert err.details().startswith(message), err.details()
+        assert "target" not in err.details()
+        # The server goes on serving the same objective once it is valid.
+        good = pb.Objective(class_index=3)
+        replies = list(stub.Visualize(pb.VisualizeRequest(model="digits", objective=good, steps=2)))
+        assert replies[-1].result.steps == 2
+
+
+def test_explain_errors_name_the_target_fields_and_batch_items_their_own(digits_server) -> None:
+    png = digit_png(2)
+    bad_targets = [
+        (pb.Target(class_index=10), "target.class_index"),
+        (pb.Target(neuron=pb.Neuron(layer="conv9", channel=0)), "target.neuron.layer"),
+        (pb.Target(neuron=pb.Neuron(layer="conv3", channel=64)), "target.neuron.channel"),
+    ]
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        stub = pb_grpc.ExplainerStub(ch)
+        requests = []
+        for target, field in bad_targets:
+            request = pb.ExplainRequest(
+                model="digits", method=pb.METHOD_GUIDED_BACKPROP, input=pb.Input(image=png)
+            )
+            request.target.CopyFrom(target)
+            err = explain_error(stub, request)
+            assert bad_request(err).field == field
+            assert err.details().startswith(field)
+            requests.append(request)
+        requests.insert(1, pb.ExplainRequest(model="digits", method=1, input=pb.Input(image=png)))
+        reply = stub.ExplainBatch(pb.ExplainBatchRequest(requests=requests), timeout=30)
+    items = list(reply.items)
+    assert items[1].HasField("response")
+    del items[1]
+    # Each item's field path is relative to the item: what Explain names, no "requests[i].".
+    for item, (_target, field) in zip(items, bad_targets, strict=True):
+        assert item.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert item.error.field == field
+        assert item.error.message.startswith(field)
+
+
+# -- omit_array ------------------------------------------------------------------------------
+
+
+def test_omit_array_leaves_out_array_and_arrays_but_not_pictures(digits_server) -> None:
+    png = digit_png(3)
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        stub = pb_grpc.ExplainerStub(ch)
+
+        def grad_cam(omit: bool) -> pb.ExplainResponse:
+            output = pb.OutputOptions(omit_array=omit, render=True)
+            request = pb.ExplainRequest(
+                model="digits", method=pb.METHOD_GRAD_CAM, input=pb.Input(image=png), output=output
+            )
+            return stub.Explain(request, timeout=30)
+
+        full, omitted = grad_cam(False), grad_cam(True)
+    assert full.HasField("array") and list(full.array.shape) == [32, 32]
+    assert [a.name for a in full.arrays] == ["cam"] and len(full.arrays[0].tensor.data) > 0
+    assert not omitted.HasField("array") and len(omitted.arrays) == 0
+    # Everything else still comes, and is the same.
+    assert omitted.image_png == full.image_png and omitted.image_png
+    assert [p.index for p in omitted.predictions] == [p.index for p in full.predictions]
+    assert omitted.target == full.target
+
+
+# -- picture sizes ---------------------------------------------------------------------------
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as img:
+        return img.size
+
+
+def test_small_pictures_are_enlarged_as_documented(digits_server) -> None:
+    """32x32 results come as 128x128 pictures (4x, nearest neighbour): what the proto says."""
+    png = digit_png(4)
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        stub = pb_grpc.ExplainerStub(ch)
+        output = pb.OutputOptions(render=True)
+        gbp = stub.Explain(
+            pb.ExplainRequest(model="digits", method=1, input=pb.Input(image=png), output=output),
+            timeout=30,
+        )
+        acts = stub.Explain(
+            pb.ExplainRequest(
+                model="digits", method=2, input=pb.Input(image=png), output=output, layers=["conv3"]
+            ),
+            timeout=30,
+        )
+        vis = list(
+            stub.Visualize(
+                pb.VisualizeRequest(
+                    model="digits", objective=pb.Objective(class_index=1), steps=4, progress_every=2
+                ),
+                timeout=60,
+            )
+        )
+    assert list(gbp.array.shape) == [1, 32, 32] and png_size(gbp.image_png) == (128, 128)
+    picture = np.asarray(Image.open(io.BytesIO(gbp.image_png)))
+    assert np.array_equal(picture, np.repeat(np.repeat(picture[::4, ::4], 4, 0), 4, 1))
+    assert png_size(dict((i.name, i.png) for i in acts.images)["conv3.heatmap"]) == (128, 128)
+    result = vis[-1].result
+    assert list(result.array.shape)[-2:] == [32, 32]
+    assert [png_size(p) for p in result.images_png] == [(128, 128)]
+    strips = [m.progress.image_png for m in vis if m.HasField("progress") and m.progress.image_png]
+    assert strips and all(png_size(s)[1] == 128 for s in strips)
