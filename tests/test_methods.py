@@ -155,8 +155,16 @@ def test_guided_grad_cam_equals_captum(matrix, key) -> None:
 @pytest.mark.parametrize("key", ALL)
 def test_deconvolution_equals_captum(matrix, key) -> None:
     address, name, twin, batch, targets, layer = matrix[key]
-    results = serve_batch(address, name, list(np_(batch)), method="deconvolution")
-    check_batched(results, targets)
+    # One ExplainBatch call, so the server's batch is the oracle's batch of four: the
+    # deconvnet rule routes gradient only through max-pool switches, and a near-tie in a
+    # pool window flips with the last bit of a convolution, which differs between batch
+    # sizes (a 1e-2 difference seen when a loaded machine split the four into 1 + 3).
+    with deepvis.Client(address, timeout=120) as client:
+        results = client.explain_batch(
+            list(np_(batch)), model=name, method="deconvolution", targets=TARGETS, render=False
+        )
+    assert [r.target for r in results] == targets
+    assert all(r.batch_size == len(results) for r in results)
     ref = Deconvolution(twin).attribute(batch.clone(), target=targets)
     assert relative_error(stacked(results), np_(ref)) <= TOL
 

@@ -123,3 +123,35 @@ def test_short_method_names_from_a_node_object(digits_server, digit) -> None:
     np.testing.assert_allclose(
         np.asarray(short["values"]).reshape(32, 32), expected.array, rtol=1e-6, atol=1e-7
     )
+
+
+def test_node_processes_exiting_mid_stream_leave_the_server_up(tmp_path) -> None:
+    """Node clients that exit after a few progress messages of a Visualize stream, a dozen at
+    once, twice: the server stays up and answers the next client as before."""
+    from processes import ServerProcess
+
+    with ServerProcess() as server:
+        before = python_answer_at(server.address)
+        for _ in range(2):
+            procs = [
+                subprocess.Popen(
+                    [NODE, "visualize_exit.js", server.address, str(1 + i % 4)],
+                    cwd=NODE_DIR,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for i in range(12)
+            ]
+            for proc in procs:
+                _, err = proc.communicate(timeout=120)
+                assert proc.returncode == 0, err
+            assert server.alive(), server.log()[-3000:]
+        after = python_answer_at(server.address)
+        assert np.array_equal(after.array, before.array)
+        assert server.stop() == 0
+
+
+def python_answer_at(address: str):
+    pixels = (np.arange(32 * 32) % 253).astype(np.uint8).reshape(32, 32)
+    with deepvis.Client(address, timeout=60) as client:
+        return client.explain(pixels, render=False)
