@@ -56,21 +56,13 @@ def oracle_twin(zoo_model) -> nn.Module:
 
 
 def serve_batch(address: str, model: str, xs: list[np.ndarray], **kwargs) -> list:
-    """Sends the items concurrently, each with its own target, so they share batches."""
-    results: list = [None] * len(xs)
+    """Sends the items in one ExplainBatch call, each with its own target, so that they run
+    as one batch: the oracle's batch. (Sent as concurrent Explain calls, a loaded machine can
+    split them, and a near-tie at a ReLU or max-pool flips with the last bit of a
+    convolution, which differs between batch sizes; that sharing is tested on its own in
+    tests/test_guided_backprop.py.)"""
     with deepvis.Client(address, timeout=120) as client:
-
-        def call(i: int) -> None:
-            results[i] = client.explain(
-                xs[i], model=model, target=TARGETS[i], render=False, **kwargs
-            )
-
-        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(xs))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    return results
+        return client.explain_batch(xs, model=model, targets=TARGETS, render=False, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -155,16 +147,8 @@ def test_guided_grad_cam_equals_captum(matrix, key) -> None:
 @pytest.mark.parametrize("key", ALL)
 def test_deconvolution_equals_captum(matrix, key) -> None:
     address, name, twin, batch, targets, layer = matrix[key]
-    # One ExplainBatch call, so the server's batch is the oracle's batch of four: the
-    # deconvnet rule routes gradient only through max-pool switches, and a near-tie in a
-    # pool window flips with the last bit of a convolution, which differs between batch
-    # sizes (a 1e-2 difference seen when a loaded machine split the four into 1 + 3).
-    with deepvis.Client(address, timeout=120) as client:
-        results = client.explain_batch(
-            list(np_(batch)), model=name, method="deconvolution", targets=TARGETS, render=False
-        )
-    assert [r.target for r in results] == targets
-    assert all(r.batch_size == len(results) for r in results)
+    results = serve_batch(address, name, list(np_(batch)), method="deconvolution")
+    check_batched(results, targets)
     ref = Deconvolution(twin).attribute(batch.clone(), target=targets)
     assert relative_error(stacked(results), np_(ref)) <= TOL
 
