@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import inspect
 import io
 import os
 import pickle
@@ -11,7 +13,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import typing
+from collections.abc import AsyncGenerator, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -1031,6 +1034,63 @@ def test_public_api() -> None:
         assert hasattr(deepvis, name), name
 
 
+def test_private_modules_behind_a_sorted_all() -> None:
+    modules = sorted(p.stem for p in (CLIENT_DIR / "deepvis").glob("_*.py") if p.stem[1] != "_")
+    assert {"_client", "_convert", "_models", "_plans", "_transport"} <= set(modules)
+    for name in modules:
+        module = importlib.import_module(f"deepvis.{name}")
+        assert module.__all__ == sorted(module.__all__), name
+        assert all(hasattr(module, n) for n in module.__all__), name
+    # ... and the package says it is typed, in the wheel too (package-data).
+    assert (CLIENT_DIR / "deepvis" / "py.typed").is_file()
+    pyproject = (CLIENT_DIR.parent / "pyproject.toml").read_text()
+    assert 'deepvis = ["py.typed", "v1/*.pyi"]' in pyproject
+
+
+_RESULTS = {
+    "models": list[deepvis.ModelInfo],
+    "explain": deepvis.Explanation,
+    "explain_batch": list[Any],
+    "health": str,
+    "describe": deepvis.ModelDescription,
+    "visualize": deepvis.Visualization,
+}
+
+
+@pytest.mark.parametrize("name", [*_RESULTS, "visualize_stream"])
+def test_clients_share_each_calls_signature_and_docstring(name: str) -> None:
+    sync, aio = getattr(deepvis.Client, name), getattr(deepvis.AsyncClient, name)
+    assert sync.__name__ == aio.__name__ == name
+    assert (sync.__qualname__, aio.__qualname__) == (f"Client.{name}", f"AsyncClient.{name}")
+    assert sync.__doc__ and sync.__doc__ == aio.__doc__
+    assert "Args:" in sync.__doc__ and "Raises:" in sync.__doc__
+    signature, aio_signature = inspect.signature(sync), inspect.signature(aio)
+    assert list(signature.parameters) == list(aio_signature.parameters)
+    assert list(signature.parameters.values()) == list(aio_signature.parameters.values())
+    # What help() and IDEs show is the method's result, for Client and after await.
+    hints, aio_hints = typing.get_type_hints(sync), typing.get_type_hints(aio)
+    if name == "visualize_stream":
+        item = deepvis.Progress | deepvis.Visualization
+        assert hints["return"] == Generator[item, None, None]
+        assert aio_hints["return"] == AsyncGenerator[item, None]
+        assert not inspect.iscoroutinefunction(aio)
+    else:
+        assert hints["return"] == aio_hints["return"] == _RESULTS[name]
+        assert inspect.iscoroutinefunction(aio)
+    assert not inspect.iscoroutinefunction(sync)
+    assert {k: v for k, v in hints.items() if k != "return"} == {
+        k: v for k, v in aio_hints.items() if k != "return"
+    }
+
+
+def test_client_argument_errors_name_the_argument() -> None:
+    with deepvis.Client(DEAD_ADDRESS) as client:
+        with pytest.raises(TypeError, match="bogus"):
+            client.explain(np.zeros((4, 4), np.uint8), bogus=1)  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="objective"):
+            client.visualize_stream()  # type: ignore[call-arg]
+
+
 def _run_python(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, *args],
@@ -1316,6 +1376,26 @@ def test_client_models_and_default_model_cached(fake_server: tuple[str, FakeExpl
     assert [m.name for m in models] == ["tiny", "other"]
     assert models[0].methods == ("guided_backprop", "activations")
     assert models[0].labels == ("a", "b", "c")
+
+
+def test_an_empty_model_name_goes_to_the_server(fake_server: tuple[str, FakeExplainer]) -> None:
+    # Only None asks for the server's first model; "" is sent as given, and refused there.
+    address, servicer = fake_server
+
+    async def run() -> None:
+        async with deepvis.AsyncClient(address, timeout=10) as client:
+            with pytest.raises(deepvis.NotFound):
+                await client.describe("")
+
+    with deepvis.Client(address, timeout=10) as client:
+        with pytest.raises(deepvis.NotFound, match="no model named ''"):
+            client.explain(np.zeros((8, 8), np.uint8), model="")
+        with pytest.raises(deepvis.NotFound, match="no model named ''"):
+            client.describe("")
+    asyncio.run(run())
+    assert servicer.list_calls == 0
+    assert [r.model for r in servicer.requests] == [""]
+    assert [r.model for r in servicer.describe_requests] == ["", ""]
 
 
 def test_client_explain_options(fake_server: tuple[str, FakeExplainer]) -> None:

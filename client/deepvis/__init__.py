@@ -3,18 +3,7 @@
 from __future__ import annotations
 
 from deepvis._client import AsyncClient, Client
-from deepvis._convert import (
-    Explanation,
-    Layer,
-    LayerInfo,
-    ModelDescription,
-    ModelInfo,
-    Neuron,
-    Prediction,
-    Progress,
-    Visualization,
-    methods,
-)
+from deepvis._convert import methods
 from deepvis._exceptions import (
     Cancelled,
     DeadlineExceeded,
@@ -27,6 +16,17 @@ from deepvis._exceptions import (
     Unauthenticated,
     Unavailable,
     Unimplemented,
+)
+from deepvis._models import (
+    Explanation,
+    Layer,
+    LayerInfo,
+    ModelDescription,
+    ModelInfo,
+    Neuron,
+    Prediction,
+    Progress,
+    Visualization,
 )
 
 __version__ = "0.1.0"

@@ -15,7 +15,9 @@ import numpy as np
 
 from deepvis import __version__
 from deepvis._client import Client
-from deepvis._convert import (
+from deepvis._convert import methods, parameterizations
+from deepvis._exceptions import DeepvisError
+from deepvis._models import (
     Explanation,
     Layer,
     ModelDescription,
@@ -23,10 +25,7 @@ from deepvis._convert import (
     Neuron,
     ObjectiveLike,
     Progress,
-    methods,
-    parameterizations,
 )
-from deepvis._exceptions import DeepvisError
 
 __all__ = ["main"]
 
