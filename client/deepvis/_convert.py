@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.util
 import io
 import math
 import os
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Any, TypeVar
 
 import numpy as np
+from google.protobuf.message import DecodeError
 from PIL import Image
 
 from deepvis._exceptions import DeepvisError, Internal, from_status
@@ -84,9 +89,6 @@ _UINT64_MAX = 2**64 - 1
 
 # Items one ExplainBatch call may carry (the server's limit).
 MAX_BATCH_ITEMS = 256
-
-# grpc.health.v1.HealthCheckResponse.ServingStatus, by number.
-_HEALTH_STATUSES = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
 
 _ACCEPTED_INPUTS = (
     "a file path, encoded image bytes, a PIL image, a uint8 array of shape [H, W] or "
@@ -735,36 +737,25 @@ def visualize_item_from_pb(resp: deepvis_pb2.VisualizeResponse) -> Progress | Vi
     return None
 
 
-# --- grpc.health.v1, encoded by hand so that the client does not need grpcio-health-checking --
+# --- grpc.health.v1 -----------------------------------------------------------------------
 
 
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
+@functools.cache
+def _health_pb2() -> ModuleType:
+    """The grpc.health.v1 messages, imported on first use (`import deepvis` needs neither).
 
-
-def _decode_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = 0
-    for shift in range(0, 70, 7):
-        if pos >= len(data):
-            raise ValueError("health response is truncated inside a varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value & _UINT64_MAX, pos
-    raise ValueError("health response has a varint longer than 10 bytes")
+    grpcio-health-checking's own where it is installed (the server's extra): protobuf keeps one
+    grpc_health/v1/health.proto per process, and one release's copy of that file does not load
+    beside another's. Elsewhere the stub generated beside deepvis_pb2, so that the thin client
+    needs nothing beyond grpcio for health checks.
+    """
+    if importlib.util.find_spec("grpc_health") is not None:
+        return importlib.import_module("grpc_health.v1.health_pb2")
+    return importlib.import_module("deepvis.v1.health_pb2")
 
 
 def health_request_to_bytes(service: str) -> bytes:
-    """Encodes a `grpc.health.v1.HealthCheckRequest` (field 1: string `service`).
+    """Encodes a `grpc.health.v1.HealthCheckRequest`.
 
     Args:
         service: The service to check; "" asks about the server as a whole.
@@ -777,17 +768,14 @@ def health_request_to_bytes(service: str) -> bytes:
     """
     if not isinstance(service, str):
         raise TypeError(f"service must be a str, not {type(service).__name__}")
-    data = service.encode("utf-8")
-    if not data:
-        return b""
-    return b"\x0a" + _encode_varint(len(data)) + data
+    return _health_pb2().HealthCheckRequest(service=service).SerializeToString()
 
 
 def health_status_from_bytes(data: bytes) -> str:
     """Decodes a `grpc.health.v1.HealthCheckResponse` into its status name.
 
     Args:
-        data: The serialized message (field 1: enum `status`); unknown fields are skipped.
+        data: The serialized message; unknown fields are skipped.
 
     Returns:
         "UNKNOWN", "SERVING", "NOT_SERVING" or "SERVICE_UNKNOWN"; "STATUS_<n>" for a number
@@ -796,33 +784,11 @@ def health_status_from_bytes(data: bytes) -> str:
     Raises:
         ValueError: The bytes are not a well-formed message.
     """
-    status = 0
-    pos = 0
-    while pos < len(data):
-        key, pos = _decode_varint(data, pos)
-        number, wire_type = key >> 3, key & 7
-        if number == 0:
-            raise ValueError("health response has a field numbered 0")
-        if wire_type == 0:
-            value, pos = _decode_varint(data, pos)
-            if number == 1:
-                # Enums are int32; a negative value travels sign-extended to 64 bits.
-                status = value - (1 << 64) if value >= 1 << 63 else value
-            continue
-        if wire_type == 2:
-            length, pos = _decode_varint(data, pos)
-            end = pos + length
-        elif wire_type == 1:
-            end = pos + 8
-        elif wire_type == 5:
-            end = pos + 4
-        else:
-            raise ValueError(f"health response has unsupported wire type {wire_type}")
-        if number == 1:
-            raise ValueError(f"health response status has wire type {wire_type}, not varint")
-        if end > len(data):
-            raise ValueError("health response is truncated")
-        pos = end
-    if 0 <= status < len(_HEALTH_STATUSES):
-        return _HEALTH_STATUSES[status]
+    response = _health_pb2().HealthCheckResponse
+    try:
+        status = response.FromString(data).status
+    except DecodeError as e:
+        raise ValueError(f"the server's answer is not a health response: {e}") from None
+    if status in response.ServingStatus.values():
+        return response.ServingStatus.Name(status)
     return f"STATUS_{status}"
