@@ -1,6 +1,6 @@
-"""The client-only install: health checks without grpcio-health-checking.
+"""The client-only install: no torch, no grpcio-health-checking.
 
-Each test runs a fresh Python in which tests/hide makes packages not installed.
+Each test runs a fresh Python in which tests/hide makes those packages not installed.
 """
 
 from __future__ import annotations
@@ -36,6 +36,33 @@ def _python(*args: str, hide: str, path: tuple[Path, ...] = ()) -> subprocess.Co
         text=True,
         timeout=120,
     )
+
+
+# --- deepvis-server without the server's dependencies -------------------------------------------
+
+_INSTALL_SERVER = (
+    "deepvis-server: the server needs torch, which is not installed; "
+    "install the server with: pip install 'deepvis[server]'"
+)
+
+
+@pytest.mark.parametrize("how", ["console script", "python -m"])
+def test_deepvis_server_without_torch_says_what_to_install(how: str) -> None:
+    script = Path(sys.executable).with_name("deepvis-server")
+    if how == "console script" and not script.exists():
+        pytest.skip("deepvis-server is not installed beside this Python")
+    args = (str(script),) if how == "console script" else ("-m", "deepvis_server")
+    proc = _python(*args, "--address", "127.0.0.1:0", hide="torch,torchvision")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [_INSTALL_SERVER]
+
+
+def test_deepvis_server_with_torch_still_starts_to_parse() -> None:
+    # The guard only speaks for a missing dependency: with everything installed, --help works.
+    proc = _python("-m", "deepvis_server", "--help", hide="")
+    assert proc.returncode == 0, proc.stderr
+    assert "--address" in proc.stdout
 
 
 # --- health checks without grpcio-health-checking ----------------------------------------------

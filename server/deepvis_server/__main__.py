@@ -10,10 +10,18 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .config import DEFAULT_CONFIG, ConfigError, ServerConfig, load_config
-from .observability import configure_logging
-from .server import DeepvisServer
-from .workers import MAX_WORKERS, Supervisor, address_port, die_with_supervisor
+# A client-only install (`pip install deepvis`) has this command but not the server's
+# dependencies (torch & co.); main() then says what to install instead of a traceback.
+_MISSING: ModuleNotFoundError | None = None
+try:
+    from .config import DEFAULT_CONFIG, ConfigError, ServerConfig, load_config
+    from .observability import configure_logging
+    from .server import DeepvisServer
+    from .workers import MAX_WORKERS, Supervisor, address_port, die_with_supervisor
+except ModuleNotFoundError as e:
+    if (e.name or "deepvis").partition(".")[0] in ("deepvis", "deepvis_server"):
+        raise  # a module of our own: a broken install, not a missing extra
+    _MISSING = e
 
 log = logging.getLogger("deepvis_server")
 
@@ -109,6 +117,13 @@ def apply_overrides(config: ServerConfig, args: argparse.Namespace) -> ServerCon
 
 
 def main(argv: list[str] | None = None) -> int:
+    if _MISSING is not None:
+        print(
+            f"deepvis-server: the server needs {_MISSING.name}, which is not installed; "
+            "install the server with: pip install 'deepvis[server]'",
+            file=sys.stderr,
+        )
+        return 1
     args = parse_args(argv)
     configure_logging("text", args.log_level)  # until the configuration is read
     try:
