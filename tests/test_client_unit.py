@@ -1054,7 +1054,7 @@ def test_public_api() -> None:
 
 def test_private_modules_behind_a_sorted_all() -> None:
     modules = sorted(p.stem for p in (CLIENT_DIR / "deepvis").glob("_*.py") if p.stem[1] != "_")
-    assert {"_client", "_convert", "_models", "_plans", "_transport"} <= set(modules)
+    assert {"_client", "_convert", "_models", "_plans", "_transport", "_version"} <= set(modules)
     for name in modules:
         module = importlib.import_module(f"deepvis.{name}")
         assert module.__all__ == sorted(module.__all__), name

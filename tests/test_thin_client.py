@@ -1,4 +1,4 @@
-"""The client-only install: no torch, no grpcio-health-checking.
+"""The client-only install: no torch, no grpcio-health-checking; one version for both packages.
 
 Each test runs a fresh Python in which tests/hide makes those packages not installed.
 """
@@ -16,6 +16,9 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import descriptor_pb2
+
+import deepvis
+import deepvis_server
 
 ROOT = Path(__file__).resolve().parents[1]
 HIDE = Path(__file__).resolve().parent / "hide"
@@ -173,3 +176,26 @@ def test_health_beside_another_grpc_health_release(
     assert methods == ["Check", "Watch"]  # the other release's module loaded
     # ... and the client's stub could not have: the two cannot share a process.
     assert stub == "conflict"
+
+
+# --- one version ---------------------------------------------------------------------------
+
+
+def test_one_version_read_without_the_clients_dependencies() -> None:
+    # What pyproject.toml's dynamic version reads, as setuptools does at build time, in an
+    # environment without grpc, numpy, pillow or protobuf (a build's isolated one).
+    code = (
+        "import json, sys; from setuptools.config.expand import read_attr; "
+        "v = read_attr('deepvis._version.__version__', {'deepvis': 'client/deepvis'}, "
+        f"{str(ROOT)!r}); "
+        "print(json.dumps([v, sorted({m.split('.')[0] for m in sys.modules} "
+        "& {'grpc', 'numpy', 'PIL', 'google', 'deepvis'})]))"
+    )
+    proc = _python("-c", code, hide="grpc,numpy,PIL,google")
+    assert proc.returncode == 0, proc.stderr
+    version, imported = json.loads(proc.stdout)
+    assert imported == []
+    assert version == deepvis.__version__ == deepvis_server.__version__
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject
+    assert 'version = { attr = "deepvis._version.__version__" }' in pyproject

@@ -28,8 +28,7 @@ from deepvis._models import (
     Progress,
     Visualization,
 )
-
-__version__ = "0.1.0"
+from deepvis._version import __version__
 
 __all__ = [
     "AsyncClient",
