@@ -22,13 +22,23 @@ install: $(STAMP)
 # and deepvis.binpb, its descriptor set with the comments, which server reflection serves.
 # The generator is pinned and kept apart from the venv: stubs made by an older protoc
 # run on every protobuf runtime >= 5.27.2, so the thin client fits beside other packages.
+# health_pb2 comes from the descriptor of grpcio-health-checking's grpc_health/v1/health.proto
+# (the server extra ships no .proto), so that the thin client checks health without it.
 PROTO_TOOLS := $(VENV)/proto-tools
+HEALTH_OUT := $(PROTO_TOOLS)/health
 proto: $(STAMP)
 	test -d $(PROTO_TOOLS)/grpc_tools || $(VPY) -m pip install -q --target $(PROTO_TOOLS) grpcio-tools==1.66.2
 	PYTHONPATH=$(PROTO_TOOLS) $(VPY) -m grpc_tools.protoc -Iprotos --python_out=client \
 		--pyi_out=client --grpc_python_out=client \
 		--include_source_info --descriptor_set_out=client/deepvis/v1/deepvis.binpb \
 		protos/deepvis/v1/deepvis.proto
+	rm -rf $(HEALTH_OUT) && mkdir -p $(HEALTH_OUT)
+	$(VPY) tools/health_descriptor_set.py $(HEALTH_OUT)/health.protoset
+	PYTHONPATH=$(PROTO_TOOLS) $(VPY) -m grpc_tools.protoc \
+		--descriptor_set_in=$(HEALTH_OUT)/health.protoset --python_out=$(HEALTH_OUT) \
+		--pyi_out=$(HEALTH_OUT) grpc_health/v1/health.proto
+	cp $(HEALTH_OUT)/grpc_health/v1/health_pb2.py $(HEALTH_OUT)/grpc_health/v1/health_pb2.pyi \
+		client/deepvis/v1/
 
 demo: $(STAMP)
 	$(VPY) -m deepvis_server.demo --address $(ADDRESS) --out out
@@ -37,7 +47,7 @@ test: $(STAMP)
 	$(VPY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check client server tests bench
+	$(VENV)/bin/ruff check client server tests bench tools
 	$(VENV)/bin/mypy client server
 
 clean:

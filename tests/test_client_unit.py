@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import inspect
 import io
+import json
 import os
 import pickle
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import typing
+from collections.abc import AsyncGenerator, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -820,6 +824,8 @@ def test_health_request_encoding() -> None:
         (b"\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", "STATUS_-1"),
         # Unknown fields of every wire type are skipped; the last status wins.
         (b"\x10\x05\x1a\x03abc\x21" + b"\0" * 8 + b"\x2d\0\0\0\0\x08\x02\x08\x01", "SERVING"),
+        # A status of another wire type is an unknown field to protobuf, as to grpc_health.
+        (b"\x0a\x01x", "UNKNOWN"),
     ],
 )
 def test_health_response_decoding(data: bytes, status: str) -> None:
@@ -827,30 +833,45 @@ def test_health_response_decoding(data: bytes, status: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("data", "match"),
+    "data",
     [
-        (b"\x08", "truncated"),
-        (b"\x08\x80", "truncated"),
-        (b"\x1a\x05ab", "truncated"),
-        (b"\x0a\x01x", "wire type 2"),
-        (b"\x0b", "wire type 3"),
-        (b"\x00\x01", "numbered 0"),
-        (b"\x08" + b"\xff" * 11, "longer than 10"),
+        b"\x08",  # truncated inside a varint
+        b"\x08\x80",
+        b"\x1a\x05ab",  # truncated inside a length-delimited field
+        b"\x0b",  # a group start (wire type 3)
+        b"\x00\x01",  # field number 0
+        b"\x08" + b"\xff" * 11,  # a varint longer than 10 bytes
     ],
 )
-def test_health_response_rejected(data: bytes, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+def test_health_response_rejected(data: bytes) -> None:
+    with pytest.raises(ValueError, match="not a health response"):
         _convert.health_status_from_bytes(data)
 
 
-def test_health_codec_matches_grpc_health_checking() -> None:
+def test_health_codec_matches_grpc_health_checking(tmp_path: Path) -> None:
+    # The thin client has no grpcio-health-checking: its own stub must encode and decode as
+    # grpc_health does.
     health_pb2 = pytest.importorskip("grpc_health.v1.health_pb2")
-    for service in ("", "deepvis.v1.Explainer", "x" * 200, "ünï"):
-        expected = health_pb2.HealthCheckRequest(service=service).SerializeToString()
-        assert _convert.health_request_to_bytes(service) == expected
-    for name, number in health_pb2.HealthCheckResponse.ServingStatus.items():
-        data = health_pb2.HealthCheckResponse(status=number).SerializeToString()
-        assert _convert.health_status_from_bytes(data) == name
+    services = ["", "deepvis.v1.Explainer", "x" * 200, "ünï"]
+    statuses = {
+        name: health_pb2.HealthCheckResponse(status=number).SerializeToString().hex()
+        for name, number in health_pb2.HealthCheckResponse.ServingStatus.items()
+    }
+    code = (
+        "import json, sys; from deepvis import _convert; "
+        f"requests = [_convert.health_request_to_bytes(s).hex() for s in {services!r}]; "
+        f"names = {{n: _convert.health_status_from_bytes(bytes.fromhex(d)) for n, d in {statuses!r}.items()}}; "
+        "stub = [m for m in sys.modules if m.endswith('health_pb2')]; "
+        "print(json.dumps([requests, names, stub]))"
+    )
+    proc = _run_python("-c", code, **_HIDE_GRPC_HEALTH)
+    assert proc.returncode == 0, proc.stderr
+    requests, names, stub = json.loads(proc.stdout)
+    assert requests == [
+        health_pb2.HealthCheckRequest(service=s).SerializeToString().hex() for s in services
+    ]
+    assert names == {name: name for name in statuses}
+    assert stub == ["deepvis.v1.health_pb2"]
 
 
 # --- CLI parsing ---------------------------------------------------------------------------
@@ -1033,6 +1054,63 @@ def test_public_api() -> None:
         assert hasattr(deepvis, name), name
 
 
+def test_private_modules_behind_a_sorted_all() -> None:
+    modules = sorted(p.stem for p in (CLIENT_DIR / "deepvis").glob("_*.py") if p.stem[1] != "_")
+    assert {"_client", "_convert", "_models", "_plans", "_transport", "_version"} <= set(modules)
+    for name in modules:
+        module = importlib.import_module(f"deepvis.{name}")
+        assert module.__all__ == sorted(module.__all__), name
+        assert all(hasattr(module, n) for n in module.__all__), name
+    # ... and the package says it is typed, in the wheel too (package-data).
+    assert (CLIENT_DIR / "deepvis" / "py.typed").is_file()
+    pyproject = (CLIENT_DIR.parent / "pyproject.toml").read_text()
+    assert 'deepvis = ["py.typed", "v1/*.pyi"]' in pyproject
+
+
+_RESULTS = {
+    "models": list[deepvis.ModelInfo],
+    "explain": deepvis.Explanation,
+    "explain_batch": list[Any],
+    "health": str,
+    "describe": deepvis.ModelDescription,
+    "visualize": deepvis.Visualization,
+}
+
+
+@pytest.mark.parametrize("name", [*_RESULTS, "visualize_stream"])
+def test_clients_share_each_calls_signature_and_docstring(name: str) -> None:
+    sync, aio = getattr(deepvis.Client, name), getattr(deepvis.AsyncClient, name)
+    assert sync.__name__ == aio.__name__ == name
+    assert (sync.__qualname__, aio.__qualname__) == (f"Client.{name}", f"AsyncClient.{name}")
+    assert sync.__doc__ and sync.__doc__ == aio.__doc__
+    assert "Args:" in sync.__doc__ and "Raises:" in sync.__doc__
+    signature, aio_signature = inspect.signature(sync), inspect.signature(aio)
+    assert list(signature.parameters) == list(aio_signature.parameters)
+    assert list(signature.parameters.values()) == list(aio_signature.parameters.values())
+    # What help() and IDEs show is the method's result, for Client and after await.
+    hints, aio_hints = typing.get_type_hints(sync), typing.get_type_hints(aio)
+    if name == "visualize_stream":
+        item = deepvis.Progress | deepvis.Visualization
+        assert hints["return"] == Generator[item, None, None]
+        assert aio_hints["return"] == AsyncGenerator[item, None]
+        assert not inspect.iscoroutinefunction(aio)
+    else:
+        assert hints["return"] == aio_hints["return"] == _RESULTS[name]
+        assert inspect.iscoroutinefunction(aio)
+    assert not inspect.iscoroutinefunction(sync)
+    assert {k: v for k, v in hints.items() if k != "return"} == {
+        k: v for k, v in aio_hints.items() if k != "return"
+    }
+
+
+def test_client_argument_errors_name_the_argument() -> None:
+    with deepvis.Client(DEAD_ADDRESS) as client:
+        with pytest.raises(TypeError, match="bogus"):
+            client.explain(np.zeros((4, 4), np.uint8), bogus=1)  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="objective"):
+            client.visualize_stream()  # type: ignore[call-arg]
+
+
 def _run_python(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, *args],
@@ -1041,6 +1119,13 @@ def _run_python(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
+
+
+# A Python without grpcio-health-checking, as a thin client install is (see tests/hide).
+_HIDE_GRPC_HEALTH = {
+    "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "hide"), str(CLIENT_DIR)]),
+    "DEEPVIS_TEST_HIDE": "grpc_health",
+}
 
 
 def test_import_does_not_import_torch() -> None:
@@ -1318,6 +1403,26 @@ def test_client_models_and_default_model_cached(fake_server: tuple[str, FakeExpl
     assert [m.name for m in models] == ["tiny", "other"]
     assert models[0].methods == ("guided_backprop", "activations")
     assert models[0].labels == ("a", "b", "c")
+
+
+def test_an_empty_model_name_goes_to_the_server(fake_server: tuple[str, FakeExplainer]) -> None:
+    # Only None asks for the server's first model; "" is sent as given, and refused there.
+    address, servicer = fake_server
+
+    async def run() -> None:
+        async with deepvis.AsyncClient(address, timeout=10) as client:
+            with pytest.raises(deepvis.NotFound):
+                await client.describe("")
+
+    with deepvis.Client(address, timeout=10) as client:
+        with pytest.raises(deepvis.NotFound, match="no model named ''"):
+            client.explain(np.zeros((8, 8), np.uint8), model="")
+        with pytest.raises(deepvis.NotFound, match="no model named ''"):
+            client.describe("")
+    asyncio.run(run())
+    assert servicer.list_calls == 0
+    assert [r.model for r in servicer.requests] == [""]
+    assert [r.model for r in servicer.describe_requests] == ["", ""]
 
 
 def test_client_explain_options(fake_server: tuple[str, FakeExplainer]) -> None:

@@ -23,7 +23,7 @@ import pytest
 import deepvis
 from conftest import free_port, relative_error
 from deepvis._cli import main
-from deepvis._client import SERVICE_CONFIG, _channel_options, channel_target
+from deepvis._transport import SERVICE_CONFIG, channel_options, channel_target
 from deepvis.v1 import deepvis_pb2, deepvis_pb2_grpc
 from deepvis_server.config import load_config
 from deepvis_server.server import serve_in_thread
@@ -80,7 +80,7 @@ def test_bad_address_forms_are_refused_before_any_channel(address, error, match)
 
 
 def test_service_config_balances_round_robin_and_retries_unavailable() -> None:
-    options = dict(_channel_options(1 << 20, None))
+    options = dict(channel_options(1 << 20, None))
     config = json.loads(options["grpc.service_config"])
     assert config == SERVICE_CONFIG
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
@@ -94,7 +94,7 @@ def test_service_config_balances_round_robin_and_retries_unavailable() -> None:
     # A request up to the message limit can be replayed.
     assert options["grpc.per_rpc_retry_buffer_size"] > 1 << 20
     # The caller's options still win.
-    mine = dict(_channel_options(1 << 20, [("grpc.service_config", "{}")]))
+    mine = dict(channel_options(1 << 20, [("grpc.service_config", "{}")]))
     assert mine["grpc.service_config"] == "{}"
 
 
@@ -110,9 +110,9 @@ def test_service_config_balances_round_robin_and_retries_unavailable() -> None:
 )
 def test_a_list_of_addresses_has_its_first_as_authority(target, authority) -> None:
     # gRPC's default would be the whole list, which no certificate names.
-    options = dict(_channel_options(1 << 20, None, target))
+    options = dict(channel_options(1 << 20, None, target))
     assert options.get("grpc.default_authority") == authority
-    mine = dict(_channel_options(1 << 20, [("grpc.default_authority", "deepvis")], target))
+    mine = dict(channel_options(1 << 20, [("grpc.default_authority", "deepvis")], target))
     assert mine["grpc.default_authority"] == "deepvis"
 
 

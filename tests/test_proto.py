@@ -1,7 +1,8 @@
-"""The generated stubs in client/deepvis/v1 match protos/deepvis/v1/deepvis.proto."""
+"""The generated stubs in client/deepvis/v1 match deepvis.proto and grpc_health's health.proto."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,30 @@ def test_every_rpc_and_field_is_documented() -> None:
         )
         if stripped.startswith("rpc ") or is_field:
             assert text[i - 1].strip().startswith("//"), f"line {i + 1} has no comment: {stripped}"
+
+
+def _serialized_file(stub: Path) -> bytes:
+    """The descriptor a generated stub registers, read without importing it."""
+    for node in ast.walk(ast.parse(stub.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "AddSerializedFile":
+            return ast.literal_eval(node.args[0])
+    raise AssertionError(f"{stub} registers no descriptor")
+
+
+def test_health_stub_matches_grpc_health() -> None:
+    health_pb2 = pytest.importorskip("grpc_health.v1.health_pb2")  # the server's extra
+    stub = ROOT / "client/deepvis/v1/health_pb2.py"
+    committed = descriptor_pb2.FileDescriptorProto.FromString(_serialized_file(stub))
+    installed = descriptor_pb2.FileDescriptorProto.FromString(health_pb2.DESCRIPTOR.serialized_pb)
+    assert committed == installed, "health stub is stale: run `make proto`"
+    assert (ROOT / "client/deepvis/v1/health_pb2.pyi").exists()
+
+
+def test_health_stub_shares_grpc_health_descriptors() -> None:
+    # The same bytes: the stub imports beside grpc_health's module, and both name one message.
+    grpc_health = pytest.importorskip("grpc_health.v1.health_pb2")
+    from deepvis.v1 import health_pb2
+
+    assert health_pb2.DESCRIPTOR is grpc_health.DESCRIPTOR
+    for name in ("HealthCheckRequest", "HealthCheckResponse"):
+        assert getattr(health_pb2, name).DESCRIPTOR is getattr(grpc_health, name).DESCRIPTOR

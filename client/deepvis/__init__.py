@@ -5,20 +5,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from deepvis._version import __version__
+
 if TYPE_CHECKING:
     from deepvis._client import AsyncClient, Client
-    from deepvis._convert import (
-        Explanation,
-        Layer,
-        LayerInfo,
-        ModelDescription,
-        ModelInfo,
-        Neuron,
-        Prediction,
-        Progress,
-        Visualization,
-        methods,
-    )
+    from deepvis._convert import methods
     from deepvis._exceptions import (
         Cancelled,
         DeadlineExceeded,
@@ -32,8 +23,17 @@ if TYPE_CHECKING:
         Unavailable,
         Unimplemented,
     )
-
-__version__ = "0.1.0"
+    from deepvis._models import (
+        Explanation,
+        Layer,
+        LayerInfo,
+        ModelDescription,
+        ModelInfo,
+        Neuron,
+        Prediction,
+        Progress,
+        Visualization,
+    )
 
 __all__ = [
     "AsyncClient",
@@ -78,10 +78,10 @@ _MODULES = {
             "Prediction",
             "Progress",
             "Visualization",
-            "methods",
         ),
-        "deepvis._convert",
+        "deepvis._models",
     ),
+    "methods": "deepvis._convert",
     **dict.fromkeys(
         (
             "Cancelled",

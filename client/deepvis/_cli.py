@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 
 from deepvis import __version__
-from deepvis._client import Client, channel_target
-from deepvis._convert import (
+from deepvis._client import Client
+from deepvis._convert import methods, parameterizations
+from deepvis._exceptions import DeepvisError, Unavailable
+from deepvis._models import (
     Explanation,
     Layer,
     ModelDescription,
@@ -24,10 +26,8 @@ from deepvis._convert import (
     Neuron,
     ObjectiveLike,
     Progress,
-    methods,
-    parameterizations,
 )
-from deepvis._exceptions import DeepvisError, Unavailable
+from deepvis._transport import channel_target
 
 __all__ = ["main"]
 

@@ -2,35 +2,45 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.util
 import io
 import math
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any, TypeVar
 
 import numpy as np
+from google.protobuf.message import DecodeError
 from PIL import Image
 
 from deepvis._exceptions import DeepvisError, Internal, from_status
+from deepvis._models import (
+    Explanation,
+    InputLike,
+    Layer,
+    LayerInfo,
+    LayersLike,
+    ModelDescription,
+    ModelInfo,
+    Neuron,
+    ObjectiveLike,
+    Prediction,
+    Progress,
+    TargetLike,
+    Visualization,
+)
 from deepvis.v1 import deepvis_pb2
 
 __all__ = [
-    "Explanation",
-    "InputLike",
-    "Layer",
-    "LayerInfo",
-    "LayersLike",
-    "ModelDescription",
-    "ModelInfo",
-    "Neuron",
-    "ObjectiveLike",
-    "Prediction",
-    "Progress",
-    "TargetLike",
-    "Visualization",
+    "MAX_BATCH_ITEMS",
+    "batch_requests_to_pb",
+    "batch_targets",
     "describe_request_to_pb",
     "explanation_from_pb",
+    "explanations_from_batch_pb",
     "health_request_to_bytes",
     "health_status_from_bytes",
     "input_to_pb",
@@ -39,15 +49,17 @@ __all__ = [
     "methods",
     "model_description_from_pb",
     "model_info_from_pb",
+    "models_from_pb",
     "objective_to_pb",
     "parameterizations",
     "request_to_pb",
     "set_model",
-    "set_visualize_model",
     "target_to_pb",
     "visualize_item_from_pb",
     "visualize_request_to_pb",
 ]
+
+_V = TypeVar("_V")
 
 _METHOD_PREFIX = "METHOD_"
 _PARAMETERIZATION_PREFIX = "PARAMETERIZATION_"
@@ -75,278 +87,13 @@ _WIRE_NAMED_DTYPES: dict[int, np.dtype[Any]] = {
 _INT32_MAX = 2**31 - 1
 _UINT64_MAX = 2**64 - 1
 
-# grpc.health.v1.HealthCheckResponse.ServingStatus, by number.
-_HEALTH_STATUSES = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
+# Items one ExplainBatch call may carry (the server's limit).
+MAX_BATCH_ITEMS = 256
 
 _ACCEPTED_INPUTS = (
     "a file path, encoded image bytes, a PIL image, a uint8 array of shape [H, W] or "
     "[H, W, C] with C in (1, 3, 4), or a preprocessed float32/float16 array of shape [C, H, W]"
 )
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """A class the model predicts for the input.
-
-    Attributes:
-        index: Class index.
-        label: Class label, or the index as text when the model has no labels.
-        score: Softmax probability.
-    """
-
-    index: int
-    label: str
-    score: float
-
-
-@dataclass(frozen=True)
-class Neuron:
-    """A unit inside the network to explain instead of a class.
-
-    Attributes:
-        layer: Layer name as in the model's `named_modules()`.
-        channel: Channel index of the layer's output (feature index for [N, F] outputs).
-        y: Row in the layer's output map; with `x`, selects one element. None: the whole
-            channel (its sum).
-        x: Column in the layer's output map; set together with `y`.
-    """
-
-    layer: str
-    channel: int
-    y: int | None = None
-    x: int | None = None
-
-    def __post_init__(self) -> None:
-        if (self.y is None) != (self.x is None):
-            raise ValueError("Neuron: set y and x together, or neither (the whole channel)")
-
-
-@dataclass(frozen=True)
-class Layer:
-    """A whole layer as a feature-visualization objective (DeepDream: the mean of its squares).
-
-    Attributes:
-        name: Layer name as in the model's `named_modules()`.
-    """
-
-    name: str
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"Layer: name must be a non-empty layer name, not {self.name!r}")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """A model the server serves, with what a client needs to feed it.
-
-    Attributes:
-        name: The name requests use.
-        arch: Architecture it was built from.
-        num_classes: Number of output classes.
-        channels: Input channels (C of [C, H, W]).
-        height: Input height in pixels.
-        width: Input width in pixels.
-        mean: Per-channel normalisation mean applied to images and pixels.
-        std: Per-channel normalisation std applied to images and pixels.
-        labels: Class labels in index order; empty when the model has none.
-        methods: Names of the methods the model serves, as in `methods()`.
-        resize: Images and pixel arrays not already at the input size are resized so that
-            their shorter side is this many pixels, then centre-cropped to height x width
-            (torchvision's evaluation transforms); 0: resized straight to height x width.
-    """
-
-    name: str
-    arch: str
-    num_classes: int
-    channels: int
-    height: int
-    width: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    labels: tuple[str, ...]
-    methods: tuple[str, ...]
-    resize: int = 0
-
-    def __repr__(self) -> str:
-        # Spelling out a thousand labels would drown the useful fields.
-        return (
-            f"ModelInfo(name={self.name!r}, arch={self.arch!r}, num_classes={self.num_classes}, "
-            f"input={self.channels}x{self.height}x{self.width}, methods={self.methods!r})"
-        )
-
-
-@dataclass(eq=False)
-class Explanation:
-    """The result of one explain call.
-
-    Attributes:
-        model: The model that ran.
-        method: The method that ran, as in `methods()`.
-        array: The raw result as float32 (for guided backpropagation [C, H, W] in the model's
-            input space), or None when it was left out. A float32 result may be a read-only
-            view of the response bytes; copy it before writing to it.
-        image: The rendered result, or None when rendering was not asked for.
-        predictions: The model's top predictions, best first.
-        target: The class index or neuron that was explained.
-        batch_size: Number of requests in the server batch this one ran in.
-        queue_ms: Milliseconds the request waited on the server before its batch started.
-        compute_ms: Milliseconds that batch spent computing.
-        warnings: Caveats the server attached to the result.
-        arrays: Further raw arrays the method produced, by name (activations: "<layer>" with
-            the feature maps [C, h, w] and "<layer>.channels" with their channel indices;
-            Grad-CAM: "cam", the layer-size map). Float arrays are float32, index arrays int64.
-        images: Further rendered pictures, by name (activations: "<layer>.grid" and
-            "<layer>.heatmap"); empty when rendering was not asked for.
-        input_region: The part of the input the model saw, in the input's own pixels:
-            (x, y, width, height) of a box whose top-left corner is (x, y). All of the input
-            unless the model centre-crops (`ModelInfo.resize`); results in the model's input
-            space cover this box. None from a server that does not say.
-    """
-
-    model: str
-    method: str
-    array: np.ndarray | None
-    image: Image.Image | None
-    predictions: list[Prediction] = field(default_factory=list)
-    target: int | Neuron | None = None
-    batch_size: int = 0
-    queue_ms: float = 0.0
-    compute_ms: float = 0.0
-    warnings: list[str] = field(default_factory=list)
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    images: dict[str, Image.Image] = field(default_factory=dict)
-    input_region: tuple[float, float, float, float] | None = None
-
-    def __repr__(self) -> str:
-        top = self.predictions[0] if self.predictions else None
-        return (
-            f"Explanation(model={self.model!r}, method={self.method!r}, "
-            f"array={_describe_array(self.array)}, image={_describe_image(self.image)}, "
-            f"top={top!r}, target={self.target!r}, batch_size={self.batch_size}, "
-            f"arrays={list(self.arrays)!r}, images={list(self.images)!r})"
-        )
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One layer (module) of a model.
-
-    Attributes:
-        name: Name as in `named_modules()`: what requests use.
-        type: The module's class name, e.g. "Conv2d".
-        output_shape: Output shape for one input at the model's input size, without the batch
-            dimension; empty when the output is not a single tensor.
-        calls: How often the module runs in one forward pass (methods see its last call).
-    """
-
-    name: str
-    type: str
-    output_shape: tuple[int, ...]
-    calls: int
-
-
-@dataclass(frozen=True)
-class ModelDescription:
-    """A model's layers, as `describe()` returns them.
-
-    Attributes:
-        model: The model, as `models()` describes it.
-        layers: Every named module, in `named_modules()` order.
-        default_cam_layer: The layer Grad-CAM and activations use when a request names none.
-        non_relu_activations: Activation functions in the model other than ReLU (e.g. "silu"),
-            which guided backpropagation and deconvolution pass through unmodified.
-    """
-
-    model: ModelInfo
-    layers: list[LayerInfo]
-    default_cam_layer: str
-    non_relu_activations: tuple[str, ...]
-
-    def __repr__(self) -> str:
-        return (
-            f"ModelDescription(model={self.model.name!r}, layers=<{len(self.layers)}>, "
-            f"default_cam_layer={self.default_cam_layer!r}, "
-            f"non_relu_activations={self.non_relu_activations!r})"
-        )
-
-
-@dataclass(eq=False)
-class Progress:
-    """Progress of a running feature visualization.
-
-    Attributes:
-        step: Steps done.
-        steps: Steps in all.
-        objective: The objective's value now (mean over the batch's images).
-        image: The current images side by side, or None in messages without a picture.
-    """
-
-    step: int
-    steps: int
-    objective: float
-    image: Image.Image | None = None
-
-    def __repr__(self) -> str:
-        return (
-            f"Progress(step={self.step}, steps={self.steps}, objective={self.objective:.6g}, "
-            f"image={_describe_image(self.image)})"
-        )
-
-
-@dataclass(eq=False)
-class Visualization:
-    """The result of one feature visualization.
-
-    Attributes:
-        array: The synthesized images as float32 [N, C, H, W], pixels in [0, 1].
-        images: One picture per synthesized image.
-        objective: The final objective value (mean over the images).
-        steps: Optimization steps run.
-        attribution: With an input and a neuron or class objective, guided backpropagation of
-            the objective on that input as float32 [C, H, W] in the model input space; else None.
-        attribution_image: The attribution rendered, or None.
-        attribution_region: The part of the input the attribution covers, (x, y, width,
-            height) in the input's own pixels (see `Explanation.input_region`), or None.
-        queue_ms: Milliseconds from the job's arrival to its first step.
-        compute_ms: Milliseconds from its first step to its last.
-        max_batch_jobs: The most jobs that shared an optimization batch with this one.
-    """
-
-    array: np.ndarray
-    images: list[Image.Image] = field(default_factory=list)
-    objective: float = 0.0
-    steps: int = 0
-    attribution: np.ndarray | None = None
-    attribution_image: Image.Image | None = None
-    attribution_region: tuple[float, float, float, float] | None = None
-    queue_ms: float = 0.0
-    compute_ms: float = 0.0
-    max_batch_jobs: int = 0
-
-    def __repr__(self) -> str:
-        return (
-            f"Visualization(array={_describe_array(self.array)}, images={len(self.images)}, "
-            f"objective={self.objective:.6g}, steps={self.steps}, "
-            f"attribution={_describe_array(self.attribution)}, "
-            f"max_batch_jobs={self.max_batch_jobs})"
-        )
-
-
-def _describe_array(arr: np.ndarray | None) -> str | None:
-    return None if arr is None else f"<{arr.dtype} {list(arr.shape)}>"
-
-
-def _describe_image(img: Image.Image | None) -> str | None:
-    return None if img is None else f"<{img.mode} {img.size}>"
-
-
-InputLike: TypeAlias = (
-    str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image | np.ndarray
-)
-TargetLike: TypeAlias = int | np.integer | Neuron | None
-LayersLike: TypeAlias = str | Sequence[str] | None
-ObjectiveLike: TypeAlias = int | np.integer | Neuron | Layer
 
 
 def methods() -> list[str]:
@@ -634,13 +381,62 @@ def explanations_from_batch_pb(
     return out
 
 
-def set_model(request: deepvis_pb2.ExplainRequest, model: str) -> None:
+def batch_requests_to_pb(
+    inputs: Sequence[InputLike],
+    *,
+    chunk: int,
+    targets: TargetLike | Sequence[TargetLike],
+    model: str,
+    method: str,
+    layer: LayersLike,
+    render: bool,
+    array_dtype: str,
+    top_k: int,
+    array: bool,
+    top_k_channels: int,
+) -> list[deepvis_pb2.ExplainBatchRequest]:
+    """Builds the `ExplainBatchRequest`s of `explain_batch`, `chunk` items each, in order.
+
+    Raises:
+        TypeError, ValueError: An argument is invalid; OSError: an input file cannot be read.
+    """
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or not 1 <= chunk <= MAX_BATCH_ITEMS:
+        raise ValueError(f"chunk must be an int from 1 to {MAX_BATCH_ITEMS}, not {chunk!r}")
+    if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Sequence):
+        raise TypeError(
+            f"inputs must be a sequence (list or tuple) of inputs, not {type(inputs).__name__}"
+        )
+    if not inputs:
+        raise ValueError("inputs is empty; give at least one input")
+    per_item = batch_targets(targets, len(inputs))
+    requests = [
+        request_to_pb(
+            x,
+            model=model,
+            method=method,
+            target=t,
+            layer=layer,
+            render=render,
+            array_dtype=array_dtype,
+            top_k=top_k,
+            array=array,
+            top_k_channels=top_k_channels,
+        )
+        for x, t in zip(inputs, per_item, strict=True)
+    ]
+    return [
+        deepvis_pb2.ExplainBatchRequest(requests=requests[i : i + chunk])
+        for i in range(0, len(requests), chunk)
+    ]
+
+
+def set_model(
+    request: deepvis_pb2.ExplainRequest
+    | deepvis_pb2.DescribeModelRequest
+    | deepvis_pb2.VisualizeRequest,
+    model: str,
+) -> None:
     """Names the model of a request built before the model was known."""
-    request.model = model
-
-
-def set_visualize_model(request: deepvis_pb2.VisualizeRequest, model: str) -> None:
-    """Names the model of a `VisualizeRequest` built before the model was known."""
     request.model = model
 
 
@@ -698,25 +494,25 @@ def _png_from_bytes(data: bytes) -> Image.Image | None:
     return image
 
 
-def _named_arrays_from_pb(named: Sequence[deepvis_pb2.NamedTensor]) -> dict[str, np.ndarray]:
-    arrays: dict[str, np.ndarray] = {}
+def _by_name(named: Sequence[Any], kind: str, decode: Callable[[Any], _V]) -> dict[str, _V]:
+    """Decodes named items (NamedTensor, NamedImage) by name; `kind` names them in errors."""
+    out: dict[str, _V] = {}
     for item in named:
-        if item.name in arrays:
-            raise ValueError(f"the response names two arrays {item.name!r}")
-        arrays[item.name] = _decode_tensor(item.tensor, f"array {item.name!r}", _WIRE_NAMED_DTYPES)
-    return arrays
+        if item.name in out:
+            raise ValueError(f"the response names two {kind} {item.name!r}")
+        out[item.name] = decode(item)
+    return out
 
 
-def _named_images_from_pb(named: Sequence[deepvis_pb2.NamedImage]) -> dict[str, Image.Image]:
-    images: dict[str, Image.Image] = {}
-    for item in named:
-        if item.name in images:
-            raise ValueError(f"the response names two pictures {item.name!r}")
-        image = _png_from_bytes(item.png)
-        if image is None:
-            raise ValueError(f"picture {item.name!r} is empty")
-        images[item.name] = image
-    return images
+def _named_array(item: deepvis_pb2.NamedTensor) -> np.ndarray:
+    return _decode_tensor(item.tensor, f"array {item.name!r}", _WIRE_NAMED_DTYPES)
+
+
+def _named_image(item: deepvis_pb2.NamedImage) -> Image.Image:
+    image = _png_from_bytes(item.png)
+    if image is None:
+        raise ValueError(f"picture {item.name!r} is empty")
+    return image
 
 
 def _target_from_pb(target: deepvis_pb2.Target) -> int | Neuron | None:
@@ -757,8 +553,8 @@ def explanation_from_pb(resp: deepvis_pb2.ExplainResponse) -> Explanation:
         queue_ms=float(resp.timing.queue_ms),
         compute_ms=float(resp.timing.compute_ms),
         warnings=list(resp.warnings),
-        arrays=_named_arrays_from_pb(resp.arrays),
-        images=_named_images_from_pb(resp.images),
+        arrays=_by_name(resp.arrays, "arrays", _named_array),
+        images=_by_name(resp.images, "pictures", _named_image),
         input_region=_region_from_pb(resp, "input_region"),
     )
 
@@ -786,6 +582,11 @@ def model_info_from_pb(info: deepvis_pb2.ModelInfo) -> ModelInfo:
         methods=tuple(method_from_pb(m) for m in info.methods),
         resize=int(info.resize),
     )
+
+
+def models_from_pb(resp: deepvis_pb2.ListModelsResponse) -> list[ModelInfo]:
+    """Converts a `ListModelsResponse` into one `ModelInfo` per model, in order."""
+    return [model_info_from_pb(m) for m in resp.models]
 
 
 def describe_request_to_pb(model: str) -> deepvis_pb2.DescribeModelRequest:
@@ -938,36 +739,25 @@ def visualize_item_from_pb(resp: deepvis_pb2.VisualizeResponse) -> Progress | Vi
     return None
 
 
-# --- grpc.health.v1, encoded by hand so that the client does not need grpcio-health-checking --
+# --- grpc.health.v1 -----------------------------------------------------------------------
 
 
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
+@functools.cache
+def _health_pb2() -> ModuleType:
+    """The grpc.health.v1 messages, imported on first use (`import deepvis` needs neither).
 
-
-def _decode_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = 0
-    for shift in range(0, 70, 7):
-        if pos >= len(data):
-            raise ValueError("health response is truncated inside a varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value & _UINT64_MAX, pos
-    raise ValueError("health response has a varint longer than 10 bytes")
+    grpcio-health-checking's own where it is installed (the server's extra): protobuf keeps one
+    grpc_health/v1/health.proto per process, and one release's copy of that file does not load
+    beside another's. Elsewhere the stub generated beside deepvis_pb2, so that the thin client
+    needs nothing beyond grpcio for health checks.
+    """
+    if importlib.util.find_spec("grpc_health") is not None:
+        return importlib.import_module("grpc_health.v1.health_pb2")
+    return importlib.import_module("deepvis.v1.health_pb2")
 
 
 def health_request_to_bytes(service: str) -> bytes:
-    """Encodes a `grpc.health.v1.HealthCheckRequest` (field 1: string `service`).
+    """Encodes a `grpc.health.v1.HealthCheckRequest`.
 
     Args:
         service: The service to check; "" asks about the server as a whole.
@@ -980,17 +770,14 @@ def health_request_to_bytes(service: str) -> bytes:
     """
     if not isinstance(service, str):
         raise TypeError(f"service must be a str, not {type(service).__name__}")
-    data = service.encode("utf-8")
-    if not data:
-        return b""
-    return b"\x0a" + _encode_varint(len(data)) + data
+    return _health_pb2().HealthCheckRequest(service=service).SerializeToString()
 
 
 def health_status_from_bytes(data: bytes) -> str:
     """Decodes a `grpc.health.v1.HealthCheckResponse` into its status name.
 
     Args:
-        data: The serialized message (field 1: enum `status`); unknown fields are skipped.
+        data: The serialized message; unknown fields are skipped.
 
     Returns:
         "UNKNOWN", "SERVING", "NOT_SERVING" or "SERVICE_UNKNOWN"; "STATUS_<n>" for a number
@@ -999,33 +786,11 @@ def health_status_from_bytes(data: bytes) -> str:
     Raises:
         ValueError: The bytes are not a well-formed message.
     """
-    status = 0
-    pos = 0
-    while pos < len(data):
-        key, pos = _decode_varint(data, pos)
-        number, wire_type = key >> 3, key & 7
-        if number == 0:
-            raise ValueError("health response has a field numbered 0")
-        if wire_type == 0:
-            value, pos = _decode_varint(data, pos)
-            if number == 1:
-                # Enums are int32; a negative value travels sign-extended to 64 bits.
-                status = value - (1 << 64) if value >= 1 << 63 else value
-            continue
-        if wire_type == 2:
-            length, pos = _decode_varint(data, pos)
-            end = pos + length
-        elif wire_type == 1:
-            end = pos + 8
-        elif wire_type == 5:
-            end = pos + 4
-        else:
-            raise ValueError(f"health response has unsupported wire type {wire_type}")
-        if number == 1:
-            raise ValueError(f"health response status has wire type {wire_type}, not varint")
-        if end > len(data):
-            raise ValueError("health response is truncated")
-        pos = end
-    if 0 <= status < len(_HEALTH_STATUSES):
-        return _HEALTH_STATUSES[status]
+    response = _health_pb2().HealthCheckResponse
+    try:
+        status = response.FromString(data).status
+    except DecodeError as e:
+        raise ValueError(f"the server's answer is not a health response: {e}") from None
+    if status in response.ServingStatus.values():
+        return response.ServingStatus.Name(status)
     return f"STATUS_{status}"

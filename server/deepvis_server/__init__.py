@@ -2,4 +2,5 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+# The distribution's one version, which the client package spells.
+from deepvis._version import __version__ as __version__

@@ -13,8 +13,18 @@ from typing import TYPE_CHECKING
 
 from deepvis._grpc_log import default_grpc_verbosity
 
-from .config import DEFAULT_CONFIG, ConfigError, ServerConfig, load_config
-from .workers import MAX_WORKERS, Supervisor, address_port, die_with_supervisor
+# A client-only install (`pip install deepvis`) has this command but not the server's
+# dependencies (torch & co.); main() then says what to install instead of a traceback.
+_MISSING: ModuleNotFoundError | None = None
+try:
+    import torch  # noqa: F401 - the server's first need (it does not import grpc)
+
+    from .config import DEFAULT_CONFIG, ConfigError, ServerConfig, load_config
+    from .workers import MAX_WORKERS, Supervisor, address_port, die_with_supervisor
+except ModuleNotFoundError as e:
+    if (e.name or "deepvis").partition(".")[0] in ("deepvis", "deepvis_server"):
+        raise  # a module of our own: a broken install, not a missing extra
+    _MISSING = e
 
 # Nothing above imports grpc: main() sets GRPC_VERBOSITY first (see default_grpc_verbosity).
 if TYPE_CHECKING:
@@ -112,13 +122,29 @@ def apply_overrides(config: ServerConfig, args: argparse.Namespace) -> ServerCon
     )
 
 
+def _missing_extra(error: ModuleNotFoundError) -> int:
+    print(
+        f"deepvis-server: the server needs {error.name}, which is not installed; "
+        "install the server with: pip install 'deepvis[server]'",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    if _MISSING is not None:
+        return _missing_extra(_MISSING)
     args = parse_args(argv)
     # gRPC's C core reads its log level when grpc is first imported: set it before that, so
     # its own lines (TLS handshake failures of clients) stay out of the server's log.
     default_grpc_verbosity()
-    from .observability import configure_logging
-    from .server import DeepvisServer
+    try:
+        from .observability import configure_logging
+        from .server import DeepvisServer
+    except ModuleNotFoundError as e:
+        if (e.name or "deepvis").partition(".")[0] in ("deepvis", "deepvis_server"):
+            raise
+        return _missing_extra(e)
 
     configure_logging("text", args.log_level)  # until the configuration is read
     try:

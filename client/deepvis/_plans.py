@@ -1,0 +1,237 @@
+"""Plans of the client's calls (what each sends, what it makes of the answers), and the methods."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
+
+import grpc
+
+from deepvis import _convert
+from deepvis._exceptions import DeepvisError, Internal, NotFound
+from deepvis._models import Explanation, Progress, Visualization
+from deepvis._transport import Attempts, Metadata
+from deepvis.v1 import deepvis_pb2
+
+__all__ = [
+    "Call",
+    "Plan",
+    "Stream",
+    "StreamRun",
+    "T",
+    "batch_results",
+    "coroutine_of",
+    "method_of",
+    "no_result",
+    "single",
+]
+
+T = TypeVar("T")
+P = ParamSpec("P")
+PlanT = TypeVar("PlanT")
+ClientT = TypeVar("ClientT")
+
+
+def no_result() -> Internal:
+    """The error of a Visualize stream that ended without its result."""
+    return Internal("the Visualize stream ended without a result", grpc.StatusCode.INTERNAL)
+
+
+# --- plans: made by `_client._BaseClient` from a call's arguments, run by each client's I/O ------
+
+
+@dataclass(kw_only=True)
+class Plan:
+    """What any call needs before it goes out: its timeout, and whether to name the model."""
+
+    timeout: float | None
+    # Messages to name the server's default model in before sending; empty: named by the caller.
+    unnamed: list[Any] = field(default_factory=list)
+
+    def name(self, model: str | None) -> None:
+        """Names `model` (the server's first listed model) in the unnamed messages."""
+        if model is None:
+            raise NotFound("the server lists no models", grpc.StatusCode.NOT_FOUND)
+        for message in self.unnamed:
+            _convert.set_model(message, model)
+
+
+def _only(answers: list[Any]) -> Any:
+    return answers[0]
+
+
+@dataclass(kw_only=True)
+class Call(Plan, Generic[T]):
+    """Unary calls of one method of the channel, in order, and how their answers become a result."""
+
+    # The channel's callable of the RPC: a stub method, or the health check.
+    method: Callable[..., Any]
+    # One call each.
+    requests: list[Any]
+    # A call's answer from its request and response, made as soon as the response arrives.
+    answer: Callable[[Any, Any], Any]
+    # The result from the answers, in order; by default the only one.
+    result: Callable[[list[Any]], T] = _only
+
+
+def single(
+    method: Callable[..., Any],
+    request: Any,
+    convert: Callable[[Any], T],
+    *,
+    timeout: float | None,
+    unnamed: bool = False,
+) -> Call[T]:
+    """One call, whose result `convert` makes from the response; `unnamed`: name the server's
+    default model in `request` first."""
+    return Call(
+        method=method,
+        requests=[request],
+        answer=lambda _request, response: convert(response),
+        unnamed=[request] if unnamed else [],
+        timeout=timeout,
+    )
+
+
+@dataclass(kw_only=True)
+class Stream(Plan):
+    """One Visualize call; with `visualize`, also who sees its progress."""
+
+    request: deepvis_pb2.VisualizeRequest
+    on_progress: Callable[[Progress], None] | None = None
+
+    def fold(self, item: Progress | Visualization) -> Visualization | None:
+        """The result, when `item` is it; else hands the progress to `on_progress`."""
+        if isinstance(item, Visualization):
+            return item
+        if self.on_progress is not None:
+            self.on_progress(item)
+        return None
+
+
+class StreamRun:
+    """One Visualize call across its replays: the state both clients' stream loops share.
+
+    A call that fails with UNAVAILABLE before its first message is replayed (see `Attempts`);
+    after it, a replay would repeat the messages already yielded, so the call fails instead.
+    """
+
+    def __init__(
+        self,
+        plan: Stream,
+        *,
+        method: Callable[..., Any],
+        metadata: Metadata | None,
+        timeout: float | None,
+    ) -> None:
+        self._request = plan.request
+        self._method = method
+        self._metadata = metadata
+        self._attempts = Attempts(timeout)
+        self._result: Visualization | None = None
+
+    @property
+    def backoff(self) -> float:
+        """Seconds to wait before the next attempt."""
+        return self._attempts.backoff
+
+    def call(self) -> Any:
+        """Starts an attempt: the call, to iterate inside `with attempt(call)`."""
+        return self._method(
+            self._request, timeout=self._attempts.remaining(), metadata=self._metadata
+        )
+
+    @contextlib.contextmanager
+    def attempt(self, call: Any) -> Iterator[None]:
+        """Ends an attempt: swallows an error to replay, raises others as `DeepvisError`s."""
+        try:
+            with self._attempts:
+                yield
+        finally:
+            # A no-op once the call has ended; otherwise (the consumer stopped early, a
+            # message failed to decode) it tells the server to stop the job.
+            call.cancel()
+
+    def take(self, response: deepvis_pb2.VisualizeResponse) -> Progress | None:
+        """The progress a message carries, to yield; the result is kept for `result()`."""
+        item = _convert.visualize_item_from_pb(response)
+        self._attempts.started = True
+        if isinstance(item, Visualization):
+            # The stream ends after the result; reading on collects the status.
+            self._result = item
+            return None
+        return item
+
+    def result(self) -> Visualization:
+        """The result, once the stream has ended."""
+        if self._result is None:
+            raise no_result()
+        return self._result
+
+
+def batch_results(
+    return_errors: bool, answers: list[list[Explanation | DeepvisError]]
+) -> list[Any]:
+    """`explain_batch`'s result from its chunks' items; without `return_errors`, the first
+    failed item's error, raised with its index."""
+    results = [item for answer in answers for item in answer]
+    if not return_errors:
+        for i, r in enumerate(results):
+            if isinstance(r, DeepvisError):
+                raise type(r)(f"item {i}: {r.details}", r.code)
+    return results
+
+
+# --- public methods: a plan's maker, for its signature and docs, and a client's runner ---------
+
+
+def _public(method: Any, build: Callable[..., Any], run: Callable[..., Any]) -> None:
+    """Gives `method`, which runs the plan `build` makes with `run`, the public face of `build`.
+
+    Its name without the underscore, in the class of `run`; the docstring and signature of
+    `build` (which `help()`, `inspect.signature` and IDEs show), returning what `run` makes of
+    the plan: the result type a `Call[...]` names, or `run`'s own return type.
+    """
+    functools.update_wrapper(method, build)
+    name = build.__name__.removeprefix("_")
+    method.__name__ = name
+    method.__qualname__ = f"{run.__qualname__.rpartition('.')[0]}.{name}"
+    returns = inspect.signature(run).return_annotation
+    if returns == "T":
+        call = re.fullmatch(r"Call\[(.+)\]", build.__annotations__["return"])
+        if call is None:
+            raise TypeError(f"{build.__qualname__} must be annotated to return Call[...]")
+        returns = call[1]
+    method.__signature__ = inspect.signature(build).replace(return_annotation=returns)
+    method.__annotations__ = {**build.__annotations__, "return": returns}
+
+
+def method_of(
+    build: Callable[Concatenate[Any, P], PlanT],
+    run: Callable[[ClientT, PlanT], T],
+) -> Callable[Concatenate[ClientT, P], T]:
+    """The public method that checks its arguments with `build` and runs the plan with `run`."""
+
+    def method(self: ClientT, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return run(self, build(self, *args, **kwargs))
+
+    _public(method, build, run)
+    return method
+
+
+def coroutine_of(
+    build: Callable[Concatenate[Any, P], PlanT],
+    run: Callable[[ClientT, PlanT], Awaitable[T]],
+) -> Callable[Concatenate[ClientT, P], Coroutine[Any, Any, T]]:
+    """`method_of` as a coroutine function, for the awaitable `run`s of `AsyncClient`."""
+
+    async def method(self: ClientT, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await run(self, build(self, *args, **kwargs))
+
+    _public(method, build, run)
+    return method
