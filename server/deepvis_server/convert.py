@@ -13,7 +13,7 @@ from deepvis.v1 import deepvis_pb2 as pb
 from . import featurevis as fv
 from .batcher import ItemResult
 from .errors import InvalidArgument
-from .featurevis.render import RenderJob
+from .featurevis.optimization import RenderJob
 from .methods import ClassTarget, MethodRequest, NeuronTarget, Output, Target
 from .methods.base import MAX_LAYERS_PER_REQUEST
 from .models import ServedModel

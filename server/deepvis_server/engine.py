@@ -13,10 +13,10 @@ import torch
 from .batcher import Batcher, ItemResult, WorkItem
 from .config import ConfigError, ServerConfig
 from .errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from .featurevis.scheduler import RenderLimits, Visualizer
 from .methods import REGISTRY, Method, MethodRequest, Output
 from .models import ServedModel, load_model, select_device
 from .preprocess import Limits, RawInput, Region, input_to_tensor, model_region, wire_pixels
-from .visualizer import RenderLimits, Visualizer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

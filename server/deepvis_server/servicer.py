@@ -25,7 +25,7 @@ from .errors import (
 )
 from .methods import MethodRequest, Output
 from .models import ServedModel
-from .render import render_images, render_strip
+from .pictures import images_to_pngs, strip_png
 
 if TYPE_CHECKING:
     from .preprocess import Region
@@ -230,7 +230,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
             async for ev in state.stream():
                 if ev.result is not None:
                     res = ev.result
-                    pngs = await self.engine.run_cpu(render_images, res.images)
+                    pngs = await self.engine.run_cpu(images_to_pngs, res.images)
                     attr = await attribution if attribution is not None else None
                     first = state.first_step or state.arrival
                     yield convert.visualize_result(
@@ -247,7 +247,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                     return
                 png = None
                 if ev.progress is not None:
-                    png = await self.engine.run_cpu(render_strip, ev.progress.images)
+                    png = await self.engine.run_cpu(strip_png, ev.progress.images)
                 yield convert.visualize_progress(ev.step, ev.steps, ev.objective, png)
         except DeepvisError as e:
             error = e

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import InvalidArgument
 from ..models import ServedModel
-from ..render import input_pixels, render_grid, render_heatmap, to_png
+from ..pictures import grid_picture, heatmap_picture, input_pixels, to_png
 from .base import (
     BatchOutput,
     ClassTarget,
@@ -109,7 +109,7 @@ class Activations(Method):
             if main is None:
                 main = act
             if render and act.ndim == 3 and _channels_first(model, name):
-                pngs[f"{name}.grid"] = to_png(render_grid(act))
+                pngs[f"{name}.grid"] = to_png(grid_picture(act))
                 full = extras[f"layer:{name}"].mean(axis=0)
                 heat = torch.nn.functional.interpolate(
                     torch.from_numpy(np.ascontiguousarray(full))[None, None],
@@ -117,7 +117,7 @@ class Activations(Method):
                     mode="bilinear",
                     align_corners=False,
                 )[0, 0].numpy()
-                pngs[f"{name}.heatmap"] = to_png(render_heatmap(heat, bg))
+                pngs[f"{name}.heatmap"] = to_png(heatmap_picture(heat, bg))
         assert main is not None
         first = request.layers[0]
         return Output(array=main, arrays=arrays, png=pngs.get(f"{first}.grid"), pngs=pngs)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from ..errors import InvalidArgument
 from ..models import ServedModel
-from ..render import to_png
+from ..pictures import to_png
 
 
 @dataclass(frozen=True)
@@ -366,9 +366,9 @@ class Method(ABC):
         return Output(
             array=array,
             arrays=dict(extras),
-            png=to_png(self.render(array, model)) if render else None,
+            png=to_png(self.picture(array, model)) if render else None,
         )
 
-    def render(self, array: np.ndarray, model: ServedModel) -> Image.Image:
+    def picture(self, array: np.ndarray, model: ServedModel) -> Image.Image:
         """A picture of one item's main result."""
         raise NotImplementedError

@@ -12,7 +12,7 @@ from PIL import Image
 
 from ..errors import InvalidArgument
 from ..models import ServedModel
-from ..render import input_pixels, render_gradient, render_heatmap, to_png
+from ..pictures import gradient_picture, heatmap_picture, input_pixels, to_png
 from .base import BatchOutput, Method, MethodRequest, Output, channels_first_hint, forward_and_score
 from .guided_backprop import relu_rule, relu_rule_warnings
 
@@ -88,7 +88,7 @@ class GradCam(_CamMethod):
         png = None
         if render:
             bg = input_pixels(x.numpy(), model.spec.mean, model.spec.std)
-            png = to_png(render_heatmap(array, bg))
+            png = to_png(heatmap_picture(array, bg))
         return Output(array=array, arrays=dict(extras), png=png)
 
 
@@ -118,5 +118,5 @@ class GuidedGradCam(_CamMethod):
             extras={"cam": cam[:, 0]},
         )
 
-    def render(self, array: np.ndarray, model: ServedModel) -> Image.Image:
-        return render_gradient(array)
+    def picture(self, array: np.ndarray, model: ServedModel) -> Image.Image:
+        return gradient_picture(array)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ..models import ServedModel
-from ..render import render_gradient, render_heatmap
+from ..pictures import gradient_picture, heatmap_picture
 from .base import (
     BatchOutput,
     ClassTarget,
@@ -38,8 +38,8 @@ class Saliency(Method):
         logits, grad, targets = input_gradient(model, x, requests, None)
         return BatchOutput(logits=logits, arrays=grad.abs(), targets=targets)
 
-    def render(self, array: np.ndarray, model: ServedModel) -> Image.Image:
-        return render_heatmap(np.asarray(array).max(axis=0), None)
+    def picture(self, array: np.ndarray, model: ServedModel) -> Image.Image:
+        return heatmap_picture(np.asarray(array).max(axis=0), None)
 
 
 def gauss_legendre(n: int) -> tuple[list[float], list[float]]:
@@ -81,5 +81,5 @@ class IntegratedGradients(Method):
             total.add_(grad, alpha=weight)
         return BatchOutput(logits=logits, arrays=x * total, targets=targets)
 
-    def render(self, array: np.ndarray, model: ServedModel) -> Image.Image:
-        return render_gradient(array)
+    def picture(self, array: np.ndarray, model: ServedModel) -> Image.Image:
+        return gradient_picture(array)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ..models import ServedModel
-from ..render import render_gradient
+from ..pictures import gradient_picture
 from .base import BatchOutput, Method, MethodRequest, forward_and_score
 
 # The autograd nodes whose backward is a ReLU's: `threshold_backward(grad, x, threshold)`,
@@ -130,8 +130,8 @@ class GuidedBackprop(Method):
             warnings=relu_rule_warnings(model, self.name),
         )
 
-    def render(self, array: np.ndarray, model: ServedModel) -> Image.Image:
-        return render_gradient(array)
+    def picture(self, array: np.ndarray, model: ServedModel) -> Image.Image:
+        return gradient_picture(array)
 
 
 class Deconvolution(GuidedBackprop):

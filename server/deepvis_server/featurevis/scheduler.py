@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .batcher import cancel_and_wait
-from .errors import DeepvisError, InvalidArgument, ResourceExhausted, Unavailable
-from .featurevis.render import RenderBatch, RenderEvent, RenderJob
-from .models import ServedModel
+from ..batcher import cancel_and_wait
+from ..errors import DeepvisError, InvalidArgument, ResourceExhausted, Unavailable
+from ..models import ServedModel
+from .optimization import RenderBatch, RenderEvent, RenderJob
 
 log = logging.getLogger(__name__)
 
