@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..methods.base import ClassTarget, NeuronTarget, check_layer, check_target
+from ..methods.targets import ClassTarget, NeuronTarget, check_layer, check_target
 from ..models import ServedModel
 
 __all__ = [

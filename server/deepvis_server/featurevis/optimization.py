@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidArgument
-from ..methods.base import capture_output
+from ..methods.hooks import capture_output
 from ..models import ServedModel
 from .objectives import (
     Objective,

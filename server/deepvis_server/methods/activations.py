@@ -11,15 +11,9 @@ import torch
 from ..errors import InvalidArgument
 from ..models import ServedModel
 from ..pictures import grid_picture, heatmap_picture, input_pixels, to_png
-from .base import (
-    BatchOutput,
-    ClassTarget,
-    Method,
-    MethodRequest,
-    Output,
-    forward_capturing,
-    layout_problem,
-)
+from .base import BatchOutput, Method, MethodRequest, Output
+from .hooks import forward_capturing
+from .targets import ClassTarget, layout_problem
 
 
 def top_channels(act: np.ndarray, k: int) -> np.ndarray:

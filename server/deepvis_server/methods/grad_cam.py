@@ -13,8 +13,9 @@ from PIL import Image
 from ..errors import InvalidArgument
 from ..models import ServedModel
 from ..pictures import gradient_picture, heatmap_picture, input_pixels, to_png
-from .base import BatchOutput, Method, MethodRequest, Output, channels_first_hint, forward_and_score
-from .guided_backprop import relu_rule, relu_rule_warnings
+from .base import BatchOutput, Method, MethodRequest, Output
+from .relu_rules import relu_rule, relu_rule_warnings
+from .targets import channels_first_hint, forward_and_score
 
 
 def grad_cam(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
@@ -68,7 +69,9 @@ class GradCam(_CamMethod):
         # Parameters never require grad, so the input must for the layer to join the graph.
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits, score, targets, acts = forward_and_score(model, x, requests, (layer,))
+            logits, score, targets, acts = forward_and_score(
+                model, x, [r.target for r in requests], (layer,)
+            )
             (grads,) = torch.autograd.grad(score, acts[layer])
         cam = grad_cam(acts[layer].detach(), grads)
         up = upsample(cam, x.shape[2:])
@@ -103,7 +106,9 @@ class GuidedGradCam(_CamMethod):
         layer = requests[0].layers[0]
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits, score, targets, acts = forward_and_score(model, x, requests, (layer,))
+            logits, score, targets, acts = forward_and_score(
+                model, x, [r.target for r in requests], (layer,)
+            )
             # One forward, two backward passes: the plain layer gradient for Grad-CAM, then
             # the guided input gradient.
             (grads,) = torch.autograd.grad(score, acts[layer], retain_graph=True)

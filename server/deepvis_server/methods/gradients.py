@@ -1,8 +1,9 @@
-"""Plain-gradient attributions: saliency maps and integrated gradients."""
+"""Input gradients (plain, or under a ReLU rule), saliency maps and integrated gradients."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import ClassVar
 
@@ -12,15 +13,23 @@ from PIL import Image
 
 from ..models import ServedModel
 from ..pictures import gradient_picture, heatmap_picture
-from .base import (
-    BatchOutput,
-    ClassTarget,
-    Method,
-    MethodRequest,
-    NeuronTarget,
-    resolve_class_targets,
-)
-from .guided_backprop import input_gradient
+from .base import BatchOutput, Method, MethodRequest
+from .relu_rules import relu_rule
+from .targets import ClassTarget, NeuronTarget, Target, forward_and_score, resolve_class_targets
+
+
+def input_gradient(
+    model: ServedModel, x: torch.Tensor, requests: Sequence[MethodRequest], rule: str | None
+) -> tuple[torch.Tensor, torch.Tensor, list[Target]]:
+    """Input gradient of each item's target, under the ReLU rule `rule` (None: the plain
+    gradient); also the logits and the resolved targets."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits, score, resolved, _ = forward_and_score(model, x, [r.target for r in requests])
+        with relu_rule(score, rule) if rule is not None else nullcontext():
+            (grad,) = torch.autograd.grad(score, x)
+    return logits.detach(), grad, resolved
+
 
 # Integrated gradients' quadrature: Captum's default, 50 Gauss-Legendre points on [0, 1].
 INTEGRATED_GRADIENTS_STEPS = 50
