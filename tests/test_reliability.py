@@ -59,7 +59,8 @@ def xs(n: int, shape=(1, 32, 32)) -> list[np.ndarray]:
 
 @pytest.fixture()
 def small_queue_server():
-    cfg = dataclasses.replace(load_config(), max_queue_size=4)
+    cfg = load_config()
+    cfg = dataclasses.replace(cfg, limits=dataclasses.replace(cfg.limits, max_queue_size=4))
     spec = dataclasses.replace(cfg.models[0], max_batch_size=2, max_delay_ms=0.0)
     with serve_in_thread(
         dataclasses.replace(cfg, models=(spec,)), f"127.0.0.1:{free_port()}"
@@ -107,7 +108,9 @@ def test_a_request_whose_deadline_passes_in_the_queue_costs_no_compute(digits_se
 
 
 def test_server_caps_the_deadline(tmp_path) -> None:
-    cfg = dataclasses.replace(load_config(), default_timeout_s=0.5, max_timeout_s=1.0)
+    cfg = load_config()
+    limits = dataclasses.replace(cfg.limits, default_timeout_s=0.5, max_timeout_s=1.0)
+    cfg = dataclasses.replace(cfg, limits=limits)
     with serve_in_thread(cfg, f"127.0.0.1:{free_port()}") as server:
         batcher = server.engine.batchers["digits"]
         with grpc.insecure_channel(server.bound_address) as ch:

@@ -13,10 +13,10 @@ import torch
 from .batcher import Batcher, ItemResult, WorkItem
 from .config import ConfigError, ServerConfig
 from .errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
-from .featurevis.scheduler import RenderLimits, Visualizer
+from .featurevis.scheduler import Visualizer
 from .methods import REGISTRY, Method, MethodRequest, Output
 from .models import ServedModel, load_model, select_device
-from .preprocess import Limits, RawInput, Region, input_to_tensor, model_region, wire_pixels
+from .preprocess import RawInput, Region, input_to_tensor, model_region, wire_pixels
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -31,9 +31,6 @@ class Engine:
         self.config = config
         self.methods = dict(REGISTRY if methods is None else methods)
         self.device = select_device(config.device)
-        self.limits = Limits(
-            max_image_pixels=config.max_image_pixels, max_tensor_elements=config.max_tensor_elements
-        )
         # One thread owns the device: torch work for every model is serialised through it.
         self.device_executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="deepvis-device"
@@ -53,11 +50,6 @@ class Engine:
         # the process exits non-zero so that a supervisor restarts it.
         self.fatal_error: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] | None = None
-        self.render_limits = RenderLimits(
-            max_steps=config.max_render_steps,
-            max_side=config.max_render_side,
-            max_rows=config.max_render_rows,
-        )
 
     async def start(self) -> None:
         """Loads and warms every configured model on the device thread, then starts the batchers.
@@ -98,13 +90,13 @@ class Engine:
                 self.device_executor,
                 max_batch_size=spec.max_batch_size,
                 max_delay_s=spec.max_delay_ms / 1000.0,
-                max_queue_size=self.config.max_queue_size,
+                max_queue_size=self.config.limits.max_queue_size,
             )
             batcher.on_fatal = self._device_failed
             batcher.start()
             self.batchers[spec.name] = batcher
             visualizer = Visualizer(
-                model, self.device_executor, self.render_limits, tf32=self.config.render_tf32
+                model, self.device_executor, self.config.render, tf32=self.config.render_tf32
             )
             visualizer.start()
             self.visualizers[spec.name] = visualizer
@@ -182,12 +174,12 @@ class Engine:
         loop = asyncio.get_running_loop()
         # Pixels already at the model's size take one copy of their bytes: cheaper here than
         # the hop to a worker thread and back. Anything to decode or resize takes the hop.
-        ready = wire_pixels(raw, model.spec, self.limits)
+        ready = wire_pixels(raw, model.spec, self.config.limits)
         if ready is not None:
             x, region = ready, model_region(model.spec)
         else:
             x, region = await loop.run_in_executor(
-                self.cpu_executor, input_to_tensor, raw, model.spec, self.limits
+                self.cpu_executor, input_to_tensor, raw, model.spec, self.config.limits
             )
         item = WorkItem(
             x=x,

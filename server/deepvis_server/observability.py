@@ -380,7 +380,7 @@ class Observability:
     gauges are read through `engine`, which `bind()` sets once the server has built it.
 
     Args:
-        config: The server's configuration (metrics_address, metrics_port, batch sizes).
+        config: The server's configuration (its observability settings, the batch sizes).
         engine: The engine whose queues, render jobs and device to report; None until bind().
         access_log: Log one line per RPC on the "deepvis_server.access" logger.
     """
@@ -454,10 +454,10 @@ class Observability:
         self.engine = engine
 
     def start(self, port: int | None = None) -> int | None:
-        """Serves /metrics on config.metrics_address in a daemon thread.
+        """Serves /metrics on config.observability.metrics_address in a daemon thread.
 
         Args:
-            port: None uses config.metrics_port, where 0 means off; an explicit 0 picks a
+            port: None uses config.observability.metrics_port, where 0 means off; an explicit 0 picks a
                 free port (tests).
 
         Returns:
@@ -466,12 +466,14 @@ class Observability:
         if self._httpd is not None:
             return self.port
         if port is None:
-            port = self.config.metrics_port
+            port = self.config.observability.metrics_port
             if port == 0:
                 return None
-        self._httpd, self._thread = _serve_metrics(self.config.metrics_address, port, self.registry)
+        self._httpd, self._thread = _serve_metrics(
+            self.config.observability.metrics_address, port, self.registry
+        )
         logging.getLogger(__name__).info(
-            "metrics on http://%s:%d/metrics", self.config.metrics_address, self.port
+            "metrics on http://%s:%d/metrics", self.config.observability.metrics_address, self.port
         )
         return self.port
 

@@ -143,7 +143,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         """Answers that would push the response past max_message_bytes become per-item
         RESOURCE_EXHAUSTED errors, so the items that fit still arrive (instead of gRPC
         failing the whole call after all the work)."""
-        limit = self.engine.config.max_message_bytes - 1024  # the envelope's few bytes
+        limit = self.engine.config.limits.max_message_bytes - 1024  # the envelope's few bytes
         total, out = 0, []
         for i, item in enumerate(items):
             size = item.ByteSize() + 8  # the item's tag and length prefix
@@ -153,7 +153,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                         code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
                         message=(
                             f"item {i} does not fit in this answer: the server's "
-                            f"max_message_bytes is {self.engine.config.max_message_bytes} and "
+                            f"max_message_bytes is {self.engine.config.limits.max_message_bytes} and "
                             f"the items before it took {total} bytes; send fewer items per "
                             "call, float16 arrays or no pictures"
                         ),
@@ -198,7 +198,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     def deadline(self, context: grpc.aio.ServicerContext) -> float:
         """The request's deadline on the loop clock: the client's, capped at max_timeout_s, or
         default_timeout_s when the client set none. A client can only shorten it."""
-        cfg = self.engine.config
+        cfg = self.engine.config.limits
         remaining = context.time_remaining()
         budget = cfg.default_timeout_s if remaining is None else min(remaining, cfg.max_timeout_s)
         return asyncio.get_running_loop().time() + budget
@@ -274,7 +274,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
             MethodRequest(target=target),
             top_k=1,
             render=True,
-            deadline=asyncio.get_running_loop().time() + self.engine.config.max_timeout_s,
+            deadline=asyncio.get_running_loop().time() + self.engine.config.limits.max_timeout_s,
         )
         return output, region
 

@@ -14,21 +14,12 @@ from dataclasses import dataclass, field
 import torch
 
 from ..batcher import cancel_and_wait
+from ..config import RenderLimits
 from ..errors import DeepvisError, InvalidArgument, ResourceExhausted, Unavailable
 from ..models import ServedModel
 from .optimization import RenderBatch, RenderEvent, RenderJob
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RenderLimits:
-    """What one job may ask for, and how many rows the server optimizes at once."""
-
-    max_steps: int = 4096
-    max_side: int = 512
-    max_images_per_job: int = 16
-    max_rows: int = 128
 
 
 # Progress messages a job sends when it asks for no pictures: about this many in all.
