@@ -3,104 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 
 from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 
 from . import convert
 from .engine import Engine
-from .errors import (
-    DeadlineExceeded,
-    DeepvisError,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-    Unavailable,
-)
+from .errors import DeepvisError, InvalidArgument
 from .methods import MethodRequest, Output
 from .models import ServedModel
 from .pictures import images_to_pngs, strip_png
+from .status import failure, rpc_errors
 
 if TYPE_CHECKING:
     from .preprocess import Region
 
-log = logging.getLogger(__name__)
-
-# The one place domain errors become gRPC status codes.
-_STATUS: dict[type[DeepvisError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-
-
-def status_of(exc: DeepvisError) -> grpc.StatusCode:
-    for cls in type(exc).__mro__:
-        if cls in _STATUS:
-            return _STATUS[cls]
-    return grpc.StatusCode.INTERNAL
-
-
 # Items one ExplainBatch call may carry: each holds an input and a queue slot until answered.
 MAX_BATCH_ITEMS = 256
-
-# How long a client refused with UNAVAILABLE (full queue, full render batch) should wait.
-RETRY_DELAY_S = 0.2
-
-
-def status_details(exc: DeepvisError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
-    """The status code, message and `grpc-status-details-bin` trailer (google.rpc.Status with
-    BadRequest naming the field, or RetryInfo for a retryable refusal) for a domain error."""
-    code = status_of(exc)
-    details = []
-    if isinstance(exc, InvalidArgument) and exc.field:
-        bad = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=exc.field, description=exc.message
-                )
-            ]
-        )
-        details.append(bad)
-    if isinstance(exc, Unavailable):
-        retry = error_details_pb2.RetryInfo()
-        retry.retry_delay.FromMilliseconds(int(RETRY_DELAY_S * 1000))
-        details.append(retry)
-    if not details:
-        return code, exc.message, ()
-    st = status_pb2.Status(code=code.value[0], message=exc.message)
-    for d in details:
-        st.details.add().Pack(d)
-    return code, exc.message, (("grpc-status-details-bin", st.SerializeToString()),)
-
-
-def failure(exc: BaseException, rpc: str) -> tuple[grpc.StatusCode, str]:
-    """The status code and message a call (or one ExplainBatch item) that raised `exc` ends
-    with. Anything that is not a domain error is INTERNAL: logged with its traceback, never
-    shown to the client."""
-    if isinstance(exc, DeepvisError):
-        code = status_of(exc)
-        if code == grpc.StatusCode.INTERNAL:
-            log.error("internal error in %s: %s", rpc, exc.message)
-        return code, exc.message
-    log.error("unexpected error in %s", rpc, exc_info=exc)
-    return grpc.StatusCode.INTERNAL, "internal error; the server logged the traceback"
-
-
-async def abort(context: grpc.aio.ServicerContext, exc: BaseException, rpc: str) -> NoReturn:
-    """Ends the call with the status for `exc` (see `failure`), with its details trailer."""
-    code, message = failure(exc, rpc)
-    trailer = status_details(exc)[2] if isinstance(exc, DeepvisError) else ()
-    await context.abort(code, message, trailing_metadata=trailer)
-    raise AssertionError("unreachable")  # abort raises
 
 
 class ExplainerServicer(pb_grpc.ExplainerServicer):
@@ -109,29 +32,20 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
+    @rpc_errors
     async def Explain(
         self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExplainResponse:
-        try:
-            return await self._explain(request, context)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # noqa: BLE001 - never let a request take the server down
-            error: BaseException = e
-        await abort(context, error, "Explain")
+        return await self._explain_by(request, self.deadline(context))
 
+    @rpc_errors
     async def ExplainBatch(
         self, request: pb.ExplainBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExplainBatchResponse:
         n = len(request.requests)
         if not 1 <= n <= MAX_BATCH_ITEMS:
-            await abort(
-                context,
-                InvalidArgument(
-                    f"requests has {n} items; send 1 to {MAX_BATCH_ITEMS} per call",
-                    field="requests",
-                ),
-                "ExplainBatch",
+            raise InvalidArgument(
+                f"requests has {n} items; send 1 to {MAX_BATCH_ITEMS} per call", field="requests"
             )
         deadline = self.deadline(context)
         # Every item enters its model's batcher now, beside other clients' requests; the
@@ -175,11 +89,6 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
             error = pb.ItemError(code=code.value[0], message=message, field=field or "")
         return pb.ExplainBatchItem(error=error)
 
-    async def _explain(
-        self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ExplainResponse:
-        return await self._explain_by(request, self.deadline(context))
-
     async def _explain_by(self, request: pb.ExplainRequest, deadline: float) -> pb.ExplainResponse:
         parsed = convert.parse_explain(request)
         model, result, output, region = await self.engine.explain(
@@ -203,29 +112,23 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         budget = cfg.default_timeout_s if remaining is None else min(remaining, cfg.max_timeout_s)
         return asyncio.get_running_loop().time() + budget
 
+    @rpc_errors
     async def DescribeModel(
         self, request: pb.DescribeModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.DescribeModelResponse:
-        try:
-            model = self.engine.model(request.model)
-        except DeepvisError as e:
-            await abort(context, e, "DescribeModel")
-        return convert.describe_model(model, list(self.engine.methods))
+        return convert.describe_model(self.engine.model(request.model), list(self.engine.methods))
 
+    @rpc_errors
     async def Visualize(
         self, request: pb.VisualizeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.VisualizeResponse]:
-        try:
-            parsed = convert.parse_visualize(request)
-            model = self.engine.model(parsed.model)
-            visualizer = self.engine.visualizers[model.name]
-            state = visualizer.submit(parsed.job)
-        except DeepvisError as e:
-            await abort(context, e, "Visualize")
+        parsed = convert.parse_visualize(request)
+        model = self.engine.model(parsed.model)
+        visualizer = self.engine.visualizers[model.name]
+        state = visualizer.submit(parsed.job)
         attribution = None
         if parsed.input is not None:
             attribution = asyncio.ensure_future(self._attribution(parsed, model))
-        error: DeepvisError | None = None
         try:
             async for ev in state.stream():
                 if ev.result is not None:
@@ -249,15 +152,11 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                 if ev.progress is not None:
                     png = await self.engine.run_cpu(strip_png, ev.progress.images)
                 yield convert.visualize_progress(ev.step, ev.steps, ev.objective, png)
-        except DeepvisError as e:
-            error = e
         finally:
             # A client that went away (or any exit) stops the job at the next step.
             visualizer.cancel(state)
             if attribution is not None and not attribution.done():
                 attribution.cancel()
-        if error is not None:
-            await abort(context, error, "Visualize")
 
     async def _attribution(
         self, parsed: convert.ParsedVisualize, model: ServedModel
