@@ -1,10 +1,10 @@
-"""The Explainer servicer: validate, convert, await the batcher, convert back. No torch here."""
+"""The Explainer servicer: each RPC converts its request, asks the engine, converts back."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 import grpc
 
@@ -14,13 +14,7 @@ from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 from . import convert
 from .engine import Engine
 from .errors import DeepvisError, InvalidArgument
-from .methods import MethodRequest, Output
-from .models import ServedModel
-from .pictures import images_to_pngs, strip_png
 from .status import failure, rpc_errors
-
-if TYPE_CHECKING:
-    from .preprocess import Region
 
 # Items one ExplainBatch call may carry: each holds an input and a queue slot until answered.
 MAX_BATCH_ITEMS = 256
@@ -90,26 +84,17 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         return pb.ExplainBatchItem(error=error)
 
     async def _explain_by(self, request: pb.ExplainRequest, deadline: float) -> pb.ExplainResponse:
-        parsed = convert.parse_explain(request)
-        model, result, output, region = await self.engine.explain(
-            parsed.model,
-            parsed.method,
-            parsed.input,
-            parsed.request,
-            top_k=parsed.top_k,
-            render=parsed.render,
-            deadline=deadline,
-            # No pictures to draw from it: the device may hand the result over as float16.
-            half_result=parsed.array_dtype == "float16" and not parsed.render,
-        )
-        return convert.explain_response(parsed, model, result, output, region)
+        answer = await self.engine.explain(convert.parse_explain(request, deadline))
+        return convert.explain_response(answer)
 
     def deadline(self, context: grpc.aio.ServicerContext) -> float:
         """The request's deadline on the loop clock: the client's, capped at max_timeout_s, or
         default_timeout_s when the client set none. A client can only shorten it."""
-        cfg = self.engine.config.limits
+        limits = self.engine.config.limits
         remaining = context.time_remaining()
-        budget = cfg.default_timeout_s if remaining is None else min(remaining, cfg.max_timeout_s)
+        budget = (
+            limits.default_timeout_s if remaining is None else min(remaining, limits.max_timeout_s)
+        )
         return asyncio.get_running_loop().time() + budget
 
     @rpc_errors
@@ -122,60 +107,11 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     async def Visualize(
         self, request: pb.VisualizeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.VisualizeResponse]:
-        parsed = convert.parse_visualize(request)
-        model = self.engine.model(parsed.model)
-        visualizer = self.engine.visualizers[model.name]
-        state = visualizer.submit(parsed.job)
-        attribution = None
-        if parsed.input is not None:
-            attribution = asyncio.ensure_future(self._attribution(parsed, model))
-        try:
-            async for ev in state.stream():
-                if ev.result is not None:
-                    res = ev.result
-                    pngs = await self.engine.run_cpu(images_to_pngs, res.images)
-                    attr = await attribution if attribution is not None else None
-                    first = state.first_step or state.arrival
-                    yield convert.visualize_result(
-                        parsed,
-                        res.pixels,
-                        pngs,
-                        res.objective,
-                        res.steps,
-                        attr,
-                        queue_ms=(first - state.arrival) * 1000.0,
-                        compute_ms=((state.last_step or first) - first) * 1000.0,
-                        max_jobs=state.max_jobs,
-                    )
-                    return
-                png = None
-                if ev.progress is not None:
-                    png = await self.engine.run_cpu(strip_png, ev.progress.images)
-                yield convert.visualize_progress(ev.step, ev.steps, ev.objective, png)
-        finally:
-            # A client that went away (or any exit) stops the job at the next step.
-            visualizer.cancel(state)
-            if attribution is not None and not attribution.done():
-                attribution.cancel()
-
-    async def _attribution(
-        self, parsed: convert.ParsedVisualize, model: ServedModel
-    ) -> tuple[Output, Region] | None:
-        """Guided backprop of the objective's neuron or class on the request's input, and the
-        region of the input it covers."""
-        target = convert.objective_target(parsed.job.objective)
-        if target is None or parsed.input is None:
-            return None
-        _, _, output, region = await self.engine.explain(
-            model.name,
-            "guided_backprop",
-            parsed.input,
-            MethodRequest(target=target),
-            top_k=1,
-            render=True,
-            deadline=asyncio.get_running_loop().time() + self.engine.config.limits.max_timeout_s,
-        )
-        return output, region
+        query = convert.parse_visualize(request)
+        # aclosing: a client that went away stops the job (and its attribution) at once.
+        async with contextlib.aclosing(self.engine.visualize(query)) as events:
+            async for event in events:
+                yield convert.visualize_response(query, event)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..methods.targets import ClassTarget, NeuronTarget, check_layer, check_target
+from ..methods.targets import ClassTarget, NeuronTarget, Target, check_layer, check_target
 from ..models import ServedModel
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "ObjectivePlan",
     "diversity_layer",
     "diversity_penalty",
+    "explain_target",
     "last_spatial_layer",
     "required_layers",
 ]
@@ -262,6 +263,17 @@ def required_layers(objective: Objective, model: ServedModel, diversity: bool) -
         if div is not None:
             layers.add(div)
     return frozenset(layers)
+
+
+def explain_target(objective: Objective) -> Target | None:
+    """The Explain target of an objective's neuron, channel or class (None for a whole layer)."""
+    if isinstance(objective, ClassLogit):
+        return ClassTarget(objective.index)
+    if isinstance(objective, Neuron):
+        return NeuronTarget(objective.layer, objective.channel, objective.y, objective.x)
+    if isinstance(objective, Channel):
+        return NeuronTarget(objective.layer, objective.channel)
+    return None
 
 
 def diversity_penalty(act: torch.Tensor) -> torch.Tensor:
