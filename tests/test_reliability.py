@@ -210,6 +210,41 @@ def start_process(config: str, address: str) -> subprocess.Popen[str]:
     raise AssertionError(f"server did not start (exit {proc.wait()})")
 
 
+def test_a_method_that_returns_a_wrong_count_fails_its_batch_with_internal(
+    monkeypatch, caplog
+) -> None:
+    """A method that answers one item short is a bug the batcher catches: every item of its
+    batch fails INTERNAL (none is paired with another item's result), the log says why, and
+    the server goes on serving."""
+    from deepvis_server.methods import REGISTRY, BatchOutput, Saliency
+
+    class OneShort(Saliency):
+        def run(self, model, x, requests):
+            out = super().run(model, x, requests)
+            return BatchOutput(logits=out.logits, arrays=out.arrays[:-1], targets=out.targets)
+
+    monkeypatch.setitem(REGISTRY, "saliency", OneShort())
+    cfg = load_config()
+    # The three items fill one batch at once.
+    spec = dataclasses.replace(cfg.models[0], max_batch_size=3, max_delay_ms=2000.0)
+    cfg = dataclasses.replace(cfg, models=(spec,))
+    with serve_in_thread(cfg, f"127.0.0.1:{free_port()}") as server:
+        with deepvis.Client(server.bound_address, timeout=30) as client:
+            with caplog.at_level("ERROR", logger="deepvis_server.batcher"):
+                results = client.explain_batch(
+                    xs(3), model="digits", method="saliency", return_errors=True
+                )
+            assert all(isinstance(r, deepvis.Internal) for r in results), results
+            assert all("internal error while running the method" in str(r) for r in results)
+            logged = [r.getMessage() for r in caplog.records if r.name == "deepvis_server.batcher"]
+            assert any(
+                "method saliency returned 2 arrays for a batch of 3 items" in m for m in logged
+            ), logged
+            # The server still serves, the same model and input included.
+            good = client.explain(xs(1)[0], model="digits", method="guided_backprop")
+            assert good.array is not None and good.array.shape == (1, 32, 32)
+
+
 def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones(tmp_path) -> None:
     address = f"127.0.0.1:{free_port()}"
     proc = start_process(write_toy_config(tmp_path, "SlowNet"), address)

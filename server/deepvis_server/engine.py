@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .batcher import Batcher, ItemResult, WorkItem
+from .batch_step import ItemResult
+from .batcher import Batcher, BatchMetrics, WorkItem
 from .config import ConfigError, ServerConfig
 from .errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from .featurevis.objectives import explain_target
@@ -87,8 +88,14 @@ class VisualizeAnswer:
 class Engine:
     """Owns every model and runs requests through validation, batching and rendering."""
 
-    def __init__(self, config: ServerConfig, methods: dict[str, Method] | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        methods: dict[str, Method] | None = None,
+        metrics: BatchMetrics | None = None,
+    ) -> None:
         self.config = config
+        self.metrics = metrics  # where the batchers report each batch they ran
         self.methods = dict(REGISTRY if methods is None else methods)
         self.device = select_device(config.device)
         # One thread owns the device: torch work for every model is serialised through it.
@@ -151,6 +158,7 @@ class Engine:
                 max_batch_size=spec.max_batch_size,
                 max_delay_s=spec.max_delay_ms / 1000.0,
                 max_queue_size=self.config.limits.max_queue_size,
+                metrics=self.metrics,
             )
             batcher.on_fatal = self._device_failed
             batcher.start()

@@ -49,7 +49,7 @@ class DeepvisServer:
         self.observability = Observability(config)
         # Request ids and metrics first, so calls that auth refuses are counted and traceable.
         self.interceptors = [self.observability.interceptor, *auth, *interceptors]
-        self.engine = Engine(config)
+        self.engine = Engine(config, metrics=self.observability)
         self.observability.bind(self.engine)
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
