@@ -201,6 +201,45 @@ def test_visualize_errors_name_the_objective_fields(
         assert replies[-1].result.steps == 2
 
 
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"steps": -3}, "steps"),
+        ({"learning_rate": -0.5}, "learning_rate"),
+        ({"learning_rate": float("nan")}, "learning_rate"),
+        ({"batch": -2}, "batch"),
+        ({"diversity": float("inf")}, "diversity"),
+        ({"progress_every": -1}, "progress_every"),
+        ({"height": -4, "width": -4}, "height"),
+    ],
+)
+def test_visualize_value_errors_name_the_request_fields(digits_server, fields, field) -> None:
+    """Each value is refused by the request's own field name, and before the model is looked
+    up (the model named here is not served)."""
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        stub = pb_grpc.ExplainerStub(ch)
+        objective = pb.Objective(class_index=3)
+        err = visualize_error(stub, model="nope", objective=objective, **fields)
+        assert bad_request(err).field == field
+        assert err.details().startswith(field), err.details()
+
+
+def test_a_render_batch_names_the_request_fields_too(digits_server) -> None:
+    from deepvis_server.errors import InvalidArgument
+    from deepvis_server.featurevis import ClassLogit, RenderBatch, RenderJob
+
+    batch = RenderBatch(digits_server.engine.models["digits"])
+    for job, field in [
+        (RenderJob(ClassLogit(1), param="cppn"), "parameterization"),
+        (RenderJob(ClassLogit(1), lr=0.0), "learning_rate"),
+        (RenderJob(ClassLogit(1), size=(48, 48)), "height"),  # the batch renders 32x32
+    ]:
+        with pytest.raises(InvalidArgument) as info:
+            batch.add(job)
+        assert info.value.field == field and info.value.message.startswith(field)
+    assert len(batch) == 0
+
+
 def test_explain_errors_name_the_target_fields_and_batch_items_their_own(digits_server) -> None:
     png = digit_png(2)
     bad_targets = [

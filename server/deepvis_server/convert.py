@@ -12,7 +12,7 @@ from deepvis.v1 import deepvis_pb2 as pb
 from . import featurevis as fv
 from .engine import DEFAULT_TOP_K, ExplainAnswer, ExplainQuery, VisualizeAnswer, VisualizeQuery
 from .errors import InvalidArgument
-from .featurevis.optimization import RenderJob
+from .featurevis.optimization import LUCID_LEARNING_RATE, LUCID_STEPS, RenderJob
 from .featurevis.scheduler import Progress
 from .methods import ClassTarget, MethodRequest, NeuronTarget, Target
 from .methods.base import MAX_LAYERS_PER_REQUEST
@@ -258,30 +258,21 @@ def _objective(msg: pb.Objective) -> fv.Objective:
 
 
 def parse_visualize(msg: pb.VisualizeRequest) -> VisualizeQuery:
-    """Reads a VisualizeRequest into a RenderJob; the model checks come later."""
-    for name in ("steps", "height", "width", "batch", "progress_every"):
-        if getattr(msg, name) < 0:
-            raise InvalidArgument(f"{name} must be >= 0 (0 means the default)", field=name)
-    if not (msg.learning_rate >= 0 and np.isfinite(msg.learning_rate)):
-        raise InvalidArgument(
-            f"learning_rate must be a finite number >= 0, got {msg.learning_rate}",
-            field="learning_rate",
-        )
-    if not (msg.diversity >= 0 and np.isfinite(msg.diversity)):
-        raise InvalidArgument(
-            f"diversity must be a finite number >= 0, got {msg.diversity}", field="diversity"
-        )
+    """Reads a VisualizeRequest into a RenderJob, refusing what is wrong whatever the model
+    (the wire's own rules here, the job's values in RenderJob.check); the model and the
+    server's limits are checked as the job is submitted."""
     if (msg.height == 0) != (msg.width == 0):
         raise InvalidArgument("set both height and width, or neither", field="height")
     if msg.parameterization not in pb.Parameterization.values():
         raise InvalidArgument("parameterization must be FFT or PIXEL", field="parameterization")
     if msg.array_dtype not in (pb.DTYPE_UNSPECIFIED, pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT16):
         raise InvalidArgument("array_dtype must be FLOAT32 or FLOAT16", field="array_dtype")
+    # proto3 has no "unset": 0 asks for the default.
     job = RenderJob(
         objective=_objective(msg.objective),
         size=(int(msg.height), int(msg.width)) if msg.height else None,
-        steps=msg.steps or 512,
-        lr=float(msg.learning_rate) or 0.05,
+        steps=msg.steps or LUCID_STEPS,
+        lr=float(msg.learning_rate) or LUCID_LEARNING_RATE,
         seed=int(msg.seed),
         batch=msg.batch or 1,
         diversity=float(msg.diversity),
@@ -289,6 +280,7 @@ def parse_visualize(msg: pb.VisualizeRequest) -> VisualizeQuery:
         transforms=not msg.no_transforms,
         progress_every=msg.progress_every,
     )
+    job.check()
     return VisualizeQuery(
         model=msg.model,
         job=job,

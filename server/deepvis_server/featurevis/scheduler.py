@@ -17,7 +17,7 @@ import torch
 
 from ..batcher import cancel_and_wait
 from ..config import RenderLimits
-from ..errors import DeepvisError, InvalidArgument, ResourceExhausted, Unavailable
+from ..errors import DeepvisError, ResourceExhausted, Unavailable
 from ..models import ServedModel
 from ..pictures import images_to_pngs, strip_png
 from .optimization import RenderBatch, RenderEvent, RenderJob
@@ -186,7 +186,9 @@ class Visualizer:
             state.fail(Unavailable("server is shutting down"))
 
     def check(self, job: RenderJob) -> tuple[int, int]:
-        """Refuses a job outside the limits or the model; returns its image size."""
+        """Refuses a job beyond the limits or outside the model; returns its image size. Its
+        own values were checked as it was read (`RenderJob.check`); nothing here touches the
+        device, as this runs on the event loop."""
         lim = self.limits
         size = tuple(job.size) if job.size is not None else self.model.spec.input_size
         if job.steps > lim.max_steps:
@@ -201,10 +203,8 @@ class Visualizer:
                 f"batch is {job.batch}; at most {lim.max_images_per_job} images a job",
                 field="batch",
             )
-        # The batch's own checks (objective against the model's layers, steps, lr, ...).
-        hw = (int(size[0]), int(size[1]))
-        RenderBatch(self.model, hw).validate(job)
-        return hw
+        job.objective.validate(self.model)
+        return (int(size[0]), int(size[1]))
 
     def submit(self, job: RenderJob) -> JobState:
         """Admits a job; it joins the optimization at the next step."""
@@ -289,8 +289,10 @@ class Visualizer:
             if batch is not None and state.handle is not None:
                 batch.remove(state.handle)
         for state in joining:
-            batch = self._batches.setdefault(state.size, RenderBatch(self.model, state.size))
-            state.handle = batch.add(state.job)
+            batch = self._batches.get(state.size)
+            if batch is None:
+                batch = self._batches[state.size] = RenderBatch(self.model, state.size)
+            state.handle = batch.join(state.job)  # checked when it was submitted
         out: list[tuple[tuple[int, int], list[RenderEvent] | BaseException, int]] = []
         for size, batch in list(self._batches.items()):
             if not batch.handles:
@@ -337,11 +339,3 @@ class Visualizer:
                     state.done = True
                     self._active.pop((size, ev.handle))
                     self._rows -= state.job.batch
-
-
-def check_job_fields(steps: int, lr: float, batch: int) -> None:
-    """Range checks that need no model."""
-    if steps < 0 or batch < 0:
-        raise InvalidArgument("steps and batch must be >= 0 (0 means the default)", field="steps")
-    if not lr >= 0:
-        raise InvalidArgument(f"learning_rate must be >= 0, got {lr}", field="learning_rate")

@@ -11,7 +11,7 @@ import torch
 from ..errors import InvalidArgument
 from ..models import ServedModel
 from ..pictures import grid_picture, heatmap_picture, input_pixels, to_png
-from .base import BatchOutput, Method, MethodRequest, Output
+from .base import MAX_LAYERS_PER_REQUEST, BatchOutput, Method, MethodRequest, Output
 from .hooks import forward_capturing
 from .targets import ClassTarget, layout_problem
 
@@ -51,7 +51,7 @@ class Activations(Method):
 
     name: ClassVar[str] = "activations"
     uses_layers: ClassVar[bool] = True
-    max_layers: ClassVar[int] = 16
+    max_layers: ClassVar[int] = MAX_LAYERS_PER_REQUEST
 
     def prepare(self, model: ServedModel, request: MethodRequest) -> MethodRequest:
         request = super().prepare(model, request)
