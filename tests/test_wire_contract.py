@@ -337,3 +337,46 @@ def test_small_pictures_are_enlarged_as_documented(digits_server) -> None:
     assert [png_size(p) for p in result.images_png] == [(128, 128)]
     strips = [m.progress.image_png for m in vis if m.HasField("progress") and m.progress.image_png]
     assert strips and all(png_size(s)[1] == 128 for s in strips)
+
+
+# -- activations: each layer's maps sent once ------------------------------------------------
+
+
+def test_activations_send_the_first_layer_once_and_name_it(digits_server) -> None:
+    png = digit_png(5)
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        stub = pb_grpc.ExplainerStub(ch)
+
+        def activations(*layers: str, top_k: int = 0) -> pb.ExplainResponse:
+            request = pb.ExplainRequest(
+                model="digits",
+                method=pb.METHOD_ACTIVATIONS,
+                input=pb.Input(image=png),
+                layers=list(layers),
+                top_k_channels=top_k,
+            )
+            return stub.Explain(request, timeout=30)
+
+        two = activations("conv2", "conv3", top_k=4)
+        default = activations()  # the model's default layer
+        cam = stub.Explain(
+            pb.ExplainRequest(model="digits", method=pb.METHOD_GRAD_CAM, input=pb.Input(image=png)),
+            timeout=30,
+        )
+        plain = stub.Explain(
+            pb.ExplainRequest(
+                model="digits", method=pb.METHOD_GUIDED_BACKPROP, input=pb.Input(image=png)
+            ),
+            timeout=30,
+        )
+    assert two.layer == "conv2" and list(two.array.shape) == [4, 16, 16]
+    assert [a.name for a in two.arrays] == ["conv2.channels", "conv3.channels", "conv3"]
+    assert default.layer == "conv3" and [a.name for a in default.arrays] == []
+    assert list(default.array.shape) == [64, 8, 8]
+    assert cam.layer == "conv3" and plain.layer == ""
+    # The client sees the first layer under its name too: the same array, not a copy.
+    from deepvis import _convert
+
+    exp = _convert.explanation_from_pb(two)
+    assert exp.arrays["conv2"] is exp.array
+    assert list(exp.arrays) == ["conv2.channels", "conv2", "conv3.channels", "conv3"]

@@ -135,7 +135,7 @@ class BatchStep:
             # of server CPU per request in bench/overhead.py: the batch-wide cast wakes the
             # device thread's OpenMP team), so there the answers are cast one by one.
             on_gpu = model.device.type == "cuda"
-            wire = torch.float16 if on_gpu and half else torch.float32
+            wire = torch.float16 if on_gpu and half and method.half_on_device else torch.float32
             arrays = out.arrays.detach().to(wire).cpu().numpy()
             extras = {name: t.detach().float().cpu().numpy() for name, t in out.extras.items()}
             top_p_np, top_i_np = top_p.cpu().numpy(), top_i.cpu().numpy()

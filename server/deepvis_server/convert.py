@@ -190,6 +190,7 @@ def explain_response(answer: ExplainAnswer) -> pb.ExplainResponse:
         warnings=list(answer.warnings),
         images=[pb.NamedImage(name=k, png=v) for k, v in output.pngs.items()],
         input_region=region_to_pb(answer.region),
+        layer=answer.request.layers[0] if answer.request.layers else "",
     )
     if not query.omit_array:
         fill_tensor(resp.array, output.array, query.array_dtype)

@@ -80,6 +80,9 @@ class Method(ABC):
     # Layer methods work on `MethodRequest.layers` (default: the model's Grad-CAM layer).
     uses_layers: ClassVar[bool] = False
     max_layers: ClassVar[int] = 1
+    # The main array may leave the device as float16 when every item of the batch wants
+    # float16 and no picture; False for a method whose `finish` computes on it.
+    half_on_device: ClassVar[bool] = True
 
     def prepare(self, model: ServedModel, request: MethodRequest) -> MethodRequest:
         """Checks `request` against `model` and fills in defaults.
