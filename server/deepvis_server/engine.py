@@ -18,7 +18,7 @@ from .errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from .featurevis.objectives import explain_target
 from .featurevis.optimization import RenderJob
 from .featurevis.scheduler import Progress, Rendered, Visualizer
-from .methods import REGISTRY, Method, MethodRequest, Output, Target
+from .methods import REGISTRY, ItemShare, Method, MethodRequest, Output, Target
 from .models import ServedModel, load_model, select_device
 from .preprocess import RawInput, Region, input_to_tensor, model_region, wire_pixels
 
@@ -260,7 +260,7 @@ class Engine:
             result = await future
         finally:
             timer.cancel()
-        finish = (model, result.array, result.extras, request, x, query.render)
+        finish = (model, ItemShare(result.array, result.extras, request, x), query.render)
         if query.render:  # pictures: PNG encoding belongs off the loop
             output = await loop.run_in_executor(self.cpu_executor, method.finish, *finish)
         else:  # arrays only: slicing, cheaper than the hop to a thread and back

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .activations import Activations
-from .base import BatchOutput, Method, MethodRequest, Output
+from .base import BatchOutput, ItemShare, Method, MethodRequest, Output
 from .grad_cam import GradCam, GuidedGradCam
 from .gradients import IntegratedGradients, Saliency
 from .guided_backprop import Deconvolution, GuidedBackprop
@@ -34,6 +34,7 @@ __all__ = [
     "GuidedBackprop",
     "GuidedGradCam",
     "IntegratedGradients",
+    "ItemShare",
     "Method",
     "MethodRequest",
     "NeuronTarget",

@@ -11,7 +11,7 @@ import torch
 from ..errors import InvalidArgument
 from ..models import ServedModel
 from ..pictures import grid_picture, heatmap_picture, input_pixels, to_png
-from .base import MAX_LAYERS_PER_REQUEST, BatchOutput, Method, MethodRequest, Output
+from .base import MAX_LAYERS_PER_REQUEST, BatchOutput, ItemShare, Method, MethodRequest, Output
 from .hooks import forward_capturing
 from .targets import ClassTarget, layout_problem
 
@@ -83,19 +83,12 @@ class Activations(Method):
             extras={f"layer:{n}": acts[n] for n in layers[1:]},
         )
 
-    def finish(
-        self,
-        model: ServedModel,
-        array: np.ndarray,
-        extras: dict[str, np.ndarray],
-        request: MethodRequest,
-        x: torch.Tensor,
-        render: bool,
-    ) -> Output:
+    def finish(self, model: ServedModel, share: ItemShare, render: bool) -> Output:
         # The first layer's maps are the main array only; each further layer is arrays[name].
+        array, extras, request = share.array, share.extras, share.request
         arrays: dict[str, np.ndarray] = {}
         pngs: dict[str, bytes] = {}
-        bg = input_pixels(x.numpy(), model.spec.mean, model.spec.std) if render else None
+        bg = input_pixels(share.x.numpy(), model.spec.mean, model.spec.std) if render else None
         main: np.ndarray | None = None
         for name in request.layers:
             layer = array if main is None else extras[f"layer:{name}"]

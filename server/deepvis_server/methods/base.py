@@ -41,6 +41,16 @@ class BatchOutput:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # more [N, ...] results
 
 
+@dataclass(frozen=True)
+class ItemShare:
+    """One item's share of its batch's result, on the CPU, with what the item asked for."""
+
+    array: np.ndarray  # the raw result
+    extras: dict[str, np.ndarray]  # further results, by name
+    request: MethodRequest  # as `prepare` left it
+    x: torch.Tensor  # the model input [C, H, W] (for pictures over the input)
+
+
 @dataclass
 class Output:
     """One item's finished result: arrays to send and, when asked, encoded pictures."""
@@ -143,32 +153,21 @@ class Method(ABC):
             the logits, one raw result per item, the targets explained and any extras.
         """
 
-    def finish(
-        self,
-        model: ServedModel,
-        array: np.ndarray,
-        extras: dict[str, np.ndarray],
-        request: MethodRequest,
-        x: torch.Tensor,
-        render: bool,
-    ) -> Output:
+    def finish(self, model: ServedModel, share: ItemShare, render: bool) -> Output:
         """One item's output from its share of the batch (CPU thread).
 
         Args:
             model: the served model.
-            array: the item's raw result.
-            extras: the item's further results, by name.
-            request: the item's prepared request.
-            x: the item's model input [C, H, W] (for pictures over the input).
+            share: the item's raw results, prepared request and model input.
             render: whether pictures are wanted.
 
         Returns:
             the arrays to send and, when `render`, the encoded pictures.
         """
         return Output(
-            array=array,
-            arrays=dict(extras),
-            png=to_png(self.picture(array, model)) if render else None,
+            array=share.array,
+            arrays=dict(share.extras),
+            png=to_png(self.picture(share.array, model)) if render else None,
         )
 
     def picture(self, array: np.ndarray, model: ServedModel) -> Image.Image:
