@@ -1,4 +1,4 @@
-"""The only server module that reads or builds protobuf messages: wire <-> plain dataclasses."""
+"""deepvis.v1 requests to the engine's plain dataclasses, and its answers back to messages."""
 
 from __future__ import annotations
 
@@ -46,10 +46,6 @@ _VALID_METHODS = ", ".join(_METHODS.values()) + " (the Method enum's values METH
 
 def method_value(name: str) -> Any:  # the enum type exists only in the .pyi
     return _METHOD_VALUES[name]
-
-
-def schema_methods() -> list[str]:
-    return list(_METHODS.values())
 
 
 def _raw_input(msg: pb.Input) -> RawInput:

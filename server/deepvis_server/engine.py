@@ -1,4 +1,4 @@
-"""The engine: served models, their batchers, and the threads that own the device and the CPU work."""
+"""The engine: served models, their batchers and render schedulers, the device and CPU threads."""
 
 from __future__ import annotations
 

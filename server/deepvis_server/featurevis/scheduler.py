@@ -1,5 +1,4 @@
-"""Continuous batching of feature-visualization jobs: one optimization batch per model and size,
-stepped on the device thread; jobs join at the next step and leave when done or cancelled."""
+"""The Visualize scheduler: continuous batching of feature-visualization jobs, and their streams."""
 
 from __future__ import annotations
 
