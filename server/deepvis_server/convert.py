@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import numpy as np
 import torch
 
@@ -85,6 +86,20 @@ def _target(msg: pb.ExplainRequest) -> Target | None:
             x=int(n.x) if n.HasField("x") else None,
         )
     return None  # an empty Target message: the predicted class
+
+
+# Items one ExplainBatch call may carry: each holds an input and a queue slot until answered.
+MAX_BATCH_ITEMS = 256
+
+
+def parse_explain_batch(msg: pb.ExplainBatchRequest) -> list[pb.ExplainRequest]:
+    """The items of an ExplainBatchRequest, each to be read (and refused) on its own."""
+    n = len(msg.requests)
+    if not 1 <= n <= MAX_BATCH_ITEMS:
+        raise InvalidArgument(
+            f"requests has {n} items; send 1 to {MAX_BATCH_ITEMS} per call", field="requests"
+        )
+    return list(msg.requests)
 
 
 def parse_explain(msg: pb.ExplainRequest, deadline: float) -> ExplainQuery:
@@ -197,6 +212,41 @@ def explain_response(answer: ExplainAnswer) -> pb.ExplainResponse:
     return resp
 
 
+def batch_item(response: pb.ExplainResponse) -> pb.ExplainBatchItem:
+    return pb.ExplainBatchItem(response=response)
+
+
+def item_error(code: grpc.StatusCode, message: str, field: str | None) -> pb.ExplainBatchItem:
+    """An ExplainBatch item that failed alone, with its status and the field at fault."""
+    return pb.ExplainBatchItem(
+        error=pb.ItemError(code=code.value[0], message=message, field=field or "")
+    )
+
+
+def explain_batch_response(
+    items: list[pb.ExplainBatchItem], max_message_bytes: int
+) -> pb.ExplainBatchResponse:
+    """The answer to an ExplainBatch call. Answers that would push it past max_message_bytes
+    become per-item RESOURCE_EXHAUSTED errors, so the items that fit still arrive (instead of
+    gRPC failing the whole call after all the work)."""
+    limit = max_message_bytes - 1024  # the envelope's few bytes
+    total, out = 0, []
+    for i, item in enumerate(items):
+        size = item.ByteSize() + 8  # the item's tag and length prefix
+        if item.HasField("response") and total + size > limit:
+            item = item_error(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"item {i} does not fit in this answer: the server's max_message_bytes is "
+                f"{max_message_bytes} and the items before it took {total} bytes; send fewer "
+                "items per call, float16 arrays or no pictures",
+                None,
+            )
+            size = item.ByteSize() + 8
+        total += size
+        out.append(item)
+    return pb.ExplainBatchResponse(items=out)
+
+
 def model_info(model: ServedModel, methods: list[str]) -> pb.ModelInfo:
     s = model.spec
     return pb.ModelInfo(
@@ -212,6 +262,10 @@ def model_info(model: ServedModel, methods: list[str]) -> pb.ModelInfo:
         methods=[method_value(m) for m in methods],
         resize=s.resize,
     )
+
+
+def list_models(models: list[ServedModel], methods: list[str]) -> pb.ListModelsResponse:
+    return pb.ListModelsResponse(models=[model_info(m, methods) for m in models])
 
 
 def describe_model(model: ServedModel, methods: list[str]) -> pb.DescribeModelResponse:
