@@ -40,7 +40,7 @@ def main() -> int:
     import torchvision
 
     sys.path.insert(0, str(HERE.parent / "server"))
-    from deepvis_server.methods.guided_backprop import relu_rule
+    from deepvis_server.methods.relu_rules import relu_rule
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

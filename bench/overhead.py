@@ -197,17 +197,9 @@ def in_process(cfg: Path, callers: int, requests: int) -> dict:
 
         async def caller(n: int) -> None:
             for _ in range(n):
-                p = convert.parse_explain(pb.ExplainRequest.FromString(data))
-                model, res, out, region = await engine.explain(
-                    p.model,
-                    p.method,
-                    p.input,
-                    p.request,
-                    top_k=p.top_k,
-                    render=False,
-                    deadline=loop.time() + 600,
-                )
-                convert.explain_response(p, model, res, out, region).SerializeToString()
+                query = convert.parse_explain(pb.ExplainRequest.FromString(data), loop.time() + 600)
+                answer = await engine.explain(query)
+                convert.explain_response(answer).SerializeToString()
 
         await asyncio.gather(*(caller(4) for _ in range(callers)))
         c0, t0 = cpu_seconds(os.getpid()), time.time()

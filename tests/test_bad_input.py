@@ -185,7 +185,10 @@ def test_bad_inputs_are_refused_with_the_field_named(digits_server, inp, fragmen
 def test_message_size_limits_on_both_ends(tmp_path) -> None:
     import dataclasses
 
-    config = dataclasses.replace(load_config(), max_message_bytes=1_000_000)
+    config = load_config()
+    config = dataclasses.replace(
+        config, limits=dataclasses.replace(config.limits, max_message_bytes=1_000_000)
+    )
     big = np.zeros((1500, 1500), np.uint8)  # 2.25 MB of pixels
     with serve_in_thread(config, f"127.0.0.1:{free_port()}") as server:
         with deepvis.Client(server.bound_address, timeout=30) as client:

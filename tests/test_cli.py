@@ -95,3 +95,43 @@ def test_the_commands_import_no_grpc_before_they_set_its_log_level() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stdout) == (0, "ok\n"), proc.stderr
+
+
+def test_explain_activations_writes_each_layer_once(
+    digits_server, digits_twin, sample_paths, tmp_path
+) -> None:
+    """The first layer's maps are the result array: written once, as <stem>.activations.npy,
+    beside the other layers' and the channel indices, and no two files hold the same bytes."""
+    from captum.attr import LayerActivation
+
+    out = tmp_path / "o"
+    proc = deepvis(
+        "explain",
+        str(sample_paths[2]),
+        "--server",
+        digits_server.bound_address,
+        "--method",
+        "activations",
+        "--layer",
+        "conv2",
+        "--layer",
+        "conv3",
+        "--top-k-channels",
+        "5",
+        "--out",
+        str(out),
+        "--save-array",
+    )
+    assert proc.returncode == 0, proc.stderr
+    stem = f"{sample_paths[2].stem}.activations"
+    written = sorted(p.name for p in out.glob("*.npy"))
+    assert written == sorted(
+        f"{stem}{part}.npy" for part in ("", ".conv2.channels", ".conv3", ".conv3.channels")
+    )
+    contents = [p.read_bytes() for p in out.glob("*.npy")]
+    assert len(set(contents)) == len(contents)
+    inp = torch.from_numpy(preprocess_digit(sample_paths[2]))[None]
+    for layer, name in (("conv2", stem), ("conv3", f"{stem}.conv3")):
+        ref = LayerActivation(digits_twin, getattr(digits_twin, layer)).attribute(inp)[0]
+        idx = np.load(out / f"{stem}.{layer}.channels.npy")
+        assert relative_error(np.load(out / f"{name}.npy"), ref.detach().numpy()[idx]) <= 1e-5

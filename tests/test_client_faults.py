@@ -183,8 +183,8 @@ def test_a_stream_that_falls_behind_is_sent_the_latest_progress_then_the_result(
     import asyncio
 
     from deepvis_server.featurevis.objectives import ClassLogit
-    from deepvis_server.featurevis.render import RenderEvent, RenderJob, RenderResult
-    from deepvis_server.visualizer import JobState
+    from deepvis_server.featurevis.optimization import RenderEvent, RenderJob, RenderResult
+    from deepvis_server.featurevis.scheduler import JobState
 
     async def run() -> list[int]:
         state = JobState(

@@ -171,8 +171,10 @@ def test_dockerfile_cmd_starts_with_the_example_config() -> None:
 
     args = parse_args(_server_argv()[1:])
     config = apply_overrides(load_config(DEPLOY_CONFIG), args)
-    assert config.allow_insecure_remote
-    check_listen_address(args.address, tls=config.tls_cert is not None, allow_insecure_remote=True)
+    assert config.access.allow_insecure_remote
+    check_listen_address(
+        args.address, tls=config.access.tls_cert is not None, allow_insecure_remote=True
+    )
 
 
 def test_dockerignore_keeps_the_context_small_but_complete() -> None:
@@ -270,7 +272,7 @@ def test_compose_server_scales(compose: dict[str, Any]) -> None:
     assert all(_published(p)[1] != "50051" for p in server.get("ports", [])), (
         "gRPC stays inside the compose network"
     )
-    metrics = load_config(DEPLOY_CONFIG).metrics_port
+    metrics = load_config(DEPLOY_CONFIG).observability.metrics_port
     assert str(metrics) in {str(p) for p in server["expose"]}
 
 
@@ -304,7 +306,8 @@ def _digits_in_image_paths(config: Any) -> Any:
 
 def test_example_config_serves_the_embedded_digits_model() -> None:
     config = load_config(DEPLOY_CONFIG)
-    assert config.metrics_port == 9100 and config.metrics_address == "0.0.0.0"
+    obs = config.observability
+    assert obs.metrics_port == 9100 and obs.metrics_address == "0.0.0.0"
     digits = _digits_in_image_paths(config)
     assert digits.weights.is_file() and digits.labels.is_file()
     (embedded,) = load_config(DEFAULT_CONFIG).models

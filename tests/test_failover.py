@@ -270,12 +270,14 @@ def test_tls_token_and_cli_work_with_a_list_of_replicas(tmp_path, sample_paths) 
         "basicConstraints=CA:FALSE\n",
     )  # fmt: skip
     (tmp_path / "tokens.txt").write_text("s3cret-token\n")
-    config = replace(
-        load_config(),
+    config = load_config()
+    access = replace(
+        config.access,
         tls_cert=tmp_path / "server.pem",
         tls_key=tmp_path / "server.key",
         auth_tokens_file=tmp_path / "tokens.txt",
     )
+    config = replace(config, access=access)
     ca = (tmp_path / "ca.pem").read_bytes()
     with (
         serve_in_thread(config, f"127.0.0.1:{free_port()}") as a,

@@ -23,13 +23,13 @@ from deepvis_server.featurevis import (
     RenderResult,
 )
 from deepvis_server.featurevis.objectives import diversity_penalty, last_spatial_layer
+from deepvis_server.featurevis.optimization import adam_update, render, row_generator
 from deepvis_server.featurevis.param import (
     COLOR_CORRELATION_SVD_SQRT,
     fft_scale,
     init_params,
     params_to_image,
 )
-from deepvis_server.featurevis.render import adam_update, render, row_generator
 from deepvis_server.featurevis.transforms import (
     TransformConfig,
     affine_matrices,

@@ -328,7 +328,8 @@ def test_a_config_with_only_server_settings_serves_the_embedded_model(
         explained = ("deepvis_requests_total", (("code", "OK"), ("method", "Explain")))
         assert samples[explained] == 1
     config = parse_config({"server": {"metrics_port": 9100}}, tmp_path)
-    assert [m.name for m in config.models] == ["digits"] and config.metrics_port == 9100
+    assert [m.name for m in config.models] == ["digits"]
+    assert config.observability.metrics_port == 9100
     assert config.models == load_config().models
 
 

@@ -111,12 +111,13 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def observed() -> Iterator[Observed]:
     # The server builds its own Observability (outermost interceptor) and serves /metrics on
     # the configured port; a second one below it checks that stacked interceptors agree.
-    config = replace(load_config(), metrics_port=free_port())
+    observability = replace(load_config().observability, metrics_port=free_port())
+    config = replace(load_config(), observability=observability)
     inner = Observability(load_config(), access_log=False)
     interceptors = [inner.interceptor, _Refuser(), _LogInHandler()]
     with serve_in_thread(config, f"127.0.0.1:{free_port()}", interceptors) as server:
         obs = server.observability
-        assert obs.port == config.metrics_port  # the configured port, not a random one
+        assert obs.port == observability.metrics_port  # the configured port, not a random one
         inner.bind(server.engine)  # it had to exist before the server; the engine only now
         yield Observed(server, obs, inner, server.bound_address)
 

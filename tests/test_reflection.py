@@ -223,7 +223,8 @@ def test_unknown_names_get_not_found_and_the_stream_goes_on(digits_server, versi
 def test_reflection_is_open_on_a_server_that_needs_tokens(tmp_path) -> None:
     tokens = tmp_path / "tokens.txt"
     tokens.write_text("alpha-token-one\n")
-    config = replace(load_config(), auth_tokens_file=tokens)
+    config = load_config()
+    config = replace(config, access=replace(config.access, auth_tokens_file=tokens))
     with serve_in_thread(config, f"127.0.0.1:{free_port()}") as server:
         with grpc.insecure_channel(server.bound_address) as ch:
             with pytest.raises(grpc.RpcError) as info:

@@ -59,7 +59,8 @@ def xs(n: int, shape=(1, 32, 32)) -> list[np.ndarray]:
 
 @pytest.fixture()
 def small_queue_server():
-    cfg = dataclasses.replace(load_config(), max_queue_size=4)
+    cfg = load_config()
+    cfg = dataclasses.replace(cfg, limits=dataclasses.replace(cfg.limits, max_queue_size=4))
     spec = dataclasses.replace(cfg.models[0], max_batch_size=2, max_delay_ms=0.0)
     with serve_in_thread(
         dataclasses.replace(cfg, models=(spec,)), f"127.0.0.1:{free_port()}"
@@ -107,7 +108,9 @@ def test_a_request_whose_deadline_passes_in_the_queue_costs_no_compute(digits_se
 
 
 def test_server_caps_the_deadline(tmp_path) -> None:
-    cfg = dataclasses.replace(load_config(), default_timeout_s=0.5, max_timeout_s=1.0)
+    cfg = load_config()
+    limits = dataclasses.replace(cfg.limits, default_timeout_s=0.5, max_timeout_s=1.0)
+    cfg = dataclasses.replace(cfg, limits=limits)
     with serve_in_thread(cfg, f"127.0.0.1:{free_port()}") as server:
         batcher = server.engine.batchers["digits"]
         with grpc.insecure_channel(server.bound_address) as ch:
@@ -205,6 +208,41 @@ def start_process(config: str, address: str) -> subprocess.Popen[str]:
         if "serving" in line and address in line:
             return proc
     raise AssertionError(f"server did not start (exit {proc.wait()})")
+
+
+def test_a_method_that_returns_a_wrong_count_fails_its_batch_with_internal(
+    monkeypatch, caplog
+) -> None:
+    """A method that answers one item short is a bug the batcher catches: every item of its
+    batch fails INTERNAL (none is paired with another item's result), the log says why, and
+    the server goes on serving."""
+    from deepvis_server.methods import REGISTRY, BatchOutput, Saliency
+
+    class OneShort(Saliency):
+        def run(self, model, x, requests):
+            out = super().run(model, x, requests)
+            return BatchOutput(logits=out.logits, arrays=out.arrays[:-1], targets=out.targets)
+
+    monkeypatch.setitem(REGISTRY, "saliency", OneShort())
+    cfg = load_config()
+    # The three items fill one batch at once.
+    spec = dataclasses.replace(cfg.models[0], max_batch_size=3, max_delay_ms=2000.0)
+    cfg = dataclasses.replace(cfg, models=(spec,))
+    with serve_in_thread(cfg, f"127.0.0.1:{free_port()}") as server:
+        with deepvis.Client(server.bound_address, timeout=30) as client:
+            with caplog.at_level("ERROR", logger="deepvis_server.batcher"):
+                results = client.explain_batch(
+                    xs(3), model="digits", method="saliency", return_errors=True
+                )
+            assert all(isinstance(r, deepvis.Internal) for r in results), results
+            assert all("internal error while running the method" in str(r) for r in results)
+            logged = [r.getMessage() for r in caplog.records if r.name == "deepvis_server.batcher"]
+            assert any(
+                "method saliency returned 2 arrays for a batch of 3 items" in m for m in logged
+            ), logged
+            # The server still serves, the same model and input included.
+            good = client.explain(xs(1)[0], model="digits", method="guided_backprop")
+            assert good.array is not None and good.array.shape == (1, 32, 32)
 
 
 def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones(tmp_path) -> None:

@@ -88,37 +88,33 @@ def _serve(config: ServerConfig, host: str = "127.0.0.1") -> Iterator[DeepvisSer
         yield server
 
 
+def _access(**changes: object) -> ServerConfig:
+    """The default configuration with these access settings."""
+    config = load_config()
+    return replace(config, access=replace(config.access, **changes))
+
+
 @pytest.fixture(scope="module")
 def tls_server(pki) -> Iterator[DeepvisServer]:
-    yield from _serve(replace(load_config(), tls_cert=pki["server"], tls_key=pki["server-key"]))
+    yield from _serve(_access(tls_cert=pki["server"], tls_key=pki["server-key"]))
 
 
 @pytest.fixture(scope="module")
 def mtls_server(pki) -> Iterator[DeepvisServer]:
     yield from _serve(
-        replace(
-            load_config(),
-            tls_cert=pki["server"],
-            tls_key=pki["server-key"],
-            tls_client_ca=pki["ca"],
-        )
+        _access(tls_cert=pki["server"], tls_key=pki["server-key"], tls_client_ca=pki["ca"])
     )
 
 
 @pytest.fixture(scope="module")
 def token_server(pki) -> Iterator[DeepvisServer]:
-    yield from _serve(replace(load_config(), auth_tokens_file=pki["tokens"]))
+    yield from _serve(_access(auth_tokens_file=pki["tokens"]))
 
 
 @pytest.fixture(scope="module")
 def tls_token_server(pki) -> Iterator[DeepvisServer]:
     yield from _serve(
-        replace(
-            load_config(),
-            tls_cert=pki["server"],
-            tls_key=pki["server-key"],
-            auth_tokens_file=pki["tokens"],
-        )
+        _access(tls_cert=pki["server"], tls_key=pki["server-key"], auth_tokens_file=pki["tokens"])
     )
 
 
@@ -193,7 +189,7 @@ def test_bad_tls_material_is_a_config_error(pki, tmp_path) -> None:
         ({"tls_cert": tmp_path / "missing.pem", "tls_key": pki["server-key"]}, "missing.pem"),
     ]:
         with pytest.raises(ConfigError, match=message):
-            with serve_in_thread(replace(load_config(), **changes), "127.0.0.1:0"):
+            with serve_in_thread(_access(**changes), "127.0.0.1:0"):
                 pass
 
 
@@ -304,7 +300,7 @@ class _Recorder(grpc.aio.ServerInterceptor):
 
 def test_auth_runs_before_the_given_interceptors(pki) -> None:
     recorder = _Recorder()
-    config = replace(load_config(), auth_tokens_file=pki["tokens"])
+    config = _access(auth_tokens_file=pki["tokens"])
     with serve_in_thread(config, f"127.0.0.1:{free_port()}", [recorder]) as server:
         # Request ids and metrics first (so refused calls are counted), then auth, then the rest.
         assert server.interceptors[0] is server.observability.interceptor
@@ -361,14 +357,14 @@ def test_plaintext_on_a_reachable_address_is_refused(host) -> None:
     assert "plaintext" in message and "--allow-insecure-remote" in message
     assert "--tls-cert" in message
     # Opting in works.
-    config = replace(load_config(), allow_insecure_remote=True)
+    config = _access(allow_insecure_remote=True)
     with serve_in_thread(config, f"{host}:{free_port()}") as server:
         with deepvis.Client(f"127.0.0.1:{_port(server)}", timeout=10) as client:
             assert client.health() == "SERVING"
 
 
 def test_tls_may_listen_on_all_interfaces(pki) -> None:
-    config = replace(load_config(), tls_cert=pki["server"], tls_key=pki["server-key"])
+    config = _access(tls_cert=pki["server"], tls_key=pki["server-key"])
     with serve_in_thread(config, f"0.0.0.0:{free_port()}") as server:
         ca = pki["ca"].read_bytes()
         with deepvis.Client(f"127.0.0.1:{_port(server)}", timeout=10, root_certificates=ca) as c:
@@ -580,7 +576,7 @@ def test_cli_warns_before_sending_a_token_off_this_machine_in_plaintext(pki) -> 
     host = _this_machines_address()
     if host is None:
         pytest.skip("this machine has no non-loopback IPv4 address")
-    config = replace(load_config(), auth_tokens_file=pki["tokens"], allow_insecure_remote=True)
+    config = _access(auth_tokens_file=pki["tokens"], allow_insecure_remote=True)
     with serve_in_thread(config, f"0.0.0.0:{free_port()}") as server:
         port = _port(server)
         proc = deepvis_cli("--token", "alpha-0123456789", "models", "--server", f"{host}:{port}")

@@ -223,7 +223,7 @@ def test_render_steps_use_tf32_only_inside_and_restore_the_flags() -> None:
     import torch
 
     from deepvis_server.config import load_config, parse_config
-    from deepvis_server.visualizer import tf32_enabled
+    from deepvis_server.featurevis.scheduler import tf32_enabled
 
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False

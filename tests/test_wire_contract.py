@@ -201,6 +201,45 @@ def test_visualize_errors_name_the_objective_fields(
         assert replies[-1].result.steps == 2
 
 
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"steps": -3}, "steps"),
+        ({"learning_rate": -0.5}, "learning_rate"),
+        ({"learning_rate": float("nan")}, "learning_rate"),
+        ({"batch": -2}, "batch"),
+        ({"diversity": float("inf")}, "diversity"),
+        ({"progress_every": -1}, "progress_every"),
+        ({"height": -4, "width": -4}, "height"),
+    ],
+)
+def test_visualize_value_errors_name_the_request_fields(digits_server, fields, field) -> None:
+    """Each value is refused by the request's own field name, and before the model is looked
+    up (the model named here is not served)."""
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        stub = pb_grpc.ExplainerStub(ch)
+        objective = pb.Objective(class_index=3)
+        err = visualize_error(stub, model="nope", objective=objective, **fields)
+        assert bad_request(err).field == field
+        assert err.details().startswith(field), err.details()
+
+
+def test_a_render_batch_names_the_request_fields_too(digits_server) -> None:
+    from deepvis_server.errors import InvalidArgument
+    from deepvis_server.featurevis import ClassLogit, RenderBatch, RenderJob
+
+    batch = RenderBatch(digits_server.engine.models["digits"])
+    for job, field in [
+        (RenderJob(ClassLogit(1), param="cppn"), "parameterization"),
+        (RenderJob(ClassLogit(1), lr=0.0), "learning_rate"),
+        (RenderJob(ClassLogit(1), size=(48, 48)), "height"),  # the batch renders 32x32
+    ]:
+        with pytest.raises(InvalidArgument) as info:
+            batch.add(job)
+        assert info.value.field == field and info.value.message.startswith(field)
+    assert len(batch) == 0
+
+
 def test_explain_errors_name_the_target_fields_and_batch_items_their_own(digits_server) -> None:
     png = digit_png(2)
     bad_targets = [
@@ -298,3 +337,46 @@ def test_small_pictures_are_enlarged_as_documented(digits_server) -> None:
     assert [png_size(p) for p in result.images_png] == [(128, 128)]
     strips = [m.progress.image_png for m in vis if m.HasField("progress") and m.progress.image_png]
     assert strips and all(png_size(s)[1] == 128 for s in strips)
+
+
+# -- activations: each layer's maps sent once ------------------------------------------------
+
+
+def test_activations_send_the_first_layer_once_and_name_it(digits_server) -> None:
+    png = digit_png(5)
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        stub = pb_grpc.ExplainerStub(ch)
+
+        def activations(*layers: str, top_k: int = 0) -> pb.ExplainResponse:
+            request = pb.ExplainRequest(
+                model="digits",
+                method=pb.METHOD_ACTIVATIONS,
+                input=pb.Input(image=png),
+                layers=list(layers),
+                top_k_channels=top_k,
+            )
+            return stub.Explain(request, timeout=30)
+
+        two = activations("conv2", "conv3", top_k=4)
+        default = activations()  # the model's default layer
+        cam = stub.Explain(
+            pb.ExplainRequest(model="digits", method=pb.METHOD_GRAD_CAM, input=pb.Input(image=png)),
+            timeout=30,
+        )
+        plain = stub.Explain(
+            pb.ExplainRequest(
+                model="digits", method=pb.METHOD_GUIDED_BACKPROP, input=pb.Input(image=png)
+            ),
+            timeout=30,
+        )
+    assert two.layer == "conv2" and list(two.array.shape) == [4, 16, 16]
+    assert [a.name for a in two.arrays] == ["conv2.channels", "conv3.channels", "conv3"]
+    assert default.layer == "conv3" and [a.name for a in default.arrays] == []
+    assert list(default.array.shape) == [64, 8, 8]
+    assert cam.layer == "conv3" and plain.layer == ""
+    # The client sees the first layer under its name too: the same array, not a copy.
+    from deepvis import _convert
+
+    exp = _convert.explanation_from_pb(two)
+    assert exp.arrays["conv2"] is exp.array
+    assert list(exp.arrays) == ["conv2.channels", "conv2", "conv3.channels", "conv3"]

@@ -438,6 +438,8 @@ def _explain_one(
             np.save(npy, result.array)
             written.append(npy)
         for name, arr in result.arrays.items():
+            if arr is result.array:  # activations' first layer: written above already
+                continue
             path = _extra_path(png, name, ".npy")
             np.save(path, arr)
             written.append(path)

@@ -539,10 +539,20 @@ def explanation_from_pb(resp: deepvis_pb2.ExplainResponse) -> Explanation:
             result array must be float, named arrays float or int64), or two share a name.
         OSError: A rendered picture cannot be decoded.
     """
+    array = _array_from_pb(resp.array)
+    arrays = _by_name(resp.arrays, "arrays", _named_array)
+    layer = resp.layer
+    if resp.method == deepvis_pb2.METHOD_ACTIVATIONS and array is not None and layer:
+        if layer not in arrays:
+            # The first layer's maps travel once, as `array`; arrays[<layer>] is the same
+            # array, after its "<layer>.channels" as the other layers' are.
+            channels = f"{layer}.channels"
+            first = {channels: arrays[channels]} if channels in arrays else {}
+            arrays = {**first, layer: array, **arrays}
     return Explanation(
         model=resp.model,
         method=method_from_pb(resp.method),
-        array=_array_from_pb(resp.array),
+        array=array,
         image=_png_from_bytes(resp.image_png),
         predictions=[
             Prediction(index=int(p.index), label=p.label, score=float(p.score))
@@ -553,7 +563,7 @@ def explanation_from_pb(resp: deepvis_pb2.ExplainResponse) -> Explanation:
         queue_ms=float(resp.timing.queue_ms),
         compute_ms=float(resp.timing.compute_ms),
         warnings=list(resp.warnings),
-        arrays=_by_name(resp.arrays, "arrays", _named_array),
+        arrays=arrays,
         images=_by_name(resp.images, "pictures", _named_image),
         input_region=_region_from_pb(resp, "input_region"),
     )

@@ -110,14 +110,18 @@ def _override(flag: str | None, current: Path | None) -> Path | None:
 
 def apply_overrides(config: ServerConfig, args: argparse.Namespace) -> ServerConfig:
     """The configuration with the command line's overrides applied."""
+    access = config.access
     return replace(
         config,
         device=args.device or config.device,
-        tls_cert=_override(args.tls_cert, config.tls_cert),
-        tls_key=_override(args.tls_key, config.tls_key),
-        tls_client_ca=_override(args.tls_client_ca, config.tls_client_ca),
-        auth_tokens_file=_override(args.auth_tokens_file, config.auth_tokens_file),
-        allow_insecure_remote=config.allow_insecure_remote or args.allow_insecure_remote,
+        access=replace(
+            access,
+            tls_cert=_override(args.tls_cert, access.tls_cert),
+            tls_key=_override(args.tls_key, access.tls_key),
+            tls_client_ca=_override(args.tls_client_ca, access.tls_client_ca),
+            auth_tokens_file=_override(args.auth_tokens_file, access.auth_tokens_file),
+            allow_insecure_remote=access.allow_insecure_remote or args.allow_insecure_remote,
+        ),
         workers=config.workers if args.workers is None else args.workers,
     )
 
@@ -167,9 +171,11 @@ def main(argv: list[str] | None = None) -> int:
             return Supervisor(command, config.workers, sys.stdout).run()
         if args.worker_index is not None:
             die_with_supervisor()
-            if config.metrics_port:  # each worker its own: worker i on metrics_port + i
-                config = replace(config, metrics_port=config.metrics_port + args.worker_index)
-        configure_logging(config.log_format, args.log_level)
+            obs = config.observability
+            if obs.metrics_port:  # each worker its own: worker i on metrics_port + i
+                port = obs.metrics_port + args.worker_index
+                config = replace(config, observability=replace(obs, metrics_port=port))
+        configure_logging(config.observability.log_format, args.log_level)
         # The device thread takes the GIL back after every op: a short switch interval keeps
         # a busy event loop from holding it for 5 ms each time (bench/gil_convoy.py).
         sys.setswitchinterval(config.gil_switch_interval_ms / 1000.0)

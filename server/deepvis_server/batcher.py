@@ -6,33 +6,25 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Protocol
 
-import numpy as np
 import torch
 
+from .batch_step import (
+    BatchStep,
+    DeviceOutOfMemory,
+    FatalDeviceError,
+    ItemResult,
+    WrongResultCount,
+)
 from .errors import DeadlineExceeded, DeepvisError, ResourceExhausted, Unavailable
-from .methods import Method, MethodRequest, Target
+from .methods import Method, MethodRequest
 from .models import ServedModel
-from .preprocess import batch_to_model_input
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ItemResult:
-    """One request's share of a batch's output, on the CPU."""
-
-    array: np.ndarray
-    extras: dict[str, np.ndarray]
-    target: Target
-    predictions: list[tuple[int, float]]  # (class index, probability), best first
-    warnings: tuple[str, ...]
-    queue_ms: float
-    compute_ms: float
-    batch_size: int
 
 
 @dataclass(eq=False)
@@ -54,6 +46,16 @@ class WorkItem:
         self.key = (self.method.batch_key(self.request), tuple(self.x.shape), self.x.dtype)
 
 
+class BatchMetrics(Protocol):
+    """Where a batcher reports each batch it ran (Observability, on a server)."""
+
+    def record_batch(
+        self, model: str, queue_seconds: Sequence[float], compute_seconds: float
+    ) -> None:
+        """A batch of `len(queue_seconds)` items of `model` ran: how long each item waited
+        from its arrival to the batch's start, and how long the batch computed."""
+
+
 class Batcher:
     """Groups compatible items of one model (same method, graph-changing parameters and shape;
     targets may differ) until `max_batch_size` or until the oldest has waited `max_delay_s`,
@@ -67,6 +69,7 @@ class Batcher:
         max_batch_size: int,
         max_delay_s: float,
         max_queue_size: int = 1024,
+        metrics: BatchMetrics | None = None,
     ) -> None:
         self.model = model
         self.max_batch_size = max_batch_size
@@ -81,7 +84,8 @@ class Batcher:
         # Items that reached the device: a request dropped before compute never counts here.
         self.computed_items = 0
         self.closed = False
-        self._norm: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.metrics = metrics
+        self._step = BatchStep(model)
 
     @property
     def queue_depth(self) -> int:
@@ -162,6 +166,33 @@ class Batcher:
         self._pending = keep
         return batch
 
+    def _compute(
+        self, batch: list[WorkItem]
+    ) -> tuple[list[tuple[WorkItem, ItemResult]], list[WorkItem]]:
+        """Runs on the device thread: one method call for the live items of the batch.
+
+        Items whose client went away or whose deadline passed while the device thread was
+        busy elsewhere are dropped here, before any device work.
+        """
+        now = time.monotonic()  # the event loop's clock: deadlines are loop.time() values
+        live = [
+            it
+            for it in batch
+            if not it.future.done() and (it.deadline is None or now < it.deadline)
+        ]
+        dead = [it for it in batch if it not in live and not it.future.done()]
+        if not live:
+            return [], dead
+        results = self._step(
+            live[0].method,
+            [it.x for it in live],
+            [it.request for it in live],
+            [it.top_k for it in live],
+            half=all(it.half for it in live),
+        )
+        self.computed_items += len(live)
+        return list(zip(live, results, strict=True)), dead
+
     async def _run(self, batch: list[WorkItem]) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -172,6 +203,11 @@ class Batcher:
                 _fail(it, Unavailable("the device failed; this server is going down"))
             if self.on_fatal is not None:
                 self.on_fatal(e)
+            return
+        except WrongResultCount as e:
+            log.error("%s; failing the batch's %d item(s)", e, len(batch))
+            for it in batch:
+                _fail(it, DeepvisError("internal error while running the method"))
             return
         except DeviceOutOfMemory:
             if len(batch) == 1:
@@ -215,117 +251,12 @@ class Batcher:
             res.queue_ms = (started - it.arrival) * 1000.0
             if not it.future.done():
                 it.future.set_result(res)
-
-    def _mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The model's normalisation as [C, 1, 1] float32 tensors on its device (made once)."""
-        if self._norm is None:
-            spec, dev = self.model.spec, self.model.device
-            self._norm = (
-                torch.tensor(spec.mean, dtype=torch.float32, device=dev)[:, None, None],
-                torch.tensor(spec.std, dtype=torch.float32, device=dev)[:, None, None],
+        if results and self.metrics is not None:
+            self.metrics.record_batch(
+                self.model.name,
+                [res.queue_ms / 1000.0 for _, res in results],
+                results[0][1].compute_ms / 1000.0,
             )
-        return self._norm
-
-    def _compute(
-        self, batch: list[WorkItem]
-    ) -> tuple[list[tuple[WorkItem, ItemResult]], list[WorkItem]]:
-        """Runs on the device thread: one method call for the live items of the batch.
-
-        Items whose client went away or whose deadline passed while the device thread was
-        busy elsewhere are dropped here, before any device work.
-        """
-        now = time.monotonic()  # the event loop's clock: deadlines are loop.time() values
-        live = [
-            it
-            for it in batch
-            if not it.future.done() and (it.deadline is None or now < it.deadline)
-        ]
-        dead = [it for it in batch if it not in live and not it.future.done()]
-        if not live:
-            return [], dead
-        t0 = time.perf_counter()
-        model = self.model
-        try:
-            x = batch_to_model_input([it.x for it in live], model.device, *self._mean_std())
-            fast = model.spec.fast
-            if fast:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=fast):
-                out = live[0].method.run(model, x, [it.request for it in live])
-            if fast:
-                out.warnings = (*out.warnings, FAST_MODE_WARNING)
-            k = min(max(it.top_k for it in live), model.spec.num_classes)
-            top_p, top_i = out.logits.float().softmax(dim=1).topk(k, dim=1)
-            # On a GPU, when every item wants float16, the cast runs once for the batch there:
-            # half the bytes to copy back, and none of the event loop's time per answer. On
-            # the CPU it measured slower than casting each answer on the loop (3.3 -> 5.7 ms
-            # of server CPU per request in bench/overhead.py: the batch-wide cast wakes the
-            # device thread's OpenMP team), so there the answers are cast one by one.
-            on_gpu = model.device.type == "cuda"
-            wire = torch.float16 if on_gpu and all(it.half for it in live) else torch.float32
-            arrays = out.arrays.detach().to(wire).cpu().numpy()
-            extras = {name: t.detach().float().cpu().numpy() for name, t in out.extras.items()}
-            top_p_np, top_i_np = top_p.cpu().numpy(), top_i.cpu().numpy()
-        except torch.OutOfMemoryError as e:
-            _release_cached_memory(model.device)
-            raise DeviceOutOfMemory(str(e)) from None
-        except RuntimeError as e:
-            if is_fatal_device_error(e):
-                raise FatalDeviceError(str(e)) from e
-            raise
-        self.computed_items += len(live)
-        compute_ms = (time.perf_counter() - t0) * 1000.0
-        results = [
-            (
-                it,
-                ItemResult(
-                    array=arrays[i],
-                    extras={name: e[i] for name, e in extras.items()},
-                    target=out.targets[i],
-                    predictions=[
-                        (int(c), float(p))
-                        for c, p in zip(
-                            top_i_np[i, : it.top_k], top_p_np[i, : it.top_k], strict=True
-                        )
-                    ],
-                    warnings=out.warnings,
-                    queue_ms=0.0,
-                    compute_ms=compute_ms,
-                    batch_size=len(live),
-                ),
-            )
-            for i, it in enumerate(live)
-        ]
-        return results, dead
-
-
-FAST_MODE_WARNING = (
-    "fast mode: computed with bf16 autocast and channels_last, not exact fp32 "
-    "(bench/load.py --fast reports the error)"
-)
-
-
-class DeviceOutOfMemory(Exception):
-    """The device could not hold the batch; the batcher splits it or fails the single item."""
-
-
-class FatalDeviceError(Exception):
-    """The device is unusable (a CUDA error other than out-of-memory): the process must restart."""
-
-
-def is_fatal_device_error(e: BaseException) -> bool:
-    """CUDA errors other than OOM leave the context unusable; everything after them fails."""
-    text = str(e)
-    return (
-        "CUDA error" in text
-        or "device-side assert" in text
-        or type(e).__name__ == "AcceleratorError"
-    )
-
-
-def _release_cached_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:

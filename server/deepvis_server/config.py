@@ -68,8 +68,52 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Bounds on what one request may make the server hold, allocate or wait for."""
+
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    max_tensor_elements: int = 3 * 1024 * 1024
+    max_queue_size: int = 256  # requests queued per model; beyond: UNAVAILABLE at once
+    default_timeout_s: float = 60.0  # a request without a deadline gets this one
+    max_timeout_s: float = 600.0  # a client's deadline is capped here (clients can only shorten)
+
+
+@dataclass(frozen=True)
+class RenderLimits:
+    """What one feature-visualization job may ask for, and how many rows (images) the server
+    optimizes at once per model."""
+
+    max_steps: int = 4096
+    max_side: int = 512
+    max_images_per_job: int = 16
+    max_rows: int = 128
+
+
+@dataclass(frozen=True)
+class AccessConfig:
+    """Who may call the server, and over what."""
+
+    tls_cert: Path | None = None  # server certificate chain (PEM); with tls_key: TLS on
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # when set, clients must present a certificate it signed
+    auth_tokens_file: Path | None = None  # one bearer token a line; when set, calls need one
+    allow_insecure_remote: bool = False  # plaintext on a non-loopback address needs this
+
+
+@dataclass(frozen=True)
+class ObservabilityConfig:
+    """Metrics and logs."""
+
+    metrics_port: int = 0  # Prometheus /metrics on this port (0: off)
+    metrics_address: str = "127.0.0.1"
+    log_format: str = "text"  # "text" or "json" (one object a line, with request ids)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
-    """Everything the server needs, resolved and checked."""
+    """Everything the server needs, resolved and checked. The TOML file's [server] keys are
+    flat; here they are grouped (see `SERVER_KEYS` for which key lands where)."""
 
     models: tuple[ModelSpec, ...]
     device: str = "auto"
@@ -79,14 +123,10 @@ class ServerConfig:
     # Feature visualization is an optimization, not an attribution to match to 1e-5: its
     # steps use TF32 on CUDA (PyTorch's own default for cuDNN convolutions) unless this is off.
     render_tf32: bool = True
-    max_message_bytes: int = 64 * 1024 * 1024
-    max_image_pixels: int = 4096 * 4096
-    max_tensor_elements: int = 3 * 1024 * 1024
-    max_render_steps: int = 4096
-    max_render_side: int = 512
-    max_render_rows: int = 128
-    # Load and time.
-    max_queue_size: int = 256  # requests queued per model; beyond: UNAVAILABLE at once
+    limits: Limits = field(default_factory=Limits)
+    render: RenderLimits = field(default_factory=RenderLimits)
+    access: AccessConfig = field(default_factory=AccessConfig)
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     # Threads that decode, normalise and render off the event loop (numpy and Pillow release
     # the GIL, so they scale with cores): JPEG decoding alone is ~1 ms per 224x224 image.
     cpu_threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 2))
@@ -100,19 +140,7 @@ class ServerConfig:
     # 1.4x but 13 % fewer answers a second from a loop-bound server (bench/gil_convoy.py,
     # bench/overhead.py), where 0.5 ms cost nothing measurable.
     gil_switch_interval_ms: float = 0.5
-    default_timeout_s: float = 60.0  # a request without a deadline gets this one
-    max_timeout_s: float = 600.0  # a client's deadline is capped here (clients can only shorten)
-    # Safety and access.
     model_root: Path | None = None  # weights and labels must resolve inside it (when set)
-    tls_cert: Path | None = None  # server certificate chain (PEM); with tls_key: TLS on
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None  # when set, clients must present a certificate it signed
-    auth_tokens_file: Path | None = None  # one bearer token a line; when set, calls need one
-    allow_insecure_remote: bool = False  # plaintext on a non-loopback address needs this
-    # Observability.
-    metrics_port: int = 0  # Prometheus /metrics on this port (0: off)
-    metrics_address: str = "127.0.0.1"
-    log_format: str = "text"  # "text" or "json" (one object a line, with request ids)
     source: Path | None = field(default=None, compare=False)
 
 
@@ -139,30 +167,53 @@ _RESERVED_KWARGS = {
     "weights": "the table's `weights` key names the weights of a torchvision model",
     "progress": "the server fetches torchvision weights itself",
 }
-_LIMIT_KEYS: tuple[str, ...] = (
+_INT_KEYS = (
     "max_message_bytes",
     "max_image_pixels",
     "max_tensor_elements",
     "max_render_steps",
     "max_render_side",
     "max_render_rows",
+    "max_queue_size",
+    "cpu_threads",
+    "workers",
 )
-_LIMIT_KEYS = (*_LIMIT_KEYS, "max_queue_size", "cpu_threads", "workers")
 _SECONDS_KEYS = ("default_timeout_s", "max_timeout_s")
-_FLOAT_KEYS = ("gil_switch_interval_ms",)
+_BOOL_KEYS = ("allow_tf32", "render_tf32", "allow_insecure_remote")
 _PATH_KEYS = ("model_root", "tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file")
-_SERVER_KEYS = {
-    "device",
-    "allow_tf32",
-    "render_tf32",
-    "allow_insecure_remote",
-    "metrics_port",
-    "metrics_address",
-    "log_format",
-    *_LIMIT_KEYS,
-    *_SECONDS_KEYS,
-    *_FLOAT_KEYS,
-    *_PATH_KEYS,
+# Each [server] key -> (the ServerConfig group it lands in, its name there); "" for
+# ServerConfig itself.
+SERVER_KEYS: dict[str, tuple[str, str]] = {
+    "device": ("", "device"),
+    "allow_tf32": ("", "allow_tf32"),
+    "render_tf32": ("", "render_tf32"),
+    "cpu_threads": ("", "cpu_threads"),
+    "workers": ("", "workers"),
+    "gil_switch_interval_ms": ("", "gil_switch_interval_ms"),
+    "model_root": ("", "model_root"),
+    "max_message_bytes": ("limits", "max_message_bytes"),
+    "max_image_pixels": ("limits", "max_image_pixels"),
+    "max_tensor_elements": ("limits", "max_tensor_elements"),
+    "max_queue_size": ("limits", "max_queue_size"),
+    "default_timeout_s": ("limits", "default_timeout_s"),
+    "max_timeout_s": ("limits", "max_timeout_s"),
+    "max_render_steps": ("render", "max_steps"),
+    "max_render_side": ("render", "max_side"),
+    "max_render_rows": ("render", "max_rows"),
+    "tls_cert": ("access", "tls_cert"),
+    "tls_key": ("access", "tls_key"),
+    "tls_client_ca": ("access", "tls_client_ca"),
+    "auth_tokens_file": ("access", "auth_tokens_file"),
+    "allow_insecure_remote": ("access", "allow_insecure_remote"),
+    "metrics_port": ("observability", "metrics_port"),
+    "metrics_address": ("observability", "metrics_address"),
+    "log_format": ("observability", "log_format"),
+}
+_GROUPS: dict[str, type] = {
+    "limits": Limits,
+    "render": RenderLimits,
+    "access": AccessConfig,
+    "observability": ObservabilityConfig,
 }
 
 
@@ -367,11 +418,9 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     server = data.get("server", {})
     if not isinstance(server, dict):
         raise ConfigError("[server] must be a table")
-    unknown = set(server) - _SERVER_KEYS
+    unknown = set(server) - set(SERVER_KEYS)
     if unknown:
-        raise ConfigError(
-            f"[server]: unknown keys {sorted(unknown)}; valid: {sorted(_SERVER_KEYS)}"
-        )
+        raise ConfigError(f"[server]: unknown keys {sorted(unknown)}; valid: {sorted(SERVER_KEYS)}")
     unknown_top = set(data) - {"server", "models"}
     if unknown_top:
         raise ConfigError(f"unknown top-level keys {sorted(unknown_top)}; valid: server, models")
@@ -398,9 +447,9 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     if not isinstance(device, str):
         raise ConfigError("[server].device must be a string such as 'auto', 'cpu' or 'cuda:0'")
     kwargs: dict[str, Any] = {
-        k: _positive_int(server[k], f"[server].{k}") for k in _LIMIT_KEYS if k in server
+        k: _positive_int(server[k], f"[server].{k}") for k in _INT_KEYS if k in server
     }
-    for key in ("allow_tf32", "render_tf32", "allow_insecure_remote"):
+    for key in _BOOL_KEYS:
         if key in server and not isinstance(server[key], bool):
             raise ConfigError(f"[server].{key} must be true or false")
         if key in server:
@@ -436,10 +485,24 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
         raise ConfigError("[server].tls_cert and tls_key go together")
     if "tls_client_ca" in kwargs and "tls_cert" not in kwargs:
         raise ConfigError("[server].tls_client_ca needs tls_cert and tls_key")
-    cfg = ServerConfig(models=models, device=device, source=source, **kwargs)
-    if cfg.default_timeout_s > cfg.max_timeout_s:
+    kwargs["device"] = device
+    cfg = _grouped(models, kwargs, source)
+    if cfg.limits.default_timeout_s > cfg.limits.max_timeout_s:
         raise ConfigError("[server].default_timeout_s must not exceed max_timeout_s")
     return cfg
+
+
+def _grouped(
+    models: tuple[ModelSpec, ...], values: dict[str, Any], source: Path | None
+) -> ServerConfig:
+    """A ServerConfig from checked [server] values keyed as in the file (see SERVER_KEYS)."""
+    top: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {name: {} for name in _GROUPS}
+    for key, value in values.items():
+        group, name = SERVER_KEYS[key]
+        (groups[group] if group else top)[name] = value
+    nested = {name: cls(**groups[name]) for name, cls in _GROUPS.items()}
+    return ServerConfig(models=models, source=source, **top, **nested)
 
 
 def _read_toml(p: Path) -> dict[str, Any]:

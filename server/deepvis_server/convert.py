@@ -1,20 +1,21 @@
-"""The only server module that reads or builds protobuf messages: wire <-> plain dataclasses."""
+"""deepvis.v1 requests to the engine's plain dataclasses, and its answers back to messages."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
 import torch
 
 from deepvis.v1 import deepvis_pb2 as pb
 
 from . import featurevis as fv
-from .batcher import ItemResult
+from .engine import DEFAULT_TOP_K, ExplainAnswer, ExplainQuery, VisualizeAnswer, VisualizeQuery
 from .errors import InvalidArgument
-from .featurevis.render import RenderJob
-from .methods import ClassTarget, MethodRequest, NeuronTarget, Output, Target
+from .featurevis.optimization import LUCID_LEARNING_RATE, LUCID_STEPS, RenderJob
+from .featurevis.scheduler import Progress
+from .methods import ClassTarget, MethodRequest, NeuronTarget, Target
 from .methods.base import MAX_LAYERS_PER_REQUEST
 from .models import ServedModel
 from .preprocess import RawInput, Region
@@ -24,7 +25,6 @@ _WIRE_DTYPES: dict[str, tuple[Any, np.dtype[Any]]] = {
     "float32": (pb.DTYPE_FLOAT32, np.dtype("<f4")),
     "float16": (pb.DTYPE_FLOAT16, np.dtype("<f2")),
 }
-DEFAULT_TOP_K = 5
 
 
 def method_name(value: int) -> str:
@@ -47,24 +47,6 @@ _VALID_METHODS = ", ".join(_METHODS.values()) + " (the Method enum's values METH
 
 def method_value(name: str) -> Any:  # the enum type exists only in the .pyi
     return _METHOD_VALUES[name]
-
-
-def schema_methods() -> list[str]:
-    return list(_METHODS.values())
-
-
-@dataclass(frozen=True)
-class ParsedExplain:
-    """An Explain request, checked for everything that needs no model."""
-
-    model: str
-    method: str
-    input: RawInput
-    request: MethodRequest
-    array_dtype: str
-    omit_array: bool
-    render: bool
-    top_k: int
 
 
 def _raw_input(msg: pb.Input) -> RawInput:
@@ -106,7 +88,21 @@ def _target(msg: pb.ExplainRequest) -> Target | None:
     return None  # an empty Target message: the predicted class
 
 
-def parse_explain(msg: pb.ExplainRequest) -> ParsedExplain:
+# Items one ExplainBatch call may carry: each holds an input and a queue slot until answered.
+MAX_BATCH_ITEMS = 256
+
+
+def parse_explain_batch(msg: pb.ExplainBatchRequest) -> list[pb.ExplainRequest]:
+    """The items of an ExplainBatchRequest, each to be read (and refused) on its own."""
+    n = len(msg.requests)
+    if not 1 <= n <= MAX_BATCH_ITEMS:
+        raise InvalidArgument(
+            f"requests has {n} items; send 1 to {MAX_BATCH_ITEMS} per call", field="requests"
+        )
+    return list(msg.requests)
+
+
+def parse_explain(msg: pb.ExplainRequest, deadline: float) -> ExplainQuery:
     """Reads an ExplainRequest into plain values; refuses what is wrong whatever the model."""
     method = _METHODS.get(msg.method)
     if method is None:
@@ -134,17 +130,18 @@ def parse_explain(msg: pb.ExplainRequest) -> ParsedExplain:
         )
     if opts.top_k < 0:
         raise InvalidArgument(f"output.top_k must be >= 0, got {opts.top_k}", field="output.top_k")
-    return ParsedExplain(
+    return ExplainQuery(
         model=msg.model,
         method=method,
         input=_raw_input(msg.input),
         request=MethodRequest(
             target=_target(msg), layers=tuple(msg.layers), top_k_channels=msg.top_k_channels
         ),
+        deadline=deadline,
+        top_k=opts.top_k or DEFAULT_TOP_K,
+        render=opts.render,
         array_dtype=array_dtype,
         omit_array=opts.omit_array,
-        render=opts.render,
-        top_k=opts.top_k or DEFAULT_TOP_K,
     )
 
 
@@ -189,30 +186,65 @@ def region_to_pb(region: Region) -> pb.InputRegion:
     return pb.InputRegion(x=x, y=y, width=width, height=height)
 
 
-def explain_response(
-    parsed: ParsedExplain, model: ServedModel, result: ItemResult, output: Output, region: Region
-) -> pb.ExplainResponse:
+def explain_response(answer: ExplainAnswer) -> pb.ExplainResponse:
+    query, model, output = answer.query, answer.model, answer.output
     resp = pb.ExplainResponse(
         model=model.name,
-        method=method_value(parsed.method),
+        method=method_value(query.method),
         predictions=[
-            pb.Prediction(index=i, label=model.label(i), score=p) for i, p in result.predictions
+            pb.Prediction(index=i, label=model.label(i), score=p) for i, p in answer.predictions
         ],
-        target=target_to_pb(result.target),
+        target=target_to_pb(answer.target),
         timing=pb.Timing(
-            queue_ms=result.queue_ms, compute_ms=result.compute_ms, batch_size=result.batch_size
+            queue_ms=answer.queue_ms, compute_ms=answer.compute_ms, batch_size=answer.batch_size
         ),
-        warnings=list(result.warnings),
+        warnings=list(answer.warnings),
         images=[pb.NamedImage(name=k, png=v) for k, v in output.pngs.items()],
-        input_region=region_to_pb(region),
+        input_region=region_to_pb(answer.region),
+        layer=answer.request.layers[0] if answer.request.layers else "",
     )
-    if not parsed.omit_array:
-        fill_tensor(resp.array, output.array, parsed.array_dtype)
+    if not query.omit_array:
+        fill_tensor(resp.array, output.array, query.array_dtype)
         for k, v in output.arrays.items():
-            fill_tensor(resp.arrays.add(name=k).tensor, v, parsed.array_dtype)
+            fill_tensor(resp.arrays.add(name=k).tensor, v, query.array_dtype)
     if output.png is not None:
         resp.image_png = output.png
     return resp
+
+
+def batch_item(response: pb.ExplainResponse) -> pb.ExplainBatchItem:
+    return pb.ExplainBatchItem(response=response)
+
+
+def item_error(code: grpc.StatusCode, message: str, field: str | None) -> pb.ExplainBatchItem:
+    """An ExplainBatch item that failed alone, with its status and the field at fault."""
+    return pb.ExplainBatchItem(
+        error=pb.ItemError(code=code.value[0], message=message, field=field or "")
+    )
+
+
+def explain_batch_response(
+    items: list[pb.ExplainBatchItem], max_message_bytes: int
+) -> pb.ExplainBatchResponse:
+    """The answer to an ExplainBatch call. Answers that would push it past max_message_bytes
+    become per-item RESOURCE_EXHAUSTED errors, so the items that fit still arrive (instead of
+    gRPC failing the whole call after all the work)."""
+    limit = max_message_bytes - 1024  # the envelope's few bytes
+    total, out = 0, []
+    for i, item in enumerate(items):
+        size = item.ByteSize() + 8  # the item's tag and length prefix
+        if item.HasField("response") and total + size > limit:
+            item = item_error(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"item {i} does not fit in this answer: the server's max_message_bytes is "
+                f"{max_message_bytes} and the items before it took {total} bytes; send fewer "
+                "items per call, float16 arrays or no pictures",
+                None,
+            )
+            size = item.ByteSize() + 8
+        total += size
+        out.append(item)
+    return pb.ExplainBatchResponse(items=out)
 
 
 def model_info(model: ServedModel, methods: list[str]) -> pb.ModelInfo:
@@ -232,6 +264,10 @@ def model_info(model: ServedModel, methods: list[str]) -> pb.ModelInfo:
     )
 
 
+def list_models(models: list[ServedModel], methods: list[str]) -> pb.ListModelsResponse:
+    return pb.ListModelsResponse(models=[model_info(m, methods) for m in models])
+
+
 def describe_model(model: ServedModel, methods: list[str]) -> pb.DescribeModelResponse:
     return pb.DescribeModelResponse(
         model=model_info(model, methods),
@@ -247,16 +283,6 @@ def describe_model(model: ServedModel, methods: list[str]) -> pb.DescribeModelRe
         default_cam_layer=model.default_cam_layer,
         non_relu_activations=list(model.non_relu_activations),
     )
-
-
-@dataclass(frozen=True)
-class ParsedVisualize:
-    """A Visualize request, checked for everything that needs no model."""
-
-    model: str
-    job: RenderJob
-    input: RawInput | None
-    array_dtype: str
 
 
 def _objective(msg: pb.Objective) -> fv.Objective:
@@ -282,31 +308,22 @@ def _objective(msg: pb.Objective) -> fv.Objective:
     )
 
 
-def parse_visualize(msg: pb.VisualizeRequest) -> ParsedVisualize:
-    """Reads a VisualizeRequest into a RenderJob; the model checks come later."""
-    for name in ("steps", "height", "width", "batch", "progress_every"):
-        if getattr(msg, name) < 0:
-            raise InvalidArgument(f"{name} must be >= 0 (0 means the default)", field=name)
-    if not (msg.learning_rate >= 0 and np.isfinite(msg.learning_rate)):
-        raise InvalidArgument(
-            f"learning_rate must be a finite number >= 0, got {msg.learning_rate}",
-            field="learning_rate",
-        )
-    if not (msg.diversity >= 0 and np.isfinite(msg.diversity)):
-        raise InvalidArgument(
-            f"diversity must be a finite number >= 0, got {msg.diversity}", field="diversity"
-        )
+def parse_visualize(msg: pb.VisualizeRequest) -> VisualizeQuery:
+    """Reads a VisualizeRequest into a RenderJob, refusing what is wrong whatever the model
+    (the wire's own rules here, the job's values in RenderJob.check); the model and the
+    server's limits are checked as the job is submitted."""
     if (msg.height == 0) != (msg.width == 0):
         raise InvalidArgument("set both height and width, or neither", field="height")
     if msg.parameterization not in pb.Parameterization.values():
         raise InvalidArgument("parameterization must be FFT or PIXEL", field="parameterization")
     if msg.array_dtype not in (pb.DTYPE_UNSPECIFIED, pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT16):
         raise InvalidArgument("array_dtype must be FLOAT32 or FLOAT16", field="array_dtype")
+    # proto3 has no "unset": 0 asks for the default.
     job = RenderJob(
         objective=_objective(msg.objective),
         size=(int(msg.height), int(msg.width)) if msg.height else None,
-        steps=msg.steps or 512,
-        lr=float(msg.learning_rate) or 0.05,
+        steps=msg.steps or LUCID_STEPS,
+        lr=float(msg.learning_rate) or LUCID_LEARNING_RATE,
         seed=int(msg.seed),
         batch=msg.batch or 1,
         diversity=float(msg.diversity),
@@ -314,7 +331,8 @@ def parse_visualize(msg: pb.VisualizeRequest) -> ParsedVisualize:
         transforms=not msg.no_transforms,
         progress_every=msg.progress_every,
     )
-    return ParsedVisualize(
+    job.check()
+    return VisualizeQuery(
         model=msg.model,
         job=job,
         input=_raw_input(msg.input) if msg.HasField("input") else None,
@@ -322,52 +340,32 @@ def parse_visualize(msg: pb.VisualizeRequest) -> ParsedVisualize:
     )
 
 
-def visualize_progress(
-    step: int, steps: int, objective: float, png: bytes | None
+def visualize_response(
+    query: VisualizeQuery, event: Progress | VisualizeAnswer
 ) -> pb.VisualizeResponse:
-    return pb.VisualizeResponse(
-        progress=pb.VisualizeProgress(
-            step=step, steps=steps, objective=objective, image_png=png or b""
+    """A progress message, or the result with its attribution."""
+    if isinstance(event, Progress):
+        progress = pb.VisualizeProgress(
+            step=event.step,
+            steps=event.steps,
+            objective=event.objective,
+            image_png=event.png or b"",
         )
-    )
-
-
-def visualize_result(
-    parsed: ParsedVisualize,
-    pixels: np.ndarray,
-    pngs: list[bytes],
-    objective: float,
-    steps: int,
-    attribution: tuple[Output, Region] | None,
-    queue_ms: float,
-    compute_ms: float,
-    max_jobs: int,
-) -> pb.VisualizeResponse:
+        return pb.VisualizeResponse(progress=progress)
+    done = event.rendered
     result = pb.VisualizeResult(
-        images_png=pngs,
-        objective=objective,
-        steps=steps,
-        queue_ms=queue_ms,
-        compute_ms=compute_ms,
-        max_batch_jobs=max_jobs,
+        images_png=done.pngs,
+        objective=done.objective,
+        steps=done.steps,
+        queue_ms=done.queue_ms,
+        compute_ms=done.compute_ms,
+        max_batch_jobs=done.max_batch_jobs,
     )
-    fill_tensor(result.array, pixels, parsed.array_dtype)
-    if attribution is not None:
-        output, region = attribution
-        fill_tensor(result.attribution, output.array, parsed.array_dtype)
-        result.attribution_region.CopyFrom(region_to_pb(region))
-        if output.png is not None:
-            result.attribution_png = output.png
+    fill_tensor(result.array, done.pixels, query.array_dtype)
+    if event.attribution is not None:
+        attribution = event.attribution
+        fill_tensor(result.attribution, attribution.output.array, query.array_dtype)
+        result.attribution_region.CopyFrom(region_to_pb(attribution.region))
+        if attribution.output.png is not None:
+            result.attribution_png = attribution.output.png
     return pb.VisualizeResponse(result=result)
-
-
-def objective_target(objective: fv.Objective) -> Target | None:
-    """The Explain target matching an objective (None for a whole layer)."""
-    if isinstance(objective, fv.ClassLogit):
-        return ClassTarget(objective.index)
-    if isinstance(objective, fv.Neuron):
-        y, x = objective.y, objective.x
-        return NeuronTarget(objective.layer, objective.channel, y, x)
-    if isinstance(objective, fv.Channel):
-        return NeuronTarget(objective.layer, objective.channel)
-    return None

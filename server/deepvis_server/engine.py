@@ -1,39 +1,103 @@
-"""The engine: served models, their batchers, and the threads that own the device and the CPU work."""
+"""The engine: served models, their batchers and render schedulers, the device and CPU threads."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from dataclasses import dataclass
 
 import torch
 
-from .batcher import Batcher, ItemResult, WorkItem
+from .batch_step import ItemResult
+from .batcher import Batcher, BatchMetrics, WorkItem
 from .config import ConfigError, ServerConfig
 from .errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
-from .methods import REGISTRY, Method, MethodRequest, Output
+from .featurevis.objectives import explain_target
+from .featurevis.optimization import RenderJob
+from .featurevis.scheduler import Progress, Rendered, Visualizer
+from .methods import REGISTRY, ItemShare, Method, MethodRequest, Output, Target
 from .models import ServedModel, load_model, select_device
-from .preprocess import Limits, RawInput, Region, input_to_tensor, model_region, wire_pixels
-from .visualizer import RenderLimits, Visualizer
+from .preprocess import RawInput, Region, input_to_tensor, model_region, wire_pixels
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+# Predictions an answer lists when the request leaves output.top_k 0.
+DEFAULT_TOP_K = 5
 # What clients hear of a model that failed to load for a reason without a public account.
 _LOAD_FAILED = "it could not be loaded when the server started (the server's log says why)"
+
+
+@dataclass(frozen=True)
+class ExplainQuery:
+    """One explanation to compute: what `convert.parse_explain` reads off the wire (everything
+    checked that needs no model), and the request's deadline."""
+
+    model: str
+    method: str
+    input: RawInput
+    request: MethodRequest
+    deadline: float  # on the event loop's clock
+    top_k: int = DEFAULT_TOP_K  # predictions to return
+    render: bool = False  # draw pictures
+    array_dtype: str = "float32"  # "float32" | "float16": the arrays' wire precision
+    omit_array: bool = False  # send no arrays
+
+    @property
+    def half_result(self) -> bool:
+        """With no picture to draw from it, the main array may come off the device as float16."""
+        return self.array_dtype == "float16" and not self.render
+
+
+@dataclass(frozen=True)
+class ExplainAnswer:
+    """One finished explanation and how it was computed."""
+
+    query: ExplainQuery
+    model: ServedModel
+    request: MethodRequest  # as the method prepared it: defaults (the layer) filled in
+    output: Output
+    target: Target  # what was explained: the predicted class when the query named none
+    predictions: list[tuple[int, float]]  # (class index, probability), best first
+    warnings: tuple[str, ...]
+    queue_ms: float
+    compute_ms: float
+    batch_size: int
+    region: Region  # the part of the input the model saw
+
+
+@dataclass(frozen=True)
+class VisualizeQuery:
+    """One feature visualization: what `convert.parse_visualize` reads off the wire."""
+
+    model: str
+    job: RenderJob
+    input: RawInput | None  # an image to attribute the objective on, if any
+    array_dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class VisualizeAnswer:
+    """A finished feature visualization, with the objective's attribution on the query's input."""
+
+    rendered: Rendered
+    attribution: ExplainAnswer | None
 
 
 class Engine:
     """Owns every model and runs requests through validation, batching and rendering."""
 
-    def __init__(self, config: ServerConfig, methods: dict[str, Method] | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        methods: dict[str, Method] | None = None,
+        metrics: BatchMetrics | None = None,
+    ) -> None:
         self.config = config
+        self.metrics = metrics  # where the batchers report each batch they ran
         self.methods = dict(REGISTRY if methods is None else methods)
         self.device = select_device(config.device)
-        self.limits = Limits(
-            max_image_pixels=config.max_image_pixels, max_tensor_elements=config.max_tensor_elements
-        )
         # One thread owns the device: torch work for every model is serialised through it.
         self.device_executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="deepvis-device"
@@ -53,11 +117,6 @@ class Engine:
         # the process exits non-zero so that a supervisor restarts it.
         self.fatal_error: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] | None = None
-        self.render_limits = RenderLimits(
-            max_steps=config.max_render_steps,
-            max_side=config.max_render_side,
-            max_rows=config.max_render_rows,
-        )
 
     async def start(self) -> None:
         """Loads and warms every configured model on the device thread, then starts the batchers.
@@ -98,13 +157,18 @@ class Engine:
                 self.device_executor,
                 max_batch_size=spec.max_batch_size,
                 max_delay_s=spec.max_delay_ms / 1000.0,
-                max_queue_size=self.config.max_queue_size,
+                max_queue_size=self.config.limits.max_queue_size,
+                metrics=self.metrics,
             )
             batcher.on_fatal = self._device_failed
             batcher.start()
             self.batchers[spec.name] = batcher
             visualizer = Visualizer(
-                model, self.device_executor, self.render_limits, tf32=self.config.render_tf32
+                model,
+                self.device_executor,
+                self.cpu_executor,
+                self.config.render,
+                tf32=self.config.render_tf32,
             )
             visualizer.start()
             self.visualizers[spec.name] = visualizer
@@ -160,63 +224,98 @@ class Engine:
                 f"method '{name}' is not served; served: {', '.join(self.methods)}", field="method"
             ) from None
 
-    async def explain(
-        self,
-        model_name: str,
-        method_name: str,
-        raw: RawInput,
-        request: MethodRequest,
-        *,
-        top_k: int,
-        render: bool,
-        deadline: float,
-        half_result: bool = False,
-    ) -> tuple[ServedModel, ItemResult, Output, Region]:
-        """Validates, preprocesses and queues one request; returns its share of its batch, the
-        finished output (arrays and pictures) and the region of the input the model saw. With
-        `half_result` the main array may come back as float16 (when its whole batch wants
-        that), cast on the device."""
-        model = self.model(model_name)
-        method = self.method(method_name)
-        request = method.prepare(model, request)
+    async def explain(self, query: ExplainQuery) -> ExplainAnswer:
+        """Validates, preprocesses and queues one request; returns its share of its batch,
+        finished (arrays and, when asked, pictures), with the region of the input the model
+        saw. With `query.half_result` the main array may come back as float16 (when its
+        whole batch wants that), cast on the device."""
+        model = self.model(query.model)
+        method = self.method(query.method)
+        request = method.prepare(model, query.request)
         loop = asyncio.get_running_loop()
         # Pixels already at the model's size take one copy of their bytes: cheaper here than
         # the hop to a worker thread and back. Anything to decode or resize takes the hop.
-        ready = wire_pixels(raw, model.spec, self.limits)
+        ready = wire_pixels(query.input, model.spec, self.config.limits)
         if ready is not None:
             x, region = ready, model_region(model.spec)
         else:
             x, region = await loop.run_in_executor(
-                self.cpu_executor, input_to_tensor, raw, model.spec, self.limits
+                self.cpu_executor, input_to_tensor, query.input, model.spec, self.config.limits
             )
         item = WorkItem(
             x=x,
             method=method,
             request=request,
-            top_k=min(top_k, model.spec.num_classes),
-            deadline=deadline,
+            top_k=min(query.top_k, model.spec.num_classes),
+            deadline=query.deadline,
             future=loop.create_future(),
-            half=half_result,
+            half=query.half_result,
         )
         batcher = self.batchers[model.name]
         future = batcher.submit(item)
         # At the deadline the future fails, so the batcher drops the item before compute: one
         # timer handle, where asyncio.wait_for added a waiter future and callbacks as well.
-        timer = loop.call_at(deadline, _expire, future, batcher)
+        timer = loop.call_at(query.deadline, _expire, future, batcher)
         try:
             result = await future
         finally:
             timer.cancel()
-        finish = (model, result.array, result.extras, request, x, render)
-        if render:  # pictures: PNG encoding belongs off the loop
+        finish = (model, ItemShare(result.array, result.extras, request, x), query.render)
+        if query.render:  # pictures: PNG encoding belongs off the loop
             output = await loop.run_in_executor(self.cpu_executor, method.finish, *finish)
         else:  # arrays only: slicing, cheaper than the hop to a thread and back
             output = method.finish(*finish)
-        return model, result, output, region
+        return ExplainAnswer(
+            query=query,
+            model=model,
+            request=request,
+            output=output,
+            target=result.target,
+            predictions=result.predictions,
+            warnings=result.warnings,
+            queue_ms=result.queue_ms,
+            compute_ms=result.compute_ms,
+            batch_size=result.batch_size,
+            region=region,
+        )
 
-    async def run_cpu(self, fn: Callable[..., T], *args: Any) -> T:
-        """Runs CPU work (decoding, PNG encoding) off the event loop and off the device thread."""
-        return await asyncio.get_running_loop().run_in_executor(self.cpu_executor, fn, *args)
+    async def visualize(
+        self, query: VisualizeQuery
+    ) -> AsyncGenerator[Progress | VisualizeAnswer, None]:
+        """Runs one feature-visualization job: its progress as it is due, then its result
+        with, when the query has an input, the guided attribution of the objective's neuron or
+        class on it (computed meanwhile). Closing the stream stops the job at its next step."""
+        model = self.model(query.model)
+        scheduler = self.visualizers[model.name]
+        state = scheduler.submit(query.job)  # refused here, before anything is sent
+        attribution: asyncio.Future[ExplainAnswer] | None = None
+        target = explain_target(query.job.objective)
+        if query.input is not None and target is not None:
+            loop = asyncio.get_running_loop()
+            attribution = asyncio.ensure_future(
+                self.explain(
+                    ExplainQuery(
+                        model=model.name,
+                        method="guided_backprop",
+                        input=query.input,
+                        request=MethodRequest(target=target),
+                        deadline=loop.time() + self.config.limits.max_timeout_s,
+                        top_k=1,
+                        render=True,
+                    )
+                )
+            )
+        try:
+            async with contextlib.aclosing(scheduler.events(state)) as events:
+                async for event in events:
+                    if isinstance(event, Rendered):
+                        attributed = await attribution if attribution is not None else None
+                        yield VisualizeAnswer(event, attributed)
+                        return
+                    yield event
+        finally:
+            if attribution is not None and not attribution.done():
+                attribution.cancel()
 
 
 def _expire(future: asyncio.Future[ItemResult], batcher: Batcher) -> None:

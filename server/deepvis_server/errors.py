@@ -1,4 +1,4 @@
-"""Domain exceptions of the server; the servicer maps each to one gRPC status."""
+"""Domain exceptions of the server; status.py maps each to one gRPC status."""
 
 from __future__ import annotations
 

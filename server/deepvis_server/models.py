@@ -301,11 +301,28 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"{path}: not a torch weights file: {e}",
             public=f"{_REFUSED} (it is not a weights file)",
         ) from None
+    return _state_dict_of(obj, str(path))
+
+
+def _load_into(
+    module: nn.Module, state: dict[str, torch.Tensor], what: str, *, public: str
+) -> None:
+    """Loads every tensor of `state` into `module`, which must take exactly those keys;
+    ConfigError `what: <torch's account>` when they do not fit."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ConfigError(f"{what}: {e}", public=public) from None
+
+
+def _state_dict_of(obj: Any, where: str) -> dict[str, torch.Tensor]:
+    """What torch.load gave, as a state dict of tensors (a checkpoint's "state_dict" entry, or
+    the whole of it); ConfigError when it is neither."""
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ConfigError(
-            f"{path}: expected a state dict of tensors",
+            f"{where}: expected a state dict of tensors",
             public=f"{_REFUSED} (it holds no state dict of tensors)",
         )
     return obj
@@ -352,14 +369,7 @@ def fetch_torchvision_state_dict(weights: Any, what: str) -> dict[str, torch.Ten
             f"download from {url} failed, or the file is unreadable): {type(e).__name__}: {e}",
             public="its torchvision weights could not be fetched when the server started",
         ) from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(
-            f"{what}: {cached}: expected a state dict of tensors",
-            public=f"{_REFUSED} (it holds no state dict of tensors)",
-        )
-    return state
+    return _state_dict_of(state, f"{what}: {cached}")
 
 
 def load_torchvision_model(spec: ModelSpec) -> tuple[nn.Module, tuple[str, ...]]:
@@ -395,13 +405,12 @@ def load_torchvision_model(spec: ModelSpec) -> tuple[nn.Module, tuple[str, ...]]
             (f"{m.group(1)}{m.group(2)}" if (m := _DENSENET_OLD_KEY.match(k)) else k): v
             for k, v in state.items()
         }
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ConfigError(
-            f"{what}: torchvision weights {weights} do not fit '{spec.arch}': {e}",
-            public="its torchvision weights do not fit its architecture",
-        ) from None
+    _load_into(
+        module,
+        state,
+        f"{what}: torchvision weights {weights} do not fit '{spec.arch}'",
+        public="its torchvision weights do not fit its architecture",
+    )
     if (
         isinstance(module, torchvision.models.GoogLeNet)
         and spec.kwargs.get("aux_logits") is not True
@@ -477,14 +486,12 @@ def load_model(
     else:
         module = _build(spec)
         if weights is not None:
-            state = load_state_dict(weights)
-            try:
-                module.load_state_dict(state, strict=True)
-            except RuntimeError as e:
-                raise ConfigError(
-                    f"model '{spec.name}': weights do not fit '{spec.arch}': {e}",
-                    public="its weights do not fit its architecture",
-                ) from None
+            _load_into(
+                module,
+                load_state_dict(weights),
+                f"model '{spec.name}': weights do not fit '{spec.arch}'",
+                public="its weights do not fit its architecture",
+            )
         else:
             log.warning("model %s has no weights: serving random initialisation", spec.name)
     # Set once at load time, never by a method: inputs get gradients, parameters never do.

@@ -144,8 +144,8 @@ class _Call:
 class RequestInterceptor(grpc.aio.ServerInterceptor):
     """Gives every RPC a request id (the client's `x-request-id`, or a new uuid4 hex), sends
     it back as initial metadata before the handler runs, makes it visible to logging through
-    a ContextVar, and records the RPC's status, duration and (Explain) batch timing in
-    `Observability`'s metrics. Handlers must not send initial metadata themselves.
+    a ContextVar, and records the RPC's status and duration (and ExplainBatch items' codes)
+    in `Observability`'s metrics. Handlers must not send initial metadata themselves.
 
     Put it first among the server's interceptors: the later ones (authentication) then log
     with the request id, and the calls they refuse are counted. A second RequestInterceptor
@@ -256,29 +256,16 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
     def _record_batch_items(self, response: pb.ExplainBatchResponse) -> None:
         items = self._obs.batch_items
         for item in response.items:
-            if item.HasField("response"):
-                items.labels("OK").inc()
-                self._record_batching(item.response)
-            else:  # the item's own status: a bounded set of names
-                items.labels(_code_name(item.error.code, "UNKNOWN")).inc()
-
-    def _record_batching(self, response: pb.ExplainResponse) -> None:
-        if not response.HasField("timing"):
-            return
-        # The model that ran, from the response: a request's model name is client text.
-        t, model, obs = response.timing, response.model, self._obs
-        obs.queue_seconds.labels(model).observe(t.queue_ms / 1000.0)
-        obs.compute_seconds.labels(model).observe(t.compute_ms / 1000.0)
-        obs.batch_size.labels(model).observe(t.batch_size)
+            # OK, or the item's own status: a bounded set of names.
+            code = "OK" if item.HasField("response") else _code_name(item.error.code, "UNKNOWN")
+            items.labels(code).inc()
 
     def _record(self, call: _Call, code: str, response: Any) -> None:
         seconds = time.perf_counter() - call.start if call.start else 0.0
         obs = self._obs
         obs.requests.labels(call.method, code).inc()
         obs.request_seconds.labels(call.method).observe(seconds)
-        if isinstance(response, pb.ExplainResponse):
-            self._record_batching(response)
-        elif isinstance(response, pb.ExplainBatchResponse):
+        if isinstance(response, pb.ExplainBatchResponse):
             self._record_batch_items(response)
         # Health probes and reflection succeed every few seconds: only worth a debug line.
         level = logging.DEBUG if code == "OK" and "/" in call.method else logging.INFO
@@ -377,10 +364,11 @@ class Observability:
     process), its request interceptor, and its /metrics HTTP endpoint.
 
     The interceptor needs no engine, so it can be built before the server; the engine's
-    gauges are read through `engine`, which `bind()` sets once the server has built it.
+    gauges are read through `engine`, which `bind()` sets once the server has built it. The
+    engine's batchers report each batch they run to `record_batch`.
 
     Args:
-        config: The server's configuration (metrics_address, metrics_port, batch sizes).
+        config: The server's configuration (its observability settings, the batch sizes).
         engine: The engine whose queues, render jobs and device to report; None until bind().
         access_log: Log one line per RPC on the "deepvis_server.access" logger.
     """
@@ -449,15 +437,33 @@ class Observability:
         self._httpd: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
+    def record_batch(
+        self, model: str, queue_seconds: Sequence[float], compute_seconds: float
+    ) -> None:
+        """A batch ran (the batcher's BatchMetrics): each item's queue time, and for each item
+        the batch's compute time and size. `model` is a served model's name, never client
+        text, so the labels stay bounded."""
+        queue = self.queue_seconds.labels(model)
+        for seconds in queue_seconds:
+            queue.observe(seconds)
+        compute, size, n = (
+            self.compute_seconds.labels(model),
+            self.batch_size.labels(model),
+            len(queue_seconds),
+        )
+        for _ in range(n):
+            compute.observe(compute_seconds)
+            size.observe(n)
+
     def bind(self, engine: Engine) -> None:
         """Reports this engine's queues, render jobs and device memory from now on."""
         self.engine = engine
 
     def start(self, port: int | None = None) -> int | None:
-        """Serves /metrics on config.metrics_address in a daemon thread.
+        """Serves /metrics on config.observability.metrics_address in a daemon thread.
 
         Args:
-            port: None uses config.metrics_port, where 0 means off; an explicit 0 picks a
+            port: None uses config.observability.metrics_port, where 0 means off; an explicit 0 picks a
                 free port (tests).
 
         Returns:
@@ -466,12 +472,14 @@ class Observability:
         if self._httpd is not None:
             return self.port
         if port is None:
-            port = self.config.metrics_port
+            port = self.config.observability.metrics_port
             if port == 0:
                 return None
-        self._httpd, self._thread = _serve_metrics(self.config.metrics_address, port, self.registry)
+        self._httpd, self._thread = _serve_metrics(
+            self.config.observability.metrics_address, port, self.registry
+        )
         logging.getLogger(__name__).info(
-            "metrics on http://%s:%d/metrics", self.config.metrics_address, self.port
+            "metrics on http://%s:%d/metrics", self.config.observability.metrics_address, self.port
         )
         return self.port
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .config import ModelSpec
+from .config import Limits, ModelSpec
 from .errors import InvalidArgument, ResourceExhausted
 
 # Formats Pillow decodes in-process; none of them hands the file to an external program
@@ -27,14 +27,6 @@ class RawInput:
     data: bytes
     dtype: str = ""  # "float32" | "float16" | "uint8" for pixels and tensor
     shape: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on what one input may make the server allocate."""
-
-    max_image_pixels: int
-    max_tensor_elements: int
 
 
 _NP_DTYPES: dict[str, np.dtype[Any]] = {

@@ -13,7 +13,7 @@ import grpc
 import grpc.aio
 from google.protobuf import descriptor_pool
 
-from .config import ConfigError, ServerConfig
+from .config import AccessConfig, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def _read_pem(path: Path, key: str) -> bytes:
     return data
 
 
-def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+def server_credentials(config: AccessConfig) -> grpc.ServerCredentials | None:
     """TLS credentials from tls_cert/tls_key (and client certificates when tls_client_ca is
     set); None when TLS is off."""
     # Checked again here (config.py checks the file) because command-line flags replace keys.

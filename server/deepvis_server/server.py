@@ -44,12 +44,12 @@ class DeepvisServer:
         self.address = address
         # Authentication first: no later interceptor (or handler) runs for a refused call.
         auth: list[grpc.aio.ServerInterceptor] = []
-        if config.auth_tokens_file is not None:
-            auth.append(BearerTokenInterceptor.from_file(config.auth_tokens_file))
+        if config.access.auth_tokens_file is not None:
+            auth.append(BearerTokenInterceptor.from_file(config.access.auth_tokens_file))
         self.observability = Observability(config)
         # Request ids and metrics first, so calls that auth refuses are counted and traceable.
         self.interceptors = [self.observability.interceptor, *auth, *interceptors]
-        self.engine = Engine(config)
+        self.engine = Engine(config, metrics=self.observability)
         self.observability.bind(self.engine)
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
@@ -65,17 +65,17 @@ class DeepvisServer:
 
     async def start(self) -> None:
         # Refused before any model loads, so a misconfigured listener fails in a second.
-        credentials = server_credentials(self.config)
+        credentials = server_credentials(self.config.access)
         check_listen_address(
             self.address,
             tls=credentials is not None,
-            allow_insecure_remote=self.config.allow_insecure_remote,
+            allow_insecure_remote=self.config.access.allow_insecure_remote,
         )
         self.observability.start()  # a taken metrics port fails here, before models load
         # Health says NOT_SERVING until the models are loaded and warmed up.
         for service in self.health_services:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        limit = self.config.max_message_bytes
+        limit = self.config.limits.max_message_bytes
         server = grpc.aio.server(
             interceptors=self.interceptors,
             options=[
@@ -122,10 +122,11 @@ class DeepvisServer:
     @property
     def access(self) -> str:
         """How callers are let in, in words: transport and credentials."""
-        parts = ["plaintext" if self.config.tls_cert is None else "TLS"]
-        if self.config.tls_client_ca is not None:
+        access = self.config.access
+        parts = ["plaintext" if access.tls_cert is None else "TLS"]
+        if access.tls_client_ca is not None:
             parts.append("client certificates")
-        if self.config.auth_tokens_file is not None:
+        if access.auth_tokens_file is not None:
             parts.append("bearer tokens")
         return ", ".join(parts)
 

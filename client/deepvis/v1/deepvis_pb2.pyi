@@ -152,7 +152,7 @@ class Timing(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("model", "method", "array", "image_png", "predictions", "target", "timing", "warnings", "arrays", "images", "input_region")
+    __slots__ = ("model", "method", "array", "image_png", "predictions", "target", "timing", "warnings", "arrays", "images", "input_region", "layer")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ARRAY_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +164,7 @@ class ExplainResponse(_message.Message):
     ARRAYS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     INPUT_REGION_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
     model: str
     method: Method
     array: Tensor
@@ -175,7 +176,8 @@ class ExplainResponse(_message.Message):
     arrays: _containers.RepeatedCompositeFieldContainer[NamedTensor]
     images: _containers.RepeatedCompositeFieldContainer[NamedImage]
     input_region: InputRegion
-    def __init__(self, model: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., array: _Optional[_Union[Tensor, _Mapping]] = ..., image_png: _Optional[bytes] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., arrays: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[NamedImage, _Mapping]]] = ..., input_region: _Optional[_Union[InputRegion, _Mapping]] = ...) -> None: ...
+    layer: str
+    def __init__(self, model: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., array: _Optional[_Union[Tensor, _Mapping]] = ..., image_png: _Optional[bytes] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., arrays: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[NamedImage, _Mapping]]] = ..., input_region: _Optional[_Union[InputRegion, _Mapping]] = ..., layer: _Optional[str] = ...) -> None: ...
 
 class InputRegion(_message.Message):
     __slots__ = ("x", "y", "width", "height")

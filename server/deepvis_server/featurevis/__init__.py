@@ -1,20 +1,17 @@
-"""Feature visualization (Olah et al. 2017) with continuous batching of render jobs; pure torch.
-
-The one-job convenience is `featurevis.render.render`: re-exporting it here would shadow the
-`featurevis.render` module.
-"""
+"""Feature visualization (Olah et al. 2017) with continuous batching of render jobs; pure torch."""
 
 from __future__ import annotations
 
 from .objectives import Channel, ClassLogit, Layer, Neuron, Objective
-from .param import params_to_image
-from .render import (
+from .optimization import (
     RenderBatch,
     RenderEvent,
     RenderImages,
     RenderJob,
     RenderResult,
+    render,
 )
+from .param import params_to_image
 from .transforms import LUCID_TRANSFORMS, TransformConfig
 
 __all__ = [
@@ -31,4 +28,5 @@ __all__ = [
     "RenderResult",
     "TransformConfig",
     "params_to_image",
+    "render",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -10,9 +9,8 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..methods.base import ClassTarget, NeuronTarget, check_layer, check_target
+from ..methods.targets import ClassTarget, NeuronTarget, Target, check_layer, check_target
 from ..models import ServedModel
 
 __all__ = [
@@ -24,8 +22,8 @@ __all__ = [
     "ObjectivePlan",
     "diversity_layer",
     "diversity_penalty",
+    "explain_target",
     "last_spatial_layer",
-    "required_layers",
 ]
 
 # Where ClassLogit and friends read from: the model's output, not a hooked layer.
@@ -196,50 +194,11 @@ class Layer(Objective):
         return source.flatten(1).pow(2).mean(1)
 
 
-# Model -> its last spatial layer; weak keys so a cache entry never keeps a model alive,
-# and the model itself is never written to.
-_LAST_SPATIAL: weakref.WeakKeyDictionary[ServedModel, str | None] = weakref.WeakKeyDictionary()
-
-
 def last_spatial_layer(model: ServedModel) -> str | None:
-    """The last spatial feature map of the model: Grad-CAM's default layer.
-
-    The model's `default_cam_layer` where the loader recorded one; otherwise found the same
-    way by one traced forward pass on zeros: of the modules that run once (a reused ReLU is
-    ambiguous), the one with a [C, H, W] output (H * W > 1, adaptive pools excluded: they
-    only resample) whose forward finishes last, in execution order.
-    """
-    recorded = getattr(model, "default_cam_layer", "")
-    if recorded:
-        return str(recorded)
-    if model in _LAST_SPATIAL:
-        return _LAST_SPATIAL[model]
-    finished: list[str] = []
-    calls: dict[str, int] = {}
-    spatial: set[str] = set()
-    resampling = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-
-    def make_hook(name: str) -> Callable[..., None]:
-        def hook(m: nn.Module, _inp: object, out: object) -> None:
-            calls[name] = calls.get(name, 0) + 1
-            finished.append(name)
-            if isinstance(out, torch.Tensor) and out.dim() == 4 and not isinstance(m, resampling):
-                if out.shape[2] * out.shape[3] > 1:
-                    spatial.add(name)
-
-        return hook
-
-    handles = [m.register_forward_hook(make_hook(n)) for n, m in model.layers.items()]
-    try:
-        with torch.no_grad():
-            model.module(torch.zeros(1, *model.input_shape, device=model.device))
-    finally:
-        for h in handles:
-            h.remove()
-    last = [n for n in finished if calls[n] == 1 and n in spatial]
-    layer = last[-1] if last else None
-    _LAST_SPATIAL[model] = layer
-    return layer
+    """The model's last channels-first feature map [C, h, w] that runs once, as the loader
+    recorded it (`ServedModel.channels_first_layer`, which is Grad-CAM's default layer
+    unless token or channels-last layers follow it); None when the model has none."""
+    return model.channels_first_layer or None
 
 
 def diversity_layer(objective: Objective, model: ServedModel) -> str | None:
@@ -254,14 +213,15 @@ def diversity_layer(objective: Objective, model: ServedModel) -> str | None:
     return last_spatial_layer(model)
 
 
-def required_layers(objective: Objective, model: ServedModel, diversity: bool) -> frozenset[str]:
-    """Every layer a job needs captured: the objective's, and the diversity layer if used."""
-    layers = set(objective.layers())
-    if diversity:
-        div = diversity_layer(objective, model)
-        if div is not None:
-            layers.add(div)
-    return frozenset(layers)
+def explain_target(objective: Objective) -> Target | None:
+    """The Explain target of an objective's neuron, channel or class (None for a whole layer)."""
+    if isinstance(objective, ClassLogit):
+        return ClassTarget(objective.index)
+    if isinstance(objective, Neuron):
+        return NeuronTarget(objective.layer, objective.channel, objective.y, objective.x)
+    if isinstance(objective, Channel):
+        return NeuronTarget(objective.layer, objective.channel)
+    return None
 
 
 def diversity_penalty(act: torch.Tensor) -> torch.Tensor:

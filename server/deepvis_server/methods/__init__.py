@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from .activations import Activations
-from .base import BatchOutput, ClassTarget, Method, MethodRequest, NeuronTarget, Output, Target
+from .base import BatchOutput, ItemShare, Method, MethodRequest, Output
 from .grad_cam import GradCam, GuidedGradCam
 from .gradients import IntegratedGradients, Saliency
 from .guided_backprop import Deconvolution, GuidedBackprop
+from .targets import ClassTarget, NeuronTarget, Target
 
 # Keys are the proto Method enum names without METHOD_, lowercased; a test checks that
 # every enum value has a method here and the other way round.
@@ -33,6 +34,7 @@ __all__ = [
     "GuidedBackprop",
     "GuidedGradCam",
     "IntegratedGradients",
+    "ItemShare",
     "Method",
     "MethodRequest",
     "NeuronTarget",

@@ -10,16 +10,10 @@ import torch
 
 from ..errors import InvalidArgument
 from ..models import ServedModel
-from ..render import input_pixels, render_grid, render_heatmap, to_png
-from .base import (
-    BatchOutput,
-    ClassTarget,
-    Method,
-    MethodRequest,
-    Output,
-    forward_capturing,
-    layout_problem,
-)
+from ..pictures import grid_picture, heatmap_picture, input_pixels, to_png
+from .base import MAX_LAYERS_PER_REQUEST, BatchOutput, ItemShare, Method, MethodRequest, Output
+from .hooks import forward_capturing
+from .targets import ClassTarget, layout_problem
 
 
 def top_channels(act: np.ndarray, k: int) -> np.ndarray:
@@ -57,7 +51,8 @@ class Activations(Method):
 
     name: ClassVar[str] = "activations"
     uses_layers: ClassVar[bool] = True
-    max_layers: ClassVar[int] = 16
+    max_layers: ClassVar[int] = MAX_LAYERS_PER_REQUEST
+    half_on_device: ClassVar[bool] = False  # finish ranks the first layer's channels
 
     def prepare(self, model: ServedModel, request: MethodRequest) -> MethodRequest:
         request = super().prepare(model, request)
@@ -78,46 +73,44 @@ class Activations(Method):
         with torch.no_grad():
             logits, acts = forward_capturing(model, x, layers)
         predicted = logits.argmax(dim=1).tolist()
+        # The first layer is the main array; extras hold the others: each layer leaves the
+        # device once.
         return BatchOutput(
             logits=logits,
             arrays=acts[layers[0]],
             targets=[ClassTarget(int(c)) for c in predicted],
             warnings=layout_warnings(model, layers),
-            extras={f"layer:{n}": a for n, a in acts.items()},
+            extras={f"layer:{n}": acts[n] for n in layers[1:]},
         )
 
-    def finish(
-        self,
-        model: ServedModel,
-        array: np.ndarray,
-        extras: dict[str, np.ndarray],
-        request: MethodRequest,
-        x: torch.Tensor,
-        render: bool,
-    ) -> Output:
+    def finish(self, model: ServedModel, share: ItemShare, render: bool) -> Output:
+        # The first layer's maps are the main array only; each further layer is arrays[name].
+        array, extras, request = share.array, share.extras, share.request
         arrays: dict[str, np.ndarray] = {}
         pngs: dict[str, bytes] = {}
-        bg = input_pixels(x.numpy(), model.spec.mean, model.spec.std) if render else None
+        bg = input_pixels(share.x.numpy(), model.spec.mean, model.spec.std) if render else None
         main: np.ndarray | None = None
         for name in request.layers:
-            act = extras[f"layer:{name}"]
+            layer = array if main is None else extras[f"layer:{name}"]
+            act = layer
             if request.top_k_channels and act.ndim >= 1:
                 idx = top_channels(act, min(request.top_k_channels, act.shape[0]))
                 arrays[f"{name}.channels"] = idx
                 act = act[idx]
-            arrays[name] = act
             if main is None:
                 main = act
+            else:
+                arrays[name] = act
             if render and act.ndim == 3 and _channels_first(model, name):
-                pngs[f"{name}.grid"] = to_png(render_grid(act))
-                full = extras[f"layer:{name}"].mean(axis=0)
+                pngs[f"{name}.grid"] = to_png(grid_picture(act))
+                full = layer.mean(axis=0)
                 heat = torch.nn.functional.interpolate(
                     torch.from_numpy(np.ascontiguousarray(full))[None, None],
                     size=bg.shape[:2],  # type: ignore[union-attr]  # bg is set when render
                     mode="bilinear",
                     align_corners=False,
                 )[0, 0].numpy()
-                pngs[f"{name}.heatmap"] = to_png(render_heatmap(heat, bg))
+                pngs[f"{name}.heatmap"] = to_png(heatmap_picture(heat, bg))
         assert main is not None
         first = request.layers[0]
         return Output(array=main, arrays=arrays, png=pngs.get(f"{first}.grid"), pngs=pngs)

@@ -12,9 +12,10 @@ from PIL import Image
 
 from ..errors import InvalidArgument
 from ..models import ServedModel
-from ..render import input_pixels, render_gradient, render_heatmap, to_png
-from .base import BatchOutput, Method, MethodRequest, Output, channels_first_hint, forward_and_score
-from .guided_backprop import relu_rule, relu_rule_warnings
+from ..pictures import gradient_picture, heatmap_picture, input_pixels, to_png
+from .base import BatchOutput, ItemShare, Method, MethodRequest, Output
+from .relu_rules import relu_rule, relu_rule_warnings
+from .targets import Target, channels_first_hint, forward_and_score
 
 
 def grad_cam(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
@@ -48,6 +49,27 @@ class _CamMethod(Method):
             fits = "neither [C, h, w] nor [h, w, C] fits it"
             self._refuse(model, name, shape, f"not a feature map of the {h}x{w} input ({fits})")
 
+    @staticmethod
+    def _forward(
+        model: ServedModel, x: torch.Tensor, requests: Sequence[MethodRequest], *, guided: bool
+    ) -> tuple[torch.Tensor, list[Target], torch.Tensor, torch.Tensor | None]:
+        """One forward pass and the gradient of each item's target at the layer: the logits,
+        the targets, the Grad-CAM map [N, 1, h, w] at the layer's size and, with `guided`,
+        the guided input gradient from a second backward pass of the same graph."""
+        layer = requests[0].layers[0]
+        # Parameters never require grad, so the input must for the layer to join the graph.
+        x = x.detach().requires_grad_(True)
+        guided_grad = None
+        with torch.enable_grad():
+            logits, score, targets, acts = forward_and_score(
+                model, x, [r.target for r in requests], (layer,)
+            )
+            (grads,) = torch.autograd.grad(score, acts[layer], retain_graph=guided)
+            if guided:
+                with relu_rule(score, "guided"):
+                    (guided_grad,) = torch.autograd.grad(score, x)
+        return logits.detach(), targets, grad_cam(acts[layer].detach(), grads), guided_grad
+
     def _refuse(self, model: ServedModel, name: str, shape: tuple[int, ...], what: str) -> NoReturn:
         raise InvalidArgument(
             f"method {self.name} needs a channels-first feature map [C, h, w]; layer "
@@ -64,32 +86,18 @@ class GradCam(_CamMethod):
     def run(
         self, model: ServedModel, x: torch.Tensor, requests: Sequence[MethodRequest]
     ) -> BatchOutput:
-        layer = requests[0].layers[0]
-        # Parameters never require grad, so the input must for the layer to join the graph.
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits, score, targets, acts = forward_and_score(model, x, requests, (layer,))
-            (grads,) = torch.autograd.grad(score, acts[layer])
-        cam = grad_cam(acts[layer].detach(), grads)
+        logits, targets, cam, _ = self._forward(model, x, requests, guided=False)
         up = upsample(cam, x.shape[2:])
         return BatchOutput(
-            logits=logits.detach(), arrays=up[:, 0], targets=targets, extras={"cam": cam[:, 0]}
+            logits=logits, arrays=up[:, 0], targets=targets, extras={"cam": cam[:, 0]}
         )
 
-    def finish(
-        self,
-        model: ServedModel,
-        array: np.ndarray,
-        extras: dict[str, np.ndarray],
-        request: MethodRequest,
-        x: torch.Tensor,
-        render: bool,
-    ) -> Output:
+    def finish(self, model: ServedModel, share: ItemShare, render: bool) -> Output:
         png = None
         if render:
-            bg = input_pixels(x.numpy(), model.spec.mean, model.spec.std)
-            png = to_png(render_heatmap(array, bg))
-        return Output(array=array, arrays=dict(extras), png=png)
+            bg = input_pixels(share.x.numpy(), model.spec.mean, model.spec.std)
+            png = to_png(heatmap_picture(share.array, bg))
+        return Output(array=share.array, arrays=dict(share.extras), png=png)
 
 
 class GuidedGradCam(_CamMethod):
@@ -100,23 +108,16 @@ class GuidedGradCam(_CamMethod):
     def run(
         self, model: ServedModel, x: torch.Tensor, requests: Sequence[MethodRequest]
     ) -> BatchOutput:
-        layer = requests[0].layers[0]
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits, score, targets, acts = forward_and_score(model, x, requests, (layer,))
-            # One forward, two backward passes: the plain layer gradient for Grad-CAM, then
-            # the guided input gradient.
-            (grads,) = torch.autograd.grad(score, acts[layer], retain_graph=True)
-            with relu_rule(score, "guided"):
-                (guided,) = torch.autograd.grad(score, x)
-        cam = upsample(grad_cam(acts[layer].detach(), grads), x.shape[2:])
+        logits, targets, layer_cam, guided = self._forward(model, x, requests, guided=True)
+        assert guided is not None
+        cam = upsample(layer_cam, x.shape[2:])
         return BatchOutput(
-            logits=logits.detach(),
+            logits=logits,
             arrays=guided * cam,
             targets=targets,
             warnings=relu_rule_warnings(model, self.name),
             extras={"cam": cam[:, 0]},
         )
 
-    def render(self, array: np.ndarray, model: ServedModel) -> Image.Image:
-        return render_gradient(array)
+    def picture(self, array: np.ndarray, model: ServedModel) -> Image.Image:
+        return gradient_picture(array)

@@ -1,8 +1,9 @@
-"""Plain-gradient attributions: saliency maps and integrated gradients."""
+"""Input gradients (plain, or under a ReLU rule), saliency maps and integrated gradients."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import ClassVar
 
@@ -11,16 +12,24 @@ import torch
 from PIL import Image
 
 from ..models import ServedModel
-from ..render import render_gradient, render_heatmap
-from .base import (
-    BatchOutput,
-    ClassTarget,
-    Method,
-    MethodRequest,
-    NeuronTarget,
-    resolve_class_targets,
-)
-from .guided_backprop import input_gradient
+from ..pictures import gradient_picture, heatmap_picture
+from .base import BatchOutput, Method, MethodRequest
+from .relu_rules import relu_rule
+from .targets import ClassTarget, NeuronTarget, Target, forward_and_score, resolve_class_targets
+
+
+def input_gradient(
+    model: ServedModel, x: torch.Tensor, requests: Sequence[MethodRequest], rule: str | None
+) -> tuple[torch.Tensor, torch.Tensor, list[Target]]:
+    """Input gradient of each item's target, under the ReLU rule `rule` (None: the plain
+    gradient); also the logits and the resolved targets."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits, score, resolved, _ = forward_and_score(model, x, [r.target for r in requests])
+        with relu_rule(score, rule) if rule is not None else nullcontext():
+            (grad,) = torch.autograd.grad(score, x)
+    return logits.detach(), grad, resolved
+
 
 # Integrated gradients' quadrature: Captum's default, 50 Gauss-Legendre points on [0, 1].
 INTEGRATED_GRADIENTS_STEPS = 50
@@ -38,8 +47,8 @@ class Saliency(Method):
         logits, grad, targets = input_gradient(model, x, requests, None)
         return BatchOutput(logits=logits, arrays=grad.abs(), targets=targets)
 
-    def render(self, array: np.ndarray, model: ServedModel) -> Image.Image:
-        return render_heatmap(np.asarray(array).max(axis=0), None)
+    def picture(self, array: np.ndarray, model: ServedModel) -> Image.Image:
+        return heatmap_picture(np.asarray(array).max(axis=0), None)
 
 
 def gauss_legendre(n: int) -> tuple[list[float], list[float]]:
@@ -81,5 +90,5 @@ class IntegratedGradients(Method):
             total.add_(grad, alpha=weight)
         return BatchOutput(logits=logits, arrays=x * total, targets=targets)
 
-    def render(self, array: np.ndarray, model: ServedModel) -> Image.Image:
-        return render_gradient(array)
+    def picture(self, array: np.ndarray, model: ServedModel) -> Image.Image:
+        return gradient_picture(array)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidArgument
-from ..methods.base import capture_output
+from ..methods.hooks import capture_output
 from ..models import ServedModel
 from .objectives import (
     Objective,
@@ -38,26 +38,61 @@ __all__ = [
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
+# Lucid's feature-visualization defaults: 512 steps of Adam at this learning rate.
+LUCID_STEPS = 512
+LUCID_LEARNING_RATE = 0.05
 
 
 @dataclass(frozen=True)
 class RenderJob:
     """One feature visualization: `batch` images optimised to maximise `objective`.
 
-    Defaults are Lucid's: 512 steps of Adam at lr 0.05 on a decorrelated FFT image with
-    transformation robustness.
+    Defaults are Lucid's: LUCID_STEPS steps of Adam at LUCID_LEARNING_RATE on a decorrelated
+    FFT image with transformation robustness. `check` refuses values no batch can run; the
+    errors name the VisualizeRequest's fields (`lr` is its learning_rate, `param` its
+    parameterization, `size` its height and width).
     """
 
     objective: Objective
     size: tuple[int, int] | None = None  # None: the model's input size
-    steps: int = 512
-    lr: float = 0.05
+    steps: int = LUCID_STEPS
+    lr: float = LUCID_LEARNING_RATE
     seed: int = 0
     batch: int = 1  # images of this job, pushed apart by `diversity`
     diversity: float = 0.0
     param: str = "fft"  # "fft" (decorrelated FFT) | "pixel"
     transforms: bool = True
     progress_every: int = 0  # 0: no intermediate images
+
+    def check(self) -> None:
+        """Raises InvalidArgument for a value no optimization can run, whatever the model."""
+        if not isinstance(self.objective, Objective):
+            raise InvalidArgument("objective must be an Objective", field="objective")
+        if self.steps < 1:
+            raise InvalidArgument(f"steps must be at least 1, got {self.steps}", field="steps")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise InvalidArgument(
+                f"learning_rate must be a finite number > 0, got {self.lr}", field="learning_rate"
+            )
+        if self.batch < 1:
+            raise InvalidArgument(f"batch must be at least 1, got {self.batch}", field="batch")
+        if not (math.isfinite(self.diversity) and self.diversity >= 0):
+            raise InvalidArgument(
+                f"diversity must be a finite number >= 0, got {self.diversity}", field="diversity"
+            )
+        if self.param not in PARAM_KINDS:
+            raise InvalidArgument(
+                f"parameterization must be one of {', '.join(PARAM_KINDS)}, got '{self.param}'",
+                field="parameterization",
+            )
+        if self.progress_every < 0:
+            raise InvalidArgument(
+                f"progress_every must be >= 0, got {self.progress_every}", field="progress_every"
+            )
+        if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
+            raise InvalidArgument(
+                f"height and width must be positive, got {tuple(self.size)}", field="height"
+            )
 
 
 @dataclass(frozen=True)
@@ -218,39 +253,23 @@ class RenderBatch:
             tuple(job.size) if job.size is not None else self.model.spec.input_size
         ) == self.size
 
-    def validate(self, job: RenderJob) -> None:
-        """Raises InvalidArgument for a job this batch cannot run."""
-        if not isinstance(job.objective, Objective):
-            raise InvalidArgument("objective must be an Objective", field="objective")
-        job.objective.validate(self.model)
-        if job.steps < 1:
-            raise InvalidArgument(f"steps must be >= 1, got {job.steps}", field="steps")
-        if not (math.isfinite(job.lr) and job.lr > 0):
-            raise InvalidArgument(f"lr must be a positive number, got {job.lr}", field="lr")
-        if job.batch < 1:
-            raise InvalidArgument(f"batch must be >= 1, got {job.batch}", field="batch")
-        if not (math.isfinite(job.diversity) and job.diversity >= 0):
-            raise InvalidArgument(f"diversity must be >= 0, got {job.diversity}", field="diversity")
-        if job.param not in PARAM_KINDS:
-            raise InvalidArgument(
-                f"param must be one of {PARAM_KINDS}, got '{job.param}'", field="param"
-            )
-        if job.progress_every < 0:
-            raise InvalidArgument(
-                f"progress_every must be >= 0, got {job.progress_every}", field="progress_every"
-            )
-        if job.size is not None and (len(job.size) != 2 or min(job.size) < 1):
-            raise InvalidArgument(f"size must be (height, width) > 0, got {job.size}", field="size")
-        if not self.accepts(job):
-            raise InvalidArgument(
-                f"size {tuple(job.size or ())} differs from this batch's {self.size}: "
-                "jobs of different sizes need different batches",
-                field="size",
-            )
-
     def add(self, job: RenderJob) -> int:
-        """Adds a job's rows (from the next step on) and returns its handle."""
-        self.validate(job)
+        """Checks a job (its values, its objective against the model, its size against this
+        batch's), adds its rows from the next step on and returns its handle."""
+        job.check()
+        job.objective.validate(self.model)
+        return self.join(job)
+
+    def join(self, job: RenderJob) -> int:
+        """`add` for a job already checked (the Visualize scheduler checks each job once, as
+        it admits it): refuses only a size other than this batch's."""
+        if not self.accepts(job):
+            h, w = job.size or self.model.spec.input_size
+            raise InvalidArgument(
+                f"height x width {h}x{w} differs from this batch's {self.size[0]}x"
+                f"{self.size[1]}: jobs of different sizes need different batches",
+                field="height",
+            )
         generators = [row_generator(job.seed, i) for i in range(job.batch)]
         # Initial parameters first, from each row's own stream, on the CPU: the same seed
         # gives the same start on every device and whoever else is in the batch.

@@ -1,5 +1,4 @@
-"""Continuous batching of feature-visualization jobs: one optimization batch per model and size,
-stepped on the device thread; jobs join at the next step and leave when done or cancelled."""
+"""The Visualize scheduler: continuous batching of feature-visualization jobs, and their streams."""
 
 from __future__ import annotations
 
@@ -7,28 +6,46 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
-from .batcher import cancel_and_wait
-from .errors import DeepvisError, InvalidArgument, ResourceExhausted, Unavailable
-from .featurevis.render import RenderBatch, RenderEvent, RenderJob
-from .models import ServedModel
+from ..batcher import cancel_and_wait
+from ..config import RenderLimits
+from ..errors import DeepvisError, ResourceExhausted, Unavailable
+from ..models import ServedModel
+from ..pictures import images_to_pngs, strip_png
+from .optimization import RenderBatch, RenderEvent, RenderJob
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class RenderLimits:
-    """What one job may ask for, and how many rows the server optimizes at once."""
+class Progress:
+    """A job's state at one step, as its stream sends it: the picture only when asked for."""
 
-    max_steps: int = 4096
-    max_side: int = 512
-    max_images_per_job: int = 16
-    max_rows: int = 128
+    step: int
+    steps: int
+    objective: float  # the mean over the job's images, before negation
+    png: bytes | None  # the job's images side by side
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A finished job, ready to send: its images as PNGs and how it was scheduled."""
+
+    pixels: np.ndarray  # float32 [B, C, H, W] in [0, 1]
+    pngs: list[bytes]
+    objective: float
+    steps: int
+    queue_ms: float  # from submission to its first step
+    compute_ms: float  # from its first step to its last
+    max_batch_jobs: int  # the most jobs its optimization batch held at one step
 
 
 # Progress messages a job sends when it asks for no pictures: about this many in all.
@@ -79,6 +96,11 @@ class JobState:
             return
         self._changed.set()
 
+    def timing(self) -> tuple[float, float]:
+        """Milliseconds from submission to the first step, and from the first step to the last."""
+        first = self.first_step or self.arrival
+        return (first - self.arrival) * 1000.0, ((self.last_step or first) - first) * 1000.0
+
     def fail(self, error: BaseException) -> None:
         """Ends the stream with `error` once it has taken what came before."""
         self._error = error
@@ -127,12 +149,19 @@ class Visualizer:
     """
 
     def __init__(
-        self, model: ServedModel, executor: Executor, limits: RenderLimits, *, tf32: bool = False
+        self,
+        model: ServedModel,
+        executor: Executor,
+        cpu_executor: Executor,
+        limits: RenderLimits,
+        *,
+        tf32: bool = False,
     ) -> None:
         self.model = model
         self.limits = limits
         self.tf32 = tf32  # TF32 matmuls and convolutions during render steps (CUDA only)
-        self._executor = executor
+        self._executor = executor  # owns the device
+        self._cpu_executor = cpu_executor  # encodes the PNGs
         self._batches: dict[tuple[int, int], RenderBatch] = {}
         self._joining: list[JobState] = []
         self._leaving: list[JobState] = []
@@ -156,7 +185,9 @@ class Visualizer:
             state.fail(Unavailable("server is shutting down"))
 
     def check(self, job: RenderJob) -> tuple[int, int]:
-        """Refuses a job outside the limits or the model; returns its image size."""
+        """Refuses a job beyond the limits or outside the model; returns its image size. Its
+        own values were checked as it was read (`RenderJob.check`); nothing here touches the
+        device, as this runs on the event loop."""
         lim = self.limits
         size = tuple(job.size) if job.size is not None else self.model.spec.input_size
         if job.steps > lim.max_steps:
@@ -171,10 +202,8 @@ class Visualizer:
                 f"batch is {job.batch}; at most {lim.max_images_per_job} images a job",
                 field="batch",
             )
-        # The batch's own checks (objective against the model's layers, steps, lr, ...).
-        hw = (int(size[0]), int(size[1]))
-        RenderBatch(self.model, hw).validate(job)
-        return hw
+        job.objective.validate(self.model)
+        return (int(size[0]), int(size[1]))
 
     def submit(self, job: RenderJob) -> JobState:
         """Admits a job; it joins the optimization at the next step."""
@@ -189,6 +218,36 @@ class Visualizer:
         self._joining.append(state)
         self._wake.set()
         return state
+
+    async def events(self, state: JobState) -> AsyncGenerator[Progress | Rendered, None]:
+        """A submitted job's progress as it is due (every `progress_stride` steps, the latest
+        when the reader falls behind), then its result, encoded off the event loop; raises
+        what failed the job. However the stream ends, the job stops at its next step."""
+        try:
+            async for ev in state.stream():
+                if ev.result is not None:
+                    res = ev.result
+                    pngs = await self._on_cpu(images_to_pngs, res.images)
+                    queue_ms, compute_ms = state.timing()
+                    yield Rendered(
+                        res.pixels,
+                        pngs,
+                        res.objective,
+                        res.steps,
+                        queue_ms,
+                        compute_ms,
+                        state.max_jobs,
+                    )
+                    return
+                png = None
+                if ev.progress is not None:
+                    png = await self._on_cpu(strip_png, ev.progress.images)
+                yield Progress(ev.step, ev.steps, ev.objective, png)
+        finally:
+            self.cancel(state)
+
+    async def _on_cpu(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._cpu_executor, fn, *args)
 
     def cancel(self, state: JobState) -> None:
         """Stops a job at the next step boundary (its client went away)."""
@@ -229,8 +288,10 @@ class Visualizer:
             if batch is not None and state.handle is not None:
                 batch.remove(state.handle)
         for state in joining:
-            batch = self._batches.setdefault(state.size, RenderBatch(self.model, state.size))
-            state.handle = batch.add(state.job)
+            batch = self._batches.get(state.size)
+            if batch is None:
+                batch = self._batches[state.size] = RenderBatch(self.model, state.size)
+            state.handle = batch.join(state.job)  # checked when it was submitted
         out: list[tuple[tuple[int, int], list[RenderEvent] | BaseException, int]] = []
         for size, batch in list(self._batches.items()):
             if not batch.handles:
@@ -277,11 +338,3 @@ class Visualizer:
                     state.done = True
                     self._active.pop((size, ev.handle))
                     self._rows -= state.job.batch
-
-
-def check_job_fields(steps: int, lr: float, batch: int) -> None:
-    """Range checks that need no model."""
-    if steps < 0 or batch < 0:
-        raise InvalidArgument("steps and batch must be >= 0 (0 means the default)", field="steps")
-    if not lr >= 0:
-        raise InvalidArgument(f"learning_rate must be >= 0, got {lr}", field="learning_rate")

@@ -10,16 +10,16 @@ from PIL import Image
 
 # Inputs as small as 28-32 px make unreadable pictures: scale them up (nearest, so pixels
 # stay honest) until the shorter side is at least this.
-MIN_RENDER_SIDE = 128
+MIN_PICTURE_SIDE = 128
 
 
 def upscale(img: Image.Image) -> Image.Image:
     w, h = img.size
-    factor = min(8, math.ceil(MIN_RENDER_SIDE / max(1, min(w, h))))
+    factor = min(8, math.ceil(MIN_PICTURE_SIDE / max(1, min(w, h))))
     return img if factor <= 1 else img.resize((w * factor, h * factor), Image.Resampling.NEAREST)
 
 
-def render_gradient(array: np.ndarray) -> Image.Image:
+def gradient_picture(array: np.ndarray) -> Image.Image:
     """An input-space gradient [C, H, W] as a picture: centred, scaled by its spread, grey at zero.
 
     This is the usual way to show guided backprop (as in pytorch-grad-cam's deprocess):
@@ -74,7 +74,7 @@ def normalize01(a: np.ndarray) -> np.ndarray:
     )
 
 
-def render_heatmap(
+def heatmap_picture(
     heat: np.ndarray, background: np.ndarray | None, alpha: float = 0.5
 ) -> Image.Image:
     """A map [H, W] in jet colours, scaled to its own range, over the input when given."""
@@ -84,7 +84,7 @@ def render_heatmap(
     return upscale(Image.fromarray((np.clip(colored, 0, 1) * 255.0 + 0.5).astype(np.uint8)))
 
 
-def render_grid(maps: np.ndarray, max_maps: int = 64, pad: int = 1) -> Image.Image:
+def grid_picture(maps: np.ndarray, max_maps: int = 64, pad: int = 1) -> Image.Image:
     """Feature maps [K, h, w] as a near-square grid, each scaled to its own range."""
     maps = maps[:max_maps]
     k, h, w = maps.shape
@@ -99,12 +99,12 @@ def render_grid(maps: np.ndarray, max_maps: int = 64, pad: int = 1) -> Image.Ima
     return upscale(img) if max(h, w) < 32 else img
 
 
-def render_images(images: list[np.ndarray]) -> list[bytes]:
+def images_to_pngs(images: list[np.ndarray]) -> list[bytes]:
     """uint8 images (HxW or HxWxC) as PNGs, scaled up like every other picture."""
     return [to_png(upscale(Image.fromarray(img))) for img in images]
 
 
-def render_strip(images: list[np.ndarray], pad: int = 2) -> bytes:
+def strip_png(images: list[np.ndarray], pad: int = 2) -> bytes:
     """Several same-size uint8 images side by side as one PNG."""
     h, w = images[0].shape[:2]
     shape = (h, len(images) * (w + pad) - pad) + images[0].shape[2:]
