@@ -10,7 +10,7 @@ import torch
 from captum.attr import GuidedBackprop
 
 from conftest import relative_error
-from test_guided_backprop import preprocess_digit
+from oracles import preprocess_digit
 
 
 def deepvis(*args: str) -> subprocess.CompletedProcess[str]:

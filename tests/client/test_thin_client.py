@@ -20,8 +20,8 @@ from google.protobuf import descriptor_pb2
 import deepvis
 import deepvis_server
 
-ROOT = Path(__file__).resolve().parents[1]
-HIDE = Path(__file__).resolve().parent / "hide"
+ROOT = Path(__file__).resolve().parents[2]
+HIDE = Path(__file__).resolve().parents[1] / "hide"
 
 
 def _python(*args: str, hide: str, path: tuple[Path, ...] = ()) -> subprocess.CompletedProcess[str]:

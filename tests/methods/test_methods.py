@@ -60,7 +60,7 @@ def serve_batch(address: str, model: str, xs: list[np.ndarray], **kwargs) -> lis
     as one batch: the oracle's batch. (Sent as concurrent Explain calls, a loaded machine can
     split them, and a near-tie at a ReLU or max-pool flips with the last bit of a
     convolution, which differs between batch sizes; that sharing is tested on its own in
-    tests/test_guided_backprop.py.)"""
+    tests/methods/test_guided_backprop.py.)"""
     with deepvis.Client(address, timeout=120) as client:
         return client.explain_batch(xs, model=model, targets=TARGETS, render=False, **kwargs)
 
@@ -223,7 +223,7 @@ def test_top_k_channels_and_several_layers(digits_server, digits_twin, sample_pa
             str(sample_paths[2]), method="activations", layer=["conv2", "conv3"], top_k_channels=5
         )
     full = {n: LayerActivation(digits_twin, getattr(digits_twin, n)) for n in ("conv2", "conv3")}
-    from test_guided_backprop import preprocess_digit
+    from oracles import preprocess_digit
 
     inp = torch.from_numpy(preprocess_digit(sample_paths[2]))[None]
     for layer in ("conv2", "conv3"):

@@ -31,7 +31,7 @@ from deepvis._cli import main
 from deepvis._exceptions import from_rpc_error
 from deepvis.v1 import deepvis_pb2, deepvis_pb2_grpc
 
-CLIENT_DIR = Path(__file__).resolve().parents[1] / "client"
+CLIENT_DIR = Path(__file__).resolve().parents[2] / "client"
 # Nothing listens on port 1, so connecting fails at once with UNAVAILABLE.
 DEAD_ADDRESS = "127.0.0.1:1"
 
@@ -1127,7 +1127,9 @@ def _run_python(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 # A Python without grpcio-health-checking, as a thin client install is (see tests/hide).
 _HIDE_GRPC_HEALTH = {
-    "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "hide"), str(CLIENT_DIR)]),
+    "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1] / "hide"), str(CLIENT_DIR)]
+    ),
     "DEEPVIS_TEST_HIDE": "grpc_health",
 }
 

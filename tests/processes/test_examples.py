@@ -22,7 +22,7 @@ from conftest import free_port
 from deepvis_server.config import load_config
 from deepvis_server.server import serve_in_thread
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SHAPES = ("disc", "square", "ring", "cross", "hbar", "vbar", "diag", "triangle", "dots", "frame")
 
 

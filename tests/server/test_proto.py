@@ -12,7 +12,7 @@ from google.protobuf import descriptor_pb2
 
 from deepvis.v1 import deepvis_pb2
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_stubs_match_the_proto(tmp_path) -> None:

@@ -25,6 +25,8 @@ from deepvis_server.config import load_config
 from deepvis_server.server import serve_in_thread
 from toy_models import POISON
 
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # toy_models' folder
+
 
 class DeviceGate:
     """Holds the device thread busy until released: whatever is queued meanwhile waits."""
@@ -171,7 +173,7 @@ def write_toy_config(tmp_path, arch: str) -> str:
     import torch
     from safetensors.torch import save_file
 
-    sys.path.insert(0, os.path.dirname(__file__))
+    sys.path.insert(0, TESTS)
     import toy_models
 
     net = getattr(toy_models, arch)(num_classes=4)
@@ -190,9 +192,7 @@ def write_toy_config(tmp_path, arch: str) -> str:
 def start_process(config: str, address: str) -> subprocess.Popen[str]:
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            [os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]
-        ),
+        "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "deepvis_server", "--config", config, "--address", address],

@@ -27,38 +27,11 @@ from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 from deepvis_server.config import ConfigError, ServerConfig, load_config
 from deepvis_server.security import BearerTokenInterceptor, is_loopback, load_tokens
 from deepvis_server.server import DeepvisServer, model_health_service, serve_in_thread
+from pki import issue_certificate, make_ca
 
 TOKENS = "# operators\n\nalpha-0123456789\n   beta-token-two   \n# retired: gamma\n"
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def _issue(d: Path, name: str, ca: str, subject: str, extensions: str) -> None:
-    """A P-256 key and a one-day certificate for it, signed by `ca`."""
-    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{name}.key", cwd=d)
-    _openssl("req", "-new", "-key", f"{name}.key", "-subj", subject, "-out", f"{name}.csr", cwd=d)
-    (d / f"{name}.ext").write_text(extensions)
-    _openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-        "-set_serial", str(abs(hash(name)) % 10**9 + 2), "-days", "1",
-        "-extfile", f"{name}.ext", "-out", f"{name}.pem",
-        cwd=d,
-    )  # fmt: skip
-
-
-def _ca(d: Path, name: str) -> None:
-    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{name}.key", cwd=d)
-    _openssl(
-        "req", "-x509", "-new", "-key", f"{name}.key", "-subj", f"/CN=deepvis test {name}",
-        "-days", "1", "-out", f"{name}.pem",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        cwd=d,
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +39,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A throwaway CA, a server certificate for 127.0.0.1 and localhost, a client certificate,
     and a client certificate from another CA; made here, valid for a day."""
     d = tmp_path_factory.mktemp("pki")
-    _ca(d, "ca")
-    _ca(d, "other-ca")
-    _issue(
+    make_ca(d, "ca")
+    make_ca(d, "other-ca")
+    issue_certificate(
         d, "server", "ca", "/CN=localhost",
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
         "basicConstraints=CA:FALSE\n",
     )  # fmt: skip
     client_ext = "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n"
-    _issue(d, "client", "ca", "/CN=deepvis test client", client_ext)
-    _issue(d, "stranger", "other-ca", "/CN=deepvis stranger", client_ext)
+    issue_certificate(d, "client", "ca", "/CN=deepvis test client", client_ext)
+    issue_certificate(d, "stranger", "other-ca", "/CN=deepvis stranger", client_ext)
     tokens = d / "tokens.txt"
     tokens.write_text(TOKENS)
     paths = {p.stem: p for p in d.glob("*.pem")}

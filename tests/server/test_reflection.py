@@ -23,7 +23,7 @@ from deepvis_server.config import load_config
 from deepvis_server.reflection import ReflectionServicer
 from deepvis_server.server import serve_in_thread
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = ("grpc.reflection.v1", "grpc.reflection.v1alpha")
 SERVICES = [
     "deepvis.v1.Explainer",

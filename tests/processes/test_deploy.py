@@ -24,8 +24,8 @@ else:  # pragma: no cover
 
 yaml = pytest.importorskip("yaml", reason="PyYAML (the dev extra) parses the deployment files")
 
-ROOT = Path(__file__).resolve().parents[1]
-COMPOSE_SCHEMA = Path(__file__).resolve().parents[2] / "shared/data/compose-spec.json"
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_SCHEMA = Path(__file__).resolve().parents[3] / "shared/data/compose-spec.json"
 DEPLOY = ROOT / "deploy"
 DEPLOY_CONFIG = DEPLOY / "config" / "deepvis.toml"
 IMAGE_MODEL_DIR = "/opt/deepvis/default_model"  # where the Dockerfile links the digits model

@@ -261,10 +261,10 @@ def test_visualize_is_replayed_only_before_its_first_message(flaky) -> None:
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 def test_tls_token_and_cli_work_with_a_list_of_replicas(tmp_path, sample_paths) -> None:
-    from test_security import _ca, _issue
+    from pki import issue_certificate, make_ca
 
-    _ca(tmp_path, "ca")
-    _issue(
+    make_ca(tmp_path, "ca")
+    issue_certificate(
         tmp_path, "server", "ca", "/CN=localhost",
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
         "basicConstraints=CA:FALSE\n",

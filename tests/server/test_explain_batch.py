@@ -12,7 +12,7 @@ import deepvis
 from conftest import relative_error
 from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
-from test_guided_backprop import TOL, captum_gbp, preprocess_digit
+from oracles import TOL, captum_gbp, preprocess_digit
 
 
 def test_items_equal_captum_share_batches_and_keep_their_order(

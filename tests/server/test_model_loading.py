@@ -33,7 +33,7 @@ from deepvis_server.security import resolve_under_root
 from deepvis_server.server import DeepvisServer, model_health_service, serve_in_thread
 
 DIGITS = load_config().models[0]
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
 

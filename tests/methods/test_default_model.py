@@ -23,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-MODEL_DIR = Path(__file__).resolve().parents[1] / "server" / "deepvis_server" / "default_model"
+MODEL_DIR = Path(__file__).resolve().parents[2] / "server" / "deepvis_server" / "default_model"
 
 
 @pytest.fixture(scope="module")
