@@ -1,4 +1,5 @@
-"""Independent oracles shared by the tests: Captum's guided backprop, the digits' preprocessing."""
+"""Independent oracles shared by the tests: Captum's guided backprop, the digits'
+preprocessing, and the error measure every comparison uses."""
 
 from __future__ import annotations
 
@@ -22,3 +23,10 @@ def preprocess_digit(path) -> np.ndarray:
     spec = load_config().models[0]
     pixels = np.asarray(Image.open(path), dtype=np.float32) / 255.0
     return ((pixels - spec.mean[0]) / spec.std[0])[None].astype(np.float32)
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Max abs difference over the largest magnitude of the reference."""
+    scale = float(np.abs(b).max())
+    assert scale > 0, "the oracle's result is all zeros: the comparison would prove nothing"
+    return float(np.abs(a - b).max()) / scale

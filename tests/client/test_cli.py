@@ -9,8 +9,7 @@ import numpy as np
 import torch
 from captum.attr import GuidedBackprop
 
-from conftest import relative_error
-from oracles import preprocess_digit
+from oracles import preprocess_digit, relative_error
 
 
 def deepvis(*args: str) -> subprocess.CompletedProcess[str]:

@@ -21,12 +21,13 @@ import grpc
 import pytest
 
 import deepvis
-from conftest import free_port, relative_error
 from deepvis._cli import main
 from deepvis._transport import SERVICE_CONFIG, channel_options, channel_target
 from deepvis.v1 import deepvis_pb2, deepvis_pb2_grpc
 from deepvis_server.config import load_config
 from deepvis_server.server import serve_in_thread
+from oracles import relative_error
+from ports import free_port
 
 # --- address forms and the service config (no server) --------------------------------------
 

@@ -12,9 +12,10 @@ from captum.attr import GuidedBackprop, LayerAttribution, LayerGradCam
 from safetensors.torch import save_file
 
 import deepvis
-from conftest import free_port, relative_error
 from deepvis_server.config import parse_config
 from deepvis_server.server import serve_in_thread
+from oracles import relative_error
+from ports import free_port
 
 pytestmark = [
     pytest.mark.gpu,

@@ -10,8 +10,8 @@ import torch
 from captum.attr import NeuronGuidedBackprop
 
 import deepvis
-from conftest import GUIDED_MODELS, relative_error
-from oracles import TOL, captum_gbp, preprocess_digit
+from oracles import TOL, captum_gbp, preprocess_digit, relative_error
+from zoo import GUIDED_MODELS
 
 
 def test_digits_samples_equal_captum(digits_server, digits_twin, sample_paths) -> None:

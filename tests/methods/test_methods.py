@@ -25,7 +25,8 @@ from captum.attr import (
 from torch import nn
 
 import deepvis
-from conftest import METHOD_MODELS, relative_error
+from oracles import relative_error
+from zoo import METHOD_MODELS
 
 TOL = 1e-5
 IG_TOL = 2e-3

@@ -18,9 +18,10 @@ from torch import nn
 
 import deepvis
 import toy_models
-from conftest import free_port, relative_error
 from deepvis_server.config import parse_config
 from deepvis_server.server import serve_in_thread
+from oracles import relative_error
+from ports import free_port
 
 TOL = 1e-5
 TARGETS = [3, None, 1, 3, 0, None]

@@ -17,9 +17,9 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import free_port
 from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
+from ports import free_port
 from processes import ServerProcess, default_model_config
 
 # A client process per kind of call. Each prints "ready" once it has what it came for (some

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from conftest import free_port
 from deepvis_server import demo
+from ports import free_port
 
 
 def test_demo_writes_pictures_for_the_three_methods(tmp_path) -> None:

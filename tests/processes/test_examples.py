@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 from sklearn.datasets import load_digits
 
 import deepvis
-from conftest import free_port
 from deepvis_server.config import load_config
 from deepvis_server.server import serve_in_thread
+from ports import free_port
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SHAPES = ("disc", "square", "ring", "cross", "hbar", "vbar", "diag", "triangle", "dots", "frame")

@@ -23,8 +23,8 @@ import pytest
 from sklearn.datasets import load_digits
 
 import deepvis
-from conftest import free_port
 from deepvis_server.config import DEFAULT_CONFIG
+from ports import free_port
 
 PIXELS = (load_digits().images[:4] * 16).clip(0, 255).astype(np.uint8)
 

@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import deepvis
-from conftest import free_port
 from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 from deepvis_server.config import load_config
 from deepvis_server.server import serve_in_thread
+from ports import free_port
 
 
 def png(img: Image.Image, **kw) -> bytes:

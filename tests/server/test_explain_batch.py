@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 import deepvis
-from conftest import relative_error
 from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
-from oracles import TOL, captum_gbp, preprocess_digit
+from oracles import TOL, captum_gbp, preprocess_digit, relative_error
 
 
 def test_items_equal_captum_share_batches_and_keep_their_order(
@@ -114,9 +113,9 @@ def test_chunks_and_the_async_client(digits_server, sample_paths) -> None:
 def test_answers_beyond_the_message_limit_fail_alone(sample_paths) -> None:
     import dataclasses
 
-    from conftest import free_port
     from deepvis_server.config import load_config
     from deepvis_server.server import serve_in_thread
+    from ports import free_port
 
     config = dataclasses.replace(load_config(), max_message_bytes=40_000)
     images = [str(p) for p in sample_paths]

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import deepvis
-from conftest import free_port
 from deepvis_server.config import load_config
 from deepvis_server.server import serve_in_thread
+from ports import free_port
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,13 @@ from safetensors.torch import save_file
 
 import deepvis
 import toy_models
-from conftest import free_port, relative_error
 from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 from deepvis_server.config import parse_config
 from deepvis_server.models import LayerLayout, ServedModel, infer_layout
 from deepvis_server.server import serve_in_thread
+from oracles import relative_error
+from ports import free_port
 
 TOL = 1e-5
 TARGETS = [3, None, 7, 3]

@@ -26,11 +26,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import deepvis
-from conftest import free_port, relative_error
 from deepvis_server.config import ConfigError, load_config, parse_config
 from deepvis_server.models import load_model
 from deepvis_server.security import resolve_under_root
 from deepvis_server.server import DeepvisServer, model_health_service, serve_in_thread
+from oracles import relative_error
+from ports import free_port
 
 DIGITS = load_config().models[0]
 TESTS_DIR = Path(__file__).resolve().parents[1]

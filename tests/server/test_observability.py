@@ -19,7 +19,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import deepvis
-from conftest import free_port
 from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 from deepvis_server.config import DEFAULT_CONFIG, load_config
@@ -30,6 +29,7 @@ from deepvis_server.observability import (
     rpc_label,
 )
 from deepvis_server.server import DeepvisServer, serve_in_thread
+from ports import free_port
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 PIXELS = np.zeros((32, 32), np.uint8)

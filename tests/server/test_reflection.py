@@ -16,12 +16,12 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_reflection.v1alpha import reflection_pb2 as rpb
 
-from conftest import free_port
 from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 from deepvis_server.config import load_config
 from deepvis_server.reflection import ReflectionServicer
 from deepvis_server.server import serve_in_thread
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = ("grpc.reflection.v1", "grpc.reflection.v1alpha")

@@ -18,11 +18,11 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 import deepvis
-from conftest import free_port
 from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 from deepvis_server.config import load_config
 from deepvis_server.server import serve_in_thread
+from ports import free_port
 from toy_models import POISON
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # toy_models' folder

@@ -21,13 +21,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import deepvis
-from conftest import free_port
 from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 from deepvis_server.config import ConfigError, ServerConfig, load_config
 from deepvis_server.security import BearerTokenInterceptor, is_loopback, load_tokens
 from deepvis_server.server import DeepvisServer, model_health_service, serve_in_thread
 from pki import issue_certificate, make_ca
+from ports import free_port
 
 TOKENS = "# operators\n\nalpha-0123456789\n   beta-token-two   \n# retired: gamma\n"
 

@@ -15,9 +15,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
 import deepvis
-from conftest import free_port, relative_error
 from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
+from oracles import relative_error
+from ports import free_port
 
 
 def test_list_models_describes_the_default_model(digits_server) -> None:

@@ -16,12 +16,12 @@ import torch
 import torchvision
 
 import deepvis
-from conftest import free_port
 from deepvis_server.config import ConfigError, load_config, parse_config
 from deepvis_server.errors import InvalidArgument
 from deepvis_server.models import load_model
 from deepvis_server.preprocess import Limits
 from deepvis_server.server import model_health_service, serve_in_thread
+from ports import free_port
 
 WEIGHTS = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
 LIMITS = Limits(max_image_pixels=4096 * 1024, max_tensor_elements=1 << 20)
