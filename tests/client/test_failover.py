@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +21,7 @@ from deepvis._cli import main
 from deepvis._transport import SERVICE_CONFIG, channel_options, channel_target
 from deepvis.v1 import deepvis_pb2, deepvis_pb2_grpc
 from deepvis_server.config import load_config
+from deepvis_server.process import ServerProcess
 from deepvis_server.server import serve_in_thread
 from oracles import relative_error
 from ports import free_port
@@ -315,51 +312,26 @@ def test_tls_token_and_cli_work_with_a_list_of_replicas(tmp_path, sample_paths) 
 # --- three real server processes -----------------------------------------------------------
 
 
-class Replica:
-    """A `deepvis-server` process on the embedded digits model, its output collected."""
+def replica() -> ServerProcess:
+    """A `deepvis-server` process on the embedded digits model, started, not yet waited for."""
+    return ServerProcess(
+        "--device", "cpu", "--log-level", "INFO",
+        env={"OMP_NUM_THREADS": "1"}, timeout=45, wait=False,
+    )  # fmt: skip
 
-    def __init__(self) -> None:
-        self.address = f"127.0.0.1:{free_port()}"
-        self.proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "deepvis_server"),
-                *("--address", self.address, "--device", "cpu", "--log-level", "INFO"),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
-        self.lines: list[str] = []
-        self.serving = threading.Event()
-        # Drained all the time: one access line per call would otherwise fill the pipe.
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            if "serving" in line and self.address in line:
-                self.serving.set()
-
-    def explained(self) -> int:
-        return sum("Explain OK" in line for line in list(self.lines))
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
+def explained(server: ServerProcess) -> int:
+    """Explain calls the replica answered, from its access log."""
+    return sum("Explain OK" in line for line in server.log().splitlines())
 
 
 @pytest.fixture()
-def replicas() -> Iterator[list[Replica]]:
-    started: list[Replica] = []
+def replicas() -> Iterator[list[ServerProcess]]:
+    started: list[ServerProcess] = []
     try:
-        started = [Replica() for _ in range(3)]  # start up side by side
+        started = [replica() for _ in range(3)]  # start up side by side
         for r in started:
-            if not r.serving.wait(45):
-                pytest.fail(f"{r.address} did not start:\n{''.join(r.lines)}")
+            r.wait_serving()
         yield started
     finally:
         for r in started:
@@ -376,7 +348,7 @@ def wait_for(predicate, timeout: float = 5.0) -> bool:
 
 
 def test_round_robin_spreads_and_a_replica_killed_under_load_loses_no_request(
-    replicas: list[Replica], sample_paths: list[Path]
+    replicas: list[ServerProcess], sample_paths: list[Path]
 ) -> None:
     assert len(sample_paths) == 10
     samples = [str(p) for p in sample_paths]
@@ -385,7 +357,7 @@ def test_round_robin_spreads_and_a_replica_killed_under_load_loses_no_request(
         expected = {
             (i, t): one.explain(samples[i], target=t, render=False).array for i, t in targets
         }
-    assert wait_for(lambda: [r.explained() for r in replicas] == [10, 0, 0])
+    assert wait_for(lambda: [explained(r) for r in replicas] == [10, 0, 0])
 
     address = ",".join(r.address for r in replicas)
     with deepvis.Client(address, timeout=30) as client:
@@ -395,8 +367,8 @@ def test_round_robin_spreads_and_a_replica_killed_under_load_loses_no_request(
             i, t = targets[k % 10]
             res = client.explain(samples[i], target=t, render=False)
             assert relative_error(res.array, expected[(i, t)]) < 1e-5
-        assert wait_for(lambda: sum(r.explained() for r in replicas) == 40)
-        shares = [r.explained() - b for r, b in zip(replicas, [10, 0, 0], strict=True)]
+        assert wait_for(lambda: sum(explained(r) for r in replicas) == 40)
+        shares = [explained(r) - b for r, b in zip(replicas, [10, 0, 0], strict=True)]
         assert all(s >= 3 for s in shares), shares
 
         # Load from 8 threads; one replica is SIGKILLed with calls in flight on it.
@@ -422,7 +394,7 @@ def test_round_robin_spreads_and_a_replica_killed_under_load_loses_no_request(
                     done += 1
 
         victim = replicas[1]
-        before_kill = victim.explained()
+        before_kill = explained(victim)
         pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
         for th in pool:
             th.start()
@@ -436,13 +408,13 @@ def test_round_robin_spreads_and_a_replica_killed_under_load_loses_no_request(
         assert wrong == []
         assert done == threads * per_thread
         # It did serve its share of the load before it died, and the rest still came after.
-        assert victim.explained() > before_kill
+        assert explained(victim) > before_kill
         assert killed_at < threads * per_thread
 
         # One replica left: calls still succeed (the retry policy steps over the dead ones).
         replicas[0].kill()
         time.sleep(0.5)  # the access lines of the load are all in
-        last = replicas[2].explained()
+        last = explained(replicas[2])
         for k in range(10):
             i, t = targets[k]
             assert (
@@ -452,4 +424,4 @@ def test_round_robin_spreads_and_a_replica_killed_under_load_loses_no_request(
                 )
                 < 1e-5
             )
-        assert wait_for(lambda: replicas[2].explained() == last + 10)
+        assert wait_for(lambda: explained(replicas[2]) == last + 10)

@@ -128,7 +128,7 @@ def test_short_method_names_from_a_node_object(digits_server, digit) -> None:
 def test_node_processes_exiting_mid_stream_leave_the_server_up(tmp_path) -> None:
     """Node clients that exit after a few progress messages of a Visualize stream, a dozen at
     once, twice: the server stays up and answers the next client as before."""
-    from processes import ServerProcess
+    from deepvis_server.process import ServerProcess
 
     with ServerProcess() as server:
         before = python_answer_at(server.address)

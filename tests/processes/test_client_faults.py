@@ -17,10 +17,11 @@ import grpc
 import numpy as np
 import pytest
 
+from configs import default_model_config
 from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
+from deepvis_server.process import ServerProcess
 from ports import free_port
-from processes import ServerProcess, default_model_config
 
 # A client process per kind of call. Each prints "ready" once it has what it came for (some
 # messages of a stream, or nothing at all: a call in flight), then goes on until killed.

@@ -16,7 +16,6 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import pytest
@@ -24,6 +23,7 @@ from sklearn.datasets import load_digits
 
 import deepvis
 from deepvis_server.config import DEFAULT_CONFIG
+from deepvis_server.process import ServerProcess
 from ports import free_port
 
 PIXELS = (load_digits().images[:4] * 16).clip(0, 255).astype(np.uint8)
@@ -55,19 +55,11 @@ def write_config(tmp_path: Path, metrics_port: int) -> Path:
     return cfg
 
 
-def start(args: list[str], stderr: IO[str] | int = subprocess.DEVNULL) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "deepvis_server", *args],
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("deepvis-server: serving"):
-            assert "2 workers" in line, line
-            return proc
-    raise AssertionError(f"the supervisor did not start (exit {proc.wait()})")
+def start(*args: str, address: str) -> ServerProcess:
+    """A supervisor of two workers on `address`, once it says all of them serve."""
+    server = ServerProcess(*args, "--workers", "2", address=address)
+    assert "2 workers" in server.serving_line, server.serving_line
+    return server
 
 
 def worker_pids(pid: int) -> list[int]:
@@ -96,11 +88,8 @@ def explain_ok(metrics_port: int) -> float:
 def test_workers_share_the_address_answer_alike_and_drain_on_sigterm(tmp_path) -> None:
     metrics = two_free_ports()
     address = f"127.0.0.1:{free_port()}"
-    log = (tmp_path / "stderr.log").open("w")
-    proc = start(["--config", str(write_config(tmp_path, metrics)), "--address", address,
-                  "--workers", "2"], stderr=log)  # fmt: skip
-    try:
-        workers = worker_pids(proc.pid)
+    with start("--config", str(write_config(tmp_path, metrics)), address=address) as server:
+        workers = worker_pids(server.pid)
         assert len(workers) == 2
         answers = []
         # Each client its own connection (no shared subchannel), so the kernel picks a
@@ -118,28 +107,22 @@ def test_workers_share_the_address_answer_alike_and_drain_on_sigterm(tmp_path) -
         # Both workers serve the same model: every answer is the same array.
         assert all(np.array_equal(answers[0], a) for a in answers[1:])
         assert np.abs(answers[0]).max() > 0
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        assert server.stop(timeout=60) == 0
         deadline = time.monotonic() + 10
         while any(alive(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(alive(w) for w in workers)
         # Each worker process runs with the configured GIL switch interval.
-        assert (tmp_path / "stderr.log").read_text().count("GIL switch interval 0.25 ms") == 2
-    finally:
-        proc.kill()
-        proc.wait()
-        log.close()
+        assert server.log().count("GIL switch interval 0.25 ms") == 2
 
 
 def test_one_worker_dying_stops_the_others_and_the_supervisor_fails(tmp_path) -> None:
     address = f"127.0.0.1:{free_port()}"
-    proc = start(["--address", address, "--workers", "2"])
-    try:
-        first, second = worker_pids(proc.pid)
+    with start(address=address) as server:
+        first, second = worker_pids(server.pid)
         os.kill(first, signal.SIGKILL)
         # Whatever restarts a failed server then restarts the whole set: non-zero exit.
-        assert proc.wait(timeout=60) == 1
+        assert server.wait(timeout=60) == 1
         deadline = time.monotonic() + 10
         while alive(second) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -147,25 +130,20 @@ def test_one_worker_dying_stops_the_others_and_the_supervisor_fails(tmp_path) ->
         with pytest.raises(deepvis.Unavailable):
             with deepvis.Client(address, timeout=2) as client:
                 client.explain(PIXELS[0], render=False)
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_workers_do_not_outlive_a_killed_supervisor() -> None:
     address = f"127.0.0.1:{free_port()}"
-    proc = start(["--address", address, "--workers", "2"])
-    workers = worker_pids(proc.pid)
+    server = start(address=address)
+    workers = worker_pids(server.pid)
     try:
-        os.kill(proc.pid, signal.SIGKILL)  # no chance to stop them itself
-        proc.wait(timeout=10)
+        server.kill()  # SIGKILL: no chance to stop them itself
         deadline = time.monotonic() + 30
         while any(alive(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(alive(w) for w in workers)
     finally:
-        proc.kill()
-        proc.wait()
+        server.kill()
         for w in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(w, signal.SIGKILL)
@@ -174,8 +152,7 @@ def test_workers_do_not_outlive_a_killed_supervisor() -> None:
 def test_a_single_server_refuses_a_port_another_one_serves() -> None:
     """gRPC lets processes share a port by default; only workers do, on purpose."""
     address = f"127.0.0.1:{free_port()}"
-    proc = start(["--address", address, "--workers", "2"])
-    try:
+    with start(address=address) as server:
         done = subprocess.run(
             [sys.executable, "-m", "deepvis_server", "--address", address],
             capture_output=True,
@@ -185,9 +162,7 @@ def test_a_single_server_refuses_a_port_another_one_serves() -> None:
         assert done.returncode == 1
         assert f"OSError: cannot listen on {address}: the port is in use" in done.stderr
         assert "Traceback" not in done.stderr
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        assert server.stop(timeout=60) == 0
 
 
 @pytest.mark.parametrize(

@@ -7,12 +7,10 @@ import builtins
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +26,13 @@ from torch import nn
 import deepvis
 from deepvis_server.config import ConfigError, load_config, parse_config
 from deepvis_server.models import load_model
+from deepvis_server.process import ServerProcess
 from deepvis_server.security import resolve_under_root
 from deepvis_server.server import DeepvisServer, model_health_service, serve_in_thread
 from oracles import relative_error
 from ports import free_port
 
 DIGITS = load_config().models[0]
-TESTS_DIR = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
 
@@ -242,7 +240,6 @@ def test_gil_switch_interval_is_a_positive_number_of_ms(tmp_path) -> None:
 
 
 def test_cpu_threads_sizes_the_off_loop_pool(tmp_path) -> None:
-    import os
 
     from deepvis_server.engine import Engine
 
@@ -262,47 +259,6 @@ def test_cpu_threads_sizes_the_off_loop_pool(tmp_path) -> None:
             parse_config({"server": {"cpu_threads": bad}, **base}, tmp_path)
 
 
-# --- Server processes --------------------------------------------------------------------
-
-
-def _server_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "deepvis_server", "--device", "cpu", *args]
-
-
-@contextmanager
-def server_process(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None
-) -> Iterator[tuple[str, Path]]:
-    """A `deepvis-server` process on a free port: yields its address and its stderr file once
-    it says it is serving; SIGTERM at the end, which must exit 0."""
-    address = f"127.0.0.1:{free_port()}"
-    log = tmp_path / f"server-{address.rsplit(':', 1)[1]}.log"
-    with log.open("w") as stderr:
-        proc = subprocess.Popen(
-            _server_cmd("--address", address, *args),
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-    try:
-        assert proc.stdout is not None
-        seen = []
-        for line in proc.stdout:  # EOF ends the loop if the server died
-            seen.append(line)
-            if line.startswith("deepvis-server: serving"):
-                break
-        else:
-            pytest.fail(f"the server never served: {seen} {log.read_text()}")
-        yield address, log
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 # --- The embedded default model ----------------------------------------------------------
 
 
@@ -314,8 +270,8 @@ def test_a_config_with_only_server_settings_serves_the_embedded_model(
     cfg = tmp_path / "server-only.toml"
     # model_root confines the operator's files; the embedded model ships with the package.
     cfg.write_text(f'[server]\nmetrics_port = {metrics_port}\nmodel_root = "models"\n')
-    with server_process(tmp_path, "--config", str(cfg)) as (address, _log):
-        with deepvis.Client(address, timeout=30) as client:
+    with ServerProcess("--device", "cpu", "--config", str(cfg)) as server:
+        with deepvis.Client(server.address, timeout=30) as client:
             assert [m.name for m in client.models()] == ["digits"]
             result = client.explain(str(sample_paths[3]))
             assert result.target == 3 and result.predictions[0].label == "3"
@@ -328,6 +284,7 @@ def test_a_config_with_only_server_settings_serves_the_embedded_model(
             }
         explained = ("deepvis_requests_total", (("code", "OK"), ("method", "Explain")))
         assert samples[explained] == 1
+        assert server.stop(timeout=60) == 0, server.log()
     config = parse_config({"server": {"metrics_port": 9100}}, tmp_path)
     assert [m.name for m in config.models] == ["digits"] and config.metrics_port == 9100
     assert config.models == load_config().models
@@ -593,12 +550,13 @@ def test_a_refused_weights_file_is_explained_without_server_paths(layout, tmp_pa
             for name, file in (("good", "digits.safetensors"), ("evil", "evil.pt"))
         )
     )
-    with server_process(tmp_path, "--config", str(cfg)) as (address, log):
-        with deepvis.Client(address, timeout=30) as client:
+    with ServerProcess("--device", "cpu", "--config", str(cfg)) as server:
+        with deepvis.Client(server.address, timeout=30) as client:
             with pytest.raises(deepvis.Unavailable) as info:
                 client.explain(np.zeros((32, 32), np.uint8), model="evil")
             assert client.health(model_health_service("evil")) == "NOT_SERVING"
-        records = [json.loads(line) for line in log.read_text().splitlines()]
+        assert server.stop(timeout=60) == 0, server.log()
+        records = [json.loads(line) for line in server.log().splitlines()]
     details = info.value.details
     assert details == REFUSED_PICKLE
     assert "/" not in details and "torch" not in details.lower()

@@ -4,10 +4,7 @@ each driven through a real server."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -18,14 +15,14 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 import deepvis
+from configs import TESTS
 from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 from deepvis_server.config import load_config
+from deepvis_server.process import ServerProcess
 from deepvis_server.server import serve_in_thread
 from ports import free_port
 from toy_models import POISON
-
-TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # toy_models' folder
 
 
 class DeviceGate:
@@ -173,7 +170,6 @@ def write_toy_config(tmp_path, arch: str) -> str:
     import torch
     from safetensors.torch import save_file
 
-    sys.path.insert(0, TESTS)
     import toy_models
 
     net = getattr(toy_models, arch)(num_classes=4)
@@ -189,30 +185,16 @@ def write_toy_config(tmp_path, arch: str) -> str:
     return str(cfg)
 
 
-def start_process(config: str, address: str) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "deepvis_server", "--config", config, "--address", address],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    for line in proc.stdout:
-        if "serving" in line and address in line:
-            return proc
-    raise AssertionError(f"server did not start (exit {proc.wait()})")
+def start_process(config: str) -> ServerProcess:
+    """A server process on `config`, toy_models importable."""
+    return ServerProcess("--config", config, pythonpath=[TESTS])
 
 
 def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones(tmp_path) -> None:
-    address = f"127.0.0.1:{free_port()}"
-    proc = start_process(write_toy_config(tmp_path, "SlowNet"), address)
+    proc = start_process(write_toy_config(tmp_path, "SlowNet"))
     try:
         x = np.ones((3, 16, 16), np.float32)
-        with grpc.insecure_channel(address) as ch:
+        with grpc.insecure_channel(proc.address) as ch:
             stub = pb_grpc.ExplainerStub(ch)
             from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -237,12 +219,11 @@ def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones(tmp_path) -> N
 def test_fatal_device_error_marks_not_serving_and_exits_nonzero(tmp_path) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    address = f"127.0.0.1:{free_port()}"
-    proc = start_process(write_toy_config(tmp_path, "FatalNet"), address)
+    proc = start_process(write_toy_config(tmp_path, "FatalNet"))
     try:
         x = np.zeros((3, 16, 16), np.float32)
         x[0, 0, 0] = POISON
-        with grpc.insecure_channel(address) as ch:
+        with grpc.insecure_channel(proc.address) as ch:
             with pytest.raises(grpc.RpcError) as info:
                 pb_grpc.ExplainerStub(ch).Explain(request(x, "toy"), timeout=30)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE

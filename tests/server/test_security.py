@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import deepvis
 from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 from deepvis_server.config import ConfigError, ServerConfig, load_config
+from deepvis_server.process import ServerProcess
 from deepvis_server.security import BearerTokenInterceptor, is_loopback, load_tokens
 from deepvis_server.server import DeepvisServer, model_health_service, serve_in_thread
 from pki import issue_certificate, make_ca
@@ -364,62 +364,27 @@ def test_server_process_refuses_plaintext_on_all_interfaces() -> None:
     assert "--allow-insecure-remote" in proc.stderr and "--tls-cert" in proc.stderr
 
 
-def _wait_serving(proc: subprocess.Popen[str], fragment: str) -> str:
-    seen = []
-    assert proc.stdout is not None
-    for line in proc.stdout:  # log lines may come first; EOF ends the loop if it died
-        seen.append(line)
-        if "deepvis-server: serving" in line:
-            assert fragment in line, line
-            return line
-    pytest.fail(f"server never said it was serving: {seen}")
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
 def test_server_process_with_allow_insecure_remote_serves() -> None:
-    port = free_port()
-    proc = subprocess.Popen(
-        _server_cmd("--address", f"0.0.0.0:{port}", "--allow-insecure-remote"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        _wait_serving(proc, f"serving digits on 0.0.0.0:{port} (plaintext)")
-    finally:
-        _stop(proc)
+    with ServerProcess("--device", "cpu", "--allow-insecure-remote", address="0.0.0.0:0") as server:
+        assert f"serving digits on 0.0.0.0:{server.port} (plaintext)" in server.serving_line
+        assert server.stop() == 0
 
 
 def test_server_process_flags_turn_on_tls_and_tokens(pki, sample_paths) -> None:
-    port = free_port()
-    proc = subprocess.Popen(
-        _server_cmd(
-            "--address", f"0.0.0.0:{port}",
-            "--tls-cert", str(pki["server"]),
-            "--tls-key", str(pki["server-key"]),
-            "--auth-tokens-file", str(pki["tokens"]),
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
-    try:
-        _wait_serving(proc, "(TLS, bearer tokens)")
+    with ServerProcess(
+        "--device", "cpu",
+        "--tls-cert", str(pki["server"]),
+        "--tls-key", str(pki["server-key"]),
+        "--auth-tokens-file", str(pki["tokens"]),
+        address="0.0.0.0:0",
+    ) as server:  # fmt: skip
+        assert "(TLS, bearer tokens)" in server.serving_line, server.serving_line
         ca = pki["ca"].read_bytes()
         with deepvis.Client(
-            f"localhost:{port}", timeout=30, root_certificates=ca, token="alpha-0123456789"
+            f"localhost:{server.port}", timeout=30, root_certificates=ca, token="alpha-0123456789"
         ) as client:
             assert client.explain(str(sample_paths[6])).target == 6
-    finally:
-        _stop(proc)
+        assert server.stop() == 0
 
 
 def test_server_process_tls_cert_needs_its_key(pki) -> None:
@@ -600,32 +565,23 @@ def test_server_json_log_stays_json_when_plaintext_clients_hit_its_tls_port(
 ) -> None:
     cfg = tmp_path / "json-log.toml"
     cfg.write_text('[server]\nlog_format = "json"\n')  # and the embedded model
-    port = free_port()
     log = tmp_path / "server.log"
-    env = {k: v for k, v in os.environ.items() if k not in ("GRPC_VERBOSITY", "GRPC_TRACE")}
-    if verbosity is not None:
-        env["GRPC_VERBOSITY"] = verbosity  # the operator's own choice wins
-    with log.open("w") as stderr:
-        proc = subprocess.Popen(
-            _server_cmd(
-                "--config", str(cfg), "--address", f"127.0.0.1:{port}",
-                "--tls-cert", str(pki["server"]), "--tls-key", str(pki["server-key"]),
-            ),
-            stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
-        )  # fmt: skip
-    try:
-        _wait_serving(proc, "(TLS)")
-        address = f"127.0.0.1:{port}"
+    # The operator's own GRPC_VERBOSITY wins; GRPC_TRACE is unset either way.
+    env = {"GRPC_VERBOSITY": verbosity, "GRPC_TRACE": None}
+    with ServerProcess(
+        "--device", "cpu", "--config", str(cfg),
+        "--tls-cert", str(pki["server"]), "--tls-key", str(pki["server-key"]),
+        env=env, log=log,
+    ) as server:  # fmt: skip
+        assert "(TLS)" in server.serving_line, server.serving_line
         for _ in range(2):
-            with deepvis.Client(address, timeout=5) as client:  # plaintext
+            with deepvis.Client(server.address, timeout=5) as client:  # plaintext
                 with pytest.raises(deepvis.Unavailable):
                     client.models()
-        with deepvis.Client(address, timeout=10, root_certificates=pki["ca"].read_bytes()) as c:
+        ca = pki["ca"].read_bytes()
+        with deepvis.Client(server.address, timeout=10, root_certificates=ca) as c:
             assert [m.name for m in c.models()] == ["digits"]
-        _stop(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        assert server.stop() == 0
     lines = log.read_text().splitlines()
     if verbosity is not None:  # gRPC's handshake lines, as the operator asked
         assert any("Handshake failed" in line for line in lines), lines

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import signal
 import subprocess
 import sys
 
@@ -17,8 +16,8 @@ from PIL import Image
 import deepvis
 from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
+from deepvis_server.process import ServerProcess
 from oracles import relative_error
-from ports import free_port
 
 
 def test_list_models_describes_the_default_model(digits_server) -> None:
@@ -250,26 +249,11 @@ def test_client_exceptions_keep_code_and_details(digits_server) -> None:
 
 
 def test_server_process_serves_and_stops_cleanly_on_sigterm(tmp_path, sample_paths) -> None:
-    address = f"127.0.0.1:{free_port()}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "deepvis_server", "--address", address],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        seen = []
-        for line in proc.stdout:  # log lines may come first; EOF ends the loop if it died
-            seen.append(line)
-            if f"serving digits on {address}" in line:
-                break
-        else:
-            pytest.fail(f"server never said it was serving: {seen}")
-        with deepvis.Client(address, timeout=30) as client:
+    with ServerProcess() as server:
+        assert f"serving digits on {server.address}" in server.serving_line
+        with deepvis.Client(server.address, timeout=30) as client:
             assert client.explain(str(sample_paths[0])).target == 0
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert server.stop() == 0
 
 
 def test_server_refuses_a_bad_config(tmp_path) -> None:
