@@ -11,7 +11,6 @@ from safetensors.torch import save_file
 
 from deepvis_server.config import DEFAULT_CONFIG, load_config, parse_config
 from deepvis_server.server import DeepvisServer, serve_in_thread
-from ports import free_port
 from zoo import TOY_SPECS, ZOO_SPECS, ZooModel, build_oracle_twin
 
 torch.set_num_threads(2)
@@ -20,7 +19,7 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def digits_server() -> Iterator[DeepvisServer]:
     """The embedded default model, as `deepvis-server` serves it without --config."""
-    with serve_in_thread(load_config(), f"127.0.0.1:{free_port()}") as server:
+    with serve_in_thread(load_config(), "127.0.0.1:0") as server:
         yield server
 
 
@@ -71,7 +70,7 @@ def zoo(
         }
     )
     config = parse_config({"models": tables}, root)
-    with serve_in_thread(config, f"127.0.0.1:{free_port()}") as server:
+    with serve_in_thread(config, "127.0.0.1:0") as server:
         yield server, twins
 
 

@@ -24,7 +24,6 @@ from deepvis_server.config import load_config
 from deepvis_server.process import ServerProcess
 from deepvis_server.server import serve_in_thread
 from oracles import relative_error
-from ports import free_port
 
 # --- address forms and the service config (no server) --------------------------------------
 
@@ -125,7 +124,7 @@ def test_every_form_opens_a_channel_with_every_option() -> None:
 
 def test_unreachable_replicas_fail_quickly_with_unavailable() -> None:
     # All down: the retries back off (0.05 s, 0.1 s, ... jittered) and give up, still fast.
-    dead = ",".join(f"127.0.0.1:{free_port()}" for _ in range(3))
+    dead = "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3"  # nothing listens on ports 1 to 3
     with deepvis.Client(dead, timeout=20) as client:
         t0 = time.monotonic()
         with pytest.raises(deepvis.Unavailable):
@@ -276,8 +275,8 @@ def test_tls_token_and_cli_work_with_a_list_of_replicas(tmp_path, sample_paths) 
     )
     ca = (tmp_path / "ca.pem").read_bytes()
     with (
-        serve_in_thread(config, f"127.0.0.1:{free_port()}") as a,
-        serve_in_thread(config, f"127.0.0.1:{free_port()}") as b,
+        serve_in_thread(config, "127.0.0.1:0") as a,
+        serve_in_thread(config, "127.0.0.1:0") as b,
     ):
         address = f"{a.bound_address},{b.bound_address}"
         before = [s.engine.batchers["digits"].computed_items for s in (a, b)]

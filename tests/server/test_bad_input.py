@@ -22,7 +22,6 @@ from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 from deepvis_server.config import load_config
 from deepvis_server.server import serve_in_thread
-from ports import free_port
 
 
 def png(img: Image.Image, **kw) -> bytes:
@@ -187,7 +186,7 @@ def test_message_size_limits_on_both_ends(tmp_path) -> None:
 
     config = dataclasses.replace(load_config(), max_message_bytes=1_000_000)
     big = np.zeros((1500, 1500), np.uint8)  # 2.25 MB of pixels
-    with serve_in_thread(config, f"127.0.0.1:{free_port()}") as server:
+    with serve_in_thread(config, "127.0.0.1:0") as server:
         with deepvis.Client(server.bound_address, timeout=30) as client:
             with pytest.raises(deepvis.ResourceExhausted):
                 client.explain(big)  # the server refuses what it may not receive

@@ -115,11 +115,10 @@ def test_answers_beyond_the_message_limit_fail_alone(sample_paths) -> None:
 
     from deepvis_server.config import load_config
     from deepvis_server.server import serve_in_thread
-    from ports import free_port
 
     config = dataclasses.replace(load_config(), max_message_bytes=40_000)
     images = [str(p) for p in sample_paths]
-    with serve_in_thread(config, f"127.0.0.1:{free_port()}") as server:
+    with serve_in_thread(config, "127.0.0.1:0") as server:
         with deepvis.Client(server.bound_address, timeout=60) as client:
             one = client.explain(images[0])  # float32 array and a picture: several KB
             results = client.explain_batch(images, return_errors=True)

@@ -10,7 +10,6 @@ import pytest
 import deepvis
 from deepvis_server.config import load_config
 from deepvis_server.server import serve_in_thread
-from ports import free_port
 
 
 @pytest.fixture(scope="module")
@@ -18,9 +17,7 @@ def exact_and_fast():
     cfg = load_config()
     exact = cfg.models[0]
     fast = dataclasses.replace(exact, name="digits_fast", fast=True)
-    with serve_in_thread(
-        dataclasses.replace(cfg, models=(exact, fast)), f"127.0.0.1:{free_port()}"
-    ) as server:
+    with serve_in_thread(dataclasses.replace(cfg, models=(exact, fast)), "127.0.0.1:0") as server:
         yield server
 
 

@@ -24,7 +24,6 @@ from deepvis_server.config import parse_config
 from deepvis_server.models import LayerLayout, ServedModel, infer_layout
 from deepvis_server.server import serve_in_thread
 from oracles import relative_error
-from ports import free_port
 
 TOL = 1e-5
 TARGETS = [3, None, 7, 3]
@@ -67,7 +66,7 @@ def served(tmp_path_factory) -> Iterator[tuple[str, dict[str, ServedModel], dict
     # On the CPU, as the oracles run: CUDA kernels round differently, which is not what is
     # tested here.
     config = parse_config({"server": {"device": "cpu"}, "models": tables}, root)
-    with serve_in_thread(config, f"127.0.0.1:{free_port()}") as server:
+    with serve_in_thread(config, "127.0.0.1:0") as server:
         yield server.bound_address, server.engine.models, twins
 
 

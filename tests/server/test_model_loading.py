@@ -96,7 +96,7 @@ def mixed_server(layout: dict[str, Path]) -> Iterator[DeepvisServer]:
     config = parse_config(
         {"server": {"model_root": "models"}, "models": tables}, layout["base"], None
     )
-    with serve_in_thread(config, f"127.0.0.1:{free_port()}") as server:
+    with serve_in_thread(config, "127.0.0.1:0") as server:
         yield server
 
 
@@ -192,14 +192,14 @@ def test_no_model_loaded_is_a_config_error(layout) -> None:
         None,
     )
     with pytest.raises(ConfigError, match="no model could be loaded: model 'evil'"):
-        with serve_in_thread(config, f"127.0.0.1:{free_port()}"):
+        with serve_in_thread(config, "127.0.0.1:0"):
             pass
     assert not layout["marker"].exists()
 
 
 def _server_process(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "deepvis_server", "--address", f"127.0.0.1:{free_port()}", *args],
+        [sys.executable, "-m", "deepvis_server", "--address", "127.0.0.1:0", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -114,7 +114,7 @@ def observed() -> Iterator[Observed]:
     config = replace(load_config(), metrics_port=free_port())
     inner = Observability(load_config(), access_log=False)
     interceptors = [inner.interceptor, _Refuser(), _LogInHandler()]
-    with serve_in_thread(config, f"127.0.0.1:{free_port()}", interceptors) as server:
+    with serve_in_thread(config, "127.0.0.1:0", interceptors) as server:
         obs = server.observability
         assert obs.port == config.metrics_port  # the configured port, not a random one
         inner.bind(server.engine)  # it had to exist before the server; the engine only now

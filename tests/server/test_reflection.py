@@ -21,7 +21,6 @@ from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 from deepvis_server.config import load_config
 from deepvis_server.reflection import ReflectionServicer
 from deepvis_server.server import serve_in_thread
-from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = ("grpc.reflection.v1", "grpc.reflection.v1alpha")
@@ -224,7 +223,7 @@ def test_reflection_is_open_on_a_server_that_needs_tokens(tmp_path) -> None:
     tokens = tmp_path / "tokens.txt"
     tokens.write_text("alpha-token-one\n")
     config = replace(load_config(), auth_tokens_file=tokens)
-    with serve_in_thread(config, f"127.0.0.1:{free_port()}") as server:
+    with serve_in_thread(config, "127.0.0.1:0") as server:
         with grpc.insecure_channel(server.bound_address) as ch:
             with pytest.raises(grpc.RpcError) as info:
                 pb_grpc.ExplainerStub(ch).ListModels(pb.ListModelsRequest(), timeout=10)

@@ -21,7 +21,6 @@ from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 from deepvis_server.config import load_config
 from deepvis_server.process import ServerProcess
 from deepvis_server.server import serve_in_thread
-from ports import free_port
 from toy_models import POISON
 
 
@@ -60,9 +59,7 @@ def xs(n: int, shape=(1, 32, 32)) -> list[np.ndarray]:
 def small_queue_server():
     cfg = dataclasses.replace(load_config(), max_queue_size=4)
     spec = dataclasses.replace(cfg.models[0], max_batch_size=2, max_delay_ms=0.0)
-    with serve_in_thread(
-        dataclasses.replace(cfg, models=(spec,)), f"127.0.0.1:{free_port()}"
-    ) as server:
+    with serve_in_thread(dataclasses.replace(cfg, models=(spec,)), "127.0.0.1:0") as server:
         yield server
 
 
@@ -107,7 +104,7 @@ def test_a_request_whose_deadline_passes_in_the_queue_costs_no_compute(digits_se
 
 def test_server_caps_the_deadline(tmp_path) -> None:
     cfg = dataclasses.replace(load_config(), default_timeout_s=0.5, max_timeout_s=1.0)
-    with serve_in_thread(cfg, f"127.0.0.1:{free_port()}") as server:
+    with serve_in_thread(cfg, "127.0.0.1:0") as server:
         batcher = server.engine.batchers["digits"]
         with grpc.insecure_channel(server.bound_address) as ch:
             stub = pb_grpc.ExplainerStub(ch)

@@ -27,7 +27,6 @@ from deepvis_server.process import ServerProcess
 from deepvis_server.security import BearerTokenInterceptor, is_loopback, load_tokens
 from deepvis_server.server import DeepvisServer, model_health_service, serve_in_thread
 from pki import issue_certificate, make_ca
-from ports import free_port
 
 TOKENS = "# operators\n\nalpha-0123456789\n   beta-token-two   \n# retired: gamma\n"
 
@@ -57,7 +56,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _serve(config: ServerConfig, host: str = "127.0.0.1") -> Iterator[DeepvisServer]:
-    with serve_in_thread(config, f"{host}:{free_port()}") as server:
+    with serve_in_thread(config, f"{host}:0") as server:
         yield server
 
 
@@ -278,7 +277,7 @@ class _Recorder(grpc.aio.ServerInterceptor):
 def test_auth_runs_before_the_given_interceptors(pki) -> None:
     recorder = _Recorder()
     config = replace(load_config(), auth_tokens_file=pki["tokens"])
-    with serve_in_thread(config, f"127.0.0.1:{free_port()}", [recorder]) as server:
+    with serve_in_thread(config, "127.0.0.1:0", [recorder]) as server:
         # Request ids and metrics first (so refused calls are counted), then auth, then the rest.
         assert server.interceptors[0] is server.observability.interceptor
         assert isinstance(server.interceptors[1], BearerTokenInterceptor)
@@ -328,21 +327,21 @@ def test_is_loopback(address: str, loopback: bool) -> None:
 @pytest.mark.parametrize("host", ["0.0.0.0", "[::]"])
 def test_plaintext_on_a_reachable_address_is_refused(host) -> None:
     with pytest.raises(ConfigError) as info:
-        with serve_in_thread(load_config(), f"{host}:{free_port()}"):
+        with serve_in_thread(load_config(), f"{host}:0"):
             pass
     message = str(info.value)
     assert "plaintext" in message and "--allow-insecure-remote" in message
     assert "--tls-cert" in message
     # Opting in works.
     config = replace(load_config(), allow_insecure_remote=True)
-    with serve_in_thread(config, f"{host}:{free_port()}") as server:
+    with serve_in_thread(config, f"{host}:0") as server:
         with deepvis.Client(f"127.0.0.1:{_port(server)}", timeout=10) as client:
             assert client.health() == "SERVING"
 
 
 def test_tls_may_listen_on_all_interfaces(pki) -> None:
     config = replace(load_config(), tls_cert=pki["server"], tls_key=pki["server-key"])
-    with serve_in_thread(config, f"0.0.0.0:{free_port()}") as server:
+    with serve_in_thread(config, "0.0.0.0:0") as server:
         ca = pki["ca"].read_bytes()
         with deepvis.Client(f"127.0.0.1:{_port(server)}", timeout=10, root_certificates=ca) as c:
             assert [m.name for m in c.models()] == ["digits"]
@@ -354,7 +353,7 @@ def _server_cmd(*args: str) -> list[str]:
 
 def test_server_process_refuses_plaintext_on_all_interfaces() -> None:
     proc = subprocess.run(
-        _server_cmd("--address", f"0.0.0.0:{free_port()}"),
+        _server_cmd("--address", "0.0.0.0:0"),
         capture_output=True,
         text=True,
         timeout=120,
@@ -389,7 +388,7 @@ def test_server_process_flags_turn_on_tls_and_tokens(pki, sample_paths) -> None:
 
 def test_server_process_tls_cert_needs_its_key(pki) -> None:
     proc = subprocess.run(
-        _server_cmd("--address", f"127.0.0.1:{free_port()}", "--tls-cert", str(pki["server"])),
+        _server_cmd("--address", "127.0.0.1:0", "--tls-cert", str(pki["server"])),
         capture_output=True,
         text=True,
         timeout=120,
@@ -488,7 +487,7 @@ def test_cli_against_a_tls_server_prints_only_its_one_line_error(tls_server, pki
     assert (proc.returncode, proc.stderr) == (0, "")
     assert proc.stdout.startswith("digits")
     # Nothing listening: no TLS hint, which would mislead.
-    proc = deepvis_cli("models", "--server", f"127.0.0.1:{free_port()}", "--timeout", "10")
+    proc = deepvis_cli("models", "--server", "127.0.0.1:1", "--timeout", "10")
     (line,) = proc.stderr.splitlines()
     assert line.startswith("Unavailable: ") and "TLS" not in line
 
@@ -519,7 +518,7 @@ def test_cli_warns_before_sending_a_token_off_this_machine_in_plaintext(pki) -> 
     if host is None:
         pytest.skip("this machine has no non-loopback IPv4 address")
     config = replace(load_config(), auth_tokens_file=pki["tokens"], allow_insecure_remote=True)
-    with serve_in_thread(config, f"0.0.0.0:{free_port()}") as server:
+    with serve_in_thread(config, "0.0.0.0:0") as server:
         port = _port(server)
         proc = deepvis_cli("--token", "alpha-0123456789", "models", "--server", f"{host}:{port}")
         assert proc.returncode == 0, proc.stderr

@@ -21,7 +21,6 @@ from deepvis_server.errors import InvalidArgument
 from deepvis_server.models import load_model
 from deepvis_server.preprocess import Limits
 from deepvis_server.server import model_health_service, serve_in_thread
-from ports import free_port
 
 WEIGHTS = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
 LIMITS = Limits(max_image_pixels=4096 * 1024, max_tensor_elements=1 << 20)
@@ -74,7 +73,7 @@ def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     fails at once with 'connection refused', network or not."""
     home = tmp_path / "empty-torch-home"
     monkeypatch.setenv("TORCH_HOME", str(home))
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = "http://127.0.0.1:1"  # nothing listens on port 1
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(var, dead)
     # gRPC honours the proxy variables too: the test's own server stays direct.
@@ -221,7 +220,7 @@ def test_a_server_explains_with_the_torchvision_weights(hub: Path, twin: torch.n
     config = parse_config({"models": [resnet_table(max_delay_ms=0.0)]}, Path("."))
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(224, 224, 3), dtype=np.uint8)
-    with serve_in_thread(config, f"127.0.0.1:{free_port()}") as server:
+    with serve_in_thread(config, "127.0.0.1:0") as server:
         with deepvis.Client(server.bound_address, timeout=60) as client:
             (info,) = client.models()
             assert info.labels == CATEGORIES and info.num_classes == 1000
@@ -258,7 +257,7 @@ def test_a_photo_is_explained_on_the_crop_torchvision_would_take(
     img = _photo(320, 240)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    with serve_in_thread(config, f"127.0.0.1:{free_port()}") as server:
+    with serve_in_thread(config, "127.0.0.1:0") as server:
         with deepvis.Client(server.bound_address, timeout=60) as client:
             (info,) = client.models()
             result = client.explain(buf.getvalue(), method="guided_backprop", top_k=5)
@@ -323,7 +322,7 @@ def test_a_model_whose_weights_cannot_be_fetched_is_not_serving(
         resnet_table(),
     ]
     config = parse_config({"models": tables}, Path("."))
-    with serve_in_thread(config, f"127.0.0.1:{free_port()}") as server:
+    with serve_in_thread(config, "127.0.0.1:0") as server:
         with deepvis.Client(server.bound_address, timeout=30) as client:
             assert client.health(model_health_service("digits")) == "SERVING"
             assert client.health(model_health_service("resnet18-imagenet")) == "NOT_SERVING"
