@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from load import free_port, start_server, wait_serving
+from load import start_server
 from overhead import served, write_config
 
 HERE = Path(__file__).resolve().parent
@@ -32,16 +31,12 @@ HERE = Path(__file__).resolve().parent
 
 def run(tree: Path, cfg: Path, clients: int, requests: int, per_call: int) -> dict:
     """One served run against a server whose code comes from `tree`/server."""
-    address = f"127.0.0.1:{free_port()}"
     # Ahead of the installed (editable) package: this checkout's deepvis_server is imported.
-    path = os.pathsep.join([str(tree / "server"), str(HERE)])
-    server = start_server(cfg, address, 1, dict(os.environ, PYTHONPATH=path))
+    server = start_server(cfg, pythonpath=[tree / "server", HERE])
     try:
-        wait_serving(server)
-        return served(address, server.pid, clients, requests, per_call)
+        return served(server.address, server.pid, clients, requests, per_call)
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
+        server.stop(timeout=60)
 
 
 def main() -> int:

@@ -16,20 +16,23 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from deepvis_server.process import ServerProcess
 
 METHODS = ("guided_backprop", "grad_cam", "activations")
 
 
 def free_port() -> int:
+    """A free port, for servers that must be told one: workers share a fixed port, and the
+    bare gRPC floor server (overhead.py) reports none back from its own process."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -92,36 +95,21 @@ def client_proc(
 
 
 def start_server(
-    config: Path, address: str, workers: int = 1, env: dict[str, str] | None = None
-) -> subprocess.Popen[str]:
-    """`deepvis-server` on `config` as its own process (quiet logs); see wait_serving."""
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "deepvis_server",
-            "--config",
-            str(config),
-            "--address",
-            address,
-            "--log-level",
-            "WARNING",
-            "--workers",
-            str(workers),
-        ],  # fmt: skip
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
+    config: Path,
+    address: str | None = None,
+    workers: int = 1,
+    pythonpath: Sequence[str | os.PathLike[str]] = (),
+) -> ServerProcess:
+    """`deepvis-server` on `config` as its own process (quiet logs), once it serves (models
+    loaded, warmed up). Without `address`: a free port (port 0; workers share a fixed one)."""
+    if address is None:
+        address = f"127.0.0.1:{free_port()}" if workers > 1 else "127.0.0.1:0"
+    return ServerProcess(
+        *("--config", str(config), "--log-level", "WARNING", "--workers", str(workers)),
+        address=address,
+        pythonpath=pythonpath,
+        log=False,
     )
-
-
-def wait_serving(server: subprocess.Popen[str]) -> None:
-    """Returns once the server printed its serving line (models loaded, warmed up)."""
-    assert server.stdout is not None
-    for line in server.stdout:
-        if "serving" in line:
-            return
-    raise RuntimeError(f"deepvis-server exited with {server.wait()} before serving")
 
 
 def cpu_seconds(pid: int, tid: int | None = None) -> float:
@@ -476,8 +464,8 @@ def main() -> int:
     ).models[0]
     served_model = load_model(spec, torch.device(args.device))
     layer = served_model.default_cam_layer
-    address = f"127.0.0.1:{free_port()}"
-    server = start_server(tmp / "m.toml", address, args.workers)
+    server = start_server(tmp / "m.toml", workers=args.workers)
+    address = server.address
     report: dict = {
         "arch": args.arch,
         "size": args.size,
@@ -498,7 +486,6 @@ def main() -> int:
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     base_rounds: list[dict] = []
     try:
-        wait_serving(server)
         for r in range(args.rounds):
             for method in methods:
                 run = served(
@@ -529,8 +516,7 @@ def main() -> int:
             )
             print(report["feature_visualization"], flush=True)
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
+        server.stop(timeout=60)
     for method in methods:
         report["methods"][method] = combine(runs[method], [b[method] for b in base_rounds], n)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,20 +24,13 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from load import (
-    cpu_seconds,
-    free_port,
-    server_cpu,
-    start_server,
-    wait_serving,
-)  # bench/ is on the path when run as a script
+from load import cpu_seconds, free_port, server_cpu, start_server  # bench/ is on the path
 
 SIZE = 224
 
@@ -249,11 +242,9 @@ def main() -> int:
         "in_process": in_process(cfg, args.clients, args.requests),
     }
     print("in-process", report["in_process"], flush=True)
-    address = f"127.0.0.1:{free_port()}"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
-    server = start_server(cfg, address, args.workers, env)
+    server = start_server(cfg, workers=args.workers, pythonpath=[here])
+    address = server.address
     try:
-        wait_serving(server)
         runs = [("explain", 0)]
         if args.per_call:  # 0: one call per image only
             runs.append((f"explain_batch_{args.per_call}", args.per_call))
@@ -261,8 +252,7 @@ def main() -> int:
             report[label] = served(address, server.pid, args.clients, args.requests, per_call)
             print(label, report[label], flush=True)
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
+        server.stop(timeout=60)
     report["grpc_floor"] = floor(args.clients, args.requests)
     print("grpc floor (prebuilt answers)", report["grpc_floor"], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,13 +12,13 @@ import json
 import multiprocessing as mp
 import os
 import random
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from deepvis_server.process import ServerProcess
 
 SAMPLES = sorted(
     (Path(__file__).resolve().parents[1] / "server/deepvis_server/default_model/samples").glob(
@@ -116,19 +116,12 @@ def main() -> int:
     )
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--clients", type=int, default=16)
-    p.add_argument("--port", type=int, default=50091)
+    p.add_argument("--port", type=int, default=0, help="the server's port (0: a free one)")
     p.add_argument("--out", type=Path, default=Path("bench/results/soak.json"))
     args = p.parse_args()
-    address = f"127.0.0.1:{args.port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "deepvis_server", "--address", address, "--log-level", "ERROR"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    server = ServerProcess("--log-level", "ERROR", address=f"127.0.0.1:{args.port}", log=False)
+    address = server.address
     try:
-        for line in server.stdout:
-            if "serving" in line:
-                break
         import deepvis
 
         with deepvis.Client(address, timeout=60) as client:
@@ -198,8 +191,7 @@ def main() -> int:
         ok = total["valid_wrong"] == 0 and total["valid_error"] == 0 and total["invalid_wrong"] == 0
         return 0 if ok else 1
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+        server.stop(timeout=30)
 
 
 if __name__ == "__main__":

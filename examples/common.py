@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import deepvis
+from deepvis_server.process import ServerProcess
 
 EXAMPLES_DIR = Path(__file__).resolve().parent
 
@@ -242,35 +238,19 @@ def save_samples(data: Dataset, pred: torch.Tensor, out: Path) -> list[Path]:
     return paths
 
 
-def free_address() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
-
-
-def start_server(config: Path, address: str, device: str) -> subprocess.Popen[bytes]:
-    """`deepvis-server --config config` in its own process, examples/ on its PYTHONPATH."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(EXAMPLES_DIR), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    cmd = [sys.executable, "-m", "deepvis_server", "--config", str(config), "--address", address]
-    cmd += ["--device", device, "--log-level", "WARNING"]
+def start_server(config: Path, address: str, device: str) -> ServerProcess:
+    """`deepvis-server --config config` in its own process, examples/ on its PYTHONPATH;
+    returns once it serves (its log goes to this terminal)."""
     print("$ PYTHONPATH=examples deepvis-server --config", config, "--address", address, flush=True)
-    return subprocess.Popen(cmd, env=env)
-
-
-def wait_serving(client: deepvis.Client, server: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"deepvis-server exited with code {server.returncode}")
-        try:
-            if client.health(timeout=1.0) == "SERVING":
-                return
-        except deepvis.DeepvisError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"deepvis-server not SERVING after {timeout:.0f} s")
+    server = ServerProcess(
+        *("--config", str(config), "--device", device, "--log-level", "WARNING"),
+        address=address,
+        pythonpath=[EXAMPLES_DIR],
+        log=False,
+        timeout=180.0,
+    )
+    print(server.serving_line, flush=True)
+    return server
 
 
 def explain_all(
@@ -393,16 +373,13 @@ def run(case: CaseStudy, argv: Sequence[str] | None = None) -> int:
     from deepvis_server.config import load_config
 
     load_config(config)  # a bad config fails here, with the key it names
-    address = args.address or free_address()
-    server = start_server(config, address, args.device)
+    server = start_server(config, args.address or "127.0.0.1:0", args.device)
     try:
-        with deepvis.Client(address, timeout=600) as client:
-            wait_serving(client, server, 180.0)
+        with deepvis.Client(server.address, timeout=600) as client:
             written = explain_all(
                 client, case, len(data.labels), samples, out / "pictures", args.steps
             )
     finally:
-        server.send_signal(signal.SIGTERM)
-        code = server.wait(timeout=60)
+        code = server.stop(timeout=60)
     print(f"wrote {len(written)} pictures to {out / 'pictures'} (server exited with {code})")
     return 0 if code == 0 and written else 1

@@ -1,72 +1,25 @@
-"""Shared fixtures: real deepvis servers on free ports, serving real (small) models."""
+"""Shared fixtures: real deepvis servers, serving real (small) models, and their oracles' twins."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import torchvision
 from safetensors.torch import save_file
 
 from deepvis_server.config import DEFAULT_CONFIG, load_config, parse_config
 from deepvis_server.server import DeepvisServer, serve_in_thread
+from zoo import TOY_SPECS, ZOO_SPECS, ZooModel, build_oracle_twin
 
 torch.set_num_threads(2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class ZooModel:
-    """A model the zoo server serves, with its own independently built twin for oracles."""
-
-    name: str
-    module: torch.nn.Module
-    input_shape: tuple[int, int, int]
-
-
-ZOO_SPECS = {
-    # name: (arch, num_classes, input size); random weights, small inputs.
-    "resnet18": ("resnet18", 10, (64, 64)),
-    "vgg11": ("vgg11", 10, (64, 64)),
-    "vgg11_bn": ("vgg11_bn", 10, (64, 64)),
-    "densenet121": ("densenet121", 10, (64, 64)),
-    "mobilenet_v3_small": ("mobilenet_v3_small", 10, (64, 64)),
-    "efficientnet_b0": ("efficientnet_b0", 10, (64, 64)),
-}
-# The issue's Captum matrix for guided backprop (the Foundation's) and for the other methods.
-GUIDED_MODELS = ("resnet18", "vgg11")
-METHOD_MODELS = ("resnet18", "vgg11_bn", "densenet121", "mobilenet_v3_small", "efficientnet_b0")
-TOY_SPECS = {
-    "faulty": ("toy_models:FaultyNet", 4, (16, 16)),
-    "module_relu": ("toy_models:ModuleReLUNet", 5, (16, 16)),
-    "functional_relu": ("toy_models:FunctionalReLUNet", 5, (16, 16)),
-    "oom": ("toy_models:OOMNet", 4, (16, 16)),
-}
-
-
-def build_oracle_twin(arch: str, num_classes: int) -> torch.nn.Module:
-    if ":" in arch:
-        import importlib
-
-        mod, _, attr = arch.partition(":")
-        return getattr(importlib.import_module(mod), attr)(num_classes=num_classes)
-    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
 
 
 @pytest.fixture(scope="session")
 def digits_server() -> Iterator[DeepvisServer]:
     """The embedded default model, as `deepvis-server` serves it without --config."""
-    with serve_in_thread(load_config(), f"127.0.0.1:{free_port()}") as server:
+    with serve_in_thread(load_config(), "127.0.0.1:0") as server:
         yield server
 
 
@@ -117,7 +70,7 @@ def zoo(
         }
     )
     config = parse_config({"models": tables}, root)
-    with serve_in_thread(config, f"127.0.0.1:{free_port()}") as server:
+    with serve_in_thread(config, "127.0.0.1:0") as server:
         yield server, twins
 
 
@@ -137,10 +90,3 @@ def digits_twin() -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def sample_paths() -> list[Path]:
     return sorted((DEFAULT_CONFIG.parent / "samples").glob("digit_*.png"))
-
-
-def relative_error(a: np.ndarray, b: np.ndarray) -> float:
-    """Max abs difference over the largest magnitude of the reference."""
-    scale = float(np.abs(b).max())
-    assert scale > 0, "the oracle's result is all zeros: the comparison would prove nothing"
-    return float(np.abs(a - b).max()) / scale

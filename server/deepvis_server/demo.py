@@ -3,35 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from .config import DEFAULT_MODEL_DIR
-
-
-def wait_serving(address: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
-    """Polls the standard health service until the server says SERVING."""
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"deepvis-server exited with code {proc.returncode}")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise TimeoutError(f"deepvis-server on {address} not SERVING after {timeout:.0f} s")
+from .process import ServerProcess
 
 
 def run_cli(*args: str) -> None:
@@ -42,33 +19,26 @@ def run_cli(*args: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="deepvis-demo", description=__doc__)
-    p.add_argument("--address", default="127.0.0.1:50077")
+    p.add_argument(
+        "--address", default="127.0.0.1:50077", help="HOST:PORT of the server (port 0: a free one)"
+    )
     p.add_argument("--out", default="out", type=Path)
     args = p.parse_args(argv)
     samples = sorted(str(s) for s in (DEFAULT_MODEL_DIR / "samples").glob("digit_*.png"))
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "deepvis_server",
-            "--address",
-            args.address,
-            "--log-level",
-            "WARNING",
-        ],
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    # Its log (warnings and errors) goes to the terminal; HOST:0 takes a free port.
+    server = ServerProcess("--log-level", "WARNING", address=args.address, log=False)
+    print(server.serving_line, flush=True)
+    address = server.address
     try:
-        wait_serving(args.address, 120.0, server)
         out = args.out
-        run_cli("models", "--server", args.address)
-        run_cli("layers", "digits", "--server", args.address)
+        run_cli("models", "--server", address)
+        run_cli("layers", "digits", "--server", address)
         # 1. Guided backpropagation: which pixels each decision rests on.
         run_cli(
             "explain",
             *samples,
             "--server",
-            args.address,
+            address,
             "--method",
             "guided-backprop",
             "--out",
@@ -81,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             "explain",
             *samples,
             "--server",
-            args.address,
+            address,
             "--method",
             "activations",
             "--layer",
@@ -97,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             "explain",
             *samples,
             "--server",
-            args.address,
+            address,
             "--method",
             "grad-cam",
             "--out",
@@ -114,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                     "deepvis",
                     "visualize",
                     "--server",
-                    args.address,
+                    address,
                     "--class",
                     str(k),
                     "--steps",
@@ -131,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         run_cli(
             "visualize",
             "--server",
-            args.address,
+            address,
             "--neuron",
             "conv3:5:4:4",
             "--steps",
@@ -142,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             str(out / "visualize"),
         )
     finally:
-        server.send_signal(signal.SIGTERM)
-        code = server.wait(timeout=30)
+        code = server.stop(timeout=30)
     written = sorted(args.out.rglob("*.png"))
     print(f"demo: wrote {len(written)} pictures to {args.out}/ (server exited with {code})")
     return 0 if code == 0 and written else 1

@@ -1,0 +1,254 @@
+"""The `deepvis` commands against an in-process fake server: what they send, print and write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fakes import (
+    DEAD_ADDRESS,
+    FakeExplainer,
+    err_lines,
+    png_bytes,
+)
+from PIL import Image
+
+from deepvis._cli import main
+from deepvis.v1 import deepvis_pb2
+
+
+def test_cli_models(
+    fake_server: tuple[str, FakeExplainer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    address, _ = fake_server
+    assert main(["models", "--server", address]) == 0
+    out, err = err_lines(capsys)
+    assert err == []
+    assert out[0].split() == [
+        "tiny",
+        "arch=tests:tiny",
+        "classes=3",
+        "input=3x8x8",
+        "methods=guided-backprop,activations",
+    ]
+    assert len(out) == 2
+
+
+def test_cli_explain_writes_outputs(
+    fake_server: tuple[str, FakeExplainer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address, servicer = fake_server
+    images = []
+    for name in ("cat", "dog", "owl"):
+        path = tmp_path / f"{name}.png"
+        path.write_bytes(png_bytes())
+        images.append(str(path))
+    out_dir = tmp_path / "out" / "nested"
+    rc = main(
+        [
+            "explain",
+            *images,
+            "--server",
+            address,
+            "--out",
+            str(out_dir),
+            "--save-array",
+            "--float16",
+        ]
+        + ["--target", "2"]
+    )
+    out, err = err_lines(capsys)
+    assert rc == 0, err
+    assert err == []
+    assert len(out) == 3
+    for line, name in zip(out, ("cat", "dog", "owl"), strict=True):
+        assert line.startswith(str(tmp_path / f"{name}.png"))
+        assert "top=b (0.900)" in line and "target=2" in line and "batch=" in line
+        png = out_dir / f"{name}.guided-backprop.png"
+        assert Image.open(png).size == (8, 8)
+        arr = np.load(out_dir / f"{name}.guided-backprop.npy")
+        assert arr.dtype == np.float32 and arr.shape == (3, 8, 8)
+    assert all(r.output.array_dtype == deepvis_pb2.DTYPE_FLOAT16 for r in servicer.requests)
+    assert servicer.list_calls == 1
+
+
+def test_cli_explain_reports_each_failure(
+    fake_server: tuple[str, FakeExplainer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address, servicer = fake_server
+    good = tmp_path / "good.png"
+    good.write_bytes(png_bytes())
+    missing = tmp_path / "missing.png"
+    rc = main(["explain", str(good), str(missing), "--server", address, "--out", str(tmp_path)])
+    out, err = err_lines(capsys)
+    assert rc == 1
+    assert len(out) == 1 and out[0].startswith(str(good))
+    assert len(err) == 1 and err[0].startswith(f"FileNotFoundError: {missing}: ")
+    # Without --save-array the array is not even sent.
+    assert servicer.requests[0].output.omit_array
+    assert not (tmp_path / "good.guided-backprop.npy").exists()
+
+
+def test_cli_explain_activations_writes_extras(
+    fake_server: tuple[str, FakeExplainer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address, servicer = fake_server
+    image = tmp_path / "cat.png"
+    image.write_bytes(png_bytes())
+    out_dir = tmp_path / "out"
+    rc = main(
+        ["explain", str(image), "--server", address, "--model", "tiny", "--out", str(out_dir)]
+        + ["--method", "activations", "--layer", "conv1", "--layer", "act"]
+        + ["--top-k-channels", "2", "--save-array"]
+    )
+    out, err = err_lines(capsys)
+    assert rc == 0, err
+    assert len(out) == 1
+    req = servicer.requests[0]
+    assert list(req.layers) == ["conv1", "act"] and req.top_k_channels == 2
+    for name in ("", ".conv1.grid", ".conv1.heatmap", ".act.grid", ".act.heatmap"):
+        assert (out_dir / f"cat.activations{name}.png").is_file(), name
+    assert np.load(out_dir / "cat.activations.npy").shape == (3, 8, 8)
+    assert np.load(out_dir / "cat.activations.conv1.npy").shape == (2, 4, 4)
+    channels = np.load(out_dir / "cat.activations.act.channels.npy")
+    assert channels.dtype == np.int64 and channels.tolist() == [1, 0]
+    assert str(out_dir / "cat.activations.act.channels.npy") in out[0]
+
+
+def test_cli_explain_neuron(
+    fake_server: tuple[str, FakeExplainer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address, servicer = fake_server
+    image = tmp_path / "cat.png"
+    image.write_bytes(png_bytes())
+    rc = main(
+        ["explain", str(image), "--server", address, "--out", str(tmp_path)]
+        + ["--method", "deconvolution", "--neuron", "conv1:2:0:3"]
+    )
+    out, _ = err_lines(capsys)
+    assert rc == 0
+    target = servicer.requests[0].target.neuron
+    assert (target.layer, target.channel, target.y, target.x) == ("conv1", 2, 0, 3)
+    assert "target=conv1:2[0,3]" in out[0]
+    assert (tmp_path / "cat.deconvolution.png").is_file()
+
+
+def test_cli_layers(
+    fake_server: tuple[str, FakeExplainer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    address, servicer = fake_server
+    assert main(["layers", "--server", address]) == 0
+    out, err = err_lines(capsys)
+    assert err == []
+    assert [line.split() for line in out] == [
+        ["conv1", "Conv2d", "64x8x8"],
+        ["act", "ReLU", "64x8x8", "calls=3"],
+        ["branches", "Split", "-"],
+        ["fc", "Linear", "3"],
+        ["default-cam-layer=conv1", "non-relu-activations=silu,gelu"],
+    ]
+    assert main(["layers", "nope", "--server", address]) == 1
+    _, err = err_lines(capsys)
+    assert len(err) == 1 and err[0].startswith("NotFound: ")
+    assert [r.model for r in servicer.describe_requests] == ["tiny", "nope"]
+
+
+def test_cli_visualize_writes_outputs(
+    fake_server: tuple[str, FakeExplainer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address, servicer = fake_server
+    image = tmp_path / "cat.png"
+    image.write_bytes(png_bytes())
+    out_dir = tmp_path / "vis"
+    rc = main(
+        ["visualize", "--server", address, "--neuron", "conv1:2:0:1", "--steps", "4"]
+        + ["--progress-every", "2", "--batch", "2", "--size", "6x5", "--lr", "0.1"]
+        + ["--diversity", "0.5", "--seed", "7", "--input", str(image), "--out", str(out_dir)]
+        + ["--save-array"]
+    )
+    out, err = err_lines(capsys)
+    assert rc == 0, err
+    assert err == ["step 2/4 objective 0.25", "step 4/4 objective 0.5"]
+    req = servicer.visualize_requests[0]
+    assert req.model == "tiny" and req.objective.neuron.x == 1 and not req.objective.negate
+    assert (req.steps, req.progress_every, req.batch, req.height, req.width) == (4, 2, 2, 6, 5)
+    assert req.learning_rate == pytest.approx(0.1) and req.diversity == pytest.approx(0.5)
+    assert req.seed == 7 and not req.no_transforms
+    assert req.parameterization == deepvis_pb2.PARAMETERIZATION_FFT
+    assert req.input.WhichOneof("kind") == "image"
+    name = "conv1-c2-y0-x1"
+    for i in range(2):
+        assert Image.open(out_dir / f"{name}_{i}.png").size == (5, 6)
+    assert (out_dir / f"{name}.attribution.png").is_file()
+    assert np.load(out_dir / f"{name}.npy").shape == (2, 3, 6, 5)
+    assert np.load(out_dir / f"{name}.attribution.npy").shape == (3, 8, 8)
+    assert len(out) == 1
+    assert out[0].startswith(f"{name}  objective=1.5  steps=4  -> ")
+    assert str(out_dir / f"{name}_1.png") in out[0]
+
+
+@pytest.mark.parametrize(
+    ("objective", "name", "check"),
+    [
+        (["--class", "1", "--negate"], "class-1-neg", lambda o: o.class_index == 1 and o.negate),
+        (["--channel", "conv1:3"], "conv1-c3", lambda o: not o.neuron.HasField("y")),
+        (["--layer-objective", "conv1"], "layer-conv1", lambda o: o.layer == "conv1"),
+        (["--class", "0", "--name", "mine"], "mine", lambda o: o.class_index == 0),
+    ],
+)
+def test_cli_visualize_objectives(
+    fake_server: tuple[str, FakeExplainer],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    objective: list[str],
+    name: str,
+    check: Any,
+) -> None:
+    address, servicer = fake_server
+    rc = main(
+        ["visualize", "--server", address, "--model", "tiny", *objective, "--steps", "2"]
+        + ["--param", "pixel", "--no-transforms", "--out", str(tmp_path)]
+    )
+    out, err = err_lines(capsys)
+    assert rc == 0, err
+    assert err == []  # no progress messages without --progress-every
+    req = servicer.visualize_requests[0]
+    assert check(req.objective)
+    assert req.parameterization == deepvis_pb2.PARAMETERIZATION_PIXEL and req.no_transforms
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{name}_0.png"]
+    assert out[0].startswith(f"{name}  ")
+
+
+def test_cli_visualize_errors(
+    fake_server: tuple[str, FakeExplainer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address, _ = fake_server
+    argv = ["visualize", "--server", address, "--out", str(tmp_path), "--steps", "2"]
+    assert main([*argv, "--class", "9"]) == 1
+    _, err = err_lines(capsys)
+    assert err == ["InvalidArgument: class index out of range"]
+    assert main([*argv, "--class", "1", "--model", "noresult"]) == 1
+    _, err = err_lines(capsys)
+    assert err == ["Internal: the Visualize stream ended without a result"]
+    assert main([*argv, "--class", "1", "--lr", "nan"]) == 1
+    _, err = err_lines(capsys)
+    assert len(err) == 1 and err[0].startswith("ValueError: learning_rate")
+
+
+def test_cli_health(
+    fake_server: tuple[str, FakeExplainer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    address, _ = fake_server
+    assert main(["health", "--server", address]) == 0
+    assert err_lines(capsys) == (["SERVING"], [])
+    assert main(["health", "--server", address, "--service", "deepvis.v1.Explainer"]) == 0
+    assert err_lines(capsys) == (["SERVING"], [])
+    assert main(["health", "--server", address, "--service", "sick"]) == 1
+    assert err_lines(capsys) == (["NOT_SERVING"], [])
+    assert main(["health", "--server", address, "--service", "nope"]) == 1
+    assert err_lines(capsys) == ([], ["NotFound: unknown service"])
+    assert main(["health", "--server", DEAD_ADDRESS, "--timeout", "2"]) == 1
+    out, err = err_lines(capsys)
+    assert out == [] and len(err) == 1 and err[0].startswith("Unavailable: ")
