@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ADDRESS ?= 127.0.0.1:50077
 
-.PHONY: install demo test proto lint clean
+.PHONY: install demo test test-fast proto lint clean
 
 # Also installs the Node.js client tests' modules from their lockfile where npm exists
 # (without node those tests are skipped).
@@ -43,8 +43,15 @@ proto: $(STAMP)
 demo: $(STAMP)
 	$(VPY) -m deepvis_server.demo --address $(ADDRESS) --out out
 
+# The whole suite, what CI runs (.ci/run): about 8 min on a 2-core machine.
 test: $(STAMP)
 	$(VPY) -m pytest -q
+
+# The inner loop: the tests marked `fast` (the client's conversions, CLI parsing and calls
+# against a fake server, bad input, the schema and its stubs, the method registry on the
+# digits model, the deployment files): about 30 s on a 2-core machine, 330 tests.
+test-fast: $(STAMP)
+	$(VPY) -m pytest -q -m "fast and not gpu and not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check client server tests bench tools

@@ -18,6 +18,8 @@ from PIL import Image
 from deepvis._cli import main
 from deepvis.v1 import deepvis_pb2
 
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
+
 
 def test_cli_models(
     fake_server: tuple[str, FakeExplainer], capsys: pytest.CaptureFixture[str]

@@ -18,6 +18,8 @@ import deepvis
 from deepvis import _cli
 from deepvis._cli import main
 
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
+
 
 @pytest.mark.parametrize(
     ("text", "neuron"),

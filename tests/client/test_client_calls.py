@@ -18,6 +18,8 @@ from PIL import Image
 import deepvis
 from deepvis.v1 import deepvis_pb2
 
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
+
 
 def test_client_models_and_default_model_cached(fake_server: tuple[str, FakeExplainer]) -> None:
     address, servicer = fake_server

@@ -19,6 +19,8 @@ from fakes import (
 
 import deepvis
 
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
+
 
 def test_public_api() -> None:
     assert deepvis.__all__ == sorted(deepvis.__all__)

@@ -16,6 +16,8 @@ from PIL import Image
 from deepvis import _convert
 from deepvis.v1 import deepvis_pb2
 
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
+
 
 def test_input_path_and_pathlike_send_file_bytes(tmp_path: Path) -> None:
     data = png_bytes()

@@ -18,6 +18,8 @@ import deepvis
 from deepvis import _cli, _convert
 from deepvis.v1 import deepvis_pb2
 
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
+
 
 def _response(array: np.ndarray | None, wire: Any, png: bytes = b"") -> deepvis_pb2.ExplainResponse:
     resp = deepvis_pb2.ExplainResponse(

@@ -15,6 +15,8 @@ import deepvis
 from deepvis import _convert
 from deepvis.v1 import deepvis_pb2
 
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
+
 
 def _vis_request(objective: Any, **overrides: Any) -> deepvis_pb2.VisualizeRequest:
     kwargs: dict[str, Any] = dict(

@@ -13,6 +13,8 @@ from fakes import (
 
 from deepvis import _convert
 
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
+
 
 def test_health_request_encoding() -> None:
     assert _convert.health_request_to_bytes("") == b""

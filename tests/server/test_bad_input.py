@@ -23,6 +23,8 @@ from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 from deepvis_server.config import load_config
 from deepvis_server.server import serve_in_thread
 
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
+
 
 def png(img: Image.Image, **kw) -> bytes:
     buf = io.BytesIO()

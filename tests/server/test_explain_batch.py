@@ -13,6 +13,8 @@ from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 from oracles import TOL, captum_gbp, preprocess_digit, relative_error
 
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
+
 
 def test_items_equal_captum_share_batches_and_keep_their_order(
     digits_server, digits_twin, sample_paths

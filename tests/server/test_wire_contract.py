@@ -18,6 +18,8 @@ from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 from deepvis_server.methods import REGISTRY
 
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
+
 
 def digit_png(seed: int = 0) -> bytes:
     pixels = np.random.default_rng(seed).integers(0, 256, (32, 32), dtype=np.uint8)
