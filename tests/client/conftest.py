@@ -7,9 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from fakes import FakeExplainer
 
 from deepvis.v1 import deepvis_pb2_grpc
+
+from .fakes import FakeExplainer
 
 
 @pytest.fixture

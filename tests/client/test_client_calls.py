@@ -9,14 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from fakes import (
-    DEAD_ADDRESS,
-    FakeExplainer,
-)
 from PIL import Image
 
 import deepvis
 from deepvis.v1 import deepvis_pb2
+
+from .fakes import (
+    DEAD_ADDRESS,
+    FakeExplainer,
+)
 
 pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
 

@@ -11,13 +11,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fakes import (
+
+import deepvis
+
+from .fakes import (
     CLIENT_DIR,
     DEAD_ADDRESS,
     run_python,
 )
-
-import deepvis
 
 pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
 

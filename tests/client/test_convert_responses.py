@@ -7,16 +7,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fakes import (
+
+import deepvis
+from deepvis import _cli, _convert
+from deepvis.v1 import deepvis_pb2
+
+from .fakes import (
     png_bytes,
     tensor_pb,
     tiny_description,
     tiny_info,
 )
-
-import deepvis
-from deepvis import _cli, _convert
-from deepvis.v1 import deepvis_pb2
 
 pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
 

@@ -6,14 +6,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fakes import (
-    png_bytes,
-    tensor_pb,
-)
 
 import deepvis
 from deepvis import _convert
 from deepvis.v1 import deepvis_pb2
+
+from .fakes import (
+    png_bytes,
+    tensor_pb,
+)
 
 pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
 

@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from fakes import (
+
+from deepvis import _convert
+
+from .fakes import (
     HIDE_GRPC_HEALTH,
     run_python,
 )
-
-from deepvis import _convert
 
 pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
 
