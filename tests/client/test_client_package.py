@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 import typing
 from collections.abc import AsyncGenerator, Generator
 from typing import Any
@@ -19,6 +20,11 @@ from .fakes import (
     DEAD_ADDRESS,
     run_python,
 )
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the server extra's tomli
+    import tomli as tomllib
 
 pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
 
@@ -39,8 +45,6 @@ def test_private_modules_behind_a_sorted_all() -> None:
         assert all(hasattr(module, n) for n in module.__all__), name
     # ... and the package says it is typed, in the wheel too (package-data).
     assert (CLIENT_DIR / "deepvis" / "py.typed").is_file()
-    import tomllib
-
     pyproject = tomllib.loads((CLIENT_DIR.parent / "pyproject.toml").read_text())
     assert {"py.typed", "v1/*.pyi"} <= set(
         pyproject["tool"]["setuptools"]["package-data"]["deepvis"]

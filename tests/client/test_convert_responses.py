@@ -253,6 +253,7 @@ def test_float16_results_widen_to_numpys_float32_bit_for_bit() -> None:
     )
     resp = deepvis_pb2.ExplainResponse(array=tensor)
     arr = _convert.explanation_from_pb(resp).array
+    assert arr is not None
     assert arr.dtype == np.float32 and arr.shape == (16, 64, 64)
     assert np.array_equal(arr.view(np.uint32), every.astype(np.float32).view(np.uint32))
     arr[0, 0, 0] = 1.0  # a plain writable array of its own

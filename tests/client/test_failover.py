@@ -246,7 +246,7 @@ def test_visualize_is_replayed_only_before_its_first_message(flaky) -> None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "replica going away")
 
     holder[:] = [FailsAfterProgress(0)]
-    seen = []
+    seen: list[deepvis.Progress] = []
     with deepvis.Client(address, timeout=10) as client:
         with pytest.raises(deepvis.Unavailable):
             client.visualize(1, model="m", steps=1, on_progress=seen.append)

@@ -33,6 +33,11 @@ from deepvis_server.server import DeepvisServer, model_health_service, serve_in_
 from oracles import relative_error
 from ports import free_port
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the server extra's tomli
+    import tomli as tomllib
+
 # How a configuration names this module's builders (server.test_model_loading under pytest).
 HERE = __name__
 
@@ -393,8 +398,6 @@ def test_kwargs_are_plain_data_and_never_what_the_table_sets(tmp_path) -> None:
     ]:
         with pytest.raises(ConfigError, match=message):
             _spec(tmp_path, kwargs=kwargs)
-    import tomllib
-
     date = tomllib.loads("d = 1979-05-27")["d"]
     with pytest.raises(ConfigError, match=r"kwargs.blocks\[1\] is a date or time"):
         _spec(tmp_path, kwargs={"blocks": [1, date]})
@@ -489,7 +492,8 @@ def test_functions_and_module_classes_are_called_once_as_their_signature_says(
         with deepvis.Client(server.bound_address, timeout=30) as client:
             for name, classes in (("fn", 3), ("cls", 5), ("any", 2)):
                 result = client.explain(x, model=name, method="saliency", render=False)
-                assert len(result.predictions) == classes and result.array.shape == (3, 8, 8)
+                assert len(result.predictions) == classes
+                assert result.array is not None and result.array.shape == (3, 8, 8)
                 module = server.engine.models[name].module
                 with torch.no_grad():
                     expected = int(module(torch.from_numpy(x)[None]).argmax())
