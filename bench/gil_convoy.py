@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
@@ -92,7 +93,11 @@ def main() -> int:
         sys.setswitchinterval(interval / 1000)
         alone = measure(None)
         for duty in [float(v) for v in args.duties.split(",")]:
-            row = {"switch_interval_ms": interval, "other_thread_duty": duty, "alone": alone}
+            row: dict[str, Any] = {
+                "switch_interval_ms": interval,
+                "other_thread_duty": duty,
+                "alone": alone,
+            }
             row["beside_busy_thread"] = measure(duty)
             row["guided_backprop_slowdown"] = round(
                 row["beside_busy_thread"]["guided_backprop_ms"] / alone["guided_backprop_ms"], 2

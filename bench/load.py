@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,7 @@ def client_proc(
     images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(4)]
     lat, batches, device_ms = [], [], []
     with deepvis.Client(address, timeout=600) as client:
-        kw = {"layer": layer} if method != "guided_backprop" else {}
+        kw: dict[str, Any] = {"layer": layer} if method != "guided_backprop" else {}
         client.explain(images[0], model="m", method=method, render=False, **kw)  # connect
         while time.time() < start:
             time.sleep(0.001)

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from load import cpu_seconds, free_port, server_cpu, start_server  # bench/ is on the path
@@ -66,7 +67,7 @@ def client_proc(address: str, n: int, per_call: int, seed: int, start: float, q)
 
     rng = np.random.default_rng(seed)
     images = [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(4)]
-    opts = {"model": "m", "render": False, "array_dtype": "float16"}
+    opts: dict[str, Any] = {"model": "m", "render": False, "array_dtype": "float16"}
     with deepvis.Client(address, timeout=600) as client:
         client.explain(images[0], **opts)  # connected before the clock starts
         while time.time() < start:
@@ -160,6 +161,7 @@ def floor(clients: int, requests: int) -> dict:
     proc.start()
     try:
         ready.wait(timeout=120)
+        assert proc.pid is not None  # started
         return served(address, proc.pid, clients, requests, 0)
     finally:
         proc.terminate()

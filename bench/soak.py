@@ -15,6 +15,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,7 @@ def worker(address: str, seconds: float, seed: int, expected: list, queue: mp.Qu
 
     rng = random.Random(seed)
     valid, invalid = valid_requests(), invalid_requests()
-    stats = {
+    stats: dict[str, Any] = {
         "valid_ok": 0,
         "valid_wrong": 0,
         "valid_error": 0,
@@ -135,7 +136,7 @@ def main() -> int:
         t0 = time.monotonic()
         for pr in procs:
             pr.start()
-        samples = []
+        samples: list[tuple[float, float]] = []
         while any(pr.is_alive() for pr in procs) and len(samples) < args.seconds * 2 + 60:
             samples.append((round(time.monotonic() - t0, 1), round(rss_mb(server.pid), 1)))
             time.sleep(1.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -30,7 +31,8 @@ def zoo(
     """torchvision and toy models with random weights saved to weights files, then served."""
     root = tmp_path_factory.mktemp("zoo")
     torch.manual_seed(0)
-    tables, twins = [], {}
+    tables: list[dict[str, Any]] = []
+    twins: dict[str, ZooModel] = {}
     for name, (arch, k, size) in {**ZOO_SPECS, **TOY_SPECS}.items():
         twin = build_oracle_twin(arch, k).eval()
         path = root / f"{name}.safetensors"

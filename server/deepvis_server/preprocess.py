@@ -124,7 +124,7 @@ def pixels_array(raw: RawInput, limits: Limits) -> np.ndarray:
             f"input.pixels.data has {len(raw.data)} bytes; shape {list(shape)} of UINT8 needs {expected}",
             field="input.pixels.data",
         )
-    arr = np.frombuffer(raw.data, dtype=np.uint8).reshape(shape)
+    arr: np.ndarray = np.frombuffer(raw.data, dtype=np.uint8).reshape(shape)
     return arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr
 
 

@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +234,22 @@ class FakeExplainer(deepvis_pb2_grpc.ExplainerServicer):
             result.attribution.CopyFrom(tensor_pb(attribution, deepvis_pb2.DTYPE_FLOAT32))
             result.attribution_png = png_bytes("RGB", (8, 8))
         yield deepvis_pb2.VisualizeResponse(result=result)
+
+
+@contextmanager
+def serving(
+    servicer: deepvis_pb2_grpc.ExplainerServicer,
+    *handlers: grpc.GenericRpcHandler,
+    workers: int = 8,
+) -> Iterator[str]:
+    """An in-process gRPC server on port 0 answering with `servicer` (and `handlers`); yields
+    its address and stops it at the end."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=workers))
+    deepvis_pb2_grpc.add_ExplainerServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers(handlers)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(None)

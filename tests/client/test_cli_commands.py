@@ -7,16 +7,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fakes import (
+from PIL import Image
+
+from deepvis._cli import main
+from deepvis.v1 import deepvis_pb2
+
+from .fakes import (
     DEAD_ADDRESS,
     FakeExplainer,
     err_lines,
     png_bytes,
 )
-from PIL import Image
 
-from deepvis._cli import main
-from deepvis.v1 import deepvis_pb2
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
 
 
 def test_cli_models(

@@ -8,15 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import (
+
+import deepvis
+from deepvis import _cli
+from deepvis._cli import main
+
+from .fakes import (
     DEAD_ADDRESS,
     err_lines,
     png_bytes,
 )
 
-import deepvis
-from deepvis import _cli
-from deepvis._cli import main
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
 
 
 @pytest.mark.parametrize(

@@ -9,14 +9,17 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from fakes import (
-    DEAD_ADDRESS,
-    FakeExplainer,
-)
 from PIL import Image
 
 import deepvis
 from deepvis.v1 import deepvis_pb2
+
+from .fakes import (
+    DEAD_ADDRESS,
+    FakeExplainer,
+)
+
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
 
 
 def test_client_models_and_default_model_cached(fake_server: tuple[str, FakeExplainer]) -> None:

@@ -10,6 +10,8 @@ import pytest
 import deepvis
 from deepvis._exceptions import from_rpc_error
 
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
+
 
 class FakeRpcError(grpc.RpcError):
     def __init__(self, code: grpc.StatusCode, details: str | None) -> None:

@@ -5,19 +5,28 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 import typing
 from collections.abc import AsyncGenerator, Generator
 from typing import Any
 
 import numpy as np
 import pytest
-from fakes import (
+
+import deepvis
+
+from .fakes import (
     CLIENT_DIR,
     DEAD_ADDRESS,
     run_python,
 )
 
-import deepvis
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the server extra's tomli
+    import tomli as tomllib
+
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
 
 
 def test_public_api() -> None:
@@ -36,8 +45,6 @@ def test_private_modules_behind_a_sorted_all() -> None:
         assert all(hasattr(module, n) for n in module.__all__), name
     # ... and the package says it is typed, in the wheel too (package-data).
     assert (CLIENT_DIR / "deepvis" / "py.typed").is_file()
-    import tomllib
-
     pyproject = tomllib.loads((CLIENT_DIR.parent / "pyproject.toml").read_text())
     assert {"py.typed", "v1/*.pyi"} <= set(
         pyproject["tool"]["setuptools"]["package-data"]["deepvis"]

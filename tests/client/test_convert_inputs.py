@@ -8,13 +8,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fakes import (
-    png_bytes,
-)
 from PIL import Image
 
 from deepvis import _convert
 from deepvis.v1 import deepvis_pb2
+
+from .fakes import (
+    png_bytes,
+)
+
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
 
 
 def test_input_path_and_pathlike_send_file_bytes(tmp_path: Path) -> None:

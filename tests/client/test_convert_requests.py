@@ -11,6 +11,8 @@ import deepvis
 from deepvis import _convert
 from deepvis.v1 import deepvis_pb2
 
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
+
 
 def test_target_to_pb() -> None:
     assert _convert.target_to_pb(None) is None

@@ -7,16 +7,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fakes import (
+
+import deepvis
+from deepvis import _cli, _convert
+from deepvis.v1 import deepvis_pb2
+
+from .fakes import (
     png_bytes,
     tensor_pb,
     tiny_description,
     tiny_info,
 )
 
-import deepvis
-from deepvis import _cli, _convert
-from deepvis.v1 import deepvis_pb2
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
 
 
 def _response(array: np.ndarray | None, wire: Any, png: bytes = b"") -> deepvis_pb2.ExplainResponse:
@@ -250,6 +253,7 @@ def test_float16_results_widen_to_numpys_float32_bit_for_bit() -> None:
     )
     resp = deepvis_pb2.ExplainResponse(array=tensor)
     arr = _convert.explanation_from_pb(resp).array
+    assert arr is not None
     assert arr.dtype == np.float32 and arr.shape == (16, 64, 64)
     assert np.array_equal(arr.view(np.uint32), every.astype(np.float32).view(np.uint32))
     arr[0, 0, 0] = 1.0  # a plain writable array of its own

@@ -6,14 +6,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fakes import (
-    png_bytes,
-    tensor_pb,
-)
 
 import deepvis
 from deepvis import _convert
 from deepvis.v1 import deepvis_pb2
+
+from .fakes import (
+    png_bytes,
+    tensor_pb,
+)
+
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
 
 
 def _vis_request(objective: Any, **overrides: Any) -> deepvis_pb2.VisualizeRequest:

@@ -9,7 +9,6 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +23,8 @@ from deepvis_server.config import load_config
 from deepvis_server.process import ServerProcess
 from deepvis_server.server import serve_in_thread
 from oracles import relative_error
+
+from .fakes import serving
 
 # --- address forms and the service config (no server) --------------------------------------
 
@@ -179,14 +180,8 @@ def flaky() -> Iterator[tuple[str, list[Flaky]]]:
         def Visualize(self, request, context):
             yield from holder[0].Visualize(request, context)
 
-    server = grpc.server(ThreadPoolExecutor(max_workers=4))
-    deepvis_pb2_grpc.add_ExplainerServicer_to_server(Delegate(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}", holder
-    finally:
-        server.stop(None)
+    with serving(Delegate(), workers=4) as address:
+        yield address, holder
 
 
 @pytest.mark.parametrize("headers", [True, False])
@@ -246,7 +241,7 @@ def test_visualize_is_replayed_only_before_its_first_message(flaky) -> None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "replica going away")
 
     holder[:] = [FailsAfterProgress(0)]
-    seen = []
+    seen: list[deepvis.Progress] = []
     with deepvis.Client(address, timeout=10) as client:
         with pytest.raises(deepvis.Unavailable):
             client.visualize(1, model="m", steps=1, on_progress=seen.append)

@@ -6,12 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-from fakes import (
+
+from deepvis import _convert
+
+from .fakes import (
     HIDE_GRPC_HEALTH,
     run_python,
 )
 
-from deepvis import _convert
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
 
 
 def test_health_request_encoding() -> None:

@@ -130,6 +130,7 @@ def test_node_processes_exiting_mid_stream_leave_the_server_up(tmp_path) -> None
     once, twice: the server stays up and answers the next client as before."""
     from deepvis_server.process import ServerProcess
 
+    assert NODE is not None
     with ServerProcess() as server:
         before = python_answer_at(server.address)
         for _ in range(2):

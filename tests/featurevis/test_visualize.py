@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import grpc
 import numpy as np
@@ -61,7 +62,7 @@ def test_fft_parameterization_against_pixel_space_adam(digits_server) -> None:
                 deepvis.Neuron("conv3", channel, 4, 4),
                 deepvis.Neuron("conv3", channel),
             ):
-                kwargs = {"steps": STEPS, "seed": 0, "transforms": False}
+                kwargs: dict[str, Any] = {"steps": STEPS, "seed": 0, "transforms": False}
                 fft = client.visualize(objective, parameterization="fft", **kwargs)
                 pixel = client.visualize(objective, parameterization="pixel", **kwargs)
                 assert fft.objective > 0 and pixel.objective > 0
@@ -71,7 +72,7 @@ def test_fft_parameterization_against_pixel_space_adam(digits_server) -> None:
 
 def test_a_job_joining_midway_matches_its_solo_run(digits_server) -> None:
     address = digits_server.bound_address
-    job = {"steps": STEPS, "seed": 5}
+    job: dict[str, Any] = {"steps": STEPS, "seed": 5}
     target = deepvis.Neuron("conv2", 3)
     with deepvis.Client(address, timeout=300) as client:
         solo = client.visualize(target, **job)
@@ -115,7 +116,9 @@ def test_progress_stream_and_negated_objective(digits_server) -> None:
             client.visualize_stream(deepvis.Neuron("conv3", 2, 4, 4), steps=32, progress_every=8)
         )
         neg = client.visualize(deepvis.Neuron("conv3", 2, 4, 4), steps=32, negate=True)
-    progress, result = events[:-1], events[-1]
+    progress = [e for e in events[:-1] if isinstance(e, deepvis.Progress)]
+    result = events[-1]
+    assert len(progress) == len(events) - 1  # every message before the last
     assert isinstance(result, deepvis.Visualization)
     # With progress_every, a message every 8 steps, each with the picture, and no others; a
     # reader that falls behind gets the latest (so never a step twice, the last one always).
@@ -129,9 +132,11 @@ def test_progress_stream_and_negated_objective(digits_server) -> None:
 def test_progress_without_pictures_comes_about_64_times(digits_server) -> None:
     with deepvis.Client(digits_server.bound_address, timeout=300) as client:
         events = list(client.visualize_stream(3, steps=640, seed=2))
-    steps = [p.step for p in events[:-1]]
+    progress = [e for e in events[:-1] if isinstance(e, deepvis.Progress)]
+    assert len(progress) == len(events) - 1
+    steps = [p.step for p in progress]
     assert all(s % 10 == 0 for s in steps) and steps[-1] == 630 and len(steps) <= 63
-    assert all(p.image is None for p in events[:-1])
+    assert all(p.image is None for p in progress)
 
 
 def test_cancelled_stream_stops_its_job(digits_server) -> None:
@@ -155,6 +160,7 @@ def test_attribution_on_an_input(digits_server, sample_paths) -> None:
         res = client.visualize(deepvis.Neuron("conv3", 5), steps=8, input=str(sample_paths[4]))
         direct = client.explain(str(sample_paths[4]), target=deepvis.Neuron("conv3", 5))
     assert res.attribution is not None and res.attribution_image is not None
+    assert direct.array is not None
     assert np.allclose(res.attribution, direct.array, atol=1e-6)
     # The digits model squashes (no resize): the attribution covers the whole picture.
     from PIL import Image

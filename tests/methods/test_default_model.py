@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 import deepvis_server.default_model
 from deepvis_server.default_model import DigitsNet
 
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover

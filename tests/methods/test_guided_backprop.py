@@ -24,7 +24,7 @@ def test_digits_samples_equal_captum(digits_server, digits_twin, sample_paths) -
             # Unset target: the predicted class, which for these samples is the label.
             assert res.target == label
             assert res.predictions[0].index == label
-            assert res.array.shape == (1, 32, 32)
+            assert res.array is not None and res.array.shape == (1, 32, 32)
             assert relative_error(res.array, captum_gbp(digits_twin, x, label)) <= TOL
             assert res.image is not None and res.image.size[0] >= 128
 
@@ -48,9 +48,9 @@ def test_torchvision_models_equal_captum_with_mixed_targets(zoo, name) -> None:
         for t in threads:
             t.join()
     assert max(r.batch_size for r in results) > 1, "the concurrent calls never shared a batch"
-    for x, t, res in zip(xs, targets, results, strict=False):
+    for x, target, res in zip(xs, targets, results, strict=False):
         expected_target = (
-            t if t is not None else int(twin.module(torch.from_numpy(x)[None]).argmax())
+            target if target is not None else int(twin.module(torch.from_numpy(x)[None]).argmax())
         )
         assert res.target == expected_target
         assert relative_error(res.array, captum_gbp(twin.module, x, expected_target)) <= TOL
@@ -120,6 +120,7 @@ def client_free_plain_gradient(model: torch.nn.Module, x: np.ndarray, target: in
     xt = torch.from_numpy(x)[None].clone().requires_grad_(True)
     with torch.enable_grad():
         model(xt)[0, target].backward()
+    assert xt.grad is not None
     return xt.grad[0].numpy()
 
 

@@ -235,7 +235,7 @@ def test_top_k_channels_and_several_layers(digits_server, digits_twin, sample_pa
         assert list(idx) == list(np.argsort(-means, kind="stable")[:5])
         assert relative_error(res.arrays[layer], ref[idx]) <= TOL
         assert {f"{layer}.grid", f"{layer}.heatmap"} <= set(res.images)
-    assert res.array.shape == (5, 16, 16)  # the first layer's top-5 maps
+    assert res.array is not None and res.array.shape == (5, 16, 16)  # the first layer's top-5
 
 
 def test_functional_relu_twin_for_every_relu_method(zoo) -> None:

@@ -118,8 +118,11 @@ def twin_gradient(twin: nn.Module, x: torch.Tensor, targets: list[int]) -> np.nd
 
 def scaled(model: nn.Module, factor: float) -> nn.Module:
     with torch.no_grad():
-        norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-        for m in norms or [m for m in model.modules() if isinstance(m, nn.Conv2d)]:
+        layers: list[nn.BatchNorm2d | nn.Conv2d]
+        layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        if not layers:
+            layers = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        for m in layers:
             m.weight.mul_(factor)
     return model
 

@@ -17,6 +17,8 @@ import pytest
 
 from deepvis_server.config import DEFAULT_CONFIG, DEFAULT_MODEL_DIR, load_config, parse_config
 
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover

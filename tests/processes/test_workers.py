@@ -98,7 +98,9 @@ def test_workers_share_the_address_answer_alike_and_drain_on_sigterm(tmp_path) -
             with deepvis.Client(
                 address, timeout=30, options=[("grpc.use_local_subchannel_pool", 1)]
             ) as client:
-                answers.append(client.explain(PIXELS[1], target=1, render=False).array)
+                answer = client.explain(PIXELS[1], target=1, render=False).array
+                assert answer is not None
+                answers.append(answer)
             if explain_ok(metrics) >= 1 and explain_ok(metrics + 1) >= 1:
                 break
         counts = (explain_ok(metrics), explain_ok(metrics + 1))

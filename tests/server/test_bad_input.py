@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from typing import cast
 
 import grpc
 import numpy as np
@@ -23,6 +24,8 @@ from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 from deepvis_server.config import load_config
 from deepvis_server.server import serve_in_thread
 
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
+
 
 def png(img: Image.Image, **kw) -> bytes:
     buf = io.BytesIO()
@@ -33,9 +36,9 @@ def png(img: Image.Image, **kw) -> bytes:
 def first_layer(client: deepvis.Client, input, model: str = "digits") -> np.ndarray:
     """conv1's activations: a function of the preprocessed input, so equal activations mean
     equal preprocessing."""
-    return client.explain(
-        input, model=model, method="activations", layer="conv1", render=False
-    ).array
+    result = client.explain(input, model=model, method="activations", layer="conv1", render=False)
+    assert result.array is not None
+    return result.array
 
 
 def digit(seed: int = 0, size: int = 32) -> np.ndarray:
@@ -122,7 +125,8 @@ def bomb_png(width: int, height: int) -> bytes:
 
 
 def tensor(dtype: int, shape: list[int], data: bytes) -> pb.Input:
-    return pb.Input(tensor=pb.Tensor(dtype=dtype, shape=shape, data=data))
+    # Any number, as another language may send it: not only the DType enum's.
+    return pb.Input(tensor=pb.Tensor(dtype=cast("pb.DType", dtype), shape=shape, data=data))
 
 
 good_png = png(Image.fromarray(digit(3)))
@@ -193,7 +197,8 @@ def test_message_size_limits_on_both_ends(tmp_path) -> None:
         with deepvis.Client(server.bound_address, timeout=30) as client:
             with pytest.raises(deepvis.ResourceExhausted):
                 client.explain(big)  # the server refuses what it may not receive
-            assert client.explain(digit(5)).array.shape == (1, 32, 32)
+            answer = client.explain(digit(5)).array
+            assert answer is not None and answer.shape == (1, 32, 32)
         with deepvis.Client(server.bound_address, timeout=30, max_message_bytes=100_000) as small:
             with pytest.raises(deepvis.ResourceExhausted):
                 small.explain(big)  # the client refuses to send past its own limit

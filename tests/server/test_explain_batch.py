@@ -13,6 +13,8 @@ from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 from oracles import TOL, captum_gbp, preprocess_digit, relative_error
 
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
+
 
 def test_items_equal_captum_share_batches_and_keep_their_order(
     digits_server, digits_twin, sample_paths
@@ -32,7 +34,7 @@ def test_items_equal_captum_share_batches_and_keep_their_order(
 def test_one_bad_item_fails_alone(digits_server, sample_paths) -> None:
     good = [str(p) for p in sample_paths[:3]]
     wrong_size = np.zeros((4, 4, 5), dtype=np.uint8)  # 5 channels: not an image
-    inputs = [good[0], wrong_size, good[1], good[2]]
+    inputs: list[str | np.ndarray] = [good[0], wrong_size, good[1], good[2]]
     targets = [1, 1, 99, None]  # 99: beyond the digits model's 10 classes
     with deepvis.Client(digits_server.bound_address, timeout=60) as client:
         with pytest.raises(ValueError, match=r"C in \(1, 3, 4\)"):

@@ -32,6 +32,7 @@ def test_fast_mode_is_close_to_fp32_and_says_so(exact_and_fast, sample_paths, me
             assert not any("fast mode" in w for w in exact.warnings)
             assert any("fast mode" in w for w in fast.warnings)
             assert fast.target == exact.target
+            assert fast.array is not None and exact.array is not None
             a, b = fast.array.ravel(), exact.array.ravel()
             # bf16 keeps ~3 significant digits and can flip a ReLU mask at a near-zero input:
             # the maps agree in shape and on average, not to 1e-5 everywhere.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,14 @@ from deepvis_server.security import resolve_under_root
 from deepvis_server.server import DeepvisServer, model_health_service, serve_in_thread
 from oracles import relative_error
 from ports import free_port
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the server extra's tomli
+    import tomli as tomllib
+
+# How a configuration names this module's builders (server.test_model_loading under pytest).
+HERE = __name__
 
 DIGITS = load_config().models[0]
 CPU = torch.device("cpu")
@@ -371,10 +380,10 @@ def test_a_kwarg_the_builder_does_not_take_is_a_config_error(tmp_path) -> None:
     assert "kwargs.aux_logit is not an argument of torchvision's googlenet" in message
     assert "aux_logits" in message  # the names it does take
     assert info.value.public is not None and "googlenet" not in info.value.public
-    spec = _spec(tmp_path, arch="test_model_loading:build_tiny", kwargs={"depth": 2})
+    spec = _spec(tmp_path, arch=f"{HERE}:build_tiny", kwargs={"depth": 2})
     with pytest.raises(
         ConfigError,
-        match=r"kwargs.depth is not an argument of test_model_loading.build_tiny; "
+        match=rf"kwargs.depth is not an argument of {re.escape(HERE)}.build_tiny; "
         r"it takes: weights, width",
     ):
         load_model(spec, CPU)
@@ -390,13 +399,11 @@ def test_kwargs_are_plain_data_and_never_what_the_table_sets(tmp_path) -> None:
     ]:
         with pytest.raises(ConfigError, match=message):
             _spec(tmp_path, kwargs=kwargs)
-    import tomllib
-
     date = tomllib.loads("d = 1979-05-27")["d"]
     with pytest.raises(ConfigError, match=r"kwargs.blocks\[1\] is a date or time"):
         _spec(tmp_path, kwargs={"blocks": [1, date]})
     # A function of the operator's own may take a `weights` argument.
-    spec = _spec(tmp_path, arch="test_model_loading:build_tiny", kwargs={"weights": "x"})
+    spec = _spec(tmp_path, arch=f"{HERE}:build_tiny", kwargs={"weights": "x"})
     assert spec.kwargs == {"weights": "x"}
 
 
@@ -461,11 +468,11 @@ def test_functions_and_module_classes_are_called_once_as_their_signature_says(
     tmp_path,
 ) -> None:
     tables = [
-        {"name": "fn", "arch": "test_model_loading:build_tiny", "num_classes": 3},
-        {"name": "cls", "arch": "test_model_loading:TinyNet", "num_classes": 5},
+        {"name": "fn", "arch": f"{HERE}:build_tiny", "num_classes": 3},
+        {"name": "cls", "arch": f"{HERE}:TinyNet", "num_classes": 5},
         {
             "name": "any",
-            "arch": "test_model_loading:build_any",
+            "arch": f"{HERE}:build_any",
             "num_classes": 2,
             "kwargs": {"width": 6},
         },
@@ -486,7 +493,8 @@ def test_functions_and_module_classes_are_called_once_as_their_signature_says(
         with deepvis.Client(server.bound_address, timeout=30) as client:
             for name, classes in (("fn", 3), ("cls", 5), ("any", 2)):
                 result = client.explain(x, model=name, method="saliency", render=False)
-                assert len(result.predictions) == classes and result.array.shape == (3, 8, 8)
+                assert len(result.predictions) == classes
+                assert result.array is not None and result.array.shape == (3, 8, 8)
                 module = server.engine.models[name].module
                 with torch.no_grad():
                     expected = int(module(torch.from_numpy(x)[None]).argmax())
@@ -497,11 +505,11 @@ def test_functions_and_module_classes_are_called_once_as_their_signature_says(
 def test_a_builder_must_build_a_module_and_may_not_end_the_server(tmp_path) -> None:
     CALLS.clear()
     cases = [
-        ("test_model_loading:build_nothing", "build_nothing returned int, not an nn.Module"),
-        ("test_model_loading:build_and_exit", "raised SystemExit while building the model"),
+        (f"{HERE}:build_nothing", "build_nothing returned int, not an nn.Module"),
+        (f"{HERE}:build_and_exit", "raised SystemExit while building the model"),
         ("collections:OrderedDict", "class collections.OrderedDict is not an nn.Module subclass"),
-        ("test_model_loading:CALLS", "'CALLS' is a list, not an nn.Module subclass"),
-        ("test_model_loading:nope", "module 'test_model_loading' has no 'nope'"),
+        (f"{HERE}:CALLS", "'CALLS' is a list, not an nn.Module subclass"),
+        (f"{HERE}:nope", f"module '{re.escape(HERE)}' has no 'nope'"),
         ("no_such_module_xyz:Net", "cannot import module 'no_such_module_xyz'"),
     ]
     for arch, message in cases:

@@ -12,6 +12,8 @@ from google.protobuf import descriptor_pb2
 
 from deepvis.v1 import deepvis_pb2
 
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -104,11 +104,12 @@ def test_tls_round_trip(tls_server, pki, sample_paths) -> None:
         address = f"{host}:{_port(tls_server)}"
         with deepvis.Client(address, timeout=30, root_certificates=ca) as client:
             result = client.explain(str(sample_paths[7]))
-            assert result.target == 7 and result.array.shape == (1, 32, 32)
+            assert result.target == 7
+            assert result.array is not None and result.array.shape == (1, 32, 32)
 
 
 def test_tls_round_trip_async(tls_server, pki, sample_paths) -> None:
-    async def main() -> int | None:
+    async def main() -> int | deepvis.Neuron | None:
         async with deepvis.AsyncClient(
             tls_server.bound_address, timeout=30, tls=True, root_certificates=pki["ca"].read_bytes()
         ) as client:
@@ -250,7 +251,7 @@ def test_tls_with_tokens_uses_call_credentials(tls_token_server, pki, sample_pat
     with deepvis.Client(address, timeout=30, root_certificates=ca, token="beta-token-two") as c:
         assert c.explain(str(sample_paths[8])).target == 8
 
-    async def main() -> int | None:
+    async def main() -> int | deepvis.Neuron | None:
         async with deepvis.AsyncClient(
             address, timeout=30, root_certificates=ca, token="alpha-0123456789"
         ) as client:

@@ -58,9 +58,9 @@ def test_every_input_kind_gives_the_same_result(digits_server, sample_paths) -> 
             assert relative_error(other.array, base.array) <= 1e-6
         # A larger picture is resized to the model's 32x32 on the server.
         big = io.BytesIO()
-        img.resize((96, 96), Image.BILINEAR).save(big, format="JPEG", quality=95)
+        img.resize((96, 96), Image.Resampling.BILINEAR).save(big, format="JPEG", quality=95)
         resized = client.explain(big.getvalue(), target=3)
-        assert resized.array.shape == (1, 32, 32)
+        assert resized.array is not None and resized.array.shape == (1, 32, 32)
         assert resized.predictions[0].index == 3
 
 
@@ -70,6 +70,7 @@ def test_float16_array_and_top_k(digits_server, sample_paths) -> None:
         half = client.explain(str(sample_paths[5]), array_dtype="float16", top_k=10, render=False)
     assert len(full.predictions) == 3 and len(half.predictions) == 10
     assert half.image is None
+    assert half.array is not None and full.array is not None
     assert half.array.dtype == np.float32
     assert relative_error(half.array, full.array) <= 1e-3
     # It is the float32 answer rounded to float16: bit for bit on the CPU; on a GPU (cast

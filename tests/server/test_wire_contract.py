@@ -4,6 +4,7 @@ and their short spellings, field paths in errors, omit_array, picture sizes."""
 from __future__ import annotations
 
 import io
+from typing import cast
 
 import grpc
 import numpy as np
@@ -17,6 +18,8 @@ import deepvis
 from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 from deepvis_server.methods import REGISTRY
+
+pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
 
 
 def digit_png(seed: int = 0) -> bytes:
@@ -72,7 +75,9 @@ def test_an_unset_method_is_required_and_the_valid_ones_are_listed(digits_server
         assert "method 0" not in err.details()
         check_lists_snake_names(err.details())
         # A number the schema does not have: named, and the same list.
-        request = pb.ExplainRequest(model="digits", method=42, input={"image": digit_png()})
+        request = pb.ExplainRequest(
+            model="digits", method=cast("pb.Method", 42), input={"image": digit_png()}
+        )
         err = explain_error(stub, request)
         assert bad_request(err).field == "method"
         assert err.details().startswith("method 42 is not a method")
@@ -259,7 +264,10 @@ def test_explain_errors_name_the_target_fields_and_batch_items_their_own(digits_
             assert bad_request(err).field == field
             assert err.details().startswith(field)
             requests.append(request)
-        requests.insert(1, pb.ExplainRequest(model="digits", method=1, input=pb.Input(image=png)))
+        gbp = pb.ExplainRequest(
+            model="digits", method=pb.METHOD_GUIDED_BACKPROP, input=pb.Input(image=png)
+        )
+        requests.insert(1, gbp)
         reply = stub.ExplainBatch(pb.ExplainBatchRequest(requests=requests), timeout=30)
     items = list(reply.items)
     assert items[1].HasField("response")
@@ -311,12 +319,21 @@ def test_small_pictures_are_enlarged_as_documented(digits_server) -> None:
         stub = pb_grpc.ExplainerStub(ch)
         output = pb.OutputOptions(render=True)
         gbp = stub.Explain(
-            pb.ExplainRequest(model="digits", method=1, input=pb.Input(image=png), output=output),
+            pb.ExplainRequest(
+                model="digits",
+                method=pb.METHOD_GUIDED_BACKPROP,
+                input=pb.Input(image=png),
+                output=output,
+            ),
             timeout=30,
         )
         acts = stub.Explain(
             pb.ExplainRequest(
-                model="digits", method=2, input=pb.Input(image=png), output=output, layers=["conv3"]
+                model="digits",
+                method=pb.METHOD_ACTIVATIONS,
+                input=pb.Input(image=png),
+                output=output,
+                layers=["conv3"],
             ),
             timeout=30,
         )

@@ -109,7 +109,8 @@ class Neuron(Objective):
     @staticmethod
     def values(source: torch.Tensor, *index: torch.Tensor) -> torch.Tensor:
         rows = torch.arange(source.shape[0], device=source.device)
-        picked = source[(rows, *index)]
+        key = (rows, *index)  # not source[rows, *index]: Python 3.11 syntax
+        picked = source[key]
         return picked.flatten(1).mean(1) if picked.dim() > 1 else picked
 
 

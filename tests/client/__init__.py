@@ -1,0 +1,1 @@
+"""Tests of the client library, the CLI, failover and the Node.js clients."""

@@ -1,0 +1,1 @@
+"""Tests of feature visualization: the engine core and the Visualize stream."""

@@ -1,0 +1,1 @@
+"""Tests of the interpretability methods against independent oracles."""

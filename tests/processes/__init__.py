@@ -1,0 +1,1 @@
+"""Tests that drive real server processes: workers, killed clients, demo, deployment, examples."""

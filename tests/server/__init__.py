@@ -1,0 +1,1 @@
+"""Tests of the server over real gRPC: input, contract, reliability, security, loading."""
