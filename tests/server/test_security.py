@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -60,7 +61,7 @@ def _serve(config: ServerConfig, host: str = "127.0.0.1") -> Iterator[DeepvisSer
         yield server
 
 
-def _access(**changes: object) -> ServerConfig:
+def _access(**changes: Any) -> ServerConfig:
     """The default configuration with these access settings."""
     config = load_config()
     return replace(config, access=replace(config.access, **changes))
