@@ -516,6 +516,7 @@ class _BaseClient:
         perturbations: int = 0,
         noise_std: float = 0.0,
         sensitivity_radius: float = 0.0,
+        return_maps: bool = False,
         timeout: float | None = None,
     ) -> Stream:
         """Evaluates methods on inputs, yielding the evaluation's progress and finally its result.
@@ -550,6 +551,8 @@ class _BaseClient:
             noise_std: Infidelity's Gaussian noise std in the model's input space; 0 means 0.1.
             sensitivity_radius: Max-sensitivity's radius in the model's input space; 0 means
                 0.02.
+            return_maps: Also return each method's maps, the ones every metric was computed
+                from (`MethodEvaluation.maps`).
             timeout: Deadline of the whole evaluation in seconds; None uses the client's
                 default.
 
@@ -576,6 +579,7 @@ class _BaseClient:
             perturbations=perturbations,
             noise_std=noise_std,
             sensitivity_radius=sensitivity_radius,
+            return_maps=return_maps,
         )
         return evaluate_stream(request, timeout=timeout)
 
@@ -594,6 +598,7 @@ class _BaseClient:
         perturbations: int = 0,
         noise_std: float = 0.0,
         sensitivity_radius: float = 0.0,
+        return_maps: bool = False,
         on_progress: Callable[[EvaluationProgress], None] | None = None,
         timeout: float | None = None,
     ) -> Stream:
@@ -605,7 +610,7 @@ class _BaseClient:
             on_progress: Called with each `EvaluationProgress` as it arrives; an exception it
                 raises cancels the evaluation and propagates.
             inputs, model, method, metrics, classes, layer, steps, seed, randomization,
-                perturbations, noise_std, sensitivity_radius, timeout: As for
+                perturbations, noise_std, sensitivity_radius, return_maps, timeout: As for
                 `evaluate_stream`.
 
         Returns:
@@ -630,6 +635,7 @@ class _BaseClient:
             perturbations=perturbations,
             noise_std=noise_std,
             sensitivity_radius=sensitivity_radius,
+            return_maps=return_maps,
             timeout=timeout,
         )
         plan.on_progress = on_progress

@@ -862,6 +862,7 @@ def evaluate_request_to_pb(
     perturbations: int,
     noise_std: float,
     sensitivity_radius: float,
+    return_maps: bool = False,
 ) -> deepvis_pb2.EvaluateRequest:
     """Builds an `EvaluateRequest`; see `Client.evaluate` for the arguments.
 
@@ -883,6 +884,7 @@ def evaluate_request_to_pb(
         perturbations=_check_int("perturbations", perturbations),
         noise_std=_check_float("noise_std", noise_std),
         sensitivity_radius=_check_float("sensitivity_radius", sensitivity_radius),
+        return_maps=bool(return_maps),
     )
     if metrics is not None:
         known = _metric_numbers()
@@ -937,6 +939,7 @@ def _method_evaluation_from_pb(
         else None,
         infidelity=_f32(msg.infidelity, f"{name} infidelity"),
         sensitivity=_f32(msg.sensitivity, f"{name} sensitivity"),
+        maps=_f32(msg.maps, f"{name} maps"),
     )
 
 
@@ -971,4 +974,5 @@ def evaluate_item_from_pb(
         queue_ms=float(r.queue_ms),
         compute_ms=float(r.compute_ms),
         warnings=list(r.warnings),
+        max_batch_jobs=int(r.max_batch_jobs),
     )

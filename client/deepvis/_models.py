@@ -390,6 +390,8 @@ class MethodEvaluation:
         infidelity: float32 [N]: infidelity (Captum's `infidelity`); lower is better.
         sensitivity: float32 [N]: max-sensitivity (Captum's `sensitivity_max`); lower is
             better.
+        maps: float32 [N, ...]: with `return_maps`, the method's result on each input (as
+            `explain` gives it), the one every metric was computed from.
     """
 
     method: str
@@ -399,6 +401,7 @@ class MethodEvaluation:
     randomization: Randomization | None = None
     infidelity: np.ndarray | None = None
     sensitivity: np.ndarray | None = None
+    maps: np.ndarray | None = None
 
 
 @dataclass(eq=False)
@@ -419,6 +422,7 @@ class Evaluation:
         queue_ms: Milliseconds from arrival to the first piece of work.
         compute_ms: Milliseconds from the first piece of work to the last.
         warnings: Caveats the server attached.
+        max_batch_jobs: The most evaluations (this one included) whose work shared a batch.
     """
 
     model: str
@@ -430,6 +434,7 @@ class Evaluation:
     queue_ms: float = 0.0
     compute_ms: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    max_batch_jobs: int = 0
 
     def __getitem__(self, method: str) -> MethodEvaluation:
         key = method.replace("-", "_")

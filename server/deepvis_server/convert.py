@@ -455,6 +455,7 @@ def parse_evaluate(msg: pb.EvaluateRequest, deadline: float) -> EvaluateQuery:
         perturbations=int(msg.perturbations),
         noise_std=float(msg.noise_std),
         radius=float(msg.sensitivity_radius),
+        return_maps=msg.return_maps,
     )
     return EvaluateQuery(
         model=msg.model,
@@ -476,7 +477,7 @@ def _method_evaluation(scores: MethodScores) -> pb.MethodEvaluation:
         value = getattr(scores, name)
         if value is not None:
             fill_tensor(getattr(out.randomization, name), value, "float32")
-    for name in ("infidelity", "sensitivity"):
+    for name in ("infidelity", "sensitivity", "maps"):
         value = getattr(scores, name)
         if value is not None:
             fill_tensor(getattr(out, name), value, "float32")
@@ -500,5 +501,6 @@ def evaluate_response(event: EvaluateProgress | EvaluateAnswer) -> pb.EvaluateRe
         compute_ms=r.compute_ms,
         work=r.work,
         warnings=list(r.warnings),
+        max_batch_jobs=r.max_batch_jobs,
     )
     return pb.EvaluateResponse(result=result)

@@ -418,7 +418,7 @@ class VisualizeResponse(_message.Message):
     def __init__(self, progress: _Optional[_Union[VisualizeProgress, _Mapping]] = ..., result: _Optional[_Union[VisualizeResult, _Mapping]] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("model", "methods", "inputs", "class_indices", "layer", "metrics", "steps", "seed", "randomization", "perturbations", "noise_std", "sensitivity_radius")
+    __slots__ = ("model", "methods", "inputs", "class_indices", "layer", "metrics", "steps", "seed", "randomization", "perturbations", "noise_std", "sensitivity_radius", "return_maps")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     METHODS_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
@@ -431,6 +431,7 @@ class EvaluateRequest(_message.Message):
     PERTURBATIONS_FIELD_NUMBER: _ClassVar[int]
     NOISE_STD_FIELD_NUMBER: _ClassVar[int]
     SENSITIVITY_RADIUS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_MAPS_FIELD_NUMBER: _ClassVar[int]
     model: str
     methods: _containers.RepeatedScalarFieldContainer[Method]
     inputs: _containers.RepeatedCompositeFieldContainer[Input]
@@ -443,7 +444,8 @@ class EvaluateRequest(_message.Message):
     perturbations: int
     noise_std: float
     sensitivity_radius: float
-    def __init__(self, model: _Optional[str] = ..., methods: _Optional[_Iterable[_Union[Method, str]]] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., class_indices: _Optional[_Iterable[int]] = ..., layer: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[Metric, str]]] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., randomization: _Optional[_Union[RandomizationMode, str]] = ..., perturbations: _Optional[int] = ..., noise_std: _Optional[float] = ..., sensitivity_radius: _Optional[float] = ...) -> None: ...
+    return_maps: bool
+    def __init__(self, model: _Optional[str] = ..., methods: _Optional[_Iterable[_Union[Method, str]]] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., class_indices: _Optional[_Iterable[int]] = ..., layer: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[Metric, str]]] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., randomization: _Optional[_Union[RandomizationMode, str]] = ..., perturbations: _Optional[int] = ..., noise_std: _Optional[float] = ..., sensitivity_radius: _Optional[float] = ..., return_maps: bool = ...) -> None: ...
 
 class EvaluateProgress(_message.Message):
     __slots__ = ("done", "total", "stage")
@@ -476,7 +478,7 @@ class RandomizationCurves(_message.Message):
     def __init__(self, spearman: _Optional[_Union[Tensor, _Mapping]] = ..., ssim: _Optional[_Union[Tensor, _Mapping]] = ..., independent_spearman: _Optional[_Union[Tensor, _Mapping]] = ..., independent_ssim: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class MethodEvaluation(_message.Message):
-    __slots__ = ("method", "layer", "deletion", "insertion", "randomization", "infidelity", "sensitivity")
+    __slots__ = ("method", "layer", "deletion", "insertion", "randomization", "infidelity", "sensitivity", "maps")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     DELETION_FIELD_NUMBER: _ClassVar[int]
@@ -484,6 +486,7 @@ class MethodEvaluation(_message.Message):
     RANDOMIZATION_FIELD_NUMBER: _ClassVar[int]
     INFIDELITY_FIELD_NUMBER: _ClassVar[int]
     SENSITIVITY_FIELD_NUMBER: _ClassVar[int]
+    MAPS_FIELD_NUMBER: _ClassVar[int]
     method: Method
     layer: str
     deletion: PerturbationCurve
@@ -491,10 +494,11 @@ class MethodEvaluation(_message.Message):
     randomization: RandomizationCurves
     infidelity: Tensor
     sensitivity: Tensor
-    def __init__(self, method: _Optional[_Union[Method, str]] = ..., layer: _Optional[str] = ..., deletion: _Optional[_Union[PerturbationCurve, _Mapping]] = ..., insertion: _Optional[_Union[PerturbationCurve, _Mapping]] = ..., randomization: _Optional[_Union[RandomizationCurves, _Mapping]] = ..., infidelity: _Optional[_Union[Tensor, _Mapping]] = ..., sensitivity: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    maps: Tensor
+    def __init__(self, method: _Optional[_Union[Method, str]] = ..., layer: _Optional[str] = ..., deletion: _Optional[_Union[PerturbationCurve, _Mapping]] = ..., insertion: _Optional[_Union[PerturbationCurve, _Mapping]] = ..., randomization: _Optional[_Union[RandomizationCurves, _Mapping]] = ..., infidelity: _Optional[_Union[Tensor, _Mapping]] = ..., sensitivity: _Optional[_Union[Tensor, _Mapping]] = ..., maps: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class EvaluateResult(_message.Message):
-    __slots__ = ("model", "class_indices", "layers", "steps", "methods", "queue_ms", "compute_ms", "work", "warnings")
+    __slots__ = ("model", "class_indices", "layers", "steps", "methods", "queue_ms", "compute_ms", "work", "warnings", "max_batch_jobs")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CLASS_INDICES_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -504,6 +508,7 @@ class EvaluateResult(_message.Message):
     COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
     WORK_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_JOBS_FIELD_NUMBER: _ClassVar[int]
     model: str
     class_indices: _containers.RepeatedScalarFieldContainer[int]
     layers: _containers.RepeatedScalarFieldContainer[str]
@@ -513,7 +518,8 @@ class EvaluateResult(_message.Message):
     compute_ms: float
     work: int
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., class_indices: _Optional[_Iterable[int]] = ..., layers: _Optional[_Iterable[str]] = ..., steps: _Optional[int] = ..., methods: _Optional[_Iterable[_Union[MethodEvaluation, _Mapping]]] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., work: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_batch_jobs: int
+    def __init__(self, model: _Optional[str] = ..., class_indices: _Optional[_Iterable[int]] = ..., layers: _Optional[_Iterable[str]] = ..., steps: _Optional[int] = ..., methods: _Optional[_Iterable[_Union[MethodEvaluation, _Mapping]]] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., work: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., max_batch_jobs: _Optional[int] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
     __slots__ = ("progress", "result")

@@ -60,6 +60,7 @@ class EvaluateSpec:
     perturbations: int = 0
     noise_std: float = 0.0
     radius: float = 0.0
+    return_maps: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class EvaluatePlan:
     noise_std: float
     radius: float
     layers: tuple[str, ...]  # randomized, top-down (empty without randomization)
+    return_maps: bool = False
 
     def work(self) -> int:
         """Device work in rows (one input through a forward pass, or through an explanation
@@ -179,6 +181,7 @@ def plan_evaluation(
         noise_std=spec.noise_std or DEFAULT_NOISE_STD,
         radius=spec.radius or DEFAULT_RADIUS,
         layers=tuple(randomized) if RANDOMIZATION in metrics else (),
+        return_maps=spec.return_maps,
     )
 
 
@@ -198,6 +201,7 @@ class MethodScores:
     independent_ssim: np.ndarray | None = None
     infidelity: np.ndarray | None = None  # [N]
     sensitivity: np.ndarray | None = None  # [N]
+    maps: np.ndarray | None = None  # [N, ...] the method's results the metrics came from
 
 
 @dataclass
@@ -212,6 +216,7 @@ class EvaluationResult:
     warnings: tuple[str, ...] = ()
     queue_ms: float = 0.0
     compute_ms: float = 0.0
+    max_batch_jobs: int = 1
 
 
 def _cpu(t: torch.Tensor) -> np.ndarray:
@@ -278,6 +283,10 @@ class Evaluation:
             if infidelities is not None:
                 s.infidelity = infidelities[i]
             scores.append(s)
+        if plan.return_maps:
+            maps = await self._call(lambda: [_cpu(m) for m in self.originals])
+            for s, m in zip(scores, maps, strict=True):  # type: ignore[call-overload]
+                s.maps = m
         if self.model.spec.fast:
             self.warnings.add(FAST_MODE_WARNING)
         queue_ms, compute_ms = self.job.timing()
@@ -290,6 +299,7 @@ class Evaluation:
             warnings=tuple(sorted(self.warnings)),
             queue_ms=queue_ms,
             compute_ms=compute_ms,
+            max_batch_jobs=self.job.max_batch_jobs,
         )
 
     # --- device-thread steps ---------------------------------------------------------------

@@ -45,6 +45,7 @@ class JobState:
     deadline: float  # on the event loop's clock
     arrival: float = field(default_factory=time.perf_counter)
     done: int = 0
+    max_batch_jobs: int = 1  # the most jobs whose work shared one of its batches
     first_work: float | None = None
     last_work: float | None = None
     cancelled: bool = False
@@ -398,9 +399,11 @@ class Evaluator:
                 self._fail_job(c.job, r)
             else:
                 c.future.set_result(r)
+        sharing = len({w.job for w, _, _ in slices})
         for w, a, b in slices:
             if w.job.ended:
                 continue
+            w.job.max_batch_jobs = max(w.job.max_batch_jobs, sharing)
             if batch_error is not None:
                 self._fail_job(w.job, batch_error)
                 continue
