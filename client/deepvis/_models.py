@@ -410,7 +410,8 @@ class Evaluation:
 
     With one method, its metrics are also this object's own attributes (`deletion`,
     `insertion`, `randomization`, `infidelity`, `sensitivity`, `layer`); with several, index
-    it by method name: `evaluation["grad_cam"].deletion.auc`.
+    it by method name: `evaluation["grad_cam"].deletion.auc` (also `maps`, with
+    `return_maps`).
 
     Attributes:
         model: The model evaluated.
@@ -484,6 +485,11 @@ class Evaluation:
     def sensitivity(self) -> np.ndarray | None:
         """The only method's max-sensitivity per input."""
         return self._only().sensitivity
+
+    @property
+    def maps(self) -> np.ndarray | None:
+        """The only method's maps (with `return_maps`)."""
+        return self._only().maps
 
     def __repr__(self) -> str:
         return (
