@@ -9,7 +9,8 @@ from deepvis._version import __version__
 
 if TYPE_CHECKING:
     from deepvis._client import AsyncClient, Client
-    from deepvis._convert import methods
+    from deepvis._convert import methods, metrics
+    from deepvis._curves import curve_plot
     from deepvis._exceptions import (
         Cancelled,
         DeadlineExceeded,
@@ -24,14 +25,19 @@ if TYPE_CHECKING:
         Unimplemented,
     )
     from deepvis._models import (
+        Evaluation,
+        EvaluationProgress,
         Explanation,
         Layer,
         LayerInfo,
+        MethodEvaluation,
         ModelDescription,
         ModelInfo,
         Neuron,
+        PerturbationCurve,
         Prediction,
         Progress,
+        Randomization,
         Visualization,
     )
 
@@ -41,25 +47,32 @@ __all__ = [
     "Client",
     "DeadlineExceeded",
     "DeepvisError",
+    "Evaluation",
+    "EvaluationProgress",
     "Explanation",
     "Internal",
     "InvalidArgument",
     "Layer",
     "LayerInfo",
+    "MethodEvaluation",
     "ModelDescription",
     "ModelInfo",
     "Neuron",
     "NotFound",
     "PermissionDenied",
+    "PerturbationCurve",
     "Prediction",
     "Progress",
+    "Randomization",
     "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
     "Visualization",
     "__version__",
+    "curve_plot",
     "methods",
+    "metrics",
 ]
 
 # Each public name's module, imported on first use (PEP 562). Importing the package loads no
@@ -69,19 +82,25 @@ _MODULES = {
     **dict.fromkeys(("AsyncClient", "Client"), "deepvis._client"),
     **dict.fromkeys(
         (
+            "Evaluation",
+            "EvaluationProgress",
             "Explanation",
             "Layer",
             "LayerInfo",
+            "MethodEvaluation",
             "ModelDescription",
             "ModelInfo",
             "Neuron",
+            "PerturbationCurve",
             "Prediction",
             "Progress",
+            "Randomization",
             "Visualization",
         ),
         "deepvis._models",
     ),
-    "methods": "deepvis._convert",
+    **dict.fromkeys(("methods", "metrics"), "deepvis._convert"),
+    "curve_plot": "deepvis._curves",
     **dict.fromkeys(
         (
             "Cancelled",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
+import math
 import os
 import re
 import sys
@@ -16,9 +18,11 @@ import numpy as np
 
 from deepvis import __version__
 from deepvis._client import Client
-from deepvis._convert import methods, parameterizations
+from deepvis._convert import methods, metrics, parameterizations
 from deepvis._exceptions import DeepvisError, Unavailable
 from deepvis._models import (
+    Evaluation,
+    EvaluationProgress,
     Explanation,
     Layer,
     ModelDescription,
@@ -238,6 +242,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     _add_visualize_parser(sub, common)
+    _add_evaluate_parser(sub, common)
 
     health = sub.add_parser(
         "health",
@@ -346,6 +351,92 @@ def _add_visualize_parser(
     vis.add_argument(
         "--name",
         help="file name prefix (default: from the objective, e.g. class-3 or conv3-c12)",
+    )
+
+
+def _name_list(choices: Sequence[str], what: str) -> Any:
+    """An argparse type: a comma-separated list of `choices` (hyphens or underscores)."""
+
+    def parse(text: str) -> list[str]:
+        names = [part.strip().replace("-", "_") for part in text.split(",") if part.strip()]
+        bad = [n for n in names if n not in choices]
+        if not names or bad:
+            valid = ",".join(_cli_name(c) for c in choices)
+            raise argparse.ArgumentTypeError(f"expected {what} from {valid}, not {text!r}")
+        return names
+
+    return parse
+
+
+def _add_evaluate_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    ev = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        help="sanity checks and faithfulness metrics of methods on images",
+        description=(
+            "Evaluate methods on images: model-parameter randomization (Spearman and SSIM "
+            "once every layer is re-initialized, cascading), deletion and insertion AUCs, "
+            "infidelity and max-sensitivity, each the mean over the images. --json prints "
+            "every value per image instead."
+        ),
+    )
+    ev.add_argument("images", nargs="+", metavar="IMAGE", help="image files to evaluate on")
+    ev.add_argument("--model", help="model name (default: the server's first model)")
+    attributions = [m for m in methods() if m != "activations"]
+    ev.add_argument(
+        "--method",
+        type=_name_list(attributions, "methods"),
+        default=["guided_backprop"],
+        metavar="A,B,...",
+        help="methods to evaluate, comma-separated (default: guided-backprop)",
+    )
+    ev.add_argument(
+        "--metrics",
+        type=_name_list(metrics(), "metrics"),
+        metavar="M,N,...",
+        help=f"metrics to compute, from {','.join(metrics())} (default: all)",
+    )
+    ev.add_argument("--layer", metavar="L", help="layer of grad-cam and guided-grad-cam")
+    ev.add_argument(
+        "--class",
+        dest="class_index",
+        type=int,
+        metavar="N",
+        help="class to explain on every image (default: each image's predicted class)",
+    )
+    ev.add_argument(
+        "--steps",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="deletion and insertion steps (default: min(224, H*W))",
+    )
+    ev.add_argument(
+        "--seed", type=_non_negative_int, default=0, metavar="S", help="random seed (default: 0)"
+    )
+    ev.add_argument(
+        "--randomization",
+        choices=("both", "cascading", "independent"),
+        default="both",
+        help="randomization curves to compute (default: %(default)s)",
+    )
+    ev.add_argument(
+        "--perturbations",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="infidelity and sensitivity samples per image (default: 10)",
+    )
+    ev.add_argument("--json", action="store_true", help="print every value per image as JSON")
+    ev.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="write DIR/<method>.{deletion,insertion,randomization}.png curve plots",
+    )
+    ev.add_argument(
+        "--progress", action="store_true", help="print the evaluation's progress on stderr"
     )
 
 
@@ -578,6 +669,123 @@ def _run_visualize(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _mean(values: np.ndarray | None) -> float | None:
+    if values is None:
+        return None
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else ("nan" if math.isnan(value) else f"{value:.3f}")
+
+
+# The table's columns: header, and the value of a method's evaluation (a mean over images).
+_COLUMNS: tuple[tuple[str, Any], ...] = (
+    ("deletion", lambda m: _mean(None if m.deletion is None else m.deletion.auc)),
+    ("insertion", lambda m: _mean(None if m.insertion is None else m.insertion.auc)),
+    (
+        "spearman",
+        lambda m: _mean(None if m.randomization is None else m.randomization.final_spearman),
+    ),
+    ("ssim", lambda m: _mean(None if m.randomization is None else m.randomization.final_ssim)),
+    ("infidelity", lambda m: _mean(m.infidelity)),
+    ("sensitivity", lambda m: _mean(m.sensitivity)),
+)
+
+
+def _format_evaluation(ev: Evaluation) -> list[str]:
+    names = [_cli_name(m) + (f"@{e.layer}" if e.layer else "") for m, e in ev.methods.items()]
+    width = max(len("method"), *map(len, names))
+    header = f"{'method':<{width}}" + "".join(f"  {h:>11}" for h, _ in _COLUMNS)
+    lines = [header]
+    for name, e in zip(names, ev.methods.values(), strict=True):
+        lines.append(f"{name:<{width}}" + "".join(f"  {_cell(f(e)):>11}" for _, f in _COLUMNS))
+    lines.append(
+        f"{len(ev.classes)} images, model {ev.model}, deletion/insertion AUC over {ev.steps} "
+        "steps (deletion lower is better, insertion higher); spearman and ssim after "
+        f"re-initializing all {len(ev.layers)} layers, cascading (lower: the map depends on "
+        "the weights); infidelity and sensitivity lower is better"
+    )
+    return lines
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy arrays as nested lists; NaN as null (JSON has no NaN)."""
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _evaluation_json(ev: Evaluation) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "model": ev.model,
+        "classes": ev.classes,
+        "steps": ev.steps,
+        "layers": list(ev.layers),
+        "work": ev.work,
+        "warnings": ev.warnings,
+        "methods": {},
+    }
+    for name, e in ev.methods.items():
+        entry: dict[str, Any] = {"layer": e.layer}
+        for kind in ("deletion", "insertion"):
+            curve = getattr(e, kind)
+            if curve is not None:
+                entry[kind] = {"auc": _jsonable(curve.auc), "curve": _jsonable(curve.curve)}
+        if e.randomization is not None:
+            r = e.randomization
+            entry["randomization"] = {
+                k: _jsonable(getattr(r, k))
+                for k in ("spearman", "ssim", "independent_spearman", "independent_ssim")
+                if getattr(r, k) is not None
+            }
+        for k in ("infidelity", "sensitivity"):
+            if getattr(e, k) is not None:
+                entry[k] = _jsonable(getattr(e, k))
+        out["methods"][name] = entry
+    return out
+
+
+def _print_evaluate_progress(progress: EvaluationProgress) -> None:
+    print(f"{progress.done}/{progress.total} {progress.stage}", file=sys.stderr, flush=True)
+
+
+def _run_evaluate(client: Client, args: argparse.Namespace) -> int:
+    evaluation = client.evaluate(
+        args.images,
+        model=args.model,
+        method=args.method,
+        metrics=args.metrics,
+        classes=args.class_index,
+        layer=args.layer,
+        steps=args.steps,
+        seed=args.seed,
+        randomization=args.randomization,
+        perturbations=args.perturbations,
+        on_progress=_print_evaluate_progress if args.progress else None,
+    )
+    if args.plots:
+        out = Path(args.plots)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, e in evaluation.methods.items():
+            for kind in ("deletion", "insertion", "randomization"):
+                part = getattr(e, kind)
+                if part is not None:
+                    title = f"{kind} {_cli_name(name)}"
+                    part.plot(title).save(out / f"{_cli_name(name)}.{kind}.png", format="PNG")
+    if args.json:
+        print(json.dumps(_evaluation_json(evaluation)))
+    else:
+        for line in _format_evaluation(evaluation):
+            print(line)
+    return 0
+
+
 def _run_health(client: Client, args: argparse.Namespace) -> int:
     status = client.health(args.service)
     print(status)
@@ -684,6 +892,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _run_visualize(client, args)
             if args.command == "health":
                 return _run_health(client, args)
+            if args.command == "evaluate":
+                return _run_evaluate(client, args)
             return _run_explain(client, args)
     except _REPORTED as err:
         _report(err, tls=tls)

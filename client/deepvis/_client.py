@@ -16,6 +16,8 @@ import grpc.aio
 
 from deepvis import _convert
 from deepvis._models import (
+    Evaluation,
+    EvaluationProgress,
     Explanation,
     InputLike,
     LayersLike,
@@ -34,6 +36,7 @@ from deepvis._plans import (
     T,
     batch_results,
     coroutine_of,
+    evaluate_stream,
     method_of,
     no_result,
     single,
@@ -143,10 +146,10 @@ class _BaseClient:
     def _deadline(self, timeout: float | None) -> float | None:
         return self._timeout if timeout is None else timeout
 
-    def _visualizing(self, plan: Stream) -> StreamRun:
+    def _streaming(self, plan: Stream) -> StreamRun:
         return StreamRun(
             plan,
-            method=self._stub.Visualize,
+            method=getattr(self._stub, plan.rpc),
             metadata=self._metadata,
             timeout=self._deadline(plan.timeout),
         )
@@ -498,6 +501,146 @@ class _BaseClient:
         plan.on_progress = on_progress
         return plan
 
+    def _evaluate_stream(
+        self,
+        inputs: InputLike | Sequence[InputLike],
+        *,
+        model: str | None = None,
+        method: str | Sequence[str] = "guided_backprop",
+        metrics: str | Sequence[str] | None = None,
+        classes: TargetLike | Sequence[TargetLike] = None,
+        layer: str | None = None,
+        steps: int = 0,
+        seed: int = 0,
+        randomization: str = "both",
+        perturbations: int = 0,
+        noise_std: float = 0.0,
+        sensitivity_radius: float = 0.0,
+        return_maps: bool = False,
+        timeout: float | None = None,
+    ) -> Stream:
+        """Evaluates methods on inputs, yielding the evaluation's progress and finally its result.
+
+        Arguments are checked at once; the call starts on the first iteration. Closing the
+        iterator cancels the call, which stops the evaluation on the server (as for
+        `visualize_stream`). A call that fails with UNAVAILABLE before its first message is
+        replayed on the next replica; after it, it fails with `Unavailable` (call again: the
+        same seed gives the same numbers).
+
+        Args:
+            inputs: One input or a sequence of them, each anything `explain` accepts (paths
+                are read at once).
+            model: A served model's name; None uses the server's first listed model.
+            method: A method of `deepvis.methods()` or a sequence of them, each evaluated on
+                every input (not activations: it attributes no class).
+            metrics: Names of `deepvis.metrics()` (one or a sequence); None computes all:
+                "randomization" (Adebayo et al. 2018: Spearman and SSIM of each map against
+                the trained model's as layers are re-initialized top-down, cascading and
+                independent), "deletion" and "insertion" (Petsiuk et al. 2018: the class
+                probability as pixels are removed, or revealed on a blurred copy, in map
+                order, and the area under it), "infidelity" and "sensitivity" (Captum's
+                `infidelity` and `sensitivity_max`).
+            classes: The class each input's maps explain: None, each input's predicted
+                class; an int, that class for all; a sequence, one per input.
+            layer: The layer of the layer methods (grad_cam, guided_grad_cam); None uses the
+                model's Grad-CAM layer.
+            steps: Deletion and insertion steps, up to H * W; 0 means min(224, H * W).
+            seed: Seeds the re-initialized layers and the perturbations, in [0, 2**64).
+            randomization: "both", "cascading" or "independent".
+            perturbations: Samples per input for infidelity and max-sensitivity; 0 means 10.
+            noise_std: Infidelity's Gaussian noise std in the model's input space; 0 means 0.1.
+            sensitivity_radius: Max-sensitivity's radius in the model's input space; 0 means
+                0.02.
+            return_maps: Also return each method's maps, the ones every metric was computed
+                from (`MethodEvaluation.maps`).
+            timeout: Deadline of the whole evaluation in seconds; None uses the client's
+                default.
+
+        Returns:
+            An iterator of `EvaluationProgress` items, then one `Evaluation`, the last item.
+
+        Raises:
+            DeepvisError: While iterating: the call failed (a subclass per gRPC status), e.g.
+                `ResourceExhausted` for an evaluation beyond the server's limits, or
+                (`Internal`) the stream ended without a result.
+            TypeError, ValueError: An argument is invalid; nothing was sent.
+            OSError: An input file cannot be read.
+        """
+        request = _convert.evaluate_request_to_pb(
+            inputs,
+            model=model or "",
+            method=method,
+            metrics=metrics,
+            classes=classes,
+            layer=layer,
+            steps=steps,
+            seed=seed,
+            randomization=randomization,
+            perturbations=perturbations,
+            noise_std=noise_std,
+            sensitivity_radius=sensitivity_radius,
+            return_maps=return_maps,
+        )
+        return evaluate_stream(request, timeout=timeout)
+
+    def _evaluate(
+        self,
+        inputs: InputLike | Sequence[InputLike],
+        *,
+        model: str | None = None,
+        method: str | Sequence[str] = "guided_backprop",
+        metrics: str | Sequence[str] | None = None,
+        classes: TargetLike | Sequence[TargetLike] = None,
+        layer: str | None = None,
+        steps: int = 0,
+        seed: int = 0,
+        randomization: str = "both",
+        perturbations: int = 0,
+        noise_std: float = 0.0,
+        sensitivity_radius: float = 0.0,
+        return_maps: bool = False,
+        on_progress: Callable[[EvaluationProgress], None] | None = None,
+        timeout: float | None = None,
+    ) -> Stream:
+        """Sanity checks and faithfulness metrics of methods on inputs, computed by the server.
+
+        The call is `evaluate_stream`'s, read to its end.
+
+        Args:
+            on_progress: Called with each `EvaluationProgress` as it arrives; an exception it
+                raises cancels the evaluation and propagates.
+            inputs, model, method, metrics, classes, layer, steps, seed, randomization,
+                perturbations, noise_std, sensitivity_radius, return_maps, timeout: As for
+                `evaluate_stream`.
+
+        Returns:
+            The `Evaluation`: per method, its curves and scores on every input.
+
+        Raises:
+            DeepvisError: The call failed (a subclass per gRPC status), or (`Internal`) the
+                stream ended without a result.
+            TypeError, ValueError: An argument is invalid; nothing was sent.
+            OSError: An input file cannot be read.
+        """
+        plan = self._evaluate_stream(
+            inputs,
+            model=model,
+            method=method,
+            metrics=metrics,
+            classes=classes,
+            layer=layer,
+            steps=steps,
+            seed=seed,
+            randomization=randomization,
+            perturbations=perturbations,
+            noise_std=noise_std,
+            sensitivity_radius=sensitivity_radius,
+            return_maps=return_maps,
+            timeout=timeout,
+        )
+        plan.on_progress = on_progress
+        return plan
+
 
 # --- the two transports ------------------------------------------------------------------------
 
@@ -553,7 +696,7 @@ class Client(_BaseClient):
 
     def _stream(self, plan: Stream) -> Generator[Progress | Visualization, None, None]:
         self._name(plan)
-        run = self._visualizing(plan)
+        run = self._streaming(plan)
         while True:
             call = run.call()
             with run.attempt(call):
@@ -570,10 +713,20 @@ class Client(_BaseClient):
         with contextlib.closing(self._stream(plan)) as items:
             for item in items:
                 if (result := plan.fold(item)) is not None:
-                    return result
-        raise no_result()
+                    return result  # type: ignore[no-any-return]
+        raise no_result(plan.rpc)
 
     visualize = method_of(_BaseClient._visualize, _fold)
+
+    def _evaluating(self, plan: Stream) -> Generator[EvaluationProgress | Evaluation, None, None]:
+        return self._stream(plan)  # type: ignore[return-value]
+
+    evaluate_stream = method_of(_BaseClient._evaluate_stream, _evaluating)
+
+    def _evaluated(self, plan: Stream) -> Evaluation:
+        return self._fold(plan)  # type: ignore[return-value]
+
+    evaluate = method_of(_BaseClient._evaluate, _evaluated)
 
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
@@ -647,7 +800,7 @@ class AsyncClient(_BaseClient):
 
     async def _stream(self, plan: Stream) -> AsyncGenerator[Progress | Visualization, None]:
         await self._name(plan)
-        run = self._visualizing(plan)
+        run = self._streaming(plan)
         while True:
             call = run.call()
             with run.attempt(call):
@@ -664,10 +817,20 @@ class AsyncClient(_BaseClient):
         async with contextlib.aclosing(self._stream(plan)) as items:
             async for item in items:
                 if (result := plan.fold(item)) is not None:
-                    return result
-        raise no_result()
+                    return result  # type: ignore[no-any-return]
+        raise no_result(plan.rpc)
 
     visualize = coroutine_of(_BaseClient._visualize, _fold)
+
+    def _evaluating(self, plan: Stream) -> AsyncGenerator[EvaluationProgress | Evaluation, None]:
+        return self._stream(plan)  # type: ignore[return-value]
+
+    evaluate_stream = method_of(_BaseClient._evaluate_stream, _evaluating)
+
+    async def _evaluated(self, plan: Stream) -> Evaluation:
+        return await self._fold(plan)  # type: ignore[return-value]
+
+    evaluate = coroutine_of(_BaseClient._evaluate, _evaluated)
 
     async def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""

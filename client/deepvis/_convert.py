@@ -18,17 +18,22 @@ from PIL import Image
 
 from deepvis._exceptions import DeepvisError, Internal, from_status
 from deepvis._models import (
+    Evaluation,
+    EvaluationProgress,
     Explanation,
     InputLike,
     Layer,
     LayerInfo,
     LayersLike,
+    MethodEvaluation,
     ModelDescription,
     ModelInfo,
     Neuron,
     ObjectiveLike,
+    PerturbationCurve,
     Prediction,
     Progress,
+    Randomization,
     TargetLike,
     Visualization,
 )
@@ -39,6 +44,8 @@ __all__ = [
     "batch_requests_to_pb",
     "batch_targets",
     "describe_request_to_pb",
+    "evaluate_item_from_pb",
+    "evaluate_request_to_pb",
     "explanation_from_pb",
     "explanations_from_batch_pb",
     "health_request_to_bytes",
@@ -47,6 +54,7 @@ __all__ = [
     "method_from_pb",
     "method_to_pb",
     "methods",
+    "metrics",
     "model_description_from_pb",
     "model_info_from_pb",
     "models_from_pb",
@@ -804,3 +812,167 @@ def health_status_from_bytes(data: bytes) -> str:
     if status in response.ServingStatus.values():
         return response.ServingStatus.Name(status)
     return f"STATUS_{status}"
+
+
+# --- Evaluate -----------------------------------------------------------------------------
+
+_METRIC_PREFIX = "METRIC_"
+_RANDOMIZATION_MODES = {
+    "both": deepvis_pb2.RANDOMIZATION_MODE_BOTH,
+    "cascading": deepvis_pb2.RANDOMIZATION_MODE_CASCADING,
+    "independent": deepvis_pb2.RANDOMIZATION_MODE_INDEPENDENT,
+}
+
+
+def metrics() -> list[str]:
+    """Returns the names of the metrics `evaluate` computes, e.g. ["randomization", ...].
+
+    Returns:
+        One name per value of the proto `Metric` enum except METRIC_UNSPECIFIED, in enum order.
+    """
+    return list(_metric_numbers())
+
+
+def _metric_numbers() -> dict[str, int]:
+    return {
+        deepvis_pb2.Metric.Name(n).removeprefix(_METRIC_PREFIX).lower(): n
+        for n in sorted(deepvis_pb2.Metric.values())
+        if n != deepvis_pb2.METRIC_UNSPECIFIED
+    }
+
+
+def _names(value: str | Sequence[str], what: str) -> list[str]:
+    names = [value] if isinstance(value, str) else list(value)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"{what} must be a name or a non-empty sequence of names, not {value!r}")
+    return [n.replace("-", "_") for n in names]
+
+
+def evaluate_request_to_pb(
+    inputs: InputLike | Sequence[InputLike],
+    *,
+    model: str,
+    method: str | Sequence[str],
+    metrics: str | Sequence[str] | None,
+    classes: TargetLike | Sequence[TargetLike],
+    layer: str | None,
+    steps: int,
+    seed: int,
+    randomization: str,
+    perturbations: int,
+    noise_std: float,
+    sensitivity_radius: float,
+    return_maps: bool = False,
+) -> deepvis_pb2.EvaluateRequest:
+    """Builds an `EvaluateRequest`; see `Client.evaluate` for the arguments.
+
+    Raises:
+        TypeError, ValueError: An argument is invalid; OSError: an input file cannot be read.
+    """
+    one = isinstance(inputs, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)) or (
+        isinstance(inputs, np.ndarray)
+    )
+    items: list[Any] = [inputs] if one else list(inputs)  # type: ignore[arg-type]
+    if not items:
+        raise ValueError("inputs is empty: give at least one input")
+    request = deepvis_pb2.EvaluateRequest(
+        model=model,
+        methods=[method_to_pb(m) for m in _names(method, "method")],
+        layer=layer or "",
+        steps=_check_int("steps", steps),
+        seed=_check_int("seed", seed, maximum=_UINT64_MAX),
+        perturbations=_check_int("perturbations", perturbations),
+        noise_std=_check_float("noise_std", noise_std),
+        sensitivity_radius=_check_float("sensitivity_radius", sensitivity_radius),
+        return_maps=bool(return_maps),
+    )
+    if metrics is not None:
+        known = _metric_numbers()
+        for name in _names(metrics, "metrics"):
+            if name not in known:
+                raise ValueError(f"unknown metric {name!r}; valid: {', '.join(known)}")
+            request.metrics.append(known[name])  # type: ignore[arg-type]
+    if randomization not in _RANDOMIZATION_MODES:
+        raise ValueError(
+            f"randomization must be one of {', '.join(_RANDOMIZATION_MODES)}, not {randomization!r}"
+        )
+    request.randomization = _RANDOMIZATION_MODES[randomization]
+    if classes is not None:
+        given = [classes] if _is_int(classes) else list(classes)  # type: ignore[arg-type]
+        for c in given:
+            if not _is_int(c):
+                raise TypeError(f"classes must be class indices (int), not {c!r}")
+        request.class_indices.extend(int(c) for c in given)  # type: ignore[arg-type]
+    for item in items:
+        request.inputs.append(input_to_pb(item))
+    return request
+
+
+def _f32(tensor: deepvis_pb2.Tensor, what: str) -> np.ndarray | None:
+    return _array_from_pb(tensor, what)
+
+
+def _curve_from_pb(msg: deepvis_pb2.PerturbationCurve, what: str) -> PerturbationCurve | None:
+    curve = _f32(msg.curve, f"{what} curve")
+    auc = _f32(msg.auc, f"{what} AUC")
+    if curve is None or auc is None:
+        return None
+    return PerturbationCurve(curve=curve, auc=auc)
+
+
+def _method_evaluation_from_pb(
+    msg: deepvis_pb2.MethodEvaluation, layers: tuple[str, ...]
+) -> MethodEvaluation:
+    name = method_from_pb(msg.method)
+    rand = msg.randomization
+    parts = {
+        k: _f32(getattr(rand, k), f"{name} {k}")
+        for k in ("spearman", "ssim", "independent_spearman", "independent_ssim")
+    }
+    return MethodEvaluation(
+        method=name,
+        layer=msg.layer or None,
+        deletion=_curve_from_pb(msg.deletion, f"{name} deletion"),
+        insertion=_curve_from_pb(msg.insertion, f"{name} insertion"),
+        randomization=Randomization(layers=layers, **parts)
+        if any(v is not None for v in parts.values())
+        else None,
+        infidelity=_f32(msg.infidelity, f"{name} infidelity"),
+        sensitivity=_f32(msg.sensitivity, f"{name} sensitivity"),
+        maps=_f32(msg.maps, f"{name} maps"),
+    )
+
+
+def evaluate_item_from_pb(
+    resp: deepvis_pb2.EvaluateResponse,
+) -> EvaluationProgress | Evaluation | None:
+    """Converts one message of an Evaluate stream.
+
+    Returns:
+        An `EvaluationProgress`, the `Evaluation` for the result message, or None for a
+        message of a kind this client does not know (a newer server's).
+
+    Raises:
+        ValueError: An array is inconsistent with its shape or dtype.
+    """
+    kind = resp.WhichOneof("kind")
+    if kind == "progress":
+        p = resp.progress
+        return EvaluationProgress(done=int(p.done), total=int(p.total), stage=p.stage)
+    if kind != "result":
+        return None
+    r = resp.result
+    layers = tuple(r.layers)
+    methods = [_method_evaluation_from_pb(m, layers) for m in r.methods]
+    return Evaluation(
+        model=r.model,
+        classes=[int(c) for c in r.class_indices],
+        steps=int(r.steps),
+        methods={m.method: m for m in methods},
+        layers=layers,
+        work=int(r.work),
+        queue_ms=float(r.queue_ms),
+        compute_ms=float(r.compute_ms),
+        warnings=list(r.warnings),
+        max_batch_jobs=int(r.max_batch_jobs),
+    )

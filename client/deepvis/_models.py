@@ -11,17 +11,22 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
+    "Evaluation",
+    "EvaluationProgress",
     "Explanation",
     "InputLike",
     "Layer",
     "LayerInfo",
     "LayersLike",
+    "MethodEvaluation",
     "ModelDescription",
     "ModelInfo",
     "Neuron",
     "ObjectiveLike",
+    "PerturbationCurve",
     "Prediction",
     "Progress",
+    "Randomization",
     "TargetLike",
     "Visualization",
 ]
@@ -273,6 +278,223 @@ class Visualization:
             f"objective={self.objective:.6g}, steps={self.steps}, "
             f"attribution={_describe_array(self.attribution)}, "
             f"max_batch_jobs={self.max_batch_jobs})"
+        )
+
+
+@dataclass(eq=False)
+class EvaluationProgress:
+    """Progress of a running evaluation.
+
+    Attributes:
+        done: Work done, in rows: one input through a forward pass or an explanation
+            (integrated gradients: one per quadrature point).
+        total: Work in all, in the same rows.
+        stage: What the last piece of work done was part of, e.g. "deletion grad_cam".
+    """
+
+    done: int
+    total: int
+    stage: str = ""
+
+
+@dataclass(eq=False)
+class PerturbationCurve:
+    """Deletion or insertion of one method on every input (Petsiuk et al. 2018).
+
+    Attributes:
+        curve: float32 [N, steps + 1]: the explained class's probability at each step, the
+            unchanged (deletion) or blurred (insertion) input first.
+        auc: float32 [N]: the normalised trapezoid area under each curve, in [0, 1]. Deletion:
+            lower is better; insertion: higher is better.
+    """
+
+    curve: np.ndarray
+    auc: np.ndarray
+
+    def plot(self, title: str = "", size: tuple[int, int] = (320, 200)) -> Image.Image:
+        """The curves as a line plot (mean over inputs bold, each input thin)."""
+        from deepvis._curves import curve_plot
+
+        x = np.linspace(0.0, 1.0, self.curve.shape[1])
+        return curve_plot(
+            {f"AUC {float(np.mean(self.auc)):.3f}": self.curve},
+            x=x,
+            title=title,
+            x_label="fraction of pixels",
+            y_label="probability",
+            size=size,
+        )
+
+
+@dataclass(eq=False)
+class Randomization:
+    """Model-parameter randomization of one method (Adebayo et al. 2018): how its map on
+    every input changes as the model's layers are re-initialized, top-down.
+
+    Attributes:
+        layers: The re-initialized layers, top-down: the curves' columns.
+        spearman: float32 [N, L] cascading: Spearman rank correlation of |map| with the
+            trained model's once layers 1..k are re-initialized (the last column: all of
+            them); None when not asked for. NaN where a map is constant.
+        ssim: float32 [N, L] cascading: SSIM of the max-normalised 2-D maps.
+        independent_spearman: float32 [N, L]: with layer k alone re-initialized.
+        independent_ssim: float32 [N, L]: the same by SSIM.
+    """
+
+    layers: tuple[str, ...]
+    spearman: np.ndarray | None = None
+    ssim: np.ndarray | None = None
+    independent_spearman: np.ndarray | None = None
+    independent_ssim: np.ndarray | None = None
+
+    @property
+    def final_spearman(self) -> np.ndarray | None:
+        """float32 [N]: the cascading Spearman once every layer is re-initialized."""
+        return None if self.spearman is None else self.spearman[:, -1]
+
+    @property
+    def final_ssim(self) -> np.ndarray | None:
+        """float32 [N]: the cascading SSIM once every layer is re-initialized."""
+        return None if self.ssim is None else self.ssim[:, -1]
+
+    def plot(self, title: str = "", size: tuple[int, int] = (320, 200)) -> Image.Image:
+        """The cascading curves (Spearman and SSIM, mean over inputs bold) against the
+        number of layers re-initialized; the independent ones when only those were asked."""
+        from deepvis._curves import curve_plot
+
+        cascading = self.spearman is not None
+        rho = self.spearman if cascading else self.independent_spearman
+        ssim = self.ssim if cascading else self.independent_ssim
+        series = {"Spearman": rho, "SSIM": ssim}
+        return curve_plot(
+            {k: v for k, v in series.items() if v is not None},
+            x=np.arange(1, len(self.layers) + 1, dtype=np.float64),
+            title=title,
+            x_label="layers re-initialized" if cascading else "layer re-initialized",
+            y_label="similarity",
+            size=size,
+        )
+
+
+@dataclass(eq=False)
+class MethodEvaluation:
+    """One method's sanity checks and faithfulness metrics on every input of an evaluation;
+    each is None when it was not asked for.
+
+    Attributes:
+        method: The method, as in `methods()`.
+        layer: The layer a layer method read; None for the other methods.
+        deletion: Deletion curves and areas.
+        insertion: Insertion curves and areas.
+        randomization: Model-parameter randomization curves.
+        infidelity: float32 [N]: infidelity (Captum's `infidelity`); lower is better.
+        sensitivity: float32 [N]: max-sensitivity (Captum's `sensitivity_max`); lower is
+            better.
+        maps: float32 [N, ...]: with `return_maps`, the method's result on each input (as
+            `explain` gives it), the one every metric was computed from.
+    """
+
+    method: str
+    layer: str | None = None
+    deletion: PerturbationCurve | None = None
+    insertion: PerturbationCurve | None = None
+    randomization: Randomization | None = None
+    infidelity: np.ndarray | None = None
+    sensitivity: np.ndarray | None = None
+    maps: np.ndarray | None = None
+
+
+@dataclass(eq=False)
+class Evaluation:
+    """The result of one evaluate call: per method, its metrics on every input.
+
+    With one method, its metrics are also this object's own attributes (`deletion`,
+    `insertion`, `randomization`, `infidelity`, `sensitivity`, `layer`); with several, index
+    it by method name: `evaluation["grad_cam"].deletion.auc` (also `maps`, with
+    `return_maps`).
+
+    Attributes:
+        model: The model evaluated.
+        classes: The class explained, per input.
+        steps: Deletion and insertion steps.
+        methods: Each method's `MethodEvaluation`, in the order asked for.
+        layers: The re-initialized layers, top-down (empty without randomization).
+        work: Device work done, in `EvaluationProgress` rows.
+        queue_ms: Milliseconds from arrival to the first piece of work.
+        compute_ms: Milliseconds from the first piece of work to the last.
+        warnings: Caveats the server attached.
+        max_batch_jobs: The most evaluations (this one included) whose work shared a batch.
+    """
+
+    model: str
+    classes: list[int]
+    steps: int
+    methods: dict[str, MethodEvaluation]
+    layers: tuple[str, ...] = ()
+    work: int = 0
+    queue_ms: float = 0.0
+    compute_ms: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    max_batch_jobs: int = 0
+
+    def __getitem__(self, method: str) -> MethodEvaluation:
+        key = method.replace("-", "_")
+        if key not in self.methods:
+            raise KeyError(f"{method!r} was not evaluated; evaluated: {', '.join(self.methods)}")
+        return self.methods[key]
+
+    def _only(self) -> MethodEvaluation:
+        if len(self.methods) != 1:
+            raise AttributeError(
+                f"this evaluation has {len(self.methods)} methods; index it by name: "
+                + ", ".join(f"evaluation[{m!r}]" for m in self.methods)
+            )
+        return next(iter(self.methods.values()))
+
+    @property
+    def method(self) -> str:
+        """The only method evaluated."""
+        return self._only().method
+
+    @property
+    def layer(self) -> str | None:
+        """The only method's layer."""
+        return self._only().layer
+
+    @property
+    def deletion(self) -> PerturbationCurve | None:
+        """The only method's deletion curves."""
+        return self._only().deletion
+
+    @property
+    def insertion(self) -> PerturbationCurve | None:
+        """The only method's insertion curves."""
+        return self._only().insertion
+
+    @property
+    def randomization(self) -> Randomization | None:
+        """The only method's randomization curves."""
+        return self._only().randomization
+
+    @property
+    def infidelity(self) -> np.ndarray | None:
+        """The only method's infidelity per input."""
+        return self._only().infidelity
+
+    @property
+    def sensitivity(self) -> np.ndarray | None:
+        """The only method's max-sensitivity per input."""
+        return self._only().sensitivity
+
+    @property
+    def maps(self) -> np.ndarray | None:
+        """The only method's maps (with `return_maps`)."""
+        return self._only().maps
+
+    def __repr__(self) -> str:
+        return (
+            f"Evaluation(model={self.model!r}, methods={list(self.methods)!r}, "
+            f"inputs={len(self.classes)}, steps={self.steps}, layers=<{len(self.layers)}>)"
         )
 
 

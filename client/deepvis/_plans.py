@@ -14,7 +14,7 @@ import grpc
 
 from deepvis import _convert
 from deepvis._exceptions import DeepvisError, Internal, NotFound
-from deepvis._models import Explanation, Progress, Visualization
+from deepvis._models import Evaluation, Explanation, Visualization
 from deepvis._transport import Attempts, Metadata
 from deepvis.v1 import deepvis_pb2
 
@@ -26,6 +26,7 @@ __all__ = [
     "T",
     "batch_results",
     "coroutine_of",
+    "evaluate_stream",
     "method_of",
     "no_result",
     "single",
@@ -37,9 +38,9 @@ PlanT = TypeVar("PlanT")
 ClientT = TypeVar("ClientT")
 
 
-def no_result() -> Internal:
-    """The error of a Visualize stream that ended without its result."""
-    return Internal("the Visualize stream ended without a result", grpc.StatusCode.INTERNAL)
+def no_result(rpc: str = "Visualize") -> Internal:
+    """The error of a stream (Visualize, Evaluate) that ended without its result."""
+    return Internal(f"the {rpc} stream ended without a result", grpc.StatusCode.INTERNAL)
 
 
 # --- plans: made by `_client._BaseClient` from a call's arguments, run by each client's I/O ------
@@ -100,22 +101,40 @@ def single(
 
 @dataclass(kw_only=True)
 class Stream(Plan):
-    """One Visualize call; with `visualize`, also who sees its progress."""
+    """One streaming call (Visualize, Evaluate): progress messages, then one result; with
+    `visualize` or `evaluate`, also who sees its progress."""
 
-    request: deepvis_pb2.VisualizeRequest
-    on_progress: Callable[[Progress], None] | None = None
+    request: Any
+    rpc: str = "Visualize"  # the stub's method
+    # One message as a progress item or the result (None: a kind this client does not know).
+    decode: Callable[[Any], Any] = _convert.visualize_item_from_pb
+    result_type: type = Visualization
+    on_progress: Callable[[Any], None] | None = None
 
-    def fold(self, item: Progress | Visualization) -> Visualization | None:
+    def fold(self, item: Any) -> Any:
         """The result, when `item` is it; else hands the progress to `on_progress`."""
-        if isinstance(item, Visualization):
+        if isinstance(item, self.result_type):
             return item
         if self.on_progress is not None:
             self.on_progress(item)
         return None
 
 
+def evaluate_stream(request: deepvis_pb2.EvaluateRequest, *, timeout: float | None) -> Stream:
+    """The plan of one Evaluate call."""
+    return Stream(
+        request=request,
+        rpc="Evaluate",
+        decode=_convert.evaluate_item_from_pb,
+        result_type=Evaluation,
+        unnamed=[request] if not request.model else [],
+        timeout=timeout,
+    )
+
+
 class StreamRun:
-    """One Visualize call across its replays: the state both clients' stream loops share.
+    """One streaming call (Visualize, Evaluate) across its replays: the state both clients'
+    stream loops share.
 
     A call that fails with UNAVAILABLE before its first message is replayed (see `Attempts`);
     after it, a replay would repeat the messages already yielded, so the call fails instead.
@@ -130,10 +149,11 @@ class StreamRun:
         timeout: float | None,
     ) -> None:
         self._request = plan.request
+        self._plan = plan
         self._method = method
         self._metadata = metadata
         self._attempts = Attempts(timeout)
-        self._result: Visualization | None = None
+        self._result: Any = None
 
     @property
     def backoff(self) -> float:
@@ -157,20 +177,20 @@ class StreamRun:
             # message failed to decode) it tells the server to stop the job.
             call.cancel()
 
-    def take(self, response: deepvis_pb2.VisualizeResponse) -> Progress | None:
+    def take(self, response: Any) -> Any:
         """The progress a message carries, to yield; the result is kept for `result()`."""
-        item = _convert.visualize_item_from_pb(response)
+        item = self._plan.decode(response)
         self._attempts.started = True
-        if isinstance(item, Visualization):
+        if isinstance(item, self._plan.result_type):
             # The stream ends after the result; reading on collects the status.
             self._result = item
             return None
         return item
 
-    def result(self) -> Visualization:
+    def result(self) -> Any:
         """The result, once the stream has ended."""
         if self._result is None:
-            raise no_result()
+            raise no_result(self._plan.rpc)
         return self._result
 
 

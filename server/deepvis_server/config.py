@@ -91,6 +91,19 @@ class RenderLimits:
 
 
 @dataclass(frozen=True)
+class EvaluateLimits:
+    """What one evaluation may ask for, and the memory its randomized copies may hold."""
+
+    max_images: int = 64  # inputs per Evaluate request
+    # Device work per request, in rows: one input through a forward pass or an explanation
+    # (integrated gradients: one per quadrature point); steps x images x layers and the rest.
+    max_work: int = 2_000_000
+    # Per model: its private working copy plus the re-initialized layers of the seeds kept.
+    max_randomized_mb: int = 1024
+    batch: int = 256  # rows per forward-only batch (explanations batch at max_batch_size)
+
+
+@dataclass(frozen=True)
 class AccessConfig:
     """Who may call the server, and over what."""
 
@@ -125,6 +138,7 @@ class ServerConfig:
     render_tf32: bool = True
     limits: Limits = field(default_factory=Limits)
     render: RenderLimits = field(default_factory=RenderLimits)
+    evaluate: EvaluateLimits = field(default_factory=EvaluateLimits)
     access: AccessConfig = field(default_factory=AccessConfig)
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     # Threads that decode, normalise and render off the event loop (numpy and Pillow release
@@ -175,6 +189,10 @@ _INT_KEYS = (
     "max_render_side",
     "max_render_rows",
     "max_queue_size",
+    "max_evaluate_images",
+    "max_evaluate_work",
+    "max_randomized_mb",
+    "evaluate_batch",
     "cpu_threads",
     "workers",
 )
@@ -200,6 +218,10 @@ SERVER_KEYS: dict[str, tuple[str, str]] = {
     "max_render_steps": ("render", "max_steps"),
     "max_render_side": ("render", "max_side"),
     "max_render_rows": ("render", "max_rows"),
+    "max_evaluate_images": ("evaluate", "max_images"),
+    "max_evaluate_work": ("evaluate", "max_work"),
+    "max_randomized_mb": ("evaluate", "max_randomized_mb"),
+    "evaluate_batch": ("evaluate", "batch"),
     "tls_cert": ("access", "tls_cert"),
     "tls_key": ("access", "tls_key"),
     "tls_client_ca": ("access", "tls_client_ca"),
@@ -212,6 +234,7 @@ SERVER_KEYS: dict[str, tuple[str, str]] = {
 _GROUPS: dict[str, type] = {
     "limits": Limits,
     "render": RenderLimits,
+    "evaluate": EvaluateLimits,
     "access": AccessConfig,
     "observability": ObservabilityConfig,
 }

@@ -11,8 +11,19 @@ import torch
 from deepvis.v1 import deepvis_pb2 as pb
 
 from . import featurevis as fv
-from .engine import DEFAULT_TOP_K, ExplainAnswer, ExplainQuery, VisualizeAnswer, VisualizeQuery
+from .engine import (
+    DEFAULT_TOP_K,
+    EvaluateAnswer,
+    EvaluateQuery,
+    ExplainAnswer,
+    ExplainQuery,
+    VisualizeAnswer,
+    VisualizeQuery,
+)
 from .errors import InvalidArgument
+from .evaluation.job import METRICS, EvaluateSpec, MethodScores
+from .evaluation.randomization import CASCADING, INDEPENDENT
+from .evaluation.scheduler import Progress as EvaluateProgress
 from .featurevis.optimization import LUCID_LEARNING_RATE, LUCID_STEPS, RenderJob
 from .featurevis.scheduler import Progress
 from .methods import ClassTarget, MethodRequest, NeuronTarget, Target
@@ -369,3 +380,127 @@ def visualize_response(
         if attribution.output.png is not None:
             result.attribution_png = attribution.output.png
     return pb.VisualizeResponse(result=result)
+
+
+# --- Evaluate -------------------------------------------------------------------------------
+
+_METRIC_NAMES: dict[int, str] = {
+    v: pb.Metric.Name(v).removeprefix("METRIC_").lower()
+    for v in pb.Metric.values()
+    if v != pb.METRIC_UNSPECIFIED
+}
+assert sorted(_METRIC_NAMES.values()) == sorted(METRICS), "the Metric enum and METRICS differ"
+_MODES = {
+    pb.RANDOMIZATION_MODE_UNSPECIFIED: (CASCADING, INDEPENDENT),
+    pb.RANDOMIZATION_MODE_BOTH: (CASCADING, INDEPENDENT),
+    pb.RANDOMIZATION_MODE_CASCADING: (CASCADING,),
+    pb.RANDOMIZATION_MODE_INDEPENDENT: (INDEPENDENT,),
+}
+# Methods one Evaluate call may name: each costs its own explanations of every input.
+MAX_EVALUATE_METHODS = 16
+
+
+def parse_evaluate(msg: pb.EvaluateRequest, deadline: float) -> EvaluateQuery:
+    """Reads an EvaluateRequest into plain values; refuses what is wrong whatever the model
+    (the model's own checks and the server's limits come when the engine plans it)."""
+    if not msg.methods:
+        raise InvalidArgument(
+            f"methods is empty: name at least one of {_VALID_METHODS}", field="methods"
+        )
+    if len(msg.methods) > MAX_EVALUATE_METHODS:
+        raise InvalidArgument(
+            f"methods names {len(msg.methods)} methods; at most {MAX_EVALUATE_METHODS}",
+            field="methods",
+        )
+    methods = []
+    for value in msg.methods:
+        name = _METHODS.get(value)
+        if name is None:
+            raise InvalidArgument(
+                f"methods: {value} is not a method; valid: {_VALID_METHODS}", field="methods"
+            )
+        if name in methods:
+            raise InvalidArgument(f"methods names {name} twice; name each once", field="methods")
+        methods.append(name)
+    metrics = []
+    for value in msg.metrics:
+        metric = _METRIC_NAMES.get(value)
+        if metric is None:
+            raise InvalidArgument(
+                f"metrics: {value} is not a Metric; valid: "
+                + ", ".join(f"METRIC_{m.upper()}" for m in _METRIC_NAMES.values()),
+                field="metrics",
+            )
+        if metric not in metrics:
+            metrics.append(metric)
+    if msg.randomization not in _MODES:
+        raise InvalidArgument(
+            "randomization must be CASCADING, INDEPENDENT or BOTH", field="randomization"
+        )
+    if not msg.inputs:
+        raise InvalidArgument("inputs is empty: send at least one input", field="inputs")
+    for name in ("steps", "perturbations"):
+        if getattr(msg, name) < 0:
+            raise InvalidArgument(
+                f"{name} must be >= 0 (0: the default), got {getattr(msg, name)}", field=name
+            )
+    spec = EvaluateSpec(
+        methods=tuple(methods),
+        metrics=tuple(metrics) or METRICS,
+        classes=tuple(int(c) for c in msg.class_indices),
+        layer=msg.layer or None,
+        steps=int(msg.steps),
+        seed=int(msg.seed),
+        modes=_MODES[msg.randomization],
+        perturbations=int(msg.perturbations),
+        noise_std=float(msg.noise_std),
+        radius=float(msg.sensitivity_radius),
+        return_maps=msg.return_maps,
+    )
+    return EvaluateQuery(
+        model=msg.model,
+        spec=spec,
+        inputs=tuple(_raw_input(i) for i in msg.inputs),
+        deadline=deadline,
+    )
+
+
+def _method_evaluation(scores: MethodScores) -> pb.MethodEvaluation:
+    out = pb.MethodEvaluation(method=method_value(scores.method), layer=scores.layer or "")
+    for kind in ("deletion", "insertion"):
+        curve = getattr(scores, f"{kind}_curve")
+        if curve is not None:
+            part = getattr(out, kind)
+            fill_tensor(part.curve, curve, "float32")
+            fill_tensor(part.auc, getattr(scores, f"{kind}_auc"), "float32")
+    for name in ("spearman", "ssim", "independent_spearman", "independent_ssim"):
+        value = getattr(scores, name)
+        if value is not None:
+            fill_tensor(getattr(out.randomization, name), value, "float32")
+    for name in ("infidelity", "sensitivity", "maps"):
+        value = getattr(scores, name)
+        if value is not None:
+            fill_tensor(getattr(out, name), value, "float32")
+    return out
+
+
+def evaluate_response(event: EvaluateProgress | EvaluateAnswer) -> pb.EvaluateResponse:
+    """A progress message, or the result."""
+    if isinstance(event, EvaluateProgress):
+        return pb.EvaluateResponse(
+            progress=pb.EvaluateProgress(done=event.done, total=event.total, stage=event.stage)
+        )
+    r = event.result
+    result = pb.EvaluateResult(
+        model=event.model.name,
+        class_indices=r.classes,
+        layers=list(r.layers),
+        steps=r.steps,
+        methods=[_method_evaluation(m) for m in r.methods],
+        queue_ms=r.queue_ms,
+        compute_ms=r.compute_ms,
+        work=r.work,
+        warnings=list(r.warnings),
+        max_batch_jobs=r.max_batch_jobs,
+    )
+    return pb.EvaluateResponse(result=result)

@@ -14,7 +14,23 @@ import torch
 from .batch_step import ItemResult
 from .batcher import Batcher, BatchMetrics, WorkItem
 from .config import ConfigError, ServerConfig
-from .errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from .errors import (
+    DeadlineExceeded,
+    DeepvisError,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from .evaluation.job import (
+    RANDOMIZATION,
+    EvaluateSpec,
+    Evaluation,
+    EvaluationResult,
+    plan_evaluation,
+)
+from .evaluation.scheduler import Evaluator, JobState
+from .evaluation.scheduler import Progress as EvaluateProgress
 from .featurevis.objectives import explain_target
 from .featurevis.optimization import RenderJob
 from .featurevis.scheduler import Progress, Rendered, Visualizer
@@ -85,6 +101,24 @@ class VisualizeAnswer:
     attribution: ExplainAnswer | None
 
 
+@dataclass(frozen=True)
+class EvaluateQuery:
+    """One evaluation: what `convert.parse_evaluate` reads off the wire, and its deadline."""
+
+    model: str
+    spec: EvaluateSpec
+    inputs: tuple[RawInput, ...]
+    deadline: float  # on the event loop's clock
+
+
+@dataclass(frozen=True)
+class EvaluateAnswer:
+    """A finished evaluation, with the model it ran on."""
+
+    model: ServedModel
+    result: EvaluationResult
+
+
 class Engine:
     """Owns every model and runs requests through validation, batching and rendering."""
 
@@ -109,6 +143,7 @@ class Engine:
         self.models: dict[str, ServedModel] = {}
         self.batchers: dict[str, Batcher] = {}
         self.visualizers: dict[str, Visualizer] = {}
+        self.evaluators: dict[str, Evaluator] = {}
         # Model name -> why it failed to load, as clients are told (one clause, no paths).
         self.failed: dict[str, str] = {}
         # Model name -> the operator's account of it (paths and all), as logged.
@@ -172,6 +207,17 @@ class Engine:
             )
             visualizer.start()
             self.visualizers[spec.name] = visualizer
+            limits = self.config.evaluate
+            evaluator = Evaluator(
+                model,
+                self.device_executor,
+                forward_batch=limits.batch,
+                explain_batch=spec.max_batch_size,
+                max_randomized_bytes=limits.max_randomized_mb * 2**20,
+            )
+            evaluator.on_fatal = self._device_failed
+            evaluator.start()
+            self.evaluators[spec.name] = evaluator
             log.info("serving model %s (%s) on %s", spec.name, spec.arch, self.device)
         if not self.models:
             raise ConfigError(
@@ -198,6 +244,8 @@ class Engine:
             await b.stop()
         for v in self.visualizers.values():
             await v.stop()
+        for e in self.evaluators.values():
+            await e.stop()
         # Joining the threads blocks: do it off the event loop.
         for ex in (self.device_executor, self.cpu_executor):
             await asyncio.to_thread(ex.shutdown, wait=True, cancel_futures=True)
@@ -316,6 +364,75 @@ class Engine:
         finally:
             if attribution is not None and not attribution.done():
                 attribution.cancel()
+
+    async def evaluate(
+        self, query: EvaluateQuery
+    ) -> AsyncGenerator[EvaluateProgress | EvaluateAnswer, None]:
+        """Runs one evaluation: its progress as its work is done (the latest when the reader
+        falls behind), then its result. Everything a request can get wrong is refused before
+        anything runs; closing the stream stops the work before its next piece."""
+        model = self.model(query.model)
+        evaluator = self.evaluators[model.name]
+        limits = self.config.evaluate
+        n = len(query.inputs)
+        if n > limits.max_images:
+            raise ResourceExhausted(
+                f"inputs has {n} inputs; the server's max_evaluate_images is {limits.max_images}",
+                field="inputs",
+            )
+        methods = [self.method(name) for name in query.spec.methods]
+        plan = plan_evaluation(model, methods, query.spec, n, evaluator.copies.layer_names)
+        work = plan.work()
+        if work > limits.max_work:
+            raise ResourceExhausted(
+                f"this evaluation is {work} rows of device work (inputs x methods x (steps + "
+                f"1, layers x modes, perturbations)); the server's max_evaluate_work is "
+                f"{limits.max_work}: send fewer inputs, methods, metrics or steps",
+                field="inputs",
+            )
+        inputs = [await self._evaluate_input(model, raw, j) for j, raw in enumerate(query.inputs)]
+        job = JobState(total=work, deadline=query.deadline)
+        evaluator.admit(job, [plan.seed] if RANDOMIZATION in plan.metrics else [])
+        evaluation = Evaluation(evaluator, job, plan, inputs)
+        job.task = asyncio.ensure_future(_run_evaluation(evaluation))
+        try:
+            async with contextlib.aclosing(job.stream()) as events:
+                async for event in events:
+                    if isinstance(event, EvaluationResult):
+                        yield EvaluateAnswer(model, event)
+                        return
+                    yield event
+        finally:
+            evaluator.cancel(job)
+
+    async def _evaluate_input(self, model: ServedModel, raw: RawInput, j: int) -> torch.Tensor:
+        """Input j of an evaluation at the model's size, [C, H, W] on the CPU; its errors name
+        it (inputs[j])."""
+        try:
+            ready = wire_pixels(raw, model.spec, self.config.limits)
+            if ready is not None:
+                return ready
+            loop = asyncio.get_running_loop()
+            x, _ = await loop.run_in_executor(
+                self.cpu_executor, input_to_tensor, raw, model.spec, self.config.limits
+            )
+            return x
+        except DeepvisError as e:
+            field = f"inputs[{j}]" + (e.field.removeprefix("input") if e.field else "")
+            raise type(e)(f"inputs[{j}]: {e.message}", field=field) from None
+
+
+async def _run_evaluation(evaluation: Evaluation) -> None:
+    job = evaluation.job
+    try:
+        job.finish(await evaluation.run())
+    except asyncio.CancelledError:
+        raise
+    except DeepvisError as e:
+        job.fail(e)
+    except Exception:  # noqa: BLE001 - the job fails alone
+        log.exception("evaluation failed on model %s", evaluation.model.name)
+        job.fail(DeepvisError("internal error while evaluating; the server logged it"))
 
 
 def _expire(future: asyncio.Future[ItemResult], batcher: Batcher) -> None:

@@ -82,6 +82,16 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                 yield convert.visualize_response(query, event)
 
     @rpc_errors
+    async def Evaluate(
+        self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.EvaluateResponse]:
+        query = convert.parse_evaluate(request, self.deadline(context))
+        # aclosing: a client that went away stops the evaluation before its next piece.
+        async with contextlib.aclosing(self.engine.evaluate(query)) as events:
+            async for event in events:
+                yield convert.evaluate_response(event)
+
+    @rpc_errors
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:

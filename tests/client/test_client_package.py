@@ -58,10 +58,15 @@ _RESULTS = {
     "health": str,
     "describe": deepvis.ModelDescription,
     "visualize": deepvis.Visualization,
+    "evaluate": deepvis.Evaluation,
+}
+_STREAMS = {
+    "visualize_stream": deepvis.Progress | deepvis.Visualization,
+    "evaluate_stream": deepvis.EvaluationProgress | deepvis.Evaluation,
 }
 
 
-@pytest.mark.parametrize("name", [*_RESULTS, "visualize_stream"])
+@pytest.mark.parametrize("name", [*_RESULTS, *_STREAMS])
 def test_clients_share_each_calls_signature_and_docstring(name: str) -> None:
     sync, aio = getattr(deepvis.Client, name), getattr(deepvis.AsyncClient, name)
     assert sync.__name__ == aio.__name__ == name
@@ -73,8 +78,8 @@ def test_clients_share_each_calls_signature_and_docstring(name: str) -> None:
     assert list(signature.parameters.values()) == list(aio_signature.parameters.values())
     # What help() and IDEs show is the method's result, for Client and after await.
     hints, aio_hints = typing.get_type_hints(sync), typing.get_type_hints(aio)
-    if name == "visualize_stream":
-        item = deepvis.Progress | deepvis.Visualization
+    if name in _STREAMS:
+        item = _STREAMS[name]
         assert hints["return"] == Generator[item, None, None]
         assert aio_hints["return"] == AsyncGenerator[item, None]
         assert not inspect.iscoroutinefunction(aio)

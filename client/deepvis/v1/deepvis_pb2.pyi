@@ -37,6 +37,22 @@ class Parameterization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PARAMETERIZATION_UNSPECIFIED: _ClassVar[Parameterization]
     PARAMETERIZATION_FFT: _ClassVar[Parameterization]
     PARAMETERIZATION_PIXEL: _ClassVar[Parameterization]
+
+class Metric(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    METRIC_UNSPECIFIED: _ClassVar[Metric]
+    METRIC_RANDOMIZATION: _ClassVar[Metric]
+    METRIC_DELETION: _ClassVar[Metric]
+    METRIC_INSERTION: _ClassVar[Metric]
+    METRIC_INFIDELITY: _ClassVar[Metric]
+    METRIC_SENSITIVITY: _ClassVar[Metric]
+
+class RandomizationMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RANDOMIZATION_MODE_UNSPECIFIED: _ClassVar[RandomizationMode]
+    RANDOMIZATION_MODE_CASCADING: _ClassVar[RandomizationMode]
+    RANDOMIZATION_MODE_INDEPENDENT: _ClassVar[RandomizationMode]
+    RANDOMIZATION_MODE_BOTH: _ClassVar[RandomizationMode]
 METHOD_UNSPECIFIED: Method
 METHOD_GUIDED_BACKPROP: Method
 GUIDED_BACKPROP: Method
@@ -60,6 +76,16 @@ DTYPE_INT64: DType
 PARAMETERIZATION_UNSPECIFIED: Parameterization
 PARAMETERIZATION_FFT: Parameterization
 PARAMETERIZATION_PIXEL: Parameterization
+METRIC_UNSPECIFIED: Metric
+METRIC_RANDOMIZATION: Metric
+METRIC_DELETION: Metric
+METRIC_INSERTION: Metric
+METRIC_INFIDELITY: Metric
+METRIC_SENSITIVITY: Metric
+RANDOMIZATION_MODE_UNSPECIFIED: RandomizationMode
+RANDOMIZATION_MODE_CASCADING: RandomizationMode
+RANDOMIZATION_MODE_INDEPENDENT: RandomizationMode
+RANDOMIZATION_MODE_BOTH: RandomizationMode
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "data")
@@ -390,3 +416,115 @@ class VisualizeResponse(_message.Message):
     progress: VisualizeProgress
     result: VisualizeResult
     def __init__(self, progress: _Optional[_Union[VisualizeProgress, _Mapping]] = ..., result: _Optional[_Union[VisualizeResult, _Mapping]] = ...) -> None: ...
+
+class EvaluateRequest(_message.Message):
+    __slots__ = ("model", "methods", "inputs", "class_indices", "layer", "metrics", "steps", "seed", "randomization", "perturbations", "noise_std", "sensitivity_radius", "return_maps")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    CLASS_INDICES_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    RANDOMIZATION_FIELD_NUMBER: _ClassVar[int]
+    PERTURBATIONS_FIELD_NUMBER: _ClassVar[int]
+    NOISE_STD_FIELD_NUMBER: _ClassVar[int]
+    SENSITIVITY_RADIUS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_MAPS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    methods: _containers.RepeatedScalarFieldContainer[Method]
+    inputs: _containers.RepeatedCompositeFieldContainer[Input]
+    class_indices: _containers.RepeatedScalarFieldContainer[int]
+    layer: str
+    metrics: _containers.RepeatedScalarFieldContainer[Metric]
+    steps: int
+    seed: int
+    randomization: RandomizationMode
+    perturbations: int
+    noise_std: float
+    sensitivity_radius: float
+    return_maps: bool
+    def __init__(self, model: _Optional[str] = ..., methods: _Optional[_Iterable[_Union[Method, str]]] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., class_indices: _Optional[_Iterable[int]] = ..., layer: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[Metric, str]]] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., randomization: _Optional[_Union[RandomizationMode, str]] = ..., perturbations: _Optional[int] = ..., noise_std: _Optional[float] = ..., sensitivity_radius: _Optional[float] = ..., return_maps: bool = ...) -> None: ...
+
+class EvaluateProgress(_message.Message):
+    __slots__ = ("done", "total", "stage")
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    done: int
+    total: int
+    stage: str
+    def __init__(self, done: _Optional[int] = ..., total: _Optional[int] = ..., stage: _Optional[str] = ...) -> None: ...
+
+class PerturbationCurve(_message.Message):
+    __slots__ = ("curve", "auc")
+    CURVE_FIELD_NUMBER: _ClassVar[int]
+    AUC_FIELD_NUMBER: _ClassVar[int]
+    curve: Tensor
+    auc: Tensor
+    def __init__(self, curve: _Optional[_Union[Tensor, _Mapping]] = ..., auc: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class RandomizationCurves(_message.Message):
+    __slots__ = ("spearman", "ssim", "independent_spearman", "independent_ssim")
+    SPEARMAN_FIELD_NUMBER: _ClassVar[int]
+    SSIM_FIELD_NUMBER: _ClassVar[int]
+    INDEPENDENT_SPEARMAN_FIELD_NUMBER: _ClassVar[int]
+    INDEPENDENT_SSIM_FIELD_NUMBER: _ClassVar[int]
+    spearman: Tensor
+    ssim: Tensor
+    independent_spearman: Tensor
+    independent_ssim: Tensor
+    def __init__(self, spearman: _Optional[_Union[Tensor, _Mapping]] = ..., ssim: _Optional[_Union[Tensor, _Mapping]] = ..., independent_spearman: _Optional[_Union[Tensor, _Mapping]] = ..., independent_ssim: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class MethodEvaluation(_message.Message):
+    __slots__ = ("method", "layer", "deletion", "insertion", "randomization", "infidelity", "sensitivity", "maps")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    DELETION_FIELD_NUMBER: _ClassVar[int]
+    INSERTION_FIELD_NUMBER: _ClassVar[int]
+    RANDOMIZATION_FIELD_NUMBER: _ClassVar[int]
+    INFIDELITY_FIELD_NUMBER: _ClassVar[int]
+    SENSITIVITY_FIELD_NUMBER: _ClassVar[int]
+    MAPS_FIELD_NUMBER: _ClassVar[int]
+    method: Method
+    layer: str
+    deletion: PerturbationCurve
+    insertion: PerturbationCurve
+    randomization: RandomizationCurves
+    infidelity: Tensor
+    sensitivity: Tensor
+    maps: Tensor
+    def __init__(self, method: _Optional[_Union[Method, str]] = ..., layer: _Optional[str] = ..., deletion: _Optional[_Union[PerturbationCurve, _Mapping]] = ..., insertion: _Optional[_Union[PerturbationCurve, _Mapping]] = ..., randomization: _Optional[_Union[RandomizationCurves, _Mapping]] = ..., infidelity: _Optional[_Union[Tensor, _Mapping]] = ..., sensitivity: _Optional[_Union[Tensor, _Mapping]] = ..., maps: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class EvaluateResult(_message.Message):
+    __slots__ = ("model", "class_indices", "layers", "steps", "methods", "queue_ms", "compute_ms", "work", "warnings", "max_batch_jobs")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CLASS_INDICES_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    WORK_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_JOBS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    class_indices: _containers.RepeatedScalarFieldContainer[int]
+    layers: _containers.RepeatedScalarFieldContainer[str]
+    steps: int
+    methods: _containers.RepeatedCompositeFieldContainer[MethodEvaluation]
+    queue_ms: float
+    compute_ms: float
+    work: int
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    max_batch_jobs: int
+    def __init__(self, model: _Optional[str] = ..., class_indices: _Optional[_Iterable[int]] = ..., layers: _Optional[_Iterable[str]] = ..., steps: _Optional[int] = ..., methods: _Optional[_Iterable[_Union[MethodEvaluation, _Mapping]]] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., work: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., max_batch_jobs: _Optional[int] = ...) -> None: ...
+
+class EvaluateResponse(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: EvaluateProgress
+    result: EvaluateResult
+    def __init__(self, progress: _Optional[_Union[EvaluateProgress, _Mapping]] = ..., result: _Optional[_Union[EvaluateResult, _Mapping]] = ...) -> None: ...

@@ -61,6 +61,11 @@ class ExplainerStub(object):
                 request_serializer=deepvis_dot_v1_dot_deepvis__pb2.VisualizeRequest.SerializeToString,
                 response_deserializer=deepvis_dot_v1_dot_deepvis__pb2.VisualizeResponse.FromString,
                 _registered_method=True)
+        self.Evaluate = channel.unary_stream(
+                '/deepvis.v1.Explainer/Evaluate',
+                request_serializer=deepvis_dot_v1_dot_deepvis__pb2.EvaluateRequest.SerializeToString,
+                response_deserializer=deepvis_dot_v1_dot_deepvis__pb2.EvaluateResponse.FromString,
+                _registered_method=True)
 
 
 class ExplainerServicer(object):
@@ -114,6 +119,22 @@ class ExplainerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Evaluate(self, request, context):
+        """Sanity checks and faithfulness metrics of explanation methods, per method and
+        input: model-parameter randomization (Adebayo et al. 2018), deletion and
+        insertion (Petsiuk et al. 2018) and Captum's infidelity and max-sensitivity
+        (see Metric). Streams progress messages, then one final message with the
+        result. A reader that falls behind is sent the latest progress when it
+        reads again: the server holds at most one unsent progress message per
+        stream. The work runs in small pieces between other clients' requests and
+        is batched with other evaluations of the same model; cancelling the call,
+        or its deadline passing, stops it. A request whose work exceeds the
+        server's limit is refused with RESOURCE_EXHAUSTED naming the limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExplainerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -141,6 +162,11 @@ def add_ExplainerServicer_to_server(servicer, server):
                     servicer.Visualize,
                     request_deserializer=deepvis_dot_v1_dot_deepvis__pb2.VisualizeRequest.FromString,
                     response_serializer=deepvis_dot_v1_dot_deepvis__pb2.VisualizeResponse.SerializeToString,
+            ),
+            'Evaluate': grpc.unary_stream_rpc_method_handler(
+                    servicer.Evaluate,
+                    request_deserializer=deepvis_dot_v1_dot_deepvis__pb2.EvaluateRequest.FromString,
+                    response_serializer=deepvis_dot_v1_dot_deepvis__pb2.EvaluateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -280,6 +306,33 @@ class Explainer(object):
             '/deepvis.v1.Explainer/Visualize',
             deepvis_dot_v1_dot_deepvis__pb2.VisualizeRequest.SerializeToString,
             deepvis_dot_v1_dot_deepvis__pb2.VisualizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Evaluate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/deepvis.v1.Explainer/Evaluate',
+            deepvis_dot_v1_dot_deepvis__pb2.EvaluateRequest.SerializeToString,
+            deepvis_dot_v1_dot_deepvis__pb2.EvaluateResponse.FromString,
             options,
             channel_credentials,
             insecure,

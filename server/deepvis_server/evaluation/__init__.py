@@ -1,0 +1,1 @@
+"""Evaluate: sanity checks and faithfulness metrics of the methods, served beside them."""
