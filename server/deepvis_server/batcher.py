@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -21,6 +21,7 @@ from .batch_step import (
     WrongResultCount,
 )
 from .errors import DeadlineExceeded, DeepvisError, ResourceExhausted, Unavailable
+from .loops import ModelLoop
 from .methods import Method, MethodRequest
 from .models import ServedModel
 
@@ -56,10 +57,12 @@ class BatchMetrics(Protocol):
         from its arrival to the batch's start, and how long the batch computed."""
 
 
-class Batcher:
+class Batcher(ModelLoop):
     """Groups compatible items of one model (same method, graph-changing parameters and shape;
     targets may differ) until `max_batch_size` or until the oldest has waited `max_delay_s`,
     then runs them as one batch on the executor that owns the device."""
+
+    kind = "batcher"
 
     def __init__(
         self,
@@ -71,16 +74,13 @@ class Batcher:
         max_queue_size: int = 1024,
         metrics: BatchMetrics | None = None,
     ) -> None:
-        self.model = model
+        super().__init__(model)
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_queue_size = max_queue_size
         self._executor = executor
         self._pending: deque[WorkItem] = deque()
         self._arrived = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        # Called (on the event loop) when the device fails beyond repair.
-        self.on_fatal: Callable[[BaseException], None] | None = None
         # Items that reached the device: a request dropped before compute never counts here.
         self.computed_items = 0
         self.closed = False
@@ -91,13 +91,7 @@ class Batcher:
     def queue_depth(self) -> int:
         return len(self._pending)
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(
-            self._loop(), name=f"batcher-{self.model.name}"
-        )
-
-    async def stop(self) -> None:
-        await cancel_and_wait(self._task)
+    def _stopped(self) -> None:
         while self._pending:
             _fail(self._pending.popleft(), Unavailable("server is shutting down"))
 
@@ -201,8 +195,7 @@ class Batcher:
         except FatalDeviceError as e:
             for it in batch:
                 _fail(it, Unavailable("the device failed; this server is going down"))
-            if self.on_fatal is not None:
-                self.on_fatal(e)
+            self._device_lost(e)
             return
         except WrongResultCount as e:
             log.error("%s; failing the batch's %d item(s)", e, len(batch))
@@ -257,17 +250,6 @@ class Batcher:
                 [res.queue_ms / 1000.0 for _, res in results],
                 results[0][1].compute_ms / 1000.0,
             )
-
-
-async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
-    """Cancels a background loop and waits until it has really stopped."""
-    if task is None:
-        return
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
 
 
 def _fail(item: WorkItem, exc: BaseException) -> None:
