@@ -128,6 +128,14 @@ def _failure_code(exc: BaseException, context: grpc.aio.ServicerContext, call: _
 
 
 @dataclass
+class _Outcome:
+    """How a call ended, as its handler's wrapper saw it."""
+
+    code: str = "UNKNOWN"
+    response: Any = None
+
+
+@dataclass
 class _Call:
     method: str
     request_id: str
@@ -199,38 +207,41 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
+    @contextlib.asynccontextmanager
+    async def _observed(
+        self, call: _Call, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[_Outcome]:
+        """Around one handler: begins the call's record, and ends it with the status the call
+        ended with (and the unary response, for the metrics that read it)."""
+        outcome = _Outcome()
+        try:
+            await self._begin(call, context)
+            yield outcome
+            outcome.code = _code_name(context.code(), "OK")  # a handler may set_code()
+        except BaseException as e:
+            outcome.code = _failure_code(e, context, call)
+            raise
+        finally:
+            self._end(call, outcome.code, outcome.response)
+
     def _wrap_coroutine(self, behavior: Callable[..., Any], call: _Call) -> Callable[..., Any]:
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            code, response = "UNKNOWN", None
-            try:
-                await self._begin(call, context)
-                response = await behavior(request, context)
-                code = _code_name(context.code(), "OK")  # a handler may set_code() and return
-                return response
-            except BaseException as e:
-                code = _failure_code(e, context, call)
-                raise
-            finally:
-                self._end(call, code, response)
+            async with self._observed(call, context) as outcome:
+                outcome.response = await behavior(request, context)
+            return outcome.response
 
         return observed
 
     def _wrap_stream(self, behavior: Callable[..., Any], call: _Call) -> Callable[..., Any]:
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            code = "UNKNOWN"
-            try:
-                await self._begin(call, context)
-                # aclosing: when the client goes away, the inner stream's own clean-up (e.g.
-                # Visualize cancelling its render job) runs now, not whenever GC gets to it.
-                async with contextlib.aclosing(behavior(request, context)) as stream:
-                    async for response in stream:
-                        yield response
-                code = _code_name(context.code(), "OK")
-            except BaseException as e:
-                code = _failure_code(e, context, call)
-                raise
-            finally:
-                self._end(call, code, None)
+            # aclosing: when the client goes away, the inner stream's own clean-up (e.g.
+            # Visualize cancelling its render job) runs now, not whenever GC gets to it.
+            async with (
+                self._observed(call, context),
+                contextlib.aclosing(behavior(request, context)) as stream,
+            ):
+                async for response in stream:
+                    yield response
 
         return observed
 
