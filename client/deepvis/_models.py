@@ -471,15 +471,16 @@ class Evaluation:
             )
         return next(iter(self.methods.values()))
 
-    # With one method, its metrics read as the evaluation's own (see the class docstring).
-    method: _OfTheOnlyMethod[str] = _OfTheOnlyMethod()
-    layer: _OfTheOnlyMethod[str | None] = _OfTheOnlyMethod()
-    deletion: _OfTheOnlyMethod[PerturbationCurve | None] = _OfTheOnlyMethod()
-    insertion: _OfTheOnlyMethod[PerturbationCurve | None] = _OfTheOnlyMethod()
-    randomization: _OfTheOnlyMethod[Randomization | None] = _OfTheOnlyMethod()
-    infidelity: _OfTheOnlyMethod[np.ndarray | None] = _OfTheOnlyMethod()
-    sensitivity: _OfTheOnlyMethod[np.ndarray | None] = _OfTheOnlyMethod()
-    maps: _OfTheOnlyMethod[np.ndarray | None] = _OfTheOnlyMethod()
+    # With one method, its metrics read as the evaluation's own (see the class docstring);
+    # not annotated, so that the dataclass does not take them for fields.
+    method = _OfTheOnlyMethod[str]()
+    layer = _OfTheOnlyMethod[str | None]()
+    deletion = _OfTheOnlyMethod[PerturbationCurve | None]()
+    insertion = _OfTheOnlyMethod[PerturbationCurve | None]()
+    randomization = _OfTheOnlyMethod[Randomization | None]()
+    infidelity = _OfTheOnlyMethod[np.ndarray | None]()
+    sensitivity = _OfTheOnlyMethod[np.ndarray | None]()
+    maps = _OfTheOnlyMethod[np.ndarray | None]()
 
     def __repr__(self) -> str:
         return (
