@@ -13,6 +13,7 @@ from typing import Protocol
 
 import torch
 
+from .batch_policy import BatchPolicy
 from .batch_step import (
     BatchStep,
     DeviceOutOfMemory,
@@ -59,8 +60,8 @@ class BatchMetrics(Protocol):
 
 class Batcher(ModelLoop):
     """Groups compatible items of one model (same method, graph-changing parameters and shape;
-    targets may differ) until `max_batch_size` or until the oldest has waited `max_delay_s`,
-    then runs them as one batch on the executor that owns the device."""
+    targets may differ) into batches, sent when `BatchPolicy` says (adaptive, or after a fixed
+    `max_delay_s`), and runs each on the executor that owns the device."""
 
     kind = "batcher"
 
@@ -70,13 +71,13 @@ class Batcher(ModelLoop):
         executor: Executor,
         *,
         max_batch_size: int,
-        max_delay_s: float,
+        max_delay_s: float | None = None,
         max_queue_size: int = 1024,
         metrics: BatchMetrics | None = None,
     ) -> None:
         super().__init__(model)
         self.max_batch_size = max_batch_size
-        self.max_delay_s = max_delay_s
+        self.policy = BatchPolicy(max_batch_size, fixed_delay_s=max_delay_s)
         self.max_queue_size = max_queue_size
         self._executor = executor
         self._pending: deque[WorkItem] = deque()
@@ -117,18 +118,20 @@ class Batcher(ModelLoop):
                 await self._arrived.wait()
                 continue
             first = self._pending[0]
-            due = first.arrival + self.max_delay_s
-            while self._count(first.key) < self.max_batch_size and not first.future.done():
-                remaining = due - loop.time()
+            while not first.future.done():
+                remaining = self.policy.wants_more(
+                    loop.time(), self._count(first.key), first.arrival, first.deadline
+                )
                 if remaining <= 0:
                     break
                 self._arrived.clear()
                 try:
                     await asyncio.wait_for(self._arrived.wait(), remaining)
                 except TimeoutError:
-                    break
+                    pass  # the policy is asked again: the wait may have been extended
             batch = self._take(first.key, loop.time())
             if batch:
+                started = loop.time()
                 try:
                     await self._run(batch)
                 except asyncio.CancelledError:
@@ -139,6 +142,8 @@ class Batcher(ModelLoop):
                     log.exception("batch of %d failed outside the method", len(batch))
                     for it in batch:
                         _fail(it, DeepvisError("internal error while running the batch"))
+                now = loop.time()
+                self.policy.ran(len(batch), self._count(first.key), now - started, now)
 
     def _count(self, key: Hashable) -> int:
         return sum(1 for it in self._pending if it.key == key)

@@ -48,7 +48,8 @@ class ModelSpec:
     channels: int = 3
     labels: Path | None = None
     max_batch_size: int = 32
-    max_delay_ms: float = 5.0
+    # None: the adaptive batching policy (batch_policy.py); a number: a fixed gathering delay.
+    max_delay_ms: float | None = None
     # Opt-in fast mode: channels_last memory and bf16 autocast. Faster on tensor-core GPUs,
     # not exact: responses say so, and bench/load.py --fast reports the error against fp32.
     fast: bool = False
@@ -394,8 +395,10 @@ def parse_model(
     std = _floats(settings.get("std", [1.0] * channels), channels, f"{where}.std")
     if any(s <= 0 for s in std):
         raise ConfigError(f"{where}.std must be positive, got {list(std)}")
-    delay = table.get("max_delay_ms", 5.0)
-    if not isinstance(delay, (int, float)) or isinstance(delay, bool) or not 0 <= delay <= 10_000:
+    delay = table.get("max_delay_ms")
+    if delay is not None and (
+        not isinstance(delay, (int, float)) or isinstance(delay, bool) or not 0 <= delay <= 10_000
+    ):
         raise ConfigError(f"{where}.max_delay_ms must be a number in [0, 10000], got {delay!r}")
     fast = table.get("fast", False)
     if not isinstance(fast, bool):
@@ -425,7 +428,7 @@ def parse_model(
         if table.get("labels") is None
         else _path(table["labels"], base, f"{where}.labels"),
         max_batch_size=_positive_int(table.get("max_batch_size", 32), f"{where}.max_batch_size"),
-        max_delay_ms=float(delay),
+        max_delay_ms=None if delay is None else float(delay),
         fast=fast,
         torchvision_weights=None
         if tv_weights is None

@@ -191,7 +191,7 @@ class Engine:
                 model,
                 self.device_executor,
                 max_batch_size=spec.max_batch_size,
-                max_delay_s=spec.max_delay_ms / 1000.0,
+                max_delay_s=None if spec.max_delay_ms is None else spec.max_delay_ms / 1000.0,
                 max_queue_size=self.config.limits.max_queue_size,
                 metrics=self.metrics,
             )
