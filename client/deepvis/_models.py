@@ -152,6 +152,8 @@ class Explanation:
             (x, y, width, height) of a box whose top-left corner is (x, y). All of the input
             unless the model centre-crops (`ModelInfo.resize`); results in the model's input
             space cover this box. None from a server that does not say.
+        cached: The server answered from its response cache (an identical earlier request's
+            answer; the timings are then 0).
     """
 
     model: str
@@ -167,6 +169,7 @@ class Explanation:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     images: dict[str, Image.Image] = field(default_factory=dict)
     input_region: tuple[float, float, float, float] | None = None
+    cached: bool = False
 
     def __repr__(self) -> str:
         top = self.predictions[0] if self.predictions else None

@@ -78,6 +78,8 @@ class Limits:
     max_queue_size: int = 256  # requests queued per model; beyond: UNAVAILABLE at once
     default_timeout_s: float = 60.0  # a request without a deadline gets this one
     max_timeout_s: float = 600.0  # a client's deadline is capped here (clients can only shorten)
+    # Bytes of Explain answers kept for identical requests (response_cache.py); 0: no cache.
+    cache_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,7 @@ SERVER_KEYS: dict[str, tuple[str, str]] = {
     "max_queue_size": ("limits", "max_queue_size"),
     "default_timeout_s": ("limits", "default_timeout_s"),
     "max_timeout_s": ("limits", "max_timeout_s"),
+    "cache_bytes": ("limits", "cache_bytes"),
     "max_render_steps": ("render", "max_steps"),
     "max_render_side": ("render", "max_side"),
     "max_render_rows": ("render", "max_rows"),
@@ -494,6 +497,13 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     for key in _PATH_KEYS:
         if key in server:
             kwargs[key] = _path(server[key], base, f"[server].{key}")
+    if "cache_bytes" in server:
+        v = server["cache_bytes"]
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 2**40:
+            raise ConfigError(
+                "[server].cache_bytes must be a whole number of bytes from 0 (no cache) to 2**40"
+            )
+        kwargs["cache_bytes"] = v
     if "metrics_port" in server:
         port = server["metrics_port"]
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:

@@ -32,7 +32,7 @@ from prometheus_client import (
     generate_latest,
     make_wsgi_app,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -42,6 +42,7 @@ from .config import ServerConfig
 
 if TYPE_CHECKING:
     from .engine import Engine
+    from .response_cache import ResponseCache
 
 __all__ = [
     "REQUEST_ID_KEY",
@@ -310,6 +311,7 @@ class _EngineCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         queue, jobs, memory = self._families()
         engine = self._obs.engine
+        cache = [] if engine is None or engine.cache is None else _cache_metrics(engine.cache)
         if engine is not None:
             for name, batcher in dict(engine.batchers).items():
                 queue.add_metric([name], batcher.queue_depth)
@@ -317,7 +319,7 @@ class _EngineCollector(Collector):
                 jobs.add_metric([name], visualizer.active_jobs)
             for device, kind, value in _device_memory(engine):
                 memory.add_metric([device, kind], value)
-        return iter((queue, jobs, memory))
+        return iter((queue, jobs, memory, *cache))
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
@@ -339,6 +341,23 @@ class _EngineCollector(Collector):
                 labels=["device", "kind"],
             ),
         )
+
+
+def _cache_metrics(cache: ResponseCache) -> list[Metric]:
+    """The response cache's figures, when it is on ([server] cache_bytes)."""
+    hits = CounterMetricFamily(
+        "deepvis_response_cache_hits", "Explain answers (calls and batch items) from the cache"
+    )
+    hits.add_metric([], cache.hits)
+    misses = CounterMetricFamily(
+        "deepvis_response_cache_misses", "Explain answers computed while the cache was on"
+    )
+    misses.add_metric([], cache.misses)
+    held = GaugeMetricFamily(
+        "deepvis_response_cache_bytes", "Bytes the cache holds, of at most [server] cache_bytes"
+    )
+    held.add_metric([], cache.bytes)
+    return [hits, misses, held]
 
 
 def _device_memory(engine: Engine) -> list[tuple[str, str, float]]:
