@@ -80,6 +80,8 @@ def table(client: deepvis.Client, model: str, samples: list[Path]) -> tuple[list
     for name, e in ev.methods.items():
         r = e.randomization
         assert r is not None and e.deletion is not None and e.insertion is not None
+        assert r.spearman is not None and r.ssim is not None
+        assert e.infidelity is not None and e.sensitivity is not None
         top = float(np.nanmean(r.spearman[:, 0]))
         rows.append(
             {

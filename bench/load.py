@@ -398,7 +398,12 @@ def main() -> int:
         action="store_true",
         help="renders in plain fp32 (render_tf32 = false; the server's default uses TF32 on CUDA)",
     )
-    p.add_argument("--max-delay-ms", type=float, default=5.0, help="server max_delay_ms")
+    p.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=None,
+        help="server max_delay_ms (default: unset, the adaptive batching policy)",
+    )
     p.add_argument(
         "--gil-switch-interval-ms",
         type=float,
@@ -441,13 +446,14 @@ def main() -> int:
         {k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / "m.safetensors")
     )
     n = args.max_batch or args.clients
+    delay = "" if args.max_delay_ms is None else f"max_delay_ms = {args.max_delay_ms}\n"
     (tmp / "m.toml").write_text(
         f'[server]\ndevice = "{args.device}"\nmax_queue_size = 4096\n'
         f"render_tf32 = {str(not args.render_fp32).lower()}\n"
         f"gil_switch_interval_ms = {args.gil_switch_interval_ms}\n"
         f'[[models]]\nname = "m"\narch = "{args.arch}"\n'
         f'weights = "m.safetensors"\nnum_classes = 1000\ninput_size = [{args.size}, {args.size}]\n'
-        f"mean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]\nmax_batch_size = {n}\nmax_delay_ms = {args.max_delay_ms}\nfast = {str(args.fast).lower()}\n"
+        f"mean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]\nmax_batch_size = {n}\n{delay}fast = {str(args.fast).lower()}\n"
     )
     spec = parse_config(
         {

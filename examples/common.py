@@ -208,7 +208,6 @@ def export(
         "std": std,
         "labels": "labels.txt",
         "max_batch_size": 32,
-        "max_delay_ms": 5.0,
     }
     config = out / "config.toml"
     config.write_text(

@@ -570,6 +570,7 @@ def explanation_from_pb(resp: deepvis_pb2.ExplainResponse) -> Explanation:
         batch_size=int(resp.timing.batch_size),
         queue_ms=float(resp.timing.queue_ms),
         compute_ms=float(resp.timing.compute_ms),
+        cached=bool(resp.timing.cached),
         warnings=list(resp.warnings),
         arrays=arrays,
         images=_by_name(resp.images, "pictures", _named_image),

@@ -37,11 +37,21 @@ __all__ = [
     "from_status",
 ]
 
+# Filled as each subclass is defined (DeepvisError.__init_subclass__).
+_BY_CODE: dict[grpc.StatusCode, type[DeepvisError]] = {}
+
 
 class DeepvisError(Exception):
     """A call to the server failed; `code` is its gRPC status, `details` the server's message."""
 
     default_code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init_subclass__(cls, *, code: grpc.StatusCode | None = None, **kwargs: Any) -> None:
+        # Each status's own class says its code once, here; from_rpc_error finds it by it.
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.default_code = code
+            _BY_CODE[code] = cls
 
     def __init__(self, details: str = "", code: grpc.StatusCode | None = None) -> None:
         super().__init__(details)
@@ -60,81 +70,44 @@ class DeepvisError(Exception):
         return (type(self), (self.details, self.code))
 
 
-class InvalidArgument(DeepvisError):
+class InvalidArgument(DeepvisError, code=grpc.StatusCode.INVALID_ARGUMENT):
     """The request is malformed: a bad input, target, layer or option (INVALID_ARGUMENT)."""
 
-    default_code = grpc.StatusCode.INVALID_ARGUMENT
 
-
-class NotFound(DeepvisError):
+class NotFound(DeepvisError, code=grpc.StatusCode.NOT_FOUND):
     """The named model or layer does not exist on the server (NOT_FOUND)."""
 
-    default_code = grpc.StatusCode.NOT_FOUND
 
-
-class ResourceExhausted(DeepvisError):
+class ResourceExhausted(DeepvisError, code=grpc.StatusCode.RESOURCE_EXHAUSTED):
     """The request is too large or the server's queue is full (RESOURCE_EXHAUSTED)."""
 
-    default_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
-
-class Unavailable(DeepvisError):
+class Unavailable(DeepvisError, code=grpc.StatusCode.UNAVAILABLE):
     """The server cannot be reached or cannot take the call now; retrying may work (UNAVAILABLE)."""
 
-    default_code = grpc.StatusCode.UNAVAILABLE
 
-
-class DeadlineExceeded(DeepvisError):
+class DeadlineExceeded(DeepvisError, code=grpc.StatusCode.DEADLINE_EXCEEDED):
     """The call's timeout passed before the server answered (DEADLINE_EXCEEDED)."""
 
-    default_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
-
-class Cancelled(DeepvisError):
+class Cancelled(DeepvisError, code=grpc.StatusCode.CANCELLED):
     """The call was cancelled, by the client or the server (CANCELLED)."""
 
-    default_code = grpc.StatusCode.CANCELLED
 
-
-class Unauthenticated(DeepvisError):
+class Unauthenticated(DeepvisError, code=grpc.StatusCode.UNAUTHENTICATED):
     """The call lacks valid credentials (UNAUTHENTICATED)."""
 
-    default_code = grpc.StatusCode.UNAUTHENTICATED
 
-
-class PermissionDenied(DeepvisError):
+class PermissionDenied(DeepvisError, code=grpc.StatusCode.PERMISSION_DENIED):
     """The caller may not make this call (PERMISSION_DENIED)."""
 
-    default_code = grpc.StatusCode.PERMISSION_DENIED
 
-
-class Unimplemented(DeepvisError):
+class Unimplemented(DeepvisError, code=grpc.StatusCode.UNIMPLEMENTED):
     """The server does not implement the call or the method (UNIMPLEMENTED)."""
 
-    default_code = grpc.StatusCode.UNIMPLEMENTED
 
-
-class Internal(DeepvisError):
+class Internal(DeepvisError, code=grpc.StatusCode.INTERNAL):
     """The server failed (INTERNAL); also any status without a class of its own, kept in `code`."""
-
-    default_code = grpc.StatusCode.INTERNAL
-
-
-_BY_CODE: dict[grpc.StatusCode, type[DeepvisError]] = {
-    cls.default_code: cls
-    for cls in (
-        InvalidArgument,
-        NotFound,
-        ResourceExhausted,
-        Unavailable,
-        DeadlineExceeded,
-        Cancelled,
-        Unauthenticated,
-        PermissionDenied,
-        Unimplemented,
-        Internal,
-    )
-}
 
 
 def from_rpc_error(err: grpc.RpcError) -> DeepvisError:

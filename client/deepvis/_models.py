@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Generic, TypeAlias, TypeVar, overload
 
 import numpy as np
 from PIL import Image
+
+T = TypeVar("T")
 
 __all__ = [
     "Evaluation",
@@ -150,6 +152,8 @@ class Explanation:
             (x, y, width, height) of a box whose top-left corner is (x, y). All of the input
             unless the model centre-crops (`ModelInfo.resize`); results in the model's input
             space cover this box. None from a server that does not say.
+        cached: The server answered from its response cache (an identical earlier request's
+            answer; the timings are then 0).
     """
 
     model: str
@@ -165,6 +169,7 @@ class Explanation:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     images: dict[str, Image.Image] = field(default_factory=dict)
     input_region: tuple[float, float, float, float] | None = None
+    cached: bool = False
 
     def __repr__(self) -> str:
         top = self.predictions[0] if self.predictions else None
@@ -404,6 +409,24 @@ class MethodEvaluation:
     maps: np.ndarray | None = None
 
 
+class _OfTheOnlyMethod(Generic[T]):
+    """An `Evaluation` attribute that is its only method's attribute of the same name (an
+    AttributeError that says how to index it when it has several)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _OfTheOnlyMethod[T]: ...
+    @overload
+    def __get__(self, obj: Evaluation, owner: type | None = None) -> T: ...
+    def __get__(self, obj: Evaluation | None, owner: type | None = None) -> T | _OfTheOnlyMethod[T]:
+        if obj is None:
+            return self
+        value: T = getattr(obj._only(), self.name)
+        return value
+
+
 @dataclass(eq=False)
 class Evaluation:
     """The result of one evaluate call: per method, its metrics on every input.
@@ -451,45 +474,16 @@ class Evaluation:
             )
         return next(iter(self.methods.values()))
 
-    @property
-    def method(self) -> str:
-        """The only method evaluated."""
-        return self._only().method
-
-    @property
-    def layer(self) -> str | None:
-        """The only method's layer."""
-        return self._only().layer
-
-    @property
-    def deletion(self) -> PerturbationCurve | None:
-        """The only method's deletion curves."""
-        return self._only().deletion
-
-    @property
-    def insertion(self) -> PerturbationCurve | None:
-        """The only method's insertion curves."""
-        return self._only().insertion
-
-    @property
-    def randomization(self) -> Randomization | None:
-        """The only method's randomization curves."""
-        return self._only().randomization
-
-    @property
-    def infidelity(self) -> np.ndarray | None:
-        """The only method's infidelity per input."""
-        return self._only().infidelity
-
-    @property
-    def sensitivity(self) -> np.ndarray | None:
-        """The only method's max-sensitivity per input."""
-        return self._only().sensitivity
-
-    @property
-    def maps(self) -> np.ndarray | None:
-        """The only method's maps (with `return_maps`)."""
-        return self._only().maps
+    # With one method, its metrics read as the evaluation's own (see the class docstring);
+    # not annotated, so that the dataclass does not take them for fields.
+    method = _OfTheOnlyMethod[str]()
+    layer = _OfTheOnlyMethod[str | None]()
+    deletion = _OfTheOnlyMethod[PerturbationCurve | None]()
+    insertion = _OfTheOnlyMethod[PerturbationCurve | None]()
+    randomization = _OfTheOnlyMethod[Randomization | None]()
+    infidelity = _OfTheOnlyMethod[np.ndarray | None]()
+    sensitivity = _OfTheOnlyMethod[np.ndarray | None]()
+    maps = _OfTheOnlyMethod[np.ndarray | None]()
 
     def __repr__(self) -> str:
         return (

@@ -6,13 +6,14 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
+from .batch_policy import BatchPolicy
 from .batch_step import (
     BatchStep,
     DeviceOutOfMemory,
@@ -21,6 +22,7 @@ from .batch_step import (
     WrongResultCount,
 )
 from .errors import DeadlineExceeded, DeepvisError, ResourceExhausted, Unavailable
+from .loops import ModelLoop
 from .methods import Method, MethodRequest
 from .models import ServedModel
 
@@ -56,10 +58,12 @@ class BatchMetrics(Protocol):
         from its arrival to the batch's start, and how long the batch computed."""
 
 
-class Batcher:
+class Batcher(ModelLoop):
     """Groups compatible items of one model (same method, graph-changing parameters and shape;
-    targets may differ) until `max_batch_size` or until the oldest has waited `max_delay_s`,
-    then runs them as one batch on the executor that owns the device."""
+    targets may differ) into batches, sent when `BatchPolicy` says (adaptive, or after a fixed
+    `max_delay_s`), and runs each on the executor that owns the device."""
+
+    kind = "batcher"
 
     def __init__(
         self,
@@ -67,20 +71,17 @@ class Batcher:
         executor: Executor,
         *,
         max_batch_size: int,
-        max_delay_s: float,
+        max_delay_s: float | None = None,
         max_queue_size: int = 1024,
         metrics: BatchMetrics | None = None,
     ) -> None:
-        self.model = model
+        super().__init__(model)
         self.max_batch_size = max_batch_size
-        self.max_delay_s = max_delay_s
+        self.policy = BatchPolicy(max_batch_size, fixed_delay_s=max_delay_s)
         self.max_queue_size = max_queue_size
         self._executor = executor
         self._pending: deque[WorkItem] = deque()
         self._arrived = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        # Called (on the event loop) when the device fails beyond repair.
-        self.on_fatal: Callable[[BaseException], None] | None = None
         # Items that reached the device: a request dropped before compute never counts here.
         self.computed_items = 0
         self.closed = False
@@ -91,13 +92,7 @@ class Batcher:
     def queue_depth(self) -> int:
         return len(self._pending)
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(
-            self._loop(), name=f"batcher-{self.model.name}"
-        )
-
-    async def stop(self) -> None:
-        await cancel_and_wait(self._task)
+    def _stopped(self) -> None:
         while self._pending:
             _fail(self._pending.popleft(), Unavailable("server is shutting down"))
 
@@ -123,18 +118,20 @@ class Batcher:
                 await self._arrived.wait()
                 continue
             first = self._pending[0]
-            due = first.arrival + self.max_delay_s
-            while self._count(first.key) < self.max_batch_size and not first.future.done():
-                remaining = due - loop.time()
+            while not first.future.done():
+                remaining = self.policy.wants_more(
+                    loop.time(), self._count(first.key), first.arrival, first.deadline
+                )
                 if remaining <= 0:
                     break
                 self._arrived.clear()
                 try:
                     await asyncio.wait_for(self._arrived.wait(), remaining)
                 except TimeoutError:
-                    break
+                    pass  # the policy is asked again: the wait may have been extended
             batch = self._take(first.key, loop.time())
             if batch:
+                started = loop.time()
                 try:
                     await self._run(batch)
                 except asyncio.CancelledError:
@@ -145,6 +142,8 @@ class Batcher:
                     log.exception("batch of %d failed outside the method", len(batch))
                     for it in batch:
                         _fail(it, DeepvisError("internal error while running the batch"))
+                now = loop.time()
+                self.policy.ran(len(batch), self._count(first.key), now - started, now)
 
     def _count(self, key: Hashable) -> int:
         return sum(1 for it in self._pending if it.key == key)
@@ -201,8 +200,7 @@ class Batcher:
         except FatalDeviceError as e:
             for it in batch:
                 _fail(it, Unavailable("the device failed; this server is going down"))
-            if self.on_fatal is not None:
-                self.on_fatal(e)
+            self._device_lost(e)
             return
         except WrongResultCount as e:
             log.error("%s; failing the batch's %d item(s)", e, len(batch))
@@ -257,17 +255,6 @@ class Batcher:
                 [res.queue_ms / 1000.0 for _, res in results],
                 results[0][1].compute_ms / 1000.0,
             )
-
-
-async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
-    """Cancels a background loop and waits until it has really stopped."""
-    if task is None:
-        return
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
 
 
 def _fail(item: WorkItem, exc: BaseException) -> None:

@@ -48,7 +48,8 @@ class ModelSpec:
     channels: int = 3
     labels: Path | None = None
     max_batch_size: int = 32
-    max_delay_ms: float = 5.0
+    # None: the adaptive batching policy (batch_policy.py); a number: a fixed gathering delay.
+    max_delay_ms: float | None = None
     # Opt-in fast mode: channels_last memory and bf16 autocast. Faster on tensor-core GPUs,
     # not exact: responses say so, and bench/load.py --fast reports the error against fp32.
     fast: bool = False
@@ -77,6 +78,8 @@ class Limits:
     max_queue_size: int = 256  # requests queued per model; beyond: UNAVAILABLE at once
     default_timeout_s: float = 60.0  # a request without a deadline gets this one
     max_timeout_s: float = 600.0  # a client's deadline is capped here (clients can only shorten)
+    # Bytes of Explain answers kept for identical requests (response_cache.py); 0: no cache.
+    cache_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,7 @@ SERVER_KEYS: dict[str, tuple[str, str]] = {
     "max_queue_size": ("limits", "max_queue_size"),
     "default_timeout_s": ("limits", "default_timeout_s"),
     "max_timeout_s": ("limits", "max_timeout_s"),
+    "cache_bytes": ("limits", "cache_bytes"),
     "max_render_steps": ("render", "max_steps"),
     "max_render_side": ("render", "max_side"),
     "max_render_rows": ("render", "max_rows"),
@@ -394,8 +398,10 @@ def parse_model(
     std = _floats(settings.get("std", [1.0] * channels), channels, f"{where}.std")
     if any(s <= 0 for s in std):
         raise ConfigError(f"{where}.std must be positive, got {list(std)}")
-    delay = table.get("max_delay_ms", 5.0)
-    if not isinstance(delay, (int, float)) or isinstance(delay, bool) or not 0 <= delay <= 10_000:
+    delay = table.get("max_delay_ms")
+    if delay is not None and (
+        not isinstance(delay, (int, float)) or isinstance(delay, bool) or not 0 <= delay <= 10_000
+    ):
         raise ConfigError(f"{where}.max_delay_ms must be a number in [0, 10000], got {delay!r}")
     fast = table.get("fast", False)
     if not isinstance(fast, bool):
@@ -425,7 +431,7 @@ def parse_model(
         if table.get("labels") is None
         else _path(table["labels"], base, f"{where}.labels"),
         max_batch_size=_positive_int(table.get("max_batch_size", 32), f"{where}.max_batch_size"),
-        max_delay_ms=float(delay),
+        max_delay_ms=None if delay is None else float(delay),
         fast=fast,
         torchvision_weights=None
         if tv_weights is None
@@ -491,6 +497,13 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     for key in _PATH_KEYS:
         if key in server:
             kwargs[key] = _path(server[key], base, f"[server].{key}")
+    if "cache_bytes" in server:
+        v = server["cache_bytes"]
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 2**40:
+            raise ConfigError(
+                "[server].cache_bytes must be a whole number of bytes from 0 (no cache) to 2**40"
+            )
+        kwargs["cache_bytes"] = v
     if "metrics_port" in server:
         port = server["metrics_port"]
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:

@@ -37,6 +37,7 @@ from .featurevis.scheduler import Progress, Rendered, Visualizer
 from .methods import REGISTRY, ItemShare, Method, MethodRequest, Output, Target
 from .models import ServedModel, load_model, select_device
 from .preprocess import RawInput, Region, input_to_tensor, model_region, wire_pixels
+from .response_cache import ResponseCache
 
 log = logging.getLogger(__name__)
 # Predictions an answer lists when the request leaves output.top_k 0.
@@ -140,6 +141,9 @@ class Engine:
         self.cpu_executor = ThreadPoolExecutor(
             max_workers=config.cpu_threads, thread_name_prefix="deepvis-cpu"
         )
+        # Answers of identical Explain requests, when the operator turns it on.
+        limit = config.limits.cache_bytes
+        self.cache = ResponseCache(limit) if limit > 0 else None
         self.models: dict[str, ServedModel] = {}
         self.batchers: dict[str, Batcher] = {}
         self.visualizers: dict[str, Visualizer] = {}
@@ -191,7 +195,7 @@ class Engine:
                 model,
                 self.device_executor,
                 max_batch_size=spec.max_batch_size,
-                max_delay_s=spec.max_delay_ms / 1000.0,
+                max_delay_s=None if spec.max_delay_ms is None else spec.max_delay_ms / 1000.0,
                 max_queue_size=self.config.limits.max_queue_size,
                 metrics=self.metrics,
             )

@@ -32,7 +32,7 @@ from prometheus_client import (
     generate_latest,
     make_wsgi_app,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -42,6 +42,7 @@ from .config import ServerConfig
 
 if TYPE_CHECKING:
     from .engine import Engine
+    from .response_cache import ResponseCache
 
 __all__ = [
     "REQUEST_ID_KEY",
@@ -128,6 +129,14 @@ def _failure_code(exc: BaseException, context: grpc.aio.ServicerContext, call: _
 
 
 @dataclass
+class _Outcome:
+    """How a call ended, as its handler's wrapper saw it."""
+
+    code: str = "UNKNOWN"
+    response: Any = None
+
+
+@dataclass
 class _Call:
     method: str
     request_id: str
@@ -199,38 +208,41 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
+    @contextlib.asynccontextmanager
+    async def _observed(
+        self, call: _Call, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[_Outcome]:
+        """Around one handler: begins the call's record, and ends it with the status the call
+        ended with (and the unary response, for the metrics that read it)."""
+        outcome = _Outcome()
+        try:
+            await self._begin(call, context)
+            yield outcome
+            outcome.code = _code_name(context.code(), "OK")  # a handler may set_code()
+        except BaseException as e:
+            outcome.code = _failure_code(e, context, call)
+            raise
+        finally:
+            self._end(call, outcome.code, outcome.response)
+
     def _wrap_coroutine(self, behavior: Callable[..., Any], call: _Call) -> Callable[..., Any]:
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            code, response = "UNKNOWN", None
-            try:
-                await self._begin(call, context)
-                response = await behavior(request, context)
-                code = _code_name(context.code(), "OK")  # a handler may set_code() and return
-                return response
-            except BaseException as e:
-                code = _failure_code(e, context, call)
-                raise
-            finally:
-                self._end(call, code, response)
+            async with self._observed(call, context) as outcome:
+                outcome.response = await behavior(request, context)
+            return outcome.response
 
         return observed
 
     def _wrap_stream(self, behavior: Callable[..., Any], call: _Call) -> Callable[..., Any]:
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            code = "UNKNOWN"
-            try:
-                await self._begin(call, context)
-                # aclosing: when the client goes away, the inner stream's own clean-up (e.g.
-                # Visualize cancelling its render job) runs now, not whenever GC gets to it.
-                async with contextlib.aclosing(behavior(request, context)) as stream:
-                    async for response in stream:
-                        yield response
-                code = _code_name(context.code(), "OK")
-            except BaseException as e:
-                code = _failure_code(e, context, call)
-                raise
-            finally:
-                self._end(call, code, None)
+            # aclosing: when the client goes away, the inner stream's own clean-up (e.g.
+            # Visualize cancelling its render job) runs now, not whenever GC gets to it.
+            async with (
+                self._observed(call, context),
+                contextlib.aclosing(behavior(request, context)) as stream,
+            ):
+                async for response in stream:
+                    yield response
 
         return observed
 
@@ -299,6 +311,7 @@ class _EngineCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         queue, jobs, memory = self._families()
         engine = self._obs.engine
+        cache = [] if engine is None or engine.cache is None else _cache_metrics(engine.cache)
         if engine is not None:
             for name, batcher in dict(engine.batchers).items():
                 queue.add_metric([name], batcher.queue_depth)
@@ -306,7 +319,7 @@ class _EngineCollector(Collector):
                 jobs.add_metric([name], visualizer.active_jobs)
             for device, kind, value in _device_memory(engine):
                 memory.add_metric([device, kind], value)
-        return iter((queue, jobs, memory))
+        return iter((queue, jobs, memory, *cache))
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
@@ -328,6 +341,23 @@ class _EngineCollector(Collector):
                 labels=["device", "kind"],
             ),
         )
+
+
+def _cache_metrics(cache: ResponseCache) -> list[Metric]:
+    """The response cache's figures, when it is on ([server] cache_bytes)."""
+    hits = CounterMetricFamily(
+        "deepvis_response_cache_hits", "Explain answers (calls and batch items) from the cache"
+    )
+    hits.add_metric([], cache.hits)
+    misses = CounterMetricFamily(
+        "deepvis_response_cache_misses", "Explain answers computed while the cache was on"
+    )
+    misses.add_metric([], cache.misses)
+    held = GaugeMetricFamily(
+        "deepvis_response_cache_bytes", "Bytes the cache holds, of at most [server] cache_bytes"
+    )
+    held.add_metric([], cache.bytes)
+    return [hits, misses, held]
 
 
 def _device_memory(engine: Engine) -> list[tuple[str, str, float]]:

@@ -27,7 +27,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     async def Explain(
         self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExplainResponse:
-        return await self._explain_by(request, self.deadline(context))
+        return await self._explain_by(request, self.deadline(context), self._scope(context))
 
     @rpc_errors
     async def ExplainBatch(
@@ -37,23 +37,49 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         deadline = self.deadline(context)
         # Every item enters its model's batcher now, beside other clients' requests; the
         # call answers when the last one is done. Cancelling the call cancels them all.
-        items = await asyncio.gather(*(self._explain_item(r, deadline) for r in requests))
+        scope = self._scope(context)
+        items = await asyncio.gather(*(self._explain_item(r, deadline, scope) for r in requests))
         return convert.explain_batch_response(items, self.engine.config.limits.max_message_bytes)
 
     async def _explain_item(
-        self, request: pb.ExplainRequest, deadline: float
+        self, request: pb.ExplainRequest, deadline: float, scope: bytes
     ) -> pb.ExplainBatchItem:
         try:
-            return convert.batch_item(await self._explain_by(request, deadline))
+            return convert.batch_item(await self._explain_by(request, deadline, scope))
         except Exception as e:  # noqa: BLE001 - one item never fails the others
             code, message = failure(e, "an ExplainBatch item")
             return convert.item_error(
                 code, message, e.field if isinstance(e, DeepvisError) else None
             )
 
-    async def _explain_by(self, request: pb.ExplainRequest, deadline: float) -> pb.ExplainResponse:
+    async def _explain_by(
+        self, request: pb.ExplainRequest, deadline: float, scope: bytes
+    ) -> pb.ExplainResponse:
+        cache = self.engine.cache
+        if cache is None:
+            return await self._explained(request, deadline)
+        key = cache.key(scope, request.SerializeToString(deterministic=True))
+        kept = cache.get(key)
+        if kept is not None:
+            response = pb.ExplainResponse.FromString(kept)
+            response.timing.CopyFrom(pb.Timing(cached=True))
+            return response
+        response = await self._explained(request, deadline)
+        cache.put(key, response.SerializeToString())
+        return response
+
+    async def _explained(self, request: pb.ExplainRequest, deadline: float) -> pb.ExplainResponse:
         answer = await self.engine.explain(convert.parse_explain(request, deadline))
         return convert.explain_response(answer)
+
+    def _scope(self, context: grpc.aio.ServicerContext) -> bytes:
+        """Whose cached answers a call may see: its bearer token's when the server checks
+        tokens (the interceptor has checked it by now), everyone's otherwise."""
+        if self.engine.config.access.auth_tokens_file is None:
+            return b""
+        metadata = context.invocation_metadata() or ()
+        token = next((v for k, v in metadata if k == "authorization"), "")
+        return token.encode() if isinstance(token, str) else bytes(token)
 
     def deadline(self, context: grpc.aio.ServicerContext) -> float:
         """The request's deadline on the loop clock: the client's, capped at max_timeout_s, or

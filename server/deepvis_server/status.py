@@ -12,24 +12,17 @@ from typing import Any, NoReturn, TypeVar, cast
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from .errors import (
-    DeadlineExceeded,
-    DeepvisError,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-    Unavailable,
-)
+from . import errors
 
 log = logging.getLogger(__name__)
 
 # The one place domain errors become gRPC status codes.
-_STATUS: dict[type[DeepvisError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+_STATUS: dict[type[errors.DeepvisError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 # How long a client refused with UNAVAILABLE (full queue, full render batch) should wait.
@@ -40,19 +33,21 @@ _INTERNAL_MESSAGE = "internal error; the server logged the traceback"
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
-def status_of(exc: DeepvisError) -> grpc.StatusCode:
+def status_of(exc: errors.DeepvisError) -> grpc.StatusCode:
     for cls in type(exc).__mro__:
         if cls in _STATUS:
             return _STATUS[cls]
     return grpc.StatusCode.INTERNAL
 
 
-def status_details(exc: DeepvisError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
+def status_details(
+    exc: errors.DeepvisError,
+) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
     """The status code, message and `grpc-status-details-bin` trailer (google.rpc.Status with
     BadRequest naming the field, or RetryInfo for a retryable refusal) for a domain error."""
     code = status_of(exc)
     details = []
-    if isinstance(exc, InvalidArgument) and exc.field:
+    if isinstance(exc, errors.InvalidArgument) and exc.field:
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
@@ -61,7 +56,7 @@ def status_details(exc: DeepvisError) -> tuple[grpc.StatusCode, str, tuple[tuple
             ]
         )
         details.append(bad)
-    if isinstance(exc, Unavailable):
+    if isinstance(exc, errors.Unavailable):
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromMilliseconds(int(RETRY_DELAY_S * 1000))
         details.append(retry)
@@ -77,7 +72,7 @@ def failure(exc: BaseException, rpc: str) -> tuple[grpc.StatusCode, str]:
     """The status code and message a call (or one ExplainBatch item) that raised `exc` ends
     with. Anything that is not a domain error is INTERNAL: logged with its traceback, never
     shown to the client."""
-    if isinstance(exc, DeepvisError):
+    if isinstance(exc, errors.DeepvisError):
         code = status_of(exc)
         if code == grpc.StatusCode.INTERNAL:
             log.error("internal error in %s: %s", rpc, exc.message)
@@ -89,7 +84,7 @@ def failure(exc: BaseException, rpc: str) -> tuple[grpc.StatusCode, str]:
 async def abort(context: grpc.aio.ServicerContext, exc: BaseException, rpc: str) -> NoReturn:
     """Ends the call with the status for `exc` (see `failure`), with its details trailer."""
     code, message = failure(exc, rpc)
-    trailer = status_details(exc)[2] if isinstance(exc, DeepvisError) else ()
+    trailer = status_details(exc)[2] if isinstance(exc, errors.DeepvisError) else ()
     await context.abort(code, message, trailing_metadata=trailer)
     raise AssertionError("unreachable")  # abort raises
 

@@ -60,7 +60,7 @@ _RESULTS = {
     "visualize": deepvis.Visualization,
     "evaluate": deepvis.Evaluation,
 }
-_STREAMS = {
+_STREAMS: dict[str, Any] = {
     "visualize_stream": deepvis.Progress | deepvis.Visualization,
     "evaluate_stream": deepvis.EvaluationProgress | deepvis.Evaluation,
 }
@@ -79,7 +79,7 @@ def test_clients_share_each_calls_signature_and_docstring(name: str) -> None:
     # What help() and IDEs show is the method's result, for Client and after await.
     hints, aio_hints = typing.get_type_hints(sync), typing.get_type_hints(aio)
     if name in _STREAMS:
-        item = _STREAMS[name]
+        item: Any = _STREAMS[name]
         assert hints["return"] == Generator[item, None, None]
         assert aio_hints["return"] == AsyncGenerator[item, None]
         assert not inspect.iscoroutinefunction(aio)

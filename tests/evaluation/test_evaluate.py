@@ -80,7 +80,7 @@ def rise_curves(twin, x: np.ndarray, maps: np.ndarray, classes, steps: int, mode
     impulse = np.zeros((11, 11))
     impulse[5, 5] = 1.0
     kernel = scipy.ndimage.gaussian_filter(impulse, 5)
-    curves = []
+    rows_of: list[np.ndarray] = []
     for xi, mi, c in zip(x, maps, classes, strict=True):
         c_, h, w = xi.shape
         s = (mi.sum(axis=0) if mi.ndim == 3 else mi).reshape(-1)
@@ -103,8 +103,8 @@ def rise_curves(twin, x: np.ndarray, maps: np.ndarray, classes, steps: int, mode
             rows.append(flat.reshape(c_, h, w))
         with torch.no_grad():
             probs = twin(torch.from_numpy(np.stack(rows))).softmax(1)[:, int(c)]
-        curves.append(probs.double().numpy())
-    curves = np.stack(curves)
+        rows_of.append(probs.double().numpy())
+    curves = np.stack(rows_of)
     auc = (curves.sum(1) - curves[:, 0] / 2 - curves[:, -1] / 2) / (curves.shape[1] - 1)
     return curves, auc
 
@@ -130,6 +130,7 @@ def test_deletion_and_insertion_match_the_protocol(
     assert ev.classes == predicted
     for name in methods:
         e = ev[name]
+        assert e.maps is not None and e.deletion is not None
         for mode in ("deletion", "insertion"):
             curve, auc = rise_curves(twin, x, e.maps, ev.classes, STEPS, mode)
             served = getattr(e, mode)
@@ -151,7 +152,7 @@ def test_a_random_ranking_deletes_worse_than_grad_cam(
     rng = np.random.default_rng(0)
     random_maps = rng.random((len(x), *x.shape[2:]))
     _, random_auc = rise_curves(digits_twin, x, random_maps, ev.classes, ev.steps, "deletion")
-    assert ev.steps == 224
+    assert ev.steps == 224 and ev.deletion is not None
     # Lower is better for deletion: Grad-CAM's ranking kills the class faster.
     assert ev.deletion.auc.mean() < random_auc.mean(), (ev.deletion.auc, random_auc)
 
@@ -162,7 +163,7 @@ def test_a_random_ranking_deletes_worse_than_grad_cam(
 def reset(module: torch.nn.Module, seed: int, name: str) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_of("randomization", seed, name))
-        module.reset_parameters()
+        module.reset_parameters()  # type: ignore[operator]  # checked by the caller
 
 
 def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -209,8 +210,11 @@ def test_randomization_matches_curves_rebuilt_from_the_seeds(
     ][::-1]
     assert list(ev.layers) == layers
     r, layer = ev.randomization, ev.layer
+    assert r is not None and r.spearman is not None and r.ssim is not None
+    assert r.independent_spearman is not None and r.independent_ssim is not None
     assert r.spearman.shape == r.ssim.shape == r.independent_spearman.shape == (len(x), len(layers))
     original = ev[method].maps
+    assert original is not None
     np.testing.assert_allclose(
         original,
         own_maps(served_twin(twin, server, model), method, x, ev.classes, layer),
@@ -243,7 +247,8 @@ def test_the_served_model_is_bitwise_unchanged(digits_server, sample_paths) -> N
             sample_paths[:3], method=["guided_backprop", "grad_cam"], seed=11, steps=8
         )
         again = client.explain(sample_paths[0], method="saliency", render=False)
-    assert ev["grad_cam"].randomization.final_spearman is not None
+    randomization = ev["grad_cam"].randomization
+    assert randomization is not None and randomization.final_spearman is not None
     after = served.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -289,6 +294,7 @@ def test_infidelity_and_sensitivity_equal_captums(
             sensitivity_radius=radius,
             return_maps=True,
         )
+    assert ev.maps is not None and ev.infidelity is not None
     maps = torch.from_numpy(ev.maps.copy())
     xs = torch.from_numpy(x)
     shape = xs.shape[1:]
@@ -338,4 +344,5 @@ def test_infidelity_and_sensitivity_equal_captums(
     theirs = sensitivity_max(
         explanation, xs, perturb_func=lambda inp: inp + delta, n_perturb_samples=n, target=targets
     )
+    assert ev.sensitivity is not None
     assert relative_error(ev.sensitivity, theirs.numpy()) < 1e-5

@@ -47,6 +47,7 @@ def test_cli_evaluate_prints_a_table_json_and_plots(
     assert len(grad_cam["deletion"]["curve"]) == 3 and len(grad_cam["deletion"]["curve"][0]) == 17
     with deepvis.Client(digits_server.bound_address, timeout=300) as client:
         ev = client.evaluate(images, method="grad_cam", metrics="deletion", steps=16)
+    assert ev.deletion is not None
     np.testing.assert_allclose(grad_cam["deletion"]["auc"], ev.deletion.auc, rtol=1e-6)
 
 
@@ -62,7 +63,9 @@ def test_curve_plot_draws_each_series_and_skips_nan() -> None:
     curves = np.array([[1.0, 0.5, np.nan, 0.0], [0.9, 0.6, 0.2, 0.1]])
     image = deepvis.curve_plot({"a": curves, "b": [-1.0, 0.0, 0.5, 1.0]}, size=(200, 120))
     assert image.size == (200, 120) and image.mode == "RGB"
-    colours = {c for _, c in image.getcolors(200 * 120)}
+    counted = image.getcolors(200 * 120)
+    assert counted is not None
+    colours = {c for _, c in counted}
     assert (31, 119, 180) in colours and (214, 39, 40) in colours
     with pytest.raises(ValueError, match="same number of points"):
         deepvis.curve_plot({"a": [1.0, 2.0], "b": [1.0]})

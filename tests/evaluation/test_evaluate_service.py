@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -71,8 +72,12 @@ def digit(sample_paths, i: int = 0) -> pb.Input:
 
 def test_bad_requests_get_precise_statuses(digits_server, sample_paths) -> None:
     address = digits_server.bound_address
-    good = {"model": "digits", "methods": [pb.METHOD_SALIENCY], "inputs": [digit(sample_paths)]}
-    checks = [
+    good: dict[str, Any] = {
+        "model": "digits",
+        "methods": [pb.METHOD_SALIENCY],
+        "inputs": [digit(sample_paths)],
+    }
+    checks: list[tuple[dict[str, Any], grpc.StatusCode, str]] = [
         ({"methods": []}, grpc.StatusCode.INVALID_ARGUMENT, "methods is empty"),
         ({"methods": [pb.METHOD_ACTIVATIONS]}, grpc.StatusCode.INVALID_ARGUMENT, "activations"),
         (
@@ -110,7 +115,7 @@ def test_bad_requests_get_precise_statuses(digits_server, sample_paths) -> None:
 
 def test_limits_are_refused_naming_them(small_limits, sample_paths) -> None:
     address = small_limits.bound_address
-    base = {"model": "digits", "methods": [pb.METHOD_SALIENCY]}
+    base: dict[str, Any] = {"model": "digits", "methods": [pb.METHOD_SALIENCY]}
     err = refused(address, pb.EvaluateRequest(**base, inputs=[digit(sample_paths)] * 4))
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "max_evaluate_images is 3" in err.details()
@@ -150,6 +155,9 @@ def test_every_attribution_method_can_be_evaluated(digits_server, sample_paths) 
         )
     assert list(ev.methods) == methods and len(ev.layers) == 4
     for name, e in ev.methods.items():
+        assert e.deletion and e.insertion and e.randomization, name
+        assert e.infidelity is not None and e.sensitivity is not None, name
+        assert e.randomization.spearman is not None, name
         assert e.deletion.auc.shape == e.insertion.auc.shape == (2,), name
         assert e.randomization.spearman.shape == (2, 4) and e.randomization.independent_ssim is None
         assert e.infidelity.shape == e.sensitivity.shape == (2,)
@@ -173,7 +181,7 @@ def _wait_idle(server: DeepvisServer, seconds: float = 20.0) -> None:
     raise AssertionError(f"{ev.active_jobs} evaluations still running, {len(ev._works)} works")
 
 
-BIG = {"method": ["integrated_gradients", "guided_backprop"], "perturbations": 50}
+BIG: dict[str, Any] = {"method": ["integrated_gradients", "guided_backprop"], "perturbations": 50}
 
 
 def test_closing_the_stream_stops_the_evaluation(digits_server, sample_paths) -> None:
@@ -273,5 +281,6 @@ def test_concurrent_evaluations_share_batches(digits_server, sample_paths) -> No
     # Sharing a batch changes no number: each matches its evaluation alone.
     with deepvis.Client(address, timeout=600) as client:
         alone = client.evaluate(sample_paths[:5], method="saliency", metrics="deletion")
-    assert alone.max_batch_jobs == 1
+    assert alone.max_batch_jobs == 1 and alone.deletion is not None
+    assert all(r.deletion is not None for r in results)
     np.testing.assert_allclose(results[0].deletion.auc, alone.deletion.auc, atol=1e-6)

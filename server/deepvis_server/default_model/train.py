@@ -49,7 +49,6 @@ mean = [{mean}]
 std = [{std}]
 labels = "labels.txt"
 max_batch_size = 32
-max_delay_ms = 5.0
 """
 )
 

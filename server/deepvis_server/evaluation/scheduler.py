@@ -9,13 +9,14 @@ import time
 from collections.abc import AsyncGenerator, Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 
 from ..batch_step import is_fatal_device_error
-from ..batcher import cancel_and_wait
 from ..errors import DeadlineExceeded, DeepvisError, ResourceExhausted, Unavailable
+from ..loops import ModelLoop
+from ..mailbox import Mailbox
 from ..methods import Method, MethodRequest
 from ..models import ServedModel
 from .randomization import CopyState, RandomizedCopies, SeedSet
@@ -24,8 +25,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Progress:
+class Progress(NamedTuple):
     """How far an evaluation is: work rows done of all, and what the last piece was part of."""
 
     done: int
@@ -52,10 +52,7 @@ class JobState:
     finished: bool = False
     task: asyncio.Task[None] | None = None
     seeds: list[SeedSet] = field(default_factory=list)  # randomization seeds it holds
-    _pending: Progress | None = field(default=None, repr=False)
-    _result: Any = field(default=None, repr=False)
-    _error: BaseException | None = field(default=None, repr=False)
-    _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _mail: Mailbox[Progress, Any] = field(default_factory=Mailbox, repr=False)
 
     @property
     def ended(self) -> bool:
@@ -68,41 +65,27 @@ class JobState:
             self.first_work = now
         self.last_work = now
         self.done += rows
-        self._pending = Progress(self.done, self.total, stage)
-        self._changed.set()
+        self._mail.progress(Progress(self.done, self.total, stage))
 
     def finish(self, result: Any) -> None:
         self.finished = True
-        self._result = result
-        self._changed.set()
+        self._mail.result(result)
 
     def fail(self, error: BaseException) -> None:
         if self.finished:
             return
         self.finished = True
-        self._error = error
-        self._changed.set()
+        self._mail.error(error)
 
     def timing(self) -> tuple[float, float]:
         """Milliseconds from arrival to the first piece of work, and from it to the last."""
         first = self.first_work or self.arrival
         return (first - self.arrival) * 1000.0, ((self.last_work or first) - first) * 1000.0
 
-    async def stream(self) -> AsyncGenerator[Progress | Any, None]:
+    def stream(self) -> AsyncGenerator[Progress | Any, None]:
         """Progress as it comes (the latest when the reader falls behind), then the result;
         raises what failed the job."""
-        while True:
-            if self._pending is not None:
-                progress, self._pending = self._pending, None
-                yield progress
-                continue
-            if self._error is not None:
-                raise self._error
-            if self._result is not None:
-                yield self._result
-                return
-            self._changed.clear()
-            await self._changed.wait()
+        return self._mail.stream()
 
 
 # How a piece of work's rows come out of a batch: a forward pass gives logits [k, classes];
@@ -152,7 +135,7 @@ class Call:
 Slice = tuple[Work, int, int]
 
 
-class Evaluator:
+class Evaluator(ModelLoop):
     """Runs the device work of every evaluation of one model.
 
     One asyncio task loops: take the calls due and one batch, run them as one call on the
@@ -164,6 +147,8 @@ class Evaluator:
     or whose deadline passed is dropped before it reaches the device.
     """
 
+    kind = "evaluator"
+
     def __init__(
         self,
         model: ServedModel,
@@ -173,7 +158,7 @@ class Evaluator:
         explain_batch: int,
         max_randomized_bytes: int,
     ) -> None:
-        self.model = model
+        super().__init__(model)
         self.forward_batch = forward_batch
         self.explain_batch = explain_batch
         self.copies = RandomizedCopies(model, max_randomized_bytes)
@@ -183,21 +168,12 @@ class Evaluator:
         self._jobs: list[JobState] = []  # running, in turn order
         self._turn = 0
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        # Called (on the event loop) when the device fails beyond repair.
-        self.on_fatal: Callable[[BaseException], None] | None = None
 
     @property
     def active_jobs(self) -> int:
         return len(self._jobs)
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(
-            self._loop(), name=f"evaluator-{self.model.name}"
-        )
-
-    async def stop(self) -> None:
-        await cancel_and_wait(self._task)
+    def _stopped(self) -> None:
         for job in list(self._jobs):
             job.fail(Unavailable("server is shutting down"))
             self.cancel(job)
@@ -416,8 +392,7 @@ class Evaluator:
         if isinstance(error, _Fatal):
             job.fail(Unavailable("the device failed; this server is going down"))
             self.cancel(job)
-            if self.on_fatal is not None:
-                self.on_fatal(error.error)
+            self._device_lost(error.error)
             return
         if not isinstance(error, DeepvisError):
             log.error("evaluation failed on model %s", self.model.name, exc_info=error)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -14,9 +14,10 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from ..batcher import cancel_and_wait
 from ..config import RenderLimits
 from ..errors import DeepvisError, ResourceExhausted, Unavailable
+from ..loops import ModelLoop
+from ..mailbox import Mailbox
 from ..models import ServedModel
 from ..pictures import images_to_pngs, strip_png
 from .optimization import RenderBatch, RenderEvent, RenderJob
@@ -77,10 +78,7 @@ class JobState:
     last_step: float | None = None
     max_jobs: int = 0
     stride: int = field(init=False)
-    _pending: RenderEvent | None = field(default=None, repr=False)
-    _result: RenderEvent | None = field(default=None, repr=False)
-    _error: BaseException | None = field(default=None, repr=False)
-    _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _mail: Mailbox[RenderEvent, RenderEvent] = field(default_factory=Mailbox, repr=False)
 
     def __post_init__(self) -> None:
         self.stride = progress_stride(self.job)
@@ -89,12 +87,9 @@ class JobState:
         """Hands a step's event to the stream (on the event loop): the result always; a
         progress event when a message is due at its step, replacing one not yet taken."""
         if ev.done:
-            self._result = ev
+            self._mail.result(ev)
         elif ev.step % self.stride == 0:
-            self._pending = ev
-        else:
-            return
-        self._changed.set()
+            self._mail.progress(ev)
 
     def timing(self) -> tuple[float, float]:
         """Milliseconds from submission to the first step, and from the first step to the last."""
@@ -103,24 +98,12 @@ class JobState:
 
     def fail(self, error: BaseException) -> None:
         """Ends the stream with `error` once it has taken what came before."""
-        self._error = error
-        self._changed.set()
+        self._mail.error(error)
 
-    async def stream(self) -> AsyncIterator[RenderEvent]:
+    def stream(self) -> AsyncGenerator[RenderEvent, None]:
         """Progress events as they are due (the latest one when the reader falls behind),
         then the result; raises what failed the job."""
-        while True:
-            if self._pending is not None:
-                ev, self._pending = self._pending, None
-                yield ev
-                continue
-            if self._error is not None:
-                raise self._error
-            if self._result is not None:
-                yield self._result
-                return
-            self._changed.clear()
-            await self._changed.wait()
+        return self._mail.stream()
 
 
 @contextlib.contextmanager
@@ -139,7 +122,7 @@ def tf32_enabled(enabled: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
-class Visualizer:
+class Visualizer(ModelLoop):
     """Runs every feature-visualization job of one model.
 
     One asyncio task loops: hand the pending joins and leaves to the device thread, run one
@@ -147,6 +130,8 @@ class Visualizer:
     call on the device executor, so Explain batches interleave with render steps instead of
     waiting for whole renders.
     """
+
+    kind = "visualizer"
 
     def __init__(
         self,
@@ -157,7 +142,7 @@ class Visualizer:
         *,
         tf32: bool = False,
     ) -> None:
-        self.model = model
+        super().__init__(model)
         self.limits = limits
         self.tf32 = tf32  # TF32 matmuls and convolutions during render steps (CUDA only)
         self._executor = executor  # owns the device
@@ -168,19 +153,12 @@ class Visualizer:
         self._active: dict[tuple[tuple[int, int], int], JobState] = {}
         self._rows = 0  # rows admitted (joining or active), for admission control
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def active_jobs(self) -> int:
         return len(self._active) + len(self._joining)
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(
-            self._loop(), name=f"visualizer-{self.model.name}"
-        )
-
-    async def stop(self) -> None:
-        await cancel_and_wait(self._task)
+    def _stopped(self) -> None:
         for state in [*self._joining, *self._active.values()]:
             state.fail(Unavailable("server is shutting down"))
 

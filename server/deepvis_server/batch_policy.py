@@ -1,0 +1,70 @@
+"""When a batch leaves the queue: the batcher's policy, apart from its I/O so that it can be
+driven by a scripted clock.
+
+The fixed policy (an explicit `max_delay_ms`) lets the oldest queued request wait that long
+for company, then sends whatever has gathered. Under a closed-loop load (clients that send
+their next request when the last one is answered) it locks into phases: the requests that
+arrived while a batch computed have waited past the delay by the time the device frees, so
+they leave at once as a small batch, and the big batch's clients come back during it: 4, 12,
+4, 12, ... for 16 clients, whatever the delay.
+
+The adaptive policy (the default) keeps the same short gathering window for a request that
+finds the device idle, and adds one rule: when the device frees with fewer requests queued
+than the clients it has just been serving (the last batch plus those that queued meanwhile),
+it waits for those clients to come back, for at most a quarter of the last batch's compute
+time (never more than `FOLLOW_CAP_S`), and never past the oldest queued request's deadline.
+One full batch then forms instead of two halves, and batch sizes converge to the number of
+active clients (up to `max_batch_size`) from any starting phase. A client that went away
+costs that bounded wait once: the next expectation is what actually came.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The gathering window of the adaptive policy for a request that finds the device idle.
+GATHER_S = 0.005
+# The follow wait: this fraction of the last batch's compute time, at most FOLLOW_CAP_S.
+FOLLOW_FRACTION = 0.25
+FOLLOW_CAP_S = 0.1
+# A request is sent this long before its deadline at the latest, so that it can still compute.
+DEADLINE_MARGIN_S = 0.001
+
+
+@dataclass
+class BatchPolicy:
+    """Says how long the batch now forming may wait. `fixed_delay_s` None: adaptive."""
+
+    max_batch_size: int
+    fixed_delay_s: float | None = None
+    expected: int = 0  # clients of the last cycle: its batch plus those queued meanwhile
+    freed_at: float | None = None  # when the device last freed (the loop's clock)
+    last_compute_s: float = 0.0
+
+    @property
+    def adaptive(self) -> bool:
+        return self.fixed_delay_s is None
+
+    def wants_more(
+        self, now: float, queued: int, oldest_arrival: float, oldest_deadline: float | None
+    ) -> float:
+        """How long to wait for more requests of the batch now forming (0: send it now),
+        given how many compatible requests are queued and the oldest one's arrival and
+        deadline."""
+        if queued >= self.max_batch_size:
+            return 0.0
+        window = GATHER_S if self.fixed_delay_s is None else self.fixed_delay_s
+        due = oldest_arrival + window
+        if self.adaptive and self.freed_at is not None and queued < self.expected:
+            follow = min(FOLLOW_FRACTION * self.last_compute_s, FOLLOW_CAP_S)
+            due = max(due, self.freed_at + follow)
+        if oldest_deadline is not None:
+            due = min(due, oldest_deadline - DEADLINE_MARGIN_S)
+        return max(0.0, due - now)
+
+    def ran(self, batch: int, queued_meanwhile: int, compute_s: float, now: float) -> None:
+        """A batch of `batch` requests finished computing at `now`, after `compute_s`, with
+        `queued_meanwhile` compatible requests queued."""
+        self.expected = min(self.max_batch_size, batch + queued_meanwhile)
+        self.freed_at = now
+        self.last_compute_s = compute_s
