@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Any
 from deepvis._version import __version__
 
 if TYPE_CHECKING:
+    from deepvis import render
     from deepvis._client import AsyncClient, Client
     from deepvis._convert import methods
+    from deepvis._display import LiveProgress
     from deepvis._exceptions import (
         Cancelled,
         DeadlineExceeded,
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
         Unimplemented,
     )
     from deepvis._models import (
+        Comparison,
         Explanation,
         Layer,
         LayerInfo,
@@ -39,6 +42,7 @@ __all__ = [
     "AsyncClient",
     "Cancelled",
     "Client",
+    "Comparison",
     "DeadlineExceeded",
     "DeepvisError",
     "Explanation",
@@ -46,6 +50,7 @@ __all__ = [
     "InvalidArgument",
     "Layer",
     "LayerInfo",
+    "LiveProgress",
     "ModelDescription",
     "ModelInfo",
     "Neuron",
@@ -60,6 +65,7 @@ __all__ = [
     "Visualization",
     "__version__",
     "methods",
+    "render",
 ]
 
 # Each public name's module, imported on first use (PEP 562). Importing the package loads no
@@ -69,6 +75,7 @@ _MODULES = {
     **dict.fromkeys(("AsyncClient", "Client"), "deepvis._client"),
     **dict.fromkeys(
         (
+            "Comparison",
             "Explanation",
             "Layer",
             "LayerInfo",
@@ -82,6 +89,7 @@ _MODULES = {
         "deepvis._models",
     ),
     "methods": "deepvis._convert",
+    "LiveProgress": "deepvis._display",
     **dict.fromkeys(
         (
             "Cancelled",
@@ -102,6 +110,8 @@ _MODULES = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "render":  # the renderer is a public submodule
+        return importlib.import_module("deepvis.render")
     module = _MODULES.get(name)
     if module is None:
         raise AttributeError(f"module 'deepvis' has no attribute {name!r}")

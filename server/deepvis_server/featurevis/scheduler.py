@@ -18,7 +18,7 @@ from ..batcher import cancel_and_wait
 from ..config import RenderLimits
 from ..errors import DeepvisError, ResourceExhausted, Unavailable
 from ..models import ServedModel
-from ..pictures import images_to_pngs, strip_png
+from ..pictures import pixel_pngs, strip_png
 from .optimization import RenderBatch, RenderEvent, RenderJob
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ class Visualizer:
             async for ev in state.stream():
                 if ev.result is not None:
                     res = ev.result
-                    pngs = await self._on_cpu(images_to_pngs, res.images)
+                    pngs = await self._on_cpu(pixel_pngs, res.images)
                     queue_ms, compute_ms = state.timing()
                     yield Rendered(
                         res.pixels,
