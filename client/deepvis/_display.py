@@ -108,25 +108,33 @@ class LiveProgress:
 
         vis = client.visualize(3, progress_every=16, on_progress=deepvis.LiveProgress())
 
-    Outside IPython it does nothing. `last` holds the latest progress.
+    Outside a running IPython (or without IPython installed) it only keeps `last`, the
+    latest progress.
     """
 
     def __init__(self) -> None:
         self.last: Any = None
-        self.updates = 0
+        self.updates = 0  # how often the display was drawn or updated
         self._handle: Any = None
-        self._display: Any = None
-        try:
-            self._display = importlib.import_module("IPython.display")
-        except ImportError:  # no IPython: nothing to update
-            self._display = None
 
     def __call__(self, progress: Any) -> None:
         self.last = progress
-        if self._display is None:
+        display = _ipython_display()
+        if display is None:
             return
         if self._handle is None:
-            self._handle = self._display.display(progress, display_id=True)
+            self._handle = display.display(progress, display_id=True)
         else:
             self._handle.update(progress)
         self.updates += 1
+
+
+def _ipython_display() -> Any:
+    """IPython.display when a running IPython shell will show what it is given, else None."""
+    try:
+        ipython = importlib.import_module("IPython")
+    except ImportError:
+        return None
+    if ipython.get_ipython() is None:  # IPython installed, but this is no IPython session
+        return None
+    return importlib.import_module("IPython.display")

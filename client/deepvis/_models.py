@@ -381,12 +381,12 @@ class Explanation:
             except (OSError, ValueError):
                 source = None
         if source is not None:
-            panels.append(("input", source.convert("RGB")))
+            panels.append(_panel("input", source.convert("RGB")))
         if self.array is not None:
             try:
                 overlay = render.style_of(self.method).overlay and source is not None
-                pic = self.picture(source, overlay=overlay, colorbar=True)
-                panels.append((self.caption(), pic.image))
+                pic = self.picture(source, overlay=overlay)
+                panels.append(_panel(self.caption(), pic.image, pic.scale))
                 if pic.note:
                     notes.append(pic.note)
                 if self.method == "activations" and self.layer in self.arrays:
@@ -394,7 +394,7 @@ class Explanation:
             except ValueError as e:
                 notes.append(f"not drawn: {e}")
         elif self.image is not None:
-            panels.append((self.caption(), self.image.convert("RGB")))
+            panels.append(_panel(self.caption(), self.image.convert("RGB")))
         return panels, notes
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
@@ -490,7 +490,7 @@ class Progress:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         summary = f"step {self.step}/{self.steps}, objective {self.objective:.4g}"
-        panels = [] if self.image is None else [(summary, self.image.convert("RGB"))]
+        panels = [] if self.image is None else [_panel(summary, self.image.convert("RGB"))]
         return bundle(summary, panels, include=include, exclude=exclude)
 
 
@@ -533,12 +533,11 @@ class Visualization:
         )
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        panels = [(f"image {i}", img.convert("RGB")) for i, img in enumerate(self.images)]
+        panels = [_panel(f"image {i}", img.convert("RGB")) for i, img in enumerate(self.images)]
         notes: list[str] = []
         if self.attribution is not None:
-            opts = render.Options(colorbar=True)
-            pic = render.draw("guided_backprop", self.attribution, opts)
-            panels.append(("guided_backprop of the objective", pic.image))
+            pic = render.draw("guided_backprop", self.attribution)
+            panels.append(_panel("guided_backprop of the objective", pic.image, pic.scale))
             if pic.note:
                 notes.append(pic.note)
         rows = [
@@ -554,6 +553,15 @@ class Visualization:
             f"feature visualization: {len(self.images)} image(s), objective {self.objective:.4g}"
         )
         return bundle(summary, panels, rows=rows, notes=notes, include=include, exclude=exclude)
+
+
+def _panel(
+    title: str, image: Image.Image, scale: render.Scale | None = None
+) -> tuple[str, Image.Image]:
+    """A picture as a notebook or report shows it: small ones enlarged (nearest, said in the
+    title), with its colorbar."""
+    big, factor = render.zoom(image)
+    return render.shown(title, factor), render.figure(big, scale=scale)
 
 
 def _warned(picture: render.Picture) -> Image.Image:
@@ -725,13 +733,11 @@ class Comparison:
         src = image if image is not None else self.source
         source = load_image(src) if src is not None else None
         scales = self.scales(scale, cmap=cmap, clip=clip)
-        panels = [] if source is None else [("input", source.convert("RGB"))]
+        panels = [] if source is None else [_panel("input", source.convert("RGB"))]
         for m, exp in self.explanations.items():
             on = render.style_of(m).overlay if overlay is None else overlay
-            pic = exp.picture(
-                source, overlay=on and source is not None, scale=scales[m], colorbar=True
-            )
-            panels.append((exp.caption(), pic.image))
+            pic = exp.picture(source, overlay=on and source is not None, scale=scales[m])
+            panels.append(_panel(exp.caption(), pic.image, pic.scale))
         return panels
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:

@@ -76,7 +76,9 @@ __all__ = [
     "shared_scale",
     "strip",
     "style_of",
+    "shown",
     "to_png",
+    "zoom",
 ]
 
 DEFAULT_UNSIGNED_CMAP = "inferno"
@@ -830,6 +832,22 @@ def grid(
         draw_.text((x + (cell_w - label_w) // 2, y + th), labels[i], fill=_INK, font=_font(10))
     summary = Map(means.astype(np.float32)[None, :], signed, "mean of each map")
     return Picture(out, scale, summary, scale.note, f"{k} maps, tiles x{factor} (nearest)")
+
+
+def zoom(image: Image.Image, min_side: int = 96, max_factor: int = 8) -> tuple[Image.Image, int]:
+    """A small picture enlarged for display by a whole factor, nearest neighbour (each pixel a
+    block: nothing invented), the smallest that makes its shorter side `min_side`; the factor
+    is returned so that whoever shows it says so. Larger pictures come back as they are."""
+    factor = max(1, min(max_factor, math.ceil(min_side / max(1, min(image.size)))))
+    if factor == 1:
+        return image, 1
+    w, h = image.size
+    return image.resize((w * factor, h * factor), Image.Resampling.NEAREST), factor
+
+
+def shown(title: str, factor: int) -> str:
+    """A panel's title, saying when its picture is shown enlarged."""
+    return title if factor == 1 else f"{title} (shown x{factor})"
 
 
 def composite(
