@@ -297,6 +297,8 @@ class _BaseClient:
         render: bool = False,
         top_k: int = 5,
         timeout: float | None = None,
+        array_dtype: str = "float32",
+        top_k_channels: int = 0,
     ) -> Call[Comparison]:
         """Runs several methods on one input, in one call, for side-by-side pictures.
 
@@ -308,7 +310,7 @@ class _BaseClient:
             input: Anything `explain` accepts; read once.
             methods: Two or more of `deepvis.methods()` (hyphens may replace underscores),
                 each once.
-            model, target, top_k, timeout: As for `explain`.
+            model, target, top_k, timeout, array_dtype, top_k_channels: As for `explain`.
             layer: For the layer methods among them (ignored by the others).
             render: Also have the server draw each method's picture (`Explanation.image`).
 
@@ -334,8 +336,9 @@ class _BaseClient:
             target=target,
             layer=layer,
             render=render,
-            array_dtype="float32",
+            array_dtype=array_dtype,
             top_k=top_k,
+            top_k_channels=top_k_channels,
         )
         batch = _convert.same_input_batch_pb(base, names)
         source = _convert.overlay_source(input)
