@@ -372,44 +372,20 @@ def colorize(values: np.ndarray, scale: Scale) -> np.ndarray:
     the bound take the end's colour; a flat scale gives the zero colour everywhere.
     """
     table = colormap(scale.cmap)
-    n = len(table)
-    v = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    t = np.zeros_like(v) if scale.vmax <= 0 else v / scale.vmax
-    if scale.signed:
-        t = (np.clip(t, -1.0, 1.0) + 1.0) / 2.0
-    else:
-        t = np.clip(t, 0.0, 1.0)
-    index = np.floor(t * (n - 1) + 0.5).astype(np.intp)
-    return table[index]
+    top = len(table) - 1
+    v = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    if scale.vmax <= 0:
+        t = np.full(v.shape, top / 2.0 if scale.signed else 0.0, np.float32)
+    elif scale.signed:  # [-vmax, vmax] -> [0, top]
+        t = v * np.float32(top / (2.0 * scale.vmax)) + np.float32(top / 2.0)
+    else:  # [0, vmax] -> [0, top]
+        t = v * np.float32(top / scale.vmax)
+    np.clip(t, 0.0, top, out=t)
+    t += np.float32(0.5)
+    return np.take(table, t.astype(np.uint8), axis=0)
 
 
 # --- geometry ---------------------------------------------------------------------------------
-
-
-def _axis_weights(
-    n_out: int, n_in: int, start: float, length: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Resampling weights [n_out, n_in] of one axis: n_in samples spread over output pixels
-    [start, start + length), pixel centres at +0.5 on both sides (align_corners=False); a
-    triangle filter, widened when shrinking so that every sample counts (PIL's bilinear).
-    Also which output pixels' centres fall inside the span."""
-    centres = np.arange(n_out, dtype=np.float64) + 0.5
-    inside = (centres >= start) & (centres < start + length)
-    ratio = n_in / length  # samples per output pixel
-    support = max(1.0, ratio)
-    src = (centres - start) * ratio - 0.5  # in sample indices, centres at integers
-    taps = np.arange(n_in, dtype=np.float64)
-    w = np.maximum(0.0, 1.0 - np.abs(taps[None, :] - src[:, None]) / support)
-    total = w.sum(axis=1, keepdims=True)
-    # Centres past the last sample's centre (by less than half a sample) clamp to it.
-    nearest = np.clip(np.floor(src + 0.5), 0, n_in - 1).astype(np.intp)
-    empty = total[:, 0] == 0
-    w[empty, :] = 0.0
-    w[empty, nearest[empty]] = 1.0
-    total[empty] = 1.0
-    w /= total
-    w[~inside] = 0.0
-    return w, inside
 
 
 def resample(
@@ -418,8 +394,9 @@ def resample(
     """A map's values on a grid of `size` pixels, placed on the box `region` of it.
 
     Bilinear with correct pixel centres (each output pixel takes the value at its centre, as
-    torch's align_corners=False and PIL do), averaging when the map is shrunk. Separable:
-    one weight matrix per axis, so a non-square map or box stays exact.
+    torch's align_corners=False does; past the last sample's centre, the edge value),
+    averaging when the map is shrunk (the triangle filter widened, as PIL's bilinear resize
+    does; it is PIL's resize that runs). A non-square map or box stays exact.
 
     Args:
         values: float [h, w].
@@ -428,18 +405,35 @@ def resample(
             None: all of it.
 
     Returns:
-        float64 [height, width] values (0 outside the box) and a bool mask of the pixels
+        float32 [height, width] values (0 outside the box) and a bool mask of the pixels
         whose centre lies inside the box.
     """
     width, height = size
-    h, w = values.shape
+    a = np.ascontiguousarray(values, dtype=np.float32)
+    h, w = a.shape
     x0, y0, rw, rh = region if region is not None else (0.0, 0.0, float(width), float(height))
     if rw <= 0 or rh <= 0:
         raise ValueError(f"region must have a positive width and height, not {region!r}")
-    wy, in_y = _axis_weights(height, h, float(y0), float(rh))
-    wx, in_x = _axis_weights(width, w, float(x0), float(rw))
-    out = wy @ np.asarray(values, dtype=np.float64) @ wx.T
-    return out, in_y[:, None] & in_x[None, :]
+    out = np.zeros((height, width), np.float32)
+    inside = np.zeros((height, width), bool)
+    # The output pixels whose centre (o + 0.5) lies in [x0, x0 + rw).
+    ox0, ox1 = max(0, math.ceil(x0 - 0.5)), min(width, math.ceil(x0 + rw - 0.5))
+    oy0, oy1 = max(0, math.ceil(y0 - 0.5)), min(height, math.ceil(y0 + rh - 0.5))
+    if ox1 <= ox0 or oy1 <= oy0:
+        return out, inside
+    sx, sy = w / rw, h / rh  # samples per output pixel
+    box = [(ox0 - x0) * sx, (oy0 - y0) * sy, (ox1 - x0) * sx, (oy1 - y0) * sy]
+    if box[0] < 0 or box[1] < 0 or box[2] > w or box[3] > h:
+        # The box pokes past the map by under half an output pixel: edge values there.
+        pad = math.ceil(max(1.0, sx, sy)) + 1
+        a = np.pad(a, pad, mode="edge")
+        box = [b + pad for b in box]
+    picture = Image.fromarray(a, "F").resize(
+        (ox1 - ox0, oy1 - oy0), Image.Resampling.BILINEAR, box=tuple(box)
+    )
+    out[oy0:oy1, ox0:ox1] = np.asarray(picture)
+    inside[oy0:oy1, ox0:ox1] = True
+    return out, inside
 
 
 def eight_bit(img: Image.Image) -> Image.Image:
@@ -492,11 +486,16 @@ def _blend(color: np.ndarray, base: np.ndarray, inside: np.ndarray, alpha: float
     brightness, which marks what the model did not see. Integer arithmetic: the same bytes
     on every machine."""
     if base.ndim == 2:
-        base = np.repeat(base[:, :, None], 3, axis=2)
-    a = int(round(alpha * 256))
-    mixed = (a * color.astype(np.uint32) + (256 - a) * base.astype(np.uint32) + 128) >> 8
-    out = np.where(inside[:, :, None], mixed, base.astype(np.uint32) >> 1)
-    return out.astype(np.uint8)
+        base = base[:, :, None]
+    a = round(alpha * 256)
+    # At most 255 * 256 + 128: uint16 holds it (explicit, whatever numpy's casting rules).
+    mixed = color.astype(np.uint16) * np.uint16(a)
+    mixed += base.astype(np.uint16) * np.uint16(256 - a)
+    mixed += np.uint16(128)
+    mixed >>= 8
+    out = np.broadcast_to(base >> 1, mixed.shape).astype(np.uint8)
+    np.copyto(out, mixed.astype(np.uint8), where=inside[:, :, None])
+    return out
 
 
 # --- text: captions and colorbars ---------------------------------------------------------------
@@ -850,24 +849,42 @@ def shown(title: str, factor: int) -> str:
     return title if factor == 1 else f"{title} (shown x{factor})"
 
 
+def _wrap(title: str, width: int) -> list[str]:
+    """A title in lines no wider than `width` where it can be, broken at its " · "."""
+    lines: list[str] = []
+    for part in title.split(" · "):
+        if lines and _text_size(f"{lines[-1]} · {part}")[0] <= width:
+            lines[-1] = f"{lines[-1]} · {part}"
+        else:
+            lines.append(part)
+    return lines
+
+
 def composite(
     panels: Sequence[tuple[str, Image.Image]], *, columns: int | None = None
 ) -> Image.Image:
-    """Pictures side by side (wrapping after `columns`), each under its title, on white."""
+    """Pictures side by side (wrapping after `columns`), each under its title (broken into
+    lines at " · " to fit the picture's width), on white."""
     if not panels:
         raise ValueError("composite needs at least one picture")
     cols = len(panels) if columns is None else max(1, int(columns))
-    cell_w = max(max(img.width, _text_size(title)[0] + 2 * _PAD) for title, img in panels)
-    cell_h = _LINE + _PAD + max(img.height for _, img in panels)
+    titles = [_wrap(title, max(img.width, 96)) for title, img in panels]
+    cell_w = max(
+        max([img.width] + [_text_size(line)[0] + 2 * _PAD for line in lines])
+        for lines, (_, img) in zip(titles, panels, strict=True)
+    )
+    text_h = _LINE * max(len(lines) for lines in titles) + _PAD
+    cell_h = text_h + max(img.height for _, img in panels)
     rows = math.ceil(len(panels) / cols)
     gap = 8
     out = Image.new("RGB", (cols * (cell_w + gap) + gap, rows * (cell_h + gap) + gap), _WHITE)
     draw_ = ImageDraw.Draw(out)
-    for i, (title, img) in enumerate(panels):
+    for i, (lines, (_, img)) in enumerate(zip(titles, panels, strict=True)):
         r, c = divmod(i, cols)
         x, y = gap + c * (cell_w + gap), gap + r * (cell_h + gap)
-        draw_.text((x + _PAD, y), title, fill=_INK, font=_font())
-        out.paste(img.convert("RGB"), (x, y + _LINE + _PAD))
+        for k, line in enumerate(lines):
+            draw_.text((x + _PAD, y + k * _LINE), line, fill=_INK, font=_font())
+        out.paste(img.convert("RGB"), (x, y + text_h))
     return out
 
 
