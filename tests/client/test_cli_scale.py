@@ -1,5 +1,7 @@
-"""`deepvis explain` at scale against the in-process fake server: inputs, calls in flight,
-resumable runs, one bad input among many, JSON output."""
+"""`deepvis explain` against the in-process fake server: how inputs are collected and named,
+several methods and panels, runs refused up front, the drawing flags. Resumed runs, calls in
+flight, a bad input among many and --json run against a real server in
+tests/processes/test_cli_at_scale.py."""
 
 from __future__ import annotations
 
@@ -27,69 +29,6 @@ def images(folder: Path, n: int, *, corrupt: int | None = None) -> list[Path]:
 
 def manifest(out: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-
-
-def test_a_second_run_with_skip_existing_makes_no_call(
-    fake_server: tuple[str, FakeExplainer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    address, servicer = fake_server
-    paths = images(tmp_path / "in", 5)
-    out = tmp_path / "out"
-    argv = ["explain", str(tmp_path / "in"), "--server", address, "-o", str(out)]
-    assert main([*argv, "--format", "png,npy", "--skip-existing"]) == 0
-    calls = (servicer.calls, servicer.list_calls)
-    assert calls == (5, 1)
-    first = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    assert len(manifest(out)) == 5
-    capsys.readouterr()
-    assert main([*argv, "--format", "png,npy", "--skip-existing"]) == 0
-    assert (servicer.calls, servicer.list_calls) == calls  # not one RPC, not even ListModels
-    _, err = err_lines(capsys)
-    assert err == [f"deepvis: all 5 inputs' outputs exist in {out}/"]
-    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == first
-    # A removed output is made again, and only it.
-    (out / paths[3].stem / "guided-backprop.png").unlink()
-    assert main([*argv, "--format", "png,npy", "--skip-existing"]) == 0
-    assert servicer.calls == calls[0] + 1
-    assert (out / paths[3].stem / "guided-backprop.png").is_file()
-
-
-def test_jobs_bounds_the_calls_in_flight(
-    fake_server: tuple[str, FakeExplainer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    address, servicer = fake_server
-    servicer.delay = 0.1
-    images(tmp_path / "in", 16)
-    rc = main(
-        ["explain", str(tmp_path / "in"), "--server", address, "-o", str(tmp_path / "o")]
-        + ["--jobs", "4"]
-    )
-    assert rc == 0, capsys.readouterr().err
-    assert servicer.calls == 16
-    assert 2 <= servicer.max_in_flight <= 4, servicer.max_in_flight
-    servicer.max_in_flight = 0
-    rc = main(
-        ["explain", str(tmp_path / "in"), "--server", address, "-o", str(tmp_path / "p")]
-        + ["--jobs", "1"]
-    )
-    assert rc == 0 and servicer.max_in_flight == 1
-
-
-def test_one_corrupt_input_among_ten_fails_alone(
-    fake_server: tuple[str, FakeExplainer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    address, _ = fake_server
-    paths = images(tmp_path / "in", 10, corrupt=6)
-    out = tmp_path / "out"
-    rc = main(["explain", str(tmp_path / "in"), "--server", address, "-o", str(out), "-j", "3"])
-    stdout, err = err_lines(capsys)
-    assert rc == 1
-    assert len(stdout) == 9 and len(err) == 2, err
-    assert err[0].startswith(f"UnidentifiedImageError: {paths[6]}: ")
-    assert err[1] == "deepvis: 1 of 10 inputs failed; 9 written"
-    written = sorted(p.parent.name for p in out.glob("*/guided-backprop.png"))
-    assert written == sorted(p.stem for i, p in enumerate(paths) if i != 6)
-    assert {r["input"] for r in manifest(out)} == {str(p) for i, p in enumerate(paths) if i != 6}
 
 
 def test_inputs_from_folders_globs_and_stdin_each_once(
@@ -159,26 +98,6 @@ def test_a_run_refused_up_front_creates_no_folder(
         assert rc == 1 and len(err) == 1 and err[0].startswith(words), err
         assert not out.exists()
     assert servicer.calls == 0
-
-
-def test_json_output_parses(
-    fake_server: tuple[str, FakeExplainer], capsys: pytest.CaptureFixture[str]
-) -> None:
-    address, _ = fake_server
-    assert main(["models", "--server", address, "--json"]) == 0
-    models = json.loads(capsys.readouterr().out)
-    assert [m["name"] for m in models] == ["tiny", "other"]
-    assert models[0]["methods"] == ["guided_backprop", "activations"]
-    assert models[0]["labels"] == ["a", "b", "c"]
-    assert main(["layers", "--server", address, "--json"]) == 0
-    desc = json.loads(capsys.readouterr().out)
-    assert desc["default_cam_layer"] == "conv1" and desc["model"]["name"] == "tiny"
-    assert desc["layers"][1] == {
-        "name": "act",
-        "type": "ReLU",
-        "output_shape": [64, 8, 8],
-        "calls": 3,
-    }
 
 
 def test_pictures_follow_the_drawing_flags(
