@@ -4,6 +4,7 @@ client draws locally from the raw float32 array of the same answer with the same
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,3 +161,53 @@ def test_compare_refuses_repeated_or_unknown_methods(digits_server, photo: str) 
             client.compare(photo, ["grad_cam", "lime"])
         with pytest.raises(TypeError, match="compare"):
             client.explain(photo, method=["grad_cam"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("method", "overlay", "output"),
+    [
+        ("grad_cam", True, {}),
+        ("integrated_gradients", False, {"colormap": "bwr", "clip_percentile": 95.0}),
+        ("saliency", False, {"picture_width": 50, "picture_height": 30}),
+    ],
+)
+def test_the_servers_png_bytes_are_a_local_render_of_the_wire_array(
+    digits_server, photo: str, method: str, overlay: bool, output: dict[str, object]
+) -> None:
+    """Bit for bit, on the raw wire (the generated stub, no client library): the PNG the server
+    sends is the very bytes deepvis.render encodes from the float32 array it sent beside it."""
+    import grpc
+
+    from deepvis.v1 import deepvis_pb2, deepvis_pb2_grpc
+
+    data = Path(photo).read_bytes()
+    request = deepvis_pb2.ExplainRequest(
+        model="digits",
+        method=deepvis_pb2.Method.Value(f"METHOD_{method.upper()}"),
+        input=deepvis_pb2.Input(image=data),
+        output=deepvis_pb2.OutputOptions(render=True, **output),  # type: ignore[arg-type]
+    )
+    with grpc.insecure_channel(digits_server.bound_address) as channel:
+        resp = deepvis_pb2_grpc.ExplainerStub(channel).Explain(request, timeout=60)
+    assert resp.array.dtype == deepvis_pb2.DTYPE_FLOAT32 and resp.image_png
+    array = np.frombuffer(resp.array.data, "<f4").reshape(tuple(resp.array.shape))
+    r = resp.input_region
+    size = None
+    if "picture_width" in output:
+        size = (int(output["picture_width"]), int(output["picture_height"]))  # type: ignore[call-overload]
+    opts = render.Options(
+        size=size,
+        cmap=output.get("colormap"),  # type: ignore[arg-type]
+        clip=float(output.get("clip_percentile", render.DEFAULT_CLIP)),  # type: ignore[arg-type]
+    )
+    with Image.open(io.BytesIO(data)) as sent:
+        local = render.draw(
+            method,
+            array,
+            opts,
+            image=sent.copy() if overlay else None,
+            region=(r.x, r.y, r.width, r.height),
+        )
+    assert render.to_png(local.image) == resp.image_png
+    with Image.open(io.BytesIO(resp.image_png)) as img:
+        assert img.size == (size or ((70, 45) if overlay else (32, 32)))
