@@ -11,15 +11,12 @@ ADDRESS ?= 127.0.0.1:50077
 # (without node those tests are skipped), and Debian's chromium for the report's browser
 # tests where it is missing and apt-get can install it (root on Debian, as CI is): Playwright
 # drives that binary; it never downloads a browser of its own.
-$(STAMP): pyproject.toml tests/node/package-lock.json
+$(STAMP): pyproject.toml tests/node/package-lock.json tools/install_chromium.sh
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[server,dev]'
 	if command -v npm >/dev/null 2>&1; then cd tests/node && npm ci --no-audit --no-fund; fi
-	if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
-		&& [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-	fi
+	sh tools/install_chromium.sh
 	touch $(STAMP)
 
 install: $(STAMP)
