@@ -3,12 +3,27 @@ in out/."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from deepvis_server import demo
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def readme_tool():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location(
+        "readme_pictures", ROOT / "tools/readme_pictures.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_demo_writes_pictures_for_the_three_methods_and_a_report(tmp_path) -> None:
@@ -36,3 +51,19 @@ def test_demo_writes_pictures_for_the_three_methods_and_a_report(tmp_path) -> No
     assert len(records) == 40 and {r["model"] for r in records} == {"digits"}
     page = (out / "report.html").read_text()
     assert page.count("<section") == 10 and "integrated_gradients" in page
+
+    # The README's pictures are this demo's, as tools/readme_pictures.py copies them: a
+    # renderer change that leaves them stale fails here. The maps are compared closely (the
+    # floats may differ in their last bits on another CPU), feature visualizations, which
+    # start from noise, by size.
+    tool = readme_tool()
+    readme = (ROOT / "README.md").read_text()
+    linked = set(re.findall(r"\]\((docs/images/[^)]+\.png)\)", readme))
+    assert linked == {f"docs/images/{name}" for name in tool.PICTURES}
+    for name, src in tool.PICTURES.items():
+        expected, _ = tool.readme_picture(out, src)
+        with Image.open(ROOT / "docs" / "images" / name) as shown:
+            assert shown.mode == "RGB" and shown.size == expected.size, name
+            if "visualize" not in src:
+                a, b = np.asarray(shown, np.int16), np.asarray(expected, np.int16)
+                assert (a != b).any(axis=2).mean() <= 0.01, name
