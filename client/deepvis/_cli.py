@@ -35,6 +35,7 @@ from deepvis._models import (
     Neuron,
     ObjectiveLike,
     Progress,
+    Visualization,
 )
 from deepvis._transport import channel_target
 
@@ -442,6 +443,11 @@ class _ProgressBar:
         self.bar.update(max(0, progress.step - self.bar.n))
         self.bar.set_postfix(objective=f"{progress.objective:.4g}", refresh=False)
 
+    def finish(self, result: Visualization) -> None:
+        """The bar at the result's last step and objective: the last progress may come
+        before it (progress_every need not divide the steps)."""
+        self(Progress(step=result.steps, steps=result.steps, objective=result.objective))
+
     def close(self) -> None:
         self.bar.close()
 
@@ -454,6 +460,7 @@ def _run_visualize(client: Client, args: argparse.Namespace) -> int:
     bar = _ProgressBar(args.steps or 512, args.quiet)
     try:
         result = _visualize(client, args, objective, bar)
+        bar.finish(result)
     finally:
         bar.close()
     written: list[Path] = []

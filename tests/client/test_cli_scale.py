@@ -9,7 +9,6 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fakes import FakeExplainer, err_lines, png_bytes
 from PIL import Image
@@ -113,7 +112,7 @@ def test_pictures_follow_the_drawing_flags(
     for k in "abc":
         with Image.open(tmp_path / k / "img00" / "guided-backprop.png") as img:
             sizes[k] = img.size
-            assert img.mode == "RGB" and np.asarray(img).std() >= 0
+            assert img.mode == "RGB"
     assert sizes["a"] == (9, 7)  # over the input as sent
     assert sizes["b"] == (40, 24)  # alone, at the size asked
     assert sizes["c"][0] > 9  # with its colorbar
