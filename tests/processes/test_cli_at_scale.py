@@ -210,3 +210,26 @@ def test_json_output_parses(
         assert r["model"] == "digits" and r["method"] == "grad_cam"
         assert len(r["predictions"]) >= 1 and r["target"] == r["predictions"][0]["index"]
         assert all(Path(f).is_file() for f in r["files"])
+
+
+def test_a_run_refused_up_front_creates_no_folder_and_sends_nothing(
+    counted_server: tuple[str, CallCounter],
+    counter: CallCounter,
+    sample_paths: list[Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    address, _ = counted_server
+    out = tmp_path / "out"
+    argv = ["explain", str(sample_paths[0]), "--server", address, "-o", str(out)]
+    assert main([*argv, "--model", "nope"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["NotFound: model 'nope' is not served; served models: digits"], err
+    assert not out.exists()
+    # A path that names nothing refuses the run before any call, whatever else is there.
+    missing = tmp_path / "missing.png"
+    rc = main(["explain", str(sample_paths[0]), str(missing), "--server", address, "-o", str(out)])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 1 and len(err) == 1 and str(missing) in err[0], err
+    assert not out.exists()
+    assert counter.explain_calls() == 0
