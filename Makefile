@@ -8,12 +8,15 @@ ADDRESS ?= 127.0.0.1:50077
 .PHONY: install demo test test-fast proto check lint clean
 
 # Also installs the Node.js client tests' modules from their lockfile where npm exists
-# (without node those tests are skipped).
-$(STAMP): pyproject.toml tests/node/package-lock.json
+# (without node those tests are skipped), and Debian's chromium for the report's browser
+# tests where it is missing and apt-get can install it (root on Debian, as CI is): Playwright
+# drives that binary; it never downloads a browser of its own.
+$(STAMP): pyproject.toml tests/node/package-lock.json tools/install_chromium.sh
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[server,dev]'
 	if command -v npm >/dev/null 2>&1; then cd tests/node && npm ci --no-audit --no-fund; fi
+	sh tools/install_chromium.sh
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -40,6 +43,7 @@ proto: $(STAMP)
 	cp $(HEALTH_OUT)/grpc_health/v1/health_pb2.py $(HEALTH_OUT)/grpc_health/v1/health_pb2.pyi \
 		client/deepvis/v1/
 
+# Pictures under out/ and out/report.html, the page comparing the methods on every sample.
 demo: $(STAMP)
 	$(VPY) -m deepvis_server.demo --address $(ADDRESS) --out out
 

@@ -260,7 +260,7 @@ def explain_all(
     out: Path,
     steps: int,
 ) -> list[Path]:
-    """The three methods on every sample, written as the `deepvis explain` CLI names them,
+    """The three methods on every sample, one folder per method, the server's pictures,
     and feature visualizations of every class and of one neuron."""
     written: list[Path] = []
 

@@ -7,10 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 from deepvis._version import __version__
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name loads on first use
+    from deepvis import render
     from deepvis._client import AsyncClient, Client
     from deepvis._convert import methods, metrics
     from deepvis._curves import curve_plot
+    from deepvis._display import LiveProgress
     from deepvis._exceptions import (
         Cancelled,
         DeadlineExceeded,
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
         Unimplemented,
     )
     from deepvis._models import (
+        Comparison,
         Evaluation,
         EvaluationProgress,
         Explanation,
@@ -41,86 +44,31 @@ if TYPE_CHECKING:
         Visualization,
     )
 
-__all__ = [
-    "AsyncClient",
-    "Cancelled",
-    "Client",
-    "DeadlineExceeded",
-    "DeepvisError",
-    "Evaluation",
-    "EvaluationProgress",
-    "Explanation",
-    "Internal",
-    "InvalidArgument",
-    "Layer",
-    "LayerInfo",
-    "MethodEvaluation",
-    "ModelDescription",
-    "ModelInfo",
-    "Neuron",
-    "NotFound",
-    "PermissionDenied",
-    "PerturbationCurve",
-    "Prediction",
-    "Progress",
-    "Randomization",
-    "ResourceExhausted",
-    "Unauthenticated",
-    "Unavailable",
-    "Unimplemented",
-    "Visualization",
-    "__version__",
-    "curve_plot",
-    "methods",
-    "metrics",
-]
-
 # Each public name's module, imported on first use (PEP 562). Importing the package loads no
 # gRPC: the `deepvis` command (deepvis/__main__.py) sets GRPC_VERBOSITY first, which gRPC's
 # C core reads once, when grpc is imported.
-_MODULES = {
-    **dict.fromkeys(("AsyncClient", "Client"), "deepvis._client"),
-    **dict.fromkeys(
-        (
-            "Evaluation",
-            "EvaluationProgress",
-            "Explanation",
-            "Layer",
-            "LayerInfo",
-            "MethodEvaluation",
-            "ModelDescription",
-            "ModelInfo",
-            "Neuron",
-            "PerturbationCurve",
-            "Prediction",
-            "Progress",
-            "Randomization",
-            "Visualization",
-        ),
-        "deepvis._models",
-    ),
-    **dict.fromkeys(("methods", "metrics"), "deepvis._convert"),
-    "curve_plot": "deepvis._curves",
-    **dict.fromkeys(
-        (
-            "Cancelled",
-            "DeadlineExceeded",
-            "DeepvisError",
-            "Internal",
-            "InvalidArgument",
-            "NotFound",
-            "PermissionDenied",
-            "ResourceExhausted",
-            "Unauthenticated",
-            "Unavailable",
-            "Unimplemented",
-        ),
-        "deepvis._exceptions",
-    ),
+_EXPORTS: dict[str, list[str] | tuple[str, ...]] = {
+    "deepvis._client": ("AsyncClient", "Client"),
+    "deepvis._convert": ("methods", "metrics"),
+    "deepvis._curves": ("curve_plot",),
+    "deepvis._display": ("LiveProgress",),
+    "deepvis._exceptions": (
+        "Cancelled DeadlineExceeded DeepvisError Internal InvalidArgument NotFound "
+        "PermissionDenied ResourceExhausted Unauthenticated Unavailable Unimplemented"
+    ).split(),
+    "deepvis._models": (
+        "Comparison Evaluation EvaluationProgress Explanation Layer LayerInfo MethodEvaluation "
+        "ModelDescription ModelInfo Neuron PerturbationCurve Prediction Progress Randomization "
+        "Visualization"
+    ).split(),
 }
+_MODULES = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted([*_MODULES, "__version__", "render"])
 
 
 def __getattr__(name: str) -> Any:
+    if name == "render":  # the renderer is a public submodule
+        return importlib.import_module("deepvis.render")
     module = _MODULES.get(name)
     if module is None:
         raise AttributeError(f"module 'deepvis' has no attribute {name!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import json
 import math
@@ -10,26 +11,35 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from deepvis import __version__
+from deepvis._cli_explain import (
+    Interrupted,
+    add_explain_arguments,
+    atomic_write,
+    cli_name,
+    run_explain,
+)
+from deepvis._cli_explain import _index as _index
+from deepvis._cli_explain import _non_negative_int as _non_negative_int
+from deepvis._cli_explain import _parse_neuron as _parse_neuron
 from deepvis._client import Client
 from deepvis._convert import methods, metrics, parameterizations
 from deepvis._exceptions import DeepvisError, Unavailable
 from deepvis._models import (
     Evaluation,
     EvaluationProgress,
-    Explanation,
     Layer,
     ModelDescription,
     ModelInfo,
     Neuron,
     ObjectiveLike,
     Progress,
+    Visualization,
 )
 from deepvis._transport import channel_target
 
@@ -38,7 +48,6 @@ __all__ = ["main"]
 _DEFAULT_SERVER = "127.0.0.1:50051"
 _SERVER_ENV = "DEEPVIS_SERVER"
 _TOKEN_ENV = "DEEPVIS_TOKEN"
-_MAX_WORKERS = 8
 
 # Errors a user can act on; anything else is a bug and keeps its traceback.
 _REPORTED = (DeepvisError, OSError, ValueError, TypeError)
@@ -51,34 +60,7 @@ _HEALTHY = "SERVING"
 
 
 def _cli_name(method: str) -> str:
-    return method.replace("_", "-")
-
-
-def _index(text: str, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} must be an integer, not {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{what} must be >= 0, not {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    return _index(text, "the value")
-
-
-def _parse_neuron(text: str) -> Neuron:
-    """Parses LAYER:C (a whole channel) or LAYER:C:Y:X (one neuron)."""
-    parts = text.split(":")
-    if len(parts) not in (2, 4) or not parts[0]:
-        raise argparse.ArgumentTypeError(
-            f"expected LAYER:C or LAYER:C:Y:X (e.g. conv3:12 or conv3:12:4:4), not {text!r}"
-        )
-    channel = _index(parts[1], "the channel")
-    if len(parts) == 2:
-        return Neuron(parts[0], channel)
-    return Neuron(parts[0], channel, y=_index(parts[2], "y"), x=_index(parts[3], "x"))
+    return cli_name(method)
 
 
 def _parse_channel(text: str) -> Neuron:
@@ -166,70 +148,26 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_connection_flags(parser, top_level=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser(
+    models = sub.add_parser(
         "models",
         parents=[common],
         help="list the served models",
         description="List the served models.",
     )
+    models.add_argument("--json", action="store_true", help="print them as one JSON array")
 
     explain = sub.add_parser(
         "explain",
         parents=[common],
-        help="explain images and write the rendered results",
+        help="explain images and write the pictures (and arrays) of each",
         description=(
-            "Explain images and write DIR/<stem>.<method>.png for each, plus "
-            "DIR/<stem>.<method>.<name>.png for each further picture (e.g. conv3.grid)."
+            "Explain images with one or more methods and write DIR/<input>/<method>.png for "
+            "each (over the input for map methods), DIR/<input>/<method>.npy with --format npy, "
+            "and DIR/manifest.jsonl, one JSON line per input and method. Files are written whole "
+            "or not at all; --skip-existing makes a rerun finish an interrupted one."
         ),
     )
-    explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files to explain")
-    explain.add_argument("--model", help="model name (default: the server's first model)")
-    choices = [_cli_name(m) for m in methods()]
-    explain.add_argument(
-        "--method",
-        choices=choices,
-        default=_cli_name("guided_backprop"),
-        help="interpretability method (default: %(default)s)",
-    )
-    explain.add_argument(
-        "--layer",
-        action="append",
-        dest="layers",
-        metavar="L",
-        help=(
-            "layer for layer methods (activations, grad-cam, guided-grad-cam); repeat for "
-            "several activation layers (default: the model's Grad-CAM layer)"
-        ),
-    )
-    explain.add_argument(
-        "--top-k-channels",
-        type=_non_negative_int,
-        default=0,
-        metavar="K",
-        help="activations: keep the K channels of largest mean activation (default: all)",
-    )
-    which = explain.add_mutually_exclusive_group()
-    which.add_argument(
-        "--target",
-        type=int,
-        metavar="N",
-        help="class index to explain (default: the predicted class)",
-    )
-    which.add_argument(
-        "--neuron",
-        type=_parse_neuron,
-        metavar="LAYER:C[:Y:X]",
-        help="explain a channel of a layer, or one neuron of it with :Y:X",
-    )
-    explain.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    explain.add_argument(
-        "--save-array",
-        action="store_true",
-        help="also write the raw results as .npy (float32; index arrays int64)",
-    )
-    explain.add_argument(
-        "--float16", action="store_true", help="receive the raw result as float16 (half the bytes)"
-    )
+    add_explain_arguments(explain)
 
     layers = sub.add_parser(
         "layers",
@@ -240,7 +178,9 @@ def _build_parser() -> argparse.ArgumentParser:
     layers.add_argument(
         "model", nargs="?", metavar="MODEL", help="model name (default: the server's first model)"
     )
+    layers.add_argument("--json", action="store_true", help="print them as one JSON object")
 
+    _add_report_parser(sub, common)
     _add_visualize_parser(sub, common)
     _add_evaluate_parser(sub, common)
 
@@ -352,6 +292,46 @@ def _add_visualize_parser(
         "--name",
         help="file name prefix (default: from the objective, e.g. class-3 or conv3-c12)",
     )
+    vis.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _add_report_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    from deepvis._cli_explain import add_picture_arguments, parse_methods
+
+    report = sub.add_parser(
+        "report",
+        parents=[common],
+        help="write one self-contained HTML page comparing methods on images",
+        description=(
+            "Explain images with several methods and write one HTML file that needs nothing "
+            "else: a method x image grid (with a shared-scale toggle), each image's top-5 "
+            "predictions and target, the colormap legend, timings and the server and model."
+        ),
+    )
+    report.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="image files, folders, globs, or - (stdin)"
+    )
+    report.add_argument("--model", help="model name (default: the server's first model)")
+    report.add_argument(
+        "--method",
+        "-m",
+        type=parse_methods,
+        default=["guided_backprop", "grad_cam", "integrated_gradients"],
+        metavar="A,B,...",
+        help="methods, comma-separated (default: guided-backprop,grad-cam,integrated-gradients)",
+    )
+    which = report.add_mutually_exclusive_group()
+    which.add_argument("--target", type=int, metavar="N", help="class index to explain")
+    which.add_argument(
+        "--neuron", type=_parse_neuron, metavar="LAYER:C[:Y:X]", help="explain a neuron"
+    )
+    report.add_argument("--layer", action="append", dest="layers", metavar="L")
+    add_picture_arguments(report)
+    report.add_argument("--out", "-o", required=True, metavar="FILE", help="the HTML file to write")
+    report.add_argument("--title", help="the page's title (default: from the model)")
+    report.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
 def _name_list(choices: Sequence[str], what: str) -> Any:
@@ -447,6 +427,10 @@ _TLS_HINT = "the server may need TLS: pass --tls / --tls-ca"
 
 
 def _report(err: BaseException, prefix: str = "", *, tls: bool = True) -> None:
+    print(_report_line(err, prefix, tls=tls), file=sys.stderr)
+
+
+def _report_line(err: BaseException, prefix: str = "", *, tls: bool = True) -> str:
     # One line, so that scripts can grep it and a batch of errors stays readable.
     message = " ".join(str(err).split())
     if (
@@ -455,7 +439,7 @@ def _report(err: BaseException, prefix: str = "", *, tls: bool = True) -> None:
         and any(words in message.lower() for words in _CLOSED_AT_HANDSHAKE)
     ):
         message += f" ({_TLS_HINT})"
-    print(f"{type(err).__name__}: {prefix}{message}", file=sys.stderr)
+    return f"{type(err).__name__}: {prefix}{message}"
 
 
 def _format_model(info: ModelInfo) -> str:
@@ -475,99 +459,14 @@ def _format_target(target: int | Neuron | None) -> str:
     return "-" if target is None else str(target)
 
 
-def _run_models(client: Client) -> int:
-    for info in client.models():
+def _run_models(client: Client, args: argparse.Namespace) -> int:
+    models = client.models()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(m) for m in models], indent=1))
+        return 0
+    for info in models:
         print(_format_model(info))
     return 0
-
-
-def _output_paths(images: Sequence[str], out: Path, method: str) -> list[Path]:
-    paths = [out / f"{Path(image).stem}.{method}.png" for image in images]
-    seen: dict[Path, str] = {}
-    for image, path in zip(images, paths, strict=True):
-        if path in seen:
-            # Two inputs with one stem would silently overwrite each other's result.
-            raise ValueError(f"{seen[path]} and {image} would both write {path}")
-        seen[path] = image
-    return paths
-
-
-def _extra_path(png: Path, name: str, suffix: str) -> Path:
-    # DIR/<stem>.<method>.png -> DIR/<stem>.<method>.<name><suffix>
-    return png.with_name(f"{png.name.removesuffix('.png')}.{_file_part(name)}{suffix}")
-
-
-def _explain_one(
-    client: Client, image: str, png: Path, args: argparse.Namespace
-) -> tuple[Explanation, list[Path]]:
-    result = client.explain(
-        image,
-        model=args.model,
-        method=args.method,
-        target=args.neuron if args.neuron is not None else args.target,
-        layer=args.layers,
-        top_k_channels=args.top_k_channels,
-        render=True,
-        array_dtype="float16" if args.float16 else "float32",
-        array=args.save_array,
-    )
-    if result.image is None and not result.images:
-        raise ValueError("the server sent no rendered picture")
-    written: list[Path] = []
-    if result.image is not None:
-        result.image.save(png, format="PNG")
-        written.append(png)
-    for name, picture in result.images.items():
-        path = _extra_path(png, name, ".png")
-        picture.save(path, format="PNG")
-        written.append(path)
-    if args.save_array:
-        if result.array is None and not result.arrays:
-            raise ValueError("the server sent no result array")
-        if result.array is not None:
-            npy = png.with_suffix(".npy")
-            np.save(npy, result.array)
-            written.append(npy)
-        for name, arr in result.arrays.items():
-            if arr is result.array:  # activations' first layer: written above already
-                continue
-            path = _extra_path(png, name, ".npy")
-            np.save(path, arr)
-            written.append(path)
-    return result, written
-
-
-def _run_explain(client: Client, args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    paths = _output_paths(args.images, out, args.method)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.model is None:
-        # Resolve the default model once up front: an unreachable server then gives one error
-        # line instead of one per image.
-        client.models()
-
-    failed = 0
-    workers = min(_MAX_WORKERS, len(args.images))
-    # Concurrent calls over one channel let the server batch the images together.
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deepvis") as pool:
-        futures = [
-            pool.submit(_explain_one, client, image, png, args)
-            for image, png in zip(args.images, paths, strict=True)
-        ]
-        for image, future in zip(args.images, futures, strict=True):
-            try:
-                result, written = future.result()
-            except _REPORTED as err:
-                failed += 1
-                _report(err, prefix=f"{image}: ", tls=_uses_tls(args))
-                continue
-            top = result.predictions[0] if result.predictions else None
-            top_text = f"{top.label} ({top.score:.3f})" if top else "-"
-            print(
-                f"{image}  top={top_text}  target={_format_target(result.target)}  "
-                f"-> {', '.join(str(p) for p in written)}  batch={result.batch_size}"
-            )
-    return 1 if failed else 0
 
 
 def _format_layers(desc: ModelDescription) -> list[str]:
@@ -589,7 +488,11 @@ def _format_layers(desc: ModelDescription) -> list[str]:
 
 
 def _run_layers(client: Client, args: argparse.Namespace) -> int:
-    for line in _format_layers(client.describe(args.model)):
+    desc = client.describe(args.model)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(desc), indent=1))
+        return 0
+    for line in _format_layers(desc):
         print(line)
     return 0
 
@@ -616,12 +519,28 @@ def _objective_name(objective: ObjectiveLike, negate: bool) -> str:
     return _file_part(name + ("-neg" if negate else ""))
 
 
-def _print_progress(progress: Progress) -> None:
-    print(
-        f"step {progress.step}/{progress.steps} objective {progress.objective:.4g}",
-        file=sys.stderr,
-        flush=True,
-    )
+class _ProgressBar:
+    """One progress bar on stderr for a feature visualization: step, and the objective."""
+
+    def __init__(self, steps: int, quiet: bool) -> None:
+        from tqdm import tqdm
+
+        # disable=None: no bar when stderr is not a terminal.
+        self.bar = tqdm(total=steps, unit="step", file=sys.stderr, disable=True if quiet else None)
+
+    def __call__(self, progress: Progress) -> None:
+        if progress.steps and self.bar.total != progress.steps:
+            self.bar.total = progress.steps
+        self.bar.update(max(0, progress.step - self.bar.n))
+        self.bar.set_postfix(objective=f"{progress.objective:.4g}", refresh=False)
+
+    def finish(self, result: Visualization) -> None:
+        """The bar at the result's last step and objective: the last progress may come
+        before it (progress_every need not divide the steps)."""
+        self(Progress(step=result.steps, steps=result.steps, objective=result.objective))
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _run_visualize(client: Client, args: argparse.Namespace) -> int:
@@ -629,7 +548,42 @@ def _run_visualize(client: Client, args: argparse.Namespace) -> int:
     name = args.name or _objective_name(objective, args.negate)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = client.visualize(
+    bar = _ProgressBar(args.steps or 512, args.quiet)
+    try:
+        result = _visualize(client, args, objective, bar)
+        bar.finish(result)
+    finally:
+        bar.close()
+    written: list[Path] = []
+    for i, picture in enumerate(result.images):
+        path = out / f"{name}_{i}.png"
+        _save(path, picture)
+        written.append(path)
+    if result.attribution_image is not None:
+        path = out / f"{name}.attribution.png"
+        _save(path, result.attribution_image)
+        written.append(path)
+    if args.save_array:
+        path = out / f"{name}.npy"
+        atomic_write(path, lambda f: np.save(f, result.array))
+        written.append(path)
+        if result.attribution is not None:
+            path = out / f"{name}.attribution.npy"
+            atomic_write(path, lambda f: np.save(f, result.attribution))
+            written.append(path)
+    print(
+        f"{name}  objective={result.objective:.4g}  steps={result.steps}  "
+        f"-> {', '.join(str(p) for p in written) or '-'}"
+    )
+    return 0
+
+
+def _save(path: Path, picture: Any) -> None:
+    atomic_write(path, lambda f: picture.save(f, format="PNG"))
+
+
+def _visualize(client: Client, args: argparse.Namespace, objective: ObjectiveLike, bar: Any) -> Any:
+    return client.visualize(
         objective,
         model=args.model,
         negate=args.negate,
@@ -643,30 +597,8 @@ def _run_visualize(client: Client, args: argparse.Namespace) -> int:
         parameterization=args.param,
         transforms=not args.no_transforms,
         input=args.input,
-        on_progress=_print_progress,
+        on_progress=bar,
     )
-    written: list[Path] = []
-    for i, picture in enumerate(result.images):
-        path = out / f"{name}_{i}.png"
-        picture.save(path, format="PNG")
-        written.append(path)
-    if result.attribution_image is not None:
-        path = out / f"{name}.attribution.png"
-        result.attribution_image.save(path, format="PNG")
-        written.append(path)
-    if args.save_array:
-        path = out / f"{name}.npy"
-        np.save(path, result.array)
-        written.append(path)
-        if result.attribution is not None:
-            path = out / f"{name}.attribution.npy"
-            np.save(path, result.attribution)
-            written.append(path)
-    print(
-        f"{name}  objective={result.objective:.4g}  steps={result.steps}  "
-        f"-> {', '.join(str(p) for p in written) or '-'}"
-    )
-    return 0
 
 
 def _mean(values: np.ndarray | None) -> float | None:
@@ -885,7 +817,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Client(server, timeout=args.timeout, token=token, **_tls_arguments(args)) as client:
             if args.command == "models":
-                return _run_models(client)
+                return _run_models(client, args)
             if args.command == "layers":
                 return _run_layers(client, args)
             if args.command == "visualize":
@@ -894,7 +826,32 @@ def main(argv: list[str] | None = None) -> int:
                 return _run_health(client, args)
             if args.command == "evaluate":
                 return _run_evaluate(client, args)
-            return _run_explain(client, args)
+            if args.command == "report":
+                from deepvis._report import run_report
+
+                return run_report(client, args, server)
+            return run_explain(client, args, lambda e, p: _report_line(e, p, tls=tls))
+    except Interrupted as stop:
+        if stop.pipe:
+            return _closed_pipe()
+        print(
+            f"deepvis: interrupted: {stop.done} inputs done, {stop.left} not started "
+            "(rerun with --skip-existing to finish)",
+            file=sys.stderr,
+        )
+        return 130
+    except KeyboardInterrupt:
+        print("deepvis: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return _closed_pipe()
     except _REPORTED as err:
         _report(err, tls=tls)
         return 1
+
+
+def _closed_pipe() -> int:
+    """stdout was closed by its reader (`| head`): stop quietly, as a killed pipe does."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+    return 141

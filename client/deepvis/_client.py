@@ -15,7 +15,9 @@ import grpc
 import grpc.aio
 
 from deepvis import _convert
+from deepvis._exceptions import DeepvisError
 from deepvis._models import (
+    Comparison,
     Evaluation,
     EvaluationProgress,
     Explanation,
@@ -49,6 +51,8 @@ from deepvis._transport import (
     channel_target,
     security,
 )
+from deepvis.render import DEFAULT_CLIP
+from deepvis.render import Options as PictureOptions
 from deepvis.v1 import deepvis_pb2, deepvis_pb2_grpc
 
 __all__ = ["AsyncClient", "Client"]
@@ -189,8 +193,17 @@ class _BaseClient:
         timeout: float | None = None,
         array: bool = True,
         top_k_channels: int = 0,
+        picture_size: tuple[int, int] | None = None,
+        cmap: str | None = None,
+        clip: float | None = DEFAULT_CLIP,
+        sign: str | None = None,
+        overlay: bool | None = None,
+        colorbar: bool = False,
+        caption: bool = False,
     ) -> Call[Explanation]:
         """Runs an interpretability method on one input.
+
+        To run several methods on one input, in one call, use `compare`.
 
         Args:
             input: A path of an image file, encoded image bytes, a PIL image, a uint8 pixel
@@ -215,6 +228,20 @@ class _BaseClient:
             top_k_channels: For activations, keep only this many channels per layer, those
                 with the largest mean activation, best first (their indices are in
                 `Explanation.arrays["<layer>.channels"]`); 0 keeps all channels.
+            picture_size: (width, height) of the server's map pictures, as PIL's
+                `Image.size`; None: an overlay at the input image's size, a map alone at
+                its array's size. Never enlarged unasked.
+            cmap: The pictures' colormap, one of `deepvis.render.colormaps()`; None:
+                inferno for unsigned maps, RdBu_r for signed ones.
+            clip: The percentile of |a| drawn at the colormap's end; None or 100: no
+                clipping.
+            sign: "signed" or "unsigned" to draw maps so; None: the method's own.
+            overlay: Lay map pictures over the input (True) or not (False); None: the
+                method's own (Grad-CAM and activation heatmaps over the input).
+            colorbar: Draw a colorbar with the real values beside each map picture.
+            caption: Draw a caption (method · target · layer) above each map picture.
+                The same options given to `Explanation.heatmap` / `overlay` redraw the
+                server's picture locally, pixel for pixel (from a float32 array).
 
         Returns:
             The `Explanation`: raw result, picture, further named arrays and pictures,
@@ -225,6 +252,20 @@ class _BaseClient:
             TypeError, ValueError: An argument is invalid; nothing was sent.
             OSError: The input file cannot be read.
         """
+        if not isinstance(method, str):
+            raise TypeError(
+                f"method must be one method's name, not {type(method).__name__}; to run "
+                "several on one input use compare(input, methods=[...])"
+            )
+        picture = PictureOptions(
+            size=picture_size,
+            cmap=cmap,
+            clip=clip,
+            sign=sign,
+            overlay=overlay,
+            colorbar=colorbar,
+            caption=caption,
+        )
         # Built before the model is resolved so that a bad argument fails without a call.
         request = _convert.request_to_pb(
             input,
@@ -237,10 +278,87 @@ class _BaseClient:
             top_k=top_k,
             array=array,
             top_k_channels=top_k_channels,
+            picture=picture,
         )
-        explanation = _convert.explanation_from_pb
+        source = _convert.overlay_source(input)
         return single(
-            self._stub.Explain, request, explanation, timeout=timeout, unnamed=model is None
+            self._stub.Explain,
+            request,
+            lambda response: _convert.explanation_from_pb(response, source=source),
+            timeout=timeout,
+            unnamed=model is None,
+        )
+
+    def _compare(
+        self,
+        input: InputLike,
+        methods: Sequence[str] = ("guided_backprop", "grad_cam", "integrated_gradients"),
+        *,
+        model: str | None = None,
+        target: TargetLike = None,
+        layer: LayersLike = None,
+        render: bool = False,
+        top_k: int = 5,
+        timeout: float | None = None,
+        array_dtype: str = "float32",
+        top_k_channels: int = 0,
+    ) -> Call[Comparison]:
+        """Runs several methods on one input, in one call, for side-by-side pictures.
+
+        The methods go out as the items of one ExplainBatch call, which the server batches
+        (with every other client's requests); their float32 arrays come back, and the
+        `Comparison` draws them locally, on one shared scale per family by default.
+
+        Args:
+            input: Anything `explain` accepts; read once.
+            methods: Two or more of `deepvis.methods()` (hyphens may replace underscores),
+                each once.
+            model, target, top_k, timeout, array_dtype, top_k_channels: As for `explain`.
+            layer: For the layer methods among them (ignored by the others).
+            render: Also have the server draw each method's picture (`Explanation.image`).
+
+        Returns:
+            The `Comparison`, one `Explanation` per method.
+
+        Raises:
+            DeepvisError: The call failed, or one method failed (its error, naming it).
+            TypeError, ValueError: An argument is invalid; nothing was sent.
+            OSError: The input file cannot be read.
+        """
+        if isinstance(methods, str) or not isinstance(methods, Sequence):
+            raise TypeError(
+                f"methods must be a list or tuple of method names, not {type(methods).__name__}"
+            )
+        names = [_convert.method_name(m) for m in methods]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"methods must name each method once, at least one: {list(methods)}")
+        base = _convert.request_to_pb(
+            input,
+            model=model or "",
+            method=names[0],
+            target=target,
+            layer=layer,
+            render=render,
+            array_dtype=array_dtype,
+            top_k=top_k,
+            top_k_channels=top_k_channels,
+        )
+        batch = _convert.same_input_batch_pb(base, names)
+        source = _convert.overlay_source(input)
+
+        def answer(_request: Any, response: Any) -> Comparison:
+            items = _convert.explanations_from_batch_pb(response, len(names), source=source)
+            for name, item in zip(names, items, strict=True):
+                if isinstance(item, DeepvisError):
+                    raise type(item)(f"{name}: {item.details}", item.code)
+            return Comparison(dict(zip(names, items, strict=True)), source=source)  # type: ignore[arg-type]
+
+        return Call(
+            method=self._stub.ExplainBatch,
+            requests=[batch],
+            answer=answer,
+            unnamed=list(batch.requests) if model is None else [],
+            timeout=timeout,
         )
 
     def _explain_batch(
@@ -259,6 +377,13 @@ class _BaseClient:
         top_k_channels: int = 0,
         return_errors: bool = False,
         chunk: int = 64,
+        picture_size: tuple[int, int] | None = None,
+        cmap: str | None = None,
+        clip: float | None = DEFAULT_CLIP,
+        sign: str | None = None,
+        overlay: bool | None = None,
+        colorbar: bool = False,
+        caption: bool = False,
     ) -> Call[list[Any]]:
         """Runs an interpretability method on many inputs, a few calls for all of them.
 
@@ -274,7 +399,8 @@ class _BaseClient:
             return_errors: False raises the first failed item's error; True puts each
                 failed item's exception (a `DeepvisError`) in its place in the result.
             chunk: Items per call, 1 to 256.
-            model, method, layer, render, array_dtype, top_k, array, top_k_channels:
+            model, method, layer, render, array_dtype, top_k, array, top_k_channels,
+                picture_size, cmap, clip, sign, overlay, colorbar, caption:
                 As for `explain`, the same for every input.
             timeout: Deadline of each call in seconds; None uses the client's default.
 
@@ -299,13 +425,30 @@ class _BaseClient:
             top_k=top_k,
             array=array,
             top_k_channels=top_k_channels,
+            picture=PictureOptions(
+                size=picture_size,
+                cmap=cmap,
+                clip=clip,
+                sign=sign,
+                overlay=overlay,
+                colorbar=colorbar,
+                caption=caption,
+            ),
         )
+        sources = [_convert.overlay_source(x) for x in inputs]
+        starts = dict(zip(map(id, batches), range(0, len(inputs), chunk), strict=True))
+
+        def answer(batch: Any, response: Any) -> list[Any]:
+            start = starts[id(batch)]
+            chunk_sources = sources[start : start + len(batch.requests)]
+            return _convert.explanations_from_batch_pb(
+                response, len(batch.requests), sources=chunk_sources
+            )
+
         return Call(
             method=self._stub.ExplainBatch,
             requests=batches,
-            answer=lambda batch, response: _convert.explanations_from_batch_pb(
-                response, len(batch.requests)
-            ),
+            answer=answer,
             result=functools.partial(batch_results, return_errors),
             unnamed=[r for batch in batches for r in batch.requests] if model is None else [],
             timeout=timeout,
@@ -690,6 +833,7 @@ class Client(_BaseClient):
 
     models = method_of(_BaseClient._models, _run)
     explain = method_of(_BaseClient._explain, _run)
+    compare = method_of(_BaseClient._compare, _run)
     explain_batch = method_of(_BaseClient._explain_batch, _run)
     health = method_of(_BaseClient._health, _run)
     describe = method_of(_BaseClient._describe, _run)
@@ -794,6 +938,7 @@ class AsyncClient(_BaseClient):
 
     models = coroutine_of(_BaseClient._models, _run)
     explain = coroutine_of(_BaseClient._explain, _run)
+    compare = coroutine_of(_BaseClient._compare, _run)
     explain_batch = coroutine_of(_BaseClient._explain_batch, _run)
     health = coroutine_of(_BaseClient._health, _run)
     describe = coroutine_of(_BaseClient._describe, _run)

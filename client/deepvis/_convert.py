@@ -16,6 +16,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from PIL import Image
 
+from deepvis import render
 from deepvis._exceptions import DeepvisError, Internal, from_status
 from deepvis._models import (
     Evaluation,
@@ -52,6 +53,7 @@ __all__ = [
     "health_status_from_bytes",
     "input_to_pb",
     "method_from_pb",
+    "method_name",
     "method_to_pb",
     "methods",
     "metrics",
@@ -59,8 +61,11 @@ __all__ = [
     "model_info_from_pb",
     "models_from_pb",
     "objective_to_pb",
+    "overlay_source",
     "parameterizations",
+    "picture_to_pb",
     "request_to_pb",
+    "same_input_batch_pb",
     "set_model",
     "target_to_pb",
     "visualize_item_from_pb",
@@ -154,6 +159,23 @@ def method_to_pb(name: str) -> deepvis_pb2.Method:
         if key != _METHOD_PREFIX + "UNSPECIFIED" and key in deepvis_pb2.Method.keys():
             return deepvis_pb2.Method.Value(key)
     raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(methods())}")
+
+
+def method_name(name: str) -> str:
+    """The canonical name of a method ("grad-cam" -> "grad_cam").
+
+    Raises:
+        ValueError: The name is not one of `methods()`.
+    """
+    return method_from_pb(method_to_pb(name))
+
+
+def overlay_source(input: InputLike) -> InputLike | None:
+    """What an explanation keeps of its input for overlays: the image as sent (a path, bytes,
+    a PIL image, uint8 pixels); None for a preprocessed float tensor, which is no image."""
+    if isinstance(input, np.ndarray) and input.dtype != np.uint8:
+        return None
+    return input
 
 
 def method_from_pb(number: int) -> str:
@@ -320,6 +342,44 @@ def _layers_to_list(layer: LayersLike) -> list[str]:
     return names
 
 
+_SIGNS_PB = {
+    None: deepvis_pb2.MAP_SIGN_UNSPECIFIED,
+    "signed": deepvis_pb2.MAP_SIGN_SIGNED,
+    "unsigned": deepvis_pb2.MAP_SIGN_UNSIGNED,
+}
+_OVERLAYS_PB = {
+    None: deepvis_pb2.OVERLAY_UNSPECIFIED,
+    True: deepvis_pb2.OVERLAY_INPUT,
+    False: deepvis_pb2.OVERLAY_NONE,
+}
+
+
+def picture_to_pb(picture: render.Options, out: deepvis_pb2.OutputOptions) -> None:
+    """Writes what the server draws by (size, colormap, clip, sign, overlay, colorbar, caption)
+    into `out`.
+
+    Raises:
+        ValueError: `picture` has options only a local drawing has (alpha, base, scale).
+    """
+    local = render.Options()
+    for name in ("alpha", "base", "scale"):
+        if getattr(picture, name) != getattr(local, name):
+            raise ValueError(
+                f"{name} is a local drawing option: the server draws with the default; draw "
+                "locally with Explanation.overlay or Explanation.heatmap"
+            )
+    if picture.size is not None:
+        out.picture_width, out.picture_height = picture.size
+    if picture.cmap is not None:
+        out.colormap = picture.cmap
+    if picture.clip != render.DEFAULT_CLIP:
+        out.clip_percentile = 100.0 if picture.clip is None else picture.clip
+    out.sign = _SIGNS_PB[picture.sign]
+    out.overlay = _OVERLAYS_PB[picture.overlay]
+    out.colorbar = picture.colorbar
+    out.caption = picture.caption
+
+
 def request_to_pb(
     input: InputLike,
     *,
@@ -332,6 +392,7 @@ def request_to_pb(
     top_k: int,
     array: bool = True,
     top_k_channels: int = 0,
+    picture: render.Options | None = None,
 ) -> deepvis_pb2.ExplainRequest:
     """Builds an `ExplainRequest`; see `Client.explain` for the arguments.
 
@@ -358,9 +419,23 @@ def request_to_pb(
         ),
         top_k_channels=int(top_k_channels),
     )
+    if picture is not None:
+        picture_to_pb(picture, request.output)
     if target_pb is not None:
         request.target.CopyFrom(target_pb)
     return request
+
+
+def same_input_batch_pb(
+    base: deepvis_pb2.ExplainRequest, methods: Sequence[str]
+) -> deepvis_pb2.ExplainBatchRequest:
+    """One ExplainBatch of `base` once per method: the input encoded once, copied."""
+    batch = deepvis_pb2.ExplainBatchRequest()
+    for name in methods:
+        item = batch.requests.add()
+        item.CopyFrom(base)
+        item.method = method_to_pb(name)
+    return batch
 
 
 def batch_targets(targets: TargetLike | Sequence[TargetLike], n: int) -> list[TargetLike]:
@@ -373,15 +448,20 @@ def batch_targets(targets: TargetLike | Sequence[TargetLike], n: int) -> list[Ta
 
 
 def explanations_from_batch_pb(
-    resp: deepvis_pb2.ExplainBatchResponse, n: int
+    resp: deepvis_pb2.ExplainBatchResponse,
+    n: int,
+    source: InputLike | None = None,
+    sources: Sequence[InputLike | None] | None = None,
 ) -> list[Explanation | DeepvisError]:
-    """Each item's `Explanation`, or the exception its error stands for, in order."""
+    """Each item's `Explanation`, or the exception its error stands for, in order; each keeps
+    `source` (or its own of `sources`) for overlays."""
     if len(resp.items) != n:
         raise Internal(f"the server answered {len(resp.items)} items for {n} requests")
     out: list[Explanation | DeepvisError] = []
-    for item in resp.items:
+    for i, item in enumerate(resp.items):
         if item.HasField("response"):
-            out.append(explanation_from_pb(item.response))
+            kept = sources[i] if sources is not None else source
+            out.append(explanation_from_pb(item.response, source=kept))
         else:
             err = item.error
             details = f"{err.message} (field {err.field})" if err.field else err.message
@@ -402,6 +482,7 @@ def batch_requests_to_pb(
     top_k: int,
     array: bool,
     top_k_channels: int,
+    picture: render.Options | None = None,
 ) -> list[deepvis_pb2.ExplainBatchRequest]:
     """Builds the `ExplainBatchRequest`s of `explain_batch`, `chunk` items each, in order.
 
@@ -429,6 +510,7 @@ def batch_requests_to_pb(
             top_k=top_k,
             array=array,
             top_k_channels=top_k_channels,
+            picture=picture,
         )
         for x, t in zip(inputs, per_item, strict=True)
     ]
@@ -539,8 +621,11 @@ def _target_from_pb(target: deepvis_pb2.Target) -> int | Neuron | None:
     return None
 
 
-def explanation_from_pb(resp: deepvis_pb2.ExplainResponse) -> Explanation:
-    """Converts an `ExplainResponse` into an `Explanation`.
+def explanation_from_pb(
+    resp: deepvis_pb2.ExplainResponse, source: InputLike | None = None
+) -> Explanation:
+    """Converts an `ExplainResponse` into an `Explanation` (keeping `source`, the input as
+    sent, for overlays).
 
     Raises:
         ValueError: An array is inconsistent with its shape or has an unexpected dtype (the
@@ -575,6 +660,8 @@ def explanation_from_pb(resp: deepvis_pb2.ExplainResponse) -> Explanation:
         arrays=arrays,
         images=_by_name(resp.images, "pictures", _named_image),
         input_region=_region_from_pb(resp, "input_region"),
+        layer=resp.layer,
+        source=source,
     )
 
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeAlias, TypeVar, overload
+from typing import Any, Generic, Literal, TypeAlias, TypeVar, overload
 
 import numpy as np
 from PIL import Image
 
+from deepvis import render
+from deepvis._display import bundle, load_image
+
 T = TypeVar("T")
 
 __all__ = [
+    "Comparison",
     "Evaluation",
     "EvaluationProgress",
     "Explanation",
@@ -154,6 +159,15 @@ class Explanation:
             space cover this box. None from a server that does not say.
         cached: The server answered from its response cache (an identical earlier request's
             answer; the timings are then 0).
+        layer: The layer a layer method read (activations: the one whose maps are `array`);
+            "" for the other methods.
+        source: The input `explain` was given (a path, bytes, a PIL image or uint8 pixels),
+            kept for overlays (`overlay()` with no image); None for a preprocessed tensor.
+
+    Pictures are drawn locally from `array` by `deepvis.render`, as the server draws them:
+    `heatmap()` draws the map alone, `overlay(image)` over the image as sent, `grid()` an
+    activation layer's maps; with the same options as the request's, the pixels are the
+    server's `image` (for a float32 array). In Jupyter an `Explanation` shows itself.
     """
 
     model: str
@@ -170,6 +184,8 @@ class Explanation:
     images: dict[str, Image.Image] = field(default_factory=dict)
     input_region: tuple[float, float, float, float] | None = None
     cached: bool = False
+    layer: str = ""
+    source: Any = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         top = self.predictions[0] if self.predictions else None
@@ -178,6 +194,242 @@ class Explanation:
             f"array={_describe_array(self.array)}, image={_describe_image(self.image)}, "
             f"top={top!r}, target={self.target!r}, batch_size={self.batch_size}, "
             f"arrays={list(self.arrays)!r}, images={list(self.images)!r})"
+        )
+
+    def caption(self) -> str:
+        """The pictures' caption: method · target (label and probability) · layer."""
+        if self.method == "activations":
+            return f"{render.caption(self.method, layer=self.layer)} · mean"
+        return render.caption(self.method, self.target, self.predictions, self.layer)
+
+    def picture(
+        self,
+        image: InputLike | None = None,
+        *,
+        overlay: bool | None = None,
+        size: tuple[int, int] | None = None,
+        cmap: str | None = None,
+        clip: float | None = render.DEFAULT_CLIP,
+        scale: render.Scale | None = None,
+        sign: str | None = None,
+        alpha: float = render.DEFAULT_ALPHA,
+        base: str = "gray",
+        colorbar: bool = False,
+        caption: bool = False,
+    ) -> render.Picture:
+        """Draws the result's map locally, as the server draws it with the same options.
+
+        Args:
+            image: The image as sent, for an overlay; None: `source`.
+            overlay: Over the image (True), alone (False), or the method's default (None:
+                Grad-CAM and activations over the image).
+            size: (width, height) of the picture, as PIL's `Image.size`; None: an overlay
+                at the image's size, a map alone at its own (the model's input size).
+            cmap: A colormap of `deepvis.render.colormaps()`; None: inferno for unsigned
+                maps, RdBu_r for signed ones.
+            clip: The percentile of |a| drawn at the colormap's end; None or 100: no clipping.
+            scale: Draw on this `render.Scale` (e.g. one shared with other maps) instead.
+            sign: "signed" or "unsigned" to override the method's family; None keeps it.
+            alpha: How much of the map's colour an overlay shows, 0 to 1.
+            base: An overlay's base: "gray" (a grayscale copy of the image) or "color".
+            colorbar: Draw the colorbar with the scale's real values beside the picture.
+            caption: Draw the caption (`caption()`) above the picture.
+
+        Returns:
+            The `render.Picture`: its image, scale, map and note.
+
+        Raises:
+            ValueError: The array was left out (`array=False`), an overlay has no image, or
+                an option is invalid.
+            OSError: The image cannot be read.
+        """
+        if self.array is None:
+            raise ValueError(
+                "the result array was left out (array=False): draw pictures from an explanation "
+                "that has it, or use the server's `image`"
+            )
+        options = render.Options(
+            size=size,
+            cmap=cmap,
+            clip=clip,
+            sign=sign,
+            overlay=overlay,
+            alpha=alpha,
+            base=base,
+            colorbar=colorbar,
+            caption=caption,
+            scale=scale,
+        )
+        on_image = render.style_of(self.method).overlay if overlay is None else overlay
+        picture_on = None
+        if on_image:
+            source = image if image is not None else self.source
+            if source is None:
+                raise ValueError(
+                    "an overlay is drawn on the image as sent: pass it, e.g. "
+                    "explanation.overlay('cat.jpg')"
+                )
+            picture_on = load_image(source)
+        return render.draw(
+            self.method,
+            self.array,
+            options,
+            image=picture_on,
+            region=self.input_region,
+            title=self.caption(),
+        )
+
+    def heatmap(
+        self,
+        cmap: str | None = None,
+        clip: float | None = render.DEFAULT_CLIP,
+        scale: render.Scale | None = None,
+        *,
+        size: tuple[int, int] | None = None,
+        sign: str | None = None,
+        colorbar: bool = False,
+        caption: bool = False,
+    ) -> Image.Image:
+        """The map alone, in the model's input space, as an RGB picture.
+
+        Unsigned maps (Grad-CAM, saliency, activations' mean) go from 0 in a sequential
+        colormap up; signed ones (gradients, integrated gradients) are symmetric about zero in
+        a diverging one. A map that is zero everywhere is drawn neutral, with a
+        `render.FlatMapWarning`. Arguments as for `picture()`.
+        """
+        pic = self.picture(
+            overlay=False,
+            size=size,
+            cmap=cmap,
+            clip=clip,
+            scale=scale,
+            sign=sign,
+            colorbar=colorbar,
+            caption=caption,
+        )
+        return _warned(pic)
+
+    def overlay(
+        self,
+        image: InputLike | None = None,
+        alpha: float = render.DEFAULT_ALPHA,
+        *,
+        cmap: str | None = None,
+        clip: float | None = render.DEFAULT_CLIP,
+        scale: render.Scale | None = None,
+        size: tuple[int, int] | None = None,
+        sign: str | None = None,
+        base: str = "gray",
+        colorbar: bool = False,
+        caption: bool = False,
+    ) -> Image.Image:
+        """The map laid over the image as sent, at that image's size (or `size`).
+
+        The map covers the part of the image the model saw (`input_region`: after the
+        model's resize and centre crop), resampled with correct pixel centres; the rest of the
+        image is shown at half brightness. Arguments as for `picture()`; `image` defaults to
+        the input `explain` was given.
+        """
+        pic = self.picture(
+            image,
+            overlay=True,
+            size=size,
+            cmap=cmap,
+            clip=clip,
+            scale=scale,
+            sign=sign,
+            alpha=alpha,
+            base=base,
+            colorbar=colorbar,
+            caption=caption,
+        )
+        return _warned(pic)
+
+    def grid(
+        self,
+        layer: str | None = None,
+        *,
+        cmap: str | None = None,
+        clip: float | None = render.DEFAULT_CLIP,
+        colorbar: bool = False,
+        caption: bool = False,
+    ) -> Image.Image:
+        """An activation layer's feature maps as a grid of tiles labelled with their channel
+        indices, ordered by mean activation, on one scale (the server's "<layer>.grid").
+
+        Args:
+            layer: The layer; None: the first one (`layer`).
+            cmap, clip, colorbar, caption: As for `picture()`.
+
+        Raises:
+            ValueError: Not an activations result, or the layer's maps were not sent.
+        """
+        name = layer or self.layer
+        maps = self.arrays.get(name)
+        if self.method != "activations" or maps is None or maps.ndim != 3:
+            raise ValueError(
+                f"no feature maps of layer {name!r} here: a grid is drawn from an activations "
+                f"result's [C, h, w] maps (arrays: {', '.join(self.arrays) or 'none'})"
+            )
+        pic = render.grid(maps, self.arrays.get(f"{name}.channels"), cmap=cmap, clip=clip)
+        title = f"{render.caption(self.method, layer=name)} · {pic.caption}"
+        return render.figure(
+            pic.image,
+            title=title if caption else None,
+            scale=pic.scale if colorbar else None,
+        )
+
+    def _panels(self) -> tuple[list[tuple[str, Image.Image]], list[str]]:
+        """The pictures a notebook shows: the input, the map with its colorbar (over the
+        input when that is the method's way and the input is at hand), an activation grid."""
+        panels: list[tuple[str, Image.Image]] = []
+        notes: list[str] = []
+        source = None
+        if self.source is not None:
+            try:
+                source = load_image(self.source)
+            except (OSError, ValueError):
+                source = None
+        if source is not None:
+            panels.append(_panel("input", source.convert("RGB")))
+        if self.array is not None:
+            try:
+                overlay = render.style_of(self.method).overlay and source is not None
+                pic = self.picture(source, overlay=overlay)
+                panels.append(_panel(self.caption(), pic.image, pic.scale))
+                if pic.note:
+                    notes.append(pic.note)
+                if self.method == "activations" and self.layer in self.arrays:
+                    panels.append((f"{self.layer} maps", self.grid(colorbar=True)))
+            except ValueError as e:
+                notes.append(f"not drawn: {e}")
+        elif self.image is not None:
+            panels.append(_panel(self.caption(), self.image.convert("RGB")))
+        return panels, notes
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        panels, notes = self._panels()
+        top = ", ".join(f"{p.label} ({p.score:.3f})" for p in self.predictions[:5]) or "-"
+        rows = [
+            ("model", self.model),
+            ("method", self.method),
+            ("target", render.caption("", self.target, self.predictions).lstrip(" ·") or "-"),
+            ("top predictions", top),
+            (
+                "server",
+                f"batch of {self.batch_size}, queued {self.queue_ms:.1f} ms, "
+                f"computed {self.compute_ms:.1f} ms",
+            ),
+        ]
+        if self.layer:
+            rows.insert(2, ("layer", self.layer))
+        return bundle(
+            f"{self.caption()} on {self.model}",
+            panels,
+            rows=rows,
+            notes=[*self.warnings, *notes],
+            include=include,
+            exclude=exclude,
         )
 
 
@@ -246,6 +498,11 @@ class Progress:
             f"image={_describe_image(self.image)})"
         )
 
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        summary = f"step {self.step}/{self.steps}, objective {self.objective:.4g}"
+        panels = [] if self.image is None else [_panel(summary, self.image.convert("RGB"))]
+        return bundle(summary, panels, include=include, exclude=exclude)
+
 
 @dataclass(eq=False)
 class Visualization:
@@ -284,6 +541,231 @@ class Visualization:
             f"attribution={_describe_array(self.attribution)}, "
             f"max_batch_jobs={self.max_batch_jobs})"
         )
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        panels = [_panel(f"image {i}", img.convert("RGB")) for i, img in enumerate(self.images)]
+        notes: list[str] = []
+        if self.attribution is not None:
+            pic = render.draw("guided_backprop", self.attribution)
+            panels.append(_panel("guided_backprop of the objective", pic.image, pic.scale))
+            if pic.note:
+                notes.append(pic.note)
+        rows = [
+            ("objective", f"{self.objective:.6g}"),
+            ("steps", str(self.steps)),
+            (
+                "server",
+                f"queued {self.queue_ms:.1f} ms, ran {self.compute_ms:.1f} ms, "
+                f"batch shared by up to {self.max_batch_jobs} jobs",
+            ),
+        ]
+        summary = (
+            f"feature visualization: {len(self.images)} image(s), objective {self.objective:.4g}"
+        )
+        return bundle(summary, panels, rows=rows, notes=notes, include=include, exclude=exclude)
+
+
+def _panel(
+    title: str, image: Image.Image, scale: render.Scale | None = None
+) -> tuple[str, Image.Image]:
+    """A picture as a notebook or report shows it: small ones enlarged (nearest, said in the
+    title), with its colorbar."""
+    big, factor = render.zoom(image)
+    return render.shown(title, factor), render.figure(big, scale=scale)
+
+
+def _warned(picture: render.Picture) -> Image.Image:
+    if picture.note is not None:
+        warnings.warn(picture.note, render.FlatMapWarning, stacklevel=3)
+    return picture.image
+
+
+ScaleLike: TypeAlias = Literal["shared"] | None
+
+
+@dataclass(eq=False)
+class Comparison:
+    """Several methods' explanations of one input, from one call (`Client.compare`).
+
+    Attributes:
+        explanations: One `Explanation` per method, by method name, in the order asked.
+        source: The input `compare` was given, kept for overlays.
+
+    `heatmaps()` and `overlays()` draw every method's map; with scale="shared" (the default)
+    maps of one family share one scale: every signed map one symmetric bound, every unsigned
+    map one bound, so that equal colours mean equal values. `composite()` puts them side by
+    side; in Jupyter a `Comparison` shows itself so.
+    """
+
+    explanations: dict[str, Explanation]
+    source: Any = field(default=None, repr=False)
+
+    @property
+    def methods(self) -> list[str]:
+        """The methods, in the order asked."""
+        return list(self.explanations)
+
+    def __getitem__(self, method: str) -> Explanation:
+        return self.explanations[method.replace("-", "_")]
+
+    def __iter__(self) -> Any:
+        return iter(self.explanations.values())
+
+    def __len__(self) -> int:
+        return len(self.explanations)
+
+    @property
+    def predictions(self) -> list[Prediction]:
+        """The model's top predictions for the input (the same for every method)."""
+        first = next(iter(self.explanations.values()))
+        return first.predictions
+
+    def __repr__(self) -> str:
+        first = next(iter(self.explanations.values()))
+        return (
+            f"Comparison(model={first.model!r}, methods={self.methods!r}, target={first.target!r})"
+        )
+
+    def scales(
+        self,
+        scale: ScaleLike = "shared",
+        *,
+        cmap: str | None = None,
+        clip: float | None = render.DEFAULT_CLIP,
+        sign: str | None = None,
+    ) -> dict[str, render.Scale]:
+        """Each method's scale: its own (scale=None), or shared within its family.
+
+        Raises:
+            ValueError: `scale` is neither "shared" nor None, or an array was left out.
+        """
+        if scale not in ("shared", None):
+            raise ValueError(f"scale must be 'shared' or None, not {scale!r}")
+        own: dict[str, render.Scale] = {}
+        for method, exp in self.explanations.items():
+            if exp.array is None:
+                raise ValueError(f"{method}: the result array was left out; nothing to draw")
+            m = render.map_of(method, exp.array, sign)
+            own[method] = render.scale_of(m.values, signed=m.signed, clip=clip, cmap=cmap)
+        if scale is None:
+            return own
+        out = {}
+        for signed in (True, False):
+            family = {k: s for k, s in own.items() if s.signed == signed}
+            if family:
+                shared = render.shared_scale(list(family.values()))
+                out.update({k: shared.with_cmap(s.cmap) for k, s in family.items()})
+        return {k: out[k] for k in own}
+
+    def heatmaps(
+        self,
+        scale: ScaleLike = "shared",
+        *,
+        cmap: str | None = None,
+        clip: float | None = render.DEFAULT_CLIP,
+        size: tuple[int, int] | None = None,
+        sign: str | None = None,
+        colorbar: bool = False,
+        caption: bool = False,
+    ) -> dict[str, Image.Image]:
+        """Every method's map alone, by method (see `Explanation.heatmap`)."""
+        scales = self.scales(scale, cmap=cmap, clip=clip, sign=sign)
+        return {
+            m: exp.heatmap(
+                scale=scales[m], size=size, sign=sign, colorbar=colorbar, caption=caption
+            )
+            for m, exp in self.explanations.items()
+        }
+
+    def overlays(
+        self,
+        image: InputLike | None = None,
+        scale: ScaleLike = "shared",
+        *,
+        alpha: float = render.DEFAULT_ALPHA,
+        cmap: str | None = None,
+        clip: float | None = render.DEFAULT_CLIP,
+        size: tuple[int, int] | None = None,
+        sign: str | None = None,
+        base: str = "gray",
+        colorbar: bool = False,
+        caption: bool = False,
+    ) -> dict[str, Image.Image]:
+        """Every method's map over the image as sent, by method (see `Explanation.overlay`)."""
+        source = load_image(image if image is not None else self._source())
+        scales = self.scales(scale, cmap=cmap, clip=clip, sign=sign)
+        return {
+            m: exp.overlay(
+                source,
+                alpha,
+                scale=scales[m],
+                size=size,
+                sign=sign,
+                base=base,
+                colorbar=colorbar,
+                caption=caption,
+            )
+            for m, exp in self.explanations.items()
+        }
+
+    def _source(self) -> Any:
+        if self.source is None:
+            raise ValueError("an overlay is drawn on the image as sent: pass it")
+        return self.source
+
+    def composite(
+        self,
+        image: InputLike | None = None,
+        scale: ScaleLike = "shared",
+        *,
+        overlay: bool | None = None,
+        cmap: str | None = None,
+        clip: float | None = render.DEFAULT_CLIP,
+    ) -> Image.Image:
+        """The input and every method's map side by side, each titled and with its colorbar.
+
+        Args:
+            image: The image as sent; None: `source` (without one, maps are drawn alone).
+            scale: "shared" (one scale per family) or None (each map its own).
+            overlay: Maps over the image (True), alone (False), or each method's way (None).
+            cmap, clip: As for `Explanation.picture`.
+        """
+        return render.composite(self._panels(image, scale, overlay, cmap, clip))
+
+    def _panels(
+        self,
+        image: InputLike | None,
+        scale: ScaleLike,
+        overlay: bool | None,
+        cmap: str | None,
+        clip: float | None,
+    ) -> list[tuple[str, Image.Image]]:
+        src = image if image is not None else self.source
+        source = load_image(src) if src is not None else None
+        scales = self.scales(scale, cmap=cmap, clip=clip)
+        panels = [] if source is None else [_panel("input", source.convert("RGB"))]
+        for m, exp in self.explanations.items():
+            on = render.style_of(m).overlay if overlay is None else overlay
+            pic = exp.picture(source, overlay=on and source is not None, scale=scales[m])
+            panels.append(_panel(exp.caption(), pic.image, pic.scale))
+        return panels
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        first = next(iter(self.explanations.values()))
+        notes = [w for exp in self for w in exp.warnings]
+        try:
+            panels = self._panels(None, "shared", None, None, render.DEFAULT_CLIP)
+        except ValueError as e:
+            panels, notes = [], [*notes, f"not drawn: {e}"]
+        top = ", ".join(f"{p.label} ({p.score:.3f})" for p in first.predictions[:5]) or "-"
+        rows = [
+            ("model", first.model),
+            ("target", render.caption("", first.target, first.predictions).lstrip(" ·") or "-"),
+            ("top predictions", top),
+            ("scale", "shared within each family (signed, unsigned)"),
+        ]
+        summary = f"{', '.join(self.methods)} on {first.model}"
+        return bundle(summary, panels, rows=rows, notes=notes, include=include, exclude=exclude)
 
 
 @dataclass(eq=False)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import grpc
 import numpy as np
 import torch
 
+from deepvis import render
 from deepvis.v1 import deepvis_pb2 as pb
 
 from . import featurevis as fv
@@ -113,6 +115,77 @@ def parse_explain_batch(msg: pb.ExplainBatchRequest) -> list[pb.ExplainRequest]:
     return list(msg.requests)
 
 
+# A picture's size: at most this many pixels a side and in all (the input image's own limit).
+MAX_PICTURE_SIDE = 8192
+MAX_PICTURE_PIXELS = 4096 * 4096
+_SIGNS = {
+    pb.MAP_SIGN_UNSPECIFIED: None,
+    pb.MAP_SIGN_SIGNED: "signed",
+    pb.MAP_SIGN_UNSIGNED: "unsigned",
+}
+_OVERLAYS = {pb.OVERLAY_UNSPECIFIED: None, pb.OVERLAY_INPUT: True, pb.OVERLAY_NONE: False}
+
+
+def parse_picture(opts: pb.OutputOptions) -> render.Options:
+    """The OutputOptions' picture fields as the renderer's options, refused field by field."""
+    width, height = opts.picture_width, opts.picture_height
+    if (width == 0) != (height == 0):
+        raise InvalidArgument(
+            "output.picture_width and output.picture_height go together: set both, or neither "
+            "for the natural size",
+            field="output.picture_width" if width == 0 else "output.picture_height",
+        )
+    for name, side in (("picture_width", width), ("picture_height", height)):
+        if not 0 <= side <= MAX_PICTURE_SIDE:
+            raise InvalidArgument(
+                f"output.{name} must be in [1, {MAX_PICTURE_SIDE}] (or 0 for the natural size), "
+                f"got {side}",
+                field=f"output.{name}",
+            )
+    if width * height > MAX_PICTURE_PIXELS:
+        raise InvalidArgument(
+            f"output.picture_width x picture_height is {width}x{height} = {width * height} "
+            f"pixels; at most {MAX_PICTURE_PIXELS}",
+            field="output.picture_width",
+        )
+    cmap = opts.colormap or None
+    if cmap is not None and cmap.lower() not in (n.lower() for n in render.colormaps()):
+        raise InvalidArgument(
+            f"output.colormap {cmap[:100]!r} is not served; valid: {', '.join(render.colormaps())} "
+            "(or empty for the map's default)",
+            field="output.colormap",
+        )
+    clip: float | None = render.DEFAULT_CLIP
+    if opts.HasField("clip_percentile"):
+        clip = float(opts.clip_percentile)
+        if not (math.isfinite(clip) and 0 < clip <= 100):
+            raise InvalidArgument(
+                f"output.clip_percentile must be in (0, 100] (100: no clipping), got {clip:g}",
+                field="output.clip_percentile",
+            )
+    if opts.sign not in _SIGNS:
+        raise InvalidArgument(
+            f"output.sign {opts.sign} is not a MapSign; valid: MAP_SIGN_UNSPECIFIED, "
+            "MAP_SIGN_SIGNED, MAP_SIGN_UNSIGNED",
+            field="output.sign",
+        )
+    if opts.overlay not in _OVERLAYS:
+        raise InvalidArgument(
+            f"output.overlay {opts.overlay} is not an Overlay; valid: OVERLAY_UNSPECIFIED, "
+            "OVERLAY_INPUT, OVERLAY_NONE",
+            field="output.overlay",
+        )
+    return render.Options(
+        size=(width, height) if width else None,
+        cmap=cmap,
+        clip=clip,
+        sign=_SIGNS[opts.sign],
+        overlay=_OVERLAYS[opts.overlay],
+        colorbar=opts.colorbar,
+        caption=opts.caption,
+    )
+
+
 def parse_explain(msg: pb.ExplainRequest, deadline: float) -> ExplainQuery:
     """Reads an ExplainRequest into plain values; refuses what is wrong whatever the model."""
     method = _METHODS.get(msg.method)
@@ -151,6 +224,7 @@ def parse_explain(msg: pb.ExplainRequest, deadline: float) -> ExplainQuery:
         deadline=deadline,
         top_k=opts.top_k or DEFAULT_TOP_K,
         render=opts.render,
+        picture=parse_picture(opts),
         array_dtype=array_dtype,
         omit_array=opts.omit_array,
     )

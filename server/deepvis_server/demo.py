@@ -1,4 +1,5 @@
-"""`make demo`: start a server on the embedded model, explain the sample digits with the CLI, stop."""
+"""`make demo`: start a server on the embedded model, explain the sample digits with the CLI, write
+out/report.html, stop."""
 
 from __future__ import annotations
 
@@ -34,22 +35,28 @@ def main(argv: list[str] | None = None) -> int:
         run_cli("models", "--server", address)
         run_cli("layers", "digits", "--server", address)
         # 1. Guided backpropagation: which pixels each decision rests on.
+        samples_dir = str(DEFAULT_MODEL_DIR / "samples")
+        # 1. Guided backpropagation, and the methods it is compared with, side by side on
+        #    one scale per family: which pixels each decision rests on, and where.
         run_cli(
             "explain",
-            *samples,
+            samples_dir,
             "--server",
             address,
             "--method",
-            "guided-backprop",
+            "guided-backprop,grad-cam,integrated-gradients,saliency",
+            "--panel",
+            "--format",
+            "png,npy",
+            "--quiet",
             "--out",
-            str(out / "guided-backprop"),
-            "--save-array",
+            str(out / "explain"),
         )
         # 2. Activation visualization: the 16 strongest feature maps of conv2 and conv3, and
-        #    where each layer fires; Grad-CAM, its class-discriminative form.
+        #    where each layer fires.
         run_cli(
             "explain",
-            *samples,
+            samples_dir,
             "--server",
             address,
             "--method",
@@ -60,18 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             "conv3",
             "--top-k-channels",
             "16",
+            "--quiet",
             "--out",
             str(out / "activations"),
-        )
-        run_cli(
-            "explain",
-            *samples,
-            "--server",
-            address,
-            "--method",
-            "grad-cam",
-            "--out",
-            str(out / "grad-cam"),
         )
         # 3. Neuron-level visualization: what each class logit wants to see, ten renders at
         #    once (they share one optimization batch), and one conv3 neuron with where it
@@ -89,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                     str(k),
                     "--steps",
                     "256",
+                    "--quiet",
                     "--out",
                     str(out / "visualize"),
                 ]
@@ -108,13 +107,29 @@ def main(argv: list[str] | None = None) -> int:
             "256",
             "--input",
             samples[5],
+            "--quiet",
             "--out",
             str(out / "visualize"),
+        )
+        # 4. One page with it all: every sample, four methods, their scales, the timings.
+        run_cli(
+            "report",
+            samples_dir,
+            "--server",
+            address,
+            "--method",
+            "guided-backprop,grad-cam,integrated-gradients,saliency",
+            "--quiet",
+            "--out",
+            str(out / "report.html"),
         )
     finally:
         code = server.stop(timeout=30)
     written = sorted(args.out.rglob("*.png"))
-    print(f"demo: wrote {len(written)} pictures to {args.out}/ (server exited with {code})")
+    print(
+        f"demo: wrote {len(written)} pictures to {args.out}/ and {args.out}/report.html "
+        f"(server exited with {code})"
+    )
     return 0 if code == 0 and written else 1
 
 

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+from deepvis.render import Options as PictureOptions
+from deepvis.render import caption
+
 from .batch_step import ItemResult
 from .batcher import Batcher, BatchMetrics, WorkItem
 from .config import ConfigError, ServerConfig
@@ -34,8 +37,9 @@ from .evaluation.scheduler import Progress as EvaluateProgress
 from .featurevis.objectives import explain_target
 from .featurevis.optimization import RenderJob
 from .featurevis.scheduler import Progress, Rendered, Visualizer
-from .methods import REGISTRY, ItemShare, Method, MethodRequest, Output, Target
+from .methods import REGISTRY, ClassTarget, ItemShare, Method, MethodRequest, Output, Target
 from .models import ServedModel, load_model, select_device
+from .pictures import Scene, caption_predictions, input_image
 from .preprocess import RawInput, Region, input_to_tensor, model_region, wire_pixels
 from .response_cache import ResponseCache
 
@@ -58,6 +62,7 @@ class ExplainQuery:
     deadline: float  # on the event loop's clock
     top_k: int = DEFAULT_TOP_K  # predictions to return
     render: bool = False  # draw pictures
+    picture: PictureOptions = PictureOptions()  # how (OutputOptions' picture fields)
     array_dtype: str = "float32"  # "float32" | "float16": the arrays' wire precision
     omit_array: bool = False  # send no arrays
 
@@ -312,11 +317,13 @@ class Engine:
             result = await future
         finally:
             timer.cancel()
-        finish = (model, ItemShare(result.array, result.extras, request, x), query.render)
-        if query.render:  # pictures: PNG encoding belongs off the loop
-            output = await loop.run_in_executor(self.cpu_executor, method.finish, *finish)
+        share = ItemShare(result.array, result.extras, request, x)
+        if query.render:  # pictures: drawing and PNG encoding belong off the loop
+            output = await loop.run_in_executor(
+                self.cpu_executor, self._draw, query, model, method, share, result, region
+            )
         else:  # arrays only: slicing, cheaper than the hop to a thread and back
-            output = method.finish(*finish)
+            output = method.finish(model, share)
         return ExplainAnswer(
             query=query,
             model=model,
@@ -324,12 +331,39 @@ class Engine:
             output=output,
             target=result.target,
             predictions=result.predictions,
-            warnings=result.warnings,
+            warnings=result.warnings + tuple(output.notes),
             queue_ms=result.queue_ms,
             compute_ms=result.compute_ms,
             batch_size=result.batch_size,
             region=region,
         )
+
+    def _draw(
+        self,
+        query: ExplainQuery,
+        model: ServedModel,
+        method: Method,
+        share: ItemShare,
+        result: ItemResult,
+        region: Region,
+    ) -> Output:
+        """One item's arrays and pictures (CPU thread), drawn as the client draws them."""
+        output = method.finish(model, share)
+        target = result.target
+        scene = Scene(
+            options=query.picture,
+            region=region,
+            title=caption(
+                method.name,
+                target.index if isinstance(target, ClassTarget) else target,
+                caption_predictions(result.predictions, model.label),
+                share.request.layers[0] if share.request.layers else "",
+            ),
+            load_image=lambda: input_image(query.input, share.x, model.spec, self.config.limits),
+        )
+        drawn = method.draw(model, share, output, scene)
+        output.png, output.pngs, output.notes = drawn.png, drawn.pngs, scene.notes
+        return output
 
     async def visualize(
         self, query: VisualizeQuery

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from deepvis.render import eight_bit
+
 from .config import Limits, ModelSpec
 from .errors import InvalidArgument, ResourceExhausted
 
@@ -79,20 +81,17 @@ def decode_image(data: bytes, limits: Limits) -> Image.Image:
 
 def to_model_mode(img: Image.Image, channels: int) -> Image.Image:
     """Converts any decoded mode (palette, 16-bit, CMYK, alpha, grayscale) to L or RGB."""
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # Pillow's own I;16 -> L conversion clips at 255; scale the full range instead.
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        img = Image.fromarray(np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8))
-    elif img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8))
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in _EIGHT_BIT_FIRST:
+        # 16- and 32-bit samples scaled over their full range (Pillow's own conversion clips
+        # at 255), palettes expanded: as the pictures' renderer reads them too.
+        img = eight_bit(img)
     target = "L" if channels == 1 else "RGB"
     if img.mode != target:
         img = img.convert(target)
     return img
+
+
+_EIGHT_BIT_FIRST = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F", "P")
 
 
 def pixels_array(raw: RawInput, limits: Limits) -> np.ndarray:

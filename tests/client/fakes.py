@@ -128,6 +128,12 @@ class FakeExplainer(deepvis_pb2_grpc.ExplainerServicer):
         self.endless_ended = threading.Event()
         self.health = FakeHealth()
         self._lock = threading.Lock()
+        # Explain and ExplainBatch calls: how many, how many at once at most, and how long
+        # each takes (seconds), so that a test can see concurrency.
+        self.calls = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.delay = 0.0
 
     def ListModels(self, request: Any, context: Any) -> deepvis_pb2.ListModelsResponse:
         with self._lock:
@@ -139,7 +145,43 @@ class FakeExplainer(deepvis_pb2_grpc.ExplainerServicer):
             ]
         )
 
+    def _enter(self) -> None:
+        with self._lock:
+            self.calls += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
     def Explain(self, request: Any, context: Any) -> deepvis_pb2.ExplainResponse:
+        self._enter()
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            return self._explain(request, context)
+        finally:
+            self._leave()
+
+    def ExplainBatch(self, request: Any, context: Any) -> deepvis_pb2.ExplainBatchResponse:
+        self._enter()
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            items = []
+            for item in request.requests:
+                if item.model not in ("tiny", "slow"):
+                    error = deepvis_pb2.ItemError(code=5, message=f"no model {item.model!r}")
+                    items.append(deepvis_pb2.ExplainBatchItem(error=error))
+                    continue
+                response = self._explain(item, context)
+                items.append(deepvis_pb2.ExplainBatchItem(response=response))
+            return deepvis_pb2.ExplainBatchResponse(items=items)
+        finally:
+            self._leave()
+
+    def _explain(self, request: Any, context: Any) -> deepvis_pb2.ExplainResponse:
         with self._lock:
             self.requests.append(request)
         if request.model == "slow":

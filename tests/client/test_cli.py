@@ -47,8 +47,8 @@ def test_explain_writes_pictures_and_arrays(
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.strip().splitlines()) == 4
     for p in sample_paths[:4]:
-        png = tmp_path / "o" / f"{p.stem}.guided-backprop.png"
-        arr = np.load(tmp_path / "o" / f"{p.stem}.guided-backprop.npy")
+        png = tmp_path / "o" / p.stem / "guided-backprop-t7.png"
+        arr = np.load(tmp_path / "o" / p.stem / "guided-backprop-t7.npy")
         assert png.stat().st_size > 0
         ref = GuidedBackprop(digits_twin).attribute(
             torch.from_numpy(preprocess_digit(p))[None], target=7
@@ -99,7 +99,7 @@ def test_the_commands_import_no_grpc_before_they_set_its_log_level() -> None:
 def test_explain_activations_writes_each_layer_once(
     digits_server, digits_twin, sample_paths, tmp_path
 ) -> None:
-    """The first layer's maps are the result array: written once, as <stem>.activations.npy,
+    """The first layer's maps are the result array: written once, as <input>/<method>.npy,
     beside the other layers' and the channel indices, and no two files hold the same bytes."""
     from captum.attr import LayerActivation
 
@@ -122,7 +122,8 @@ def test_explain_activations_writes_each_layer_once(
         "--save-array",
     )
     assert proc.returncode == 0, proc.stderr
-    stem = f"{sample_paths[2].stem}.activations"
+    out = out / sample_paths[2].stem
+    stem = "activations-conv2+conv3"
     written = sorted(p.name for p in out.glob("*.npy"))
     assert written == sorted(
         f"{stem}{part}.npy" for part in ("", ".conv2.channels", ".conv3", ".conv3.channels")

@@ -50,30 +50,25 @@ def test_cli_explain_writes_outputs(
         images.append(str(path))
     out_dir = tmp_path / "out" / "nested"
     rc = main(
-        [
-            "explain",
-            *images,
-            "--server",
-            address,
-            "--out",
-            str(out_dir),
-            "--save-array",
-            "--float16",
-        ]
-        + ["--target", "2"]
+        ["explain", *images, "--server", address, "--out", str(out_dir)]
+        + ["--format", "png,npy", "--float16", "--target", "2"]
     )
     out, err = err_lines(capsys)
     assert rc == 0, err
     assert err == []
     assert len(out) == 3
-    for line, name in zip(out, ("cat", "dog", "owl"), strict=True):
+    for line in out:
+        name = Path(line.split()[0]).stem
         assert line.startswith(str(tmp_path / f"{name}.png"))
-        assert "top=b (0.900)" in line and "target=2" in line and "batch=" in line
-        png = out_dir / f"{name}.guided-backprop.png"
-        assert Image.open(png).size == (8, 8)
-        arr = np.load(out_dir / f"{name}.guided-backprop.npy")
+        assert "guided-backprop  top=b (0.900)  target=2  -> " in line
+        # OUT/<input>/<method>-t<target>: the map over the input as sent (5x4), and the array.
+        png = out_dir / name / "guided-backprop-t2.png"
+        with Image.open(png) as img:
+            assert img.size == (5, 4) and img.mode == "RGB"
+        arr = np.load(out_dir / name / "guided-backprop-t2.npy")
         assert arr.dtype == np.float32 and arr.shape == (3, 8, 8)
     assert all(r.output.array_dtype == deepvis_pb2.DTYPE_FLOAT16 for r in servicer.requests)
+    assert all(not r.output.render for r in servicer.requests)  # drawn here, from the arrays
     assert servicer.list_calls == 1
 
 
@@ -83,15 +78,19 @@ def test_cli_explain_reports_each_failure(
     address, servicer = fake_server
     good = tmp_path / "good.png"
     good.write_bytes(png_bytes())
-    missing = tmp_path / "missing.png"
-    rc = main(["explain", str(good), str(missing), "--server", address, "--out", str(tmp_path)])
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG not really")
+    out_dir = tmp_path / "out"
+    rc = main(["explain", str(good), str(corrupt), "--server", address, "--out", str(out_dir)])
     out, err = err_lines(capsys)
     assert rc == 1
     assert len(out) == 1 and out[0].startswith(str(good))
-    assert len(err) == 1 and err[0].startswith(f"FileNotFoundError: {missing}: ")
-    # Without --save-array the array is not even sent.
-    assert servicer.requests[0].output.omit_array
-    assert not (tmp_path / "good.guided-backprop.npy").exists()
+    assert len(err) == 2 and err[0].startswith(f"UnidentifiedImageError: {corrupt}: ")
+    assert err[1] == "deepvis: 1 of 2 inputs failed; 1 written"
+    # A file that is no image fails before its call; only png was asked: no array file.
+    assert len(servicer.requests) == 1
+    assert sorted(p.name for p in (out_dir / "good").iterdir()) == ["guided-backprop.png"]
+    assert not (out_dir / "corrupt").exists()
 
 
 def test_cli_explain_activations_writes_extras(
@@ -111,13 +110,15 @@ def test_cli_explain_activations_writes_extras(
     assert len(out) == 1
     req = servicer.requests[0]
     assert list(req.layers) == ["conv1", "act"] and req.top_k_channels == 2
-    for name in ("", ".conv1.grid", ".conv1.heatmap", ".act.grid", ".act.heatmap"):
-        assert (out_dir / f"cat.activations{name}.png").is_file(), name
-    assert np.load(out_dir / "cat.activations.npy").shape == (3, 8, 8)
-    assert np.load(out_dir / "cat.activations.conv1.npy").shape == (2, 4, 4)
-    channels = np.load(out_dir / "cat.activations.act.channels.npy")
+    stem = out_dir / "cat" / "activations-conv1+act"
+    # The first layer's mean over the input; each layer's grid; the further layer's mean.
+    for name in ("", ".conv1.grid", ".act.grid", ".act"):
+        assert Path(f"{stem}{name}.png").is_file(), name
+    assert np.load(f"{stem}.npy").shape == (3, 8, 8)
+    assert np.load(f"{stem}.act.npy").shape == (2, 4, 4)
+    channels = np.load(f"{stem}.act.channels.npy")
     assert channels.dtype == np.int64 and channels.tolist() == [1, 0]
-    assert str(out_dir / "cat.activations.act.channels.npy") in out[0]
+    assert f"{stem}.act.channels.npy" in out[0]
 
 
 def test_cli_explain_neuron(
@@ -127,15 +128,15 @@ def test_cli_explain_neuron(
     image = tmp_path / "cat.png"
     image.write_bytes(png_bytes())
     rc = main(
-        ["explain", str(image), "--server", address, "--out", str(tmp_path)]
-        + ["--method", "deconvolution", "--neuron", "conv1:2:0:3"]
+        ["explain", str(image), "--server", address, "--out", str(tmp_path / "o")]
+        + ["--method", "guided_backprop", "--neuron", "conv1:2:0:3"]
     )
     out, _ = err_lines(capsys)
     assert rc == 0
     target = servicer.requests[0].target.neuron
     assert (target.layer, target.channel, target.y, target.x) == ("conv1", 2, 0, 3)
     assert "target=conv1:2[0,3]" in out[0]
-    assert (tmp_path / "cat.deconvolution.png").is_file()
+    assert (tmp_path / "o" / "cat" / "guided-backprop-nconv1-c2-y0-x3.png").is_file()
 
 
 def test_cli_layers(
@@ -173,7 +174,7 @@ def test_cli_visualize_writes_outputs(
     )
     out, err = err_lines(capsys)
     assert rc == 0, err
-    assert err == ["step 2/4 objective 0.25", "step 4/4 objective 0.5"]
+    assert err == []  # the progress bar is off when stderr is no terminal
     req = servicer.visualize_requests[0]
     assert req.model == "tiny" and req.objective.neuron.x == 1 and not req.objective.negate
     assert (req.steps, req.progress_every, req.batch, req.height, req.width) == (4, 2, 2, 6, 5)

@@ -71,7 +71,7 @@ def test_cli_explain_arguments() -> None:
     args = _parse(
         ["explain", "a.png", "--out", "o", "--method", "grad-cam", "--neuron", "conv3:1:2:3"]
     )
-    assert args.method == "grad-cam" and args.neuron == deepvis.Neuron("conv3", 1, 2, 3)
+    assert args.method == ["grad_cam"] and args.neuron == deepvis.Neuron("conv3", 1, 2, 3)
     assert args.target is None and args.layers is None and args.top_k_channels == 0
     args = _parse(
         ["explain", "a.png", "--out", "o", "--method", "activations", "--layer", "c1"]
@@ -79,10 +79,10 @@ def test_cli_explain_arguments() -> None:
     )
     assert args.layers == ["c1", "c2"] and args.top_k_channels == 3 and args.target == 2
     for name in deepvis.methods():
-        hyphenated = name.replace("_", "-")
-        assert _parse(["explain", "a.png", "--out", "o", "--method", hyphenated]).method == (
-            hyphenated
-        )
+        for spelling in (name, name.replace("_", "-"), name.upper()):
+            assert _parse(["explain", "a.png", "-o", "o", "--method", spelling]).method == [name]
+    several = _parse(["explain", "a.png", "-o", "o", "-m", "grad-cam,saliency, guided_backprop"])
+    assert several.method == ["grad_cam", "saliency", "guided_backprop"]
 
 
 def test_cli_visualize_arguments() -> None:
@@ -187,6 +187,10 @@ def test_cli_missing_image_fails_before_any_call(
 def test_cli_usage_errors_exit_2(tmp_path: Path) -> None:
     for argv in (
         ["explain", "x.png", "--out", str(tmp_path), "--method", "lime"],
+        ["explain", "x.png", "--out", str(tmp_path), "--method", "grad_cam,grad-cam"],
+        ["explain", "x.png", "--out", str(tmp_path), "--jobs", "0"],
+        ["explain", "x.png", "--out", str(tmp_path), "--format", "jpg"],
+        ["explain", "x.png", "--out", str(tmp_path), "--clip", "0"],
         ["explain", "x.png"],
         ["explain", "--out", str(tmp_path)],
         [],
@@ -196,12 +200,21 @@ def test_cli_usage_errors_exit_2(tmp_path: Path) -> None:
         assert exc.value.code == 2
 
 
-def test_cli_rejects_colliding_output_names(
+def test_cli_output_names_never_collide(tmp_path: Path) -> None:
+    from deepvis._cli_explain import output_keys
+
+    paths = [Path("a/cat.png"), Path("b/cat.jpg"), Path("dog.png"), Path("c/we ird:name.png")]
+    keys = output_keys(paths)
+    assert len(set(keys)) == 4 and keys[2] == "dog" and keys[3] == "we_ird_name"
+    assert keys[0].startswith("cat-") and keys[1].startswith("cat-") and keys[0] != keys[1]
+    assert output_keys(paths) == keys  # the same every run: a rerun finds its files
+
+
+def test_cli_refuses_a_path_that_names_nothing_before_any_call(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc = main(
-        ["explain", "a/cat.png", "b/cat.jpg", "--server", DEAD_ADDRESS, "--out", str(tmp_path)]
-    )
+    rc = main(["explain", "a/cat.png", "--server", DEAD_ADDRESS, "--out", str(tmp_path / "o")])
     _, err = err_lines(capsys)
     assert rc == 1
-    assert len(err) == 1 and err[0].startswith("ValueError: ")
+    assert len(err) == 1 and err[0].startswith("FileNotFoundError: ")
+    assert not (tmp_path / "o").exists()

@@ -413,7 +413,13 @@ def test_activations_of_swin_permute_keep_top_k_and_pictures(served) -> None:
     means = ref.reshape(ref.shape[0], -1).mean(1)
     assert list(idx) == list(np.argsort(-means, kind="stable")[:4])
     assert relative_error(res.array, ref[idx]) <= TOL
-    assert res.warnings == []
+    # The layer follows a LayerNorm: the mean over its channels, which the heatmap draws, is
+    # zero up to rounding, and the answer says its picture is drawn neutral for that.
+    mean_map = np.abs(ref.mean(axis=0)).max()
+    if mean_map < deepvis.render.ZERO_BELOW:
+        assert len(res.warnings) == 1 and "map is zero everywhere" in res.warnings[0]
+    else:
+        assert res.warnings == []
     assert {"permute.grid", "permute.heatmap"} <= set(res.images)
 
 

@@ -1,10 +1,10 @@
 """The contract as other languages see it, over raw gRPC against a real server: method names
-and their short spellings, field paths in errors, omit_array, picture sizes."""
+and their short spellings, field paths in errors, omit_array, picture sizes and options."""
 
 from __future__ import annotations
 
 import io
-from typing import cast
+from typing import Any
 
 import grpc
 import numpy as np
@@ -18,8 +18,6 @@ import deepvis
 from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 from deepvis_server.methods import REGISTRY
-
-pytestmark = pytest.mark.fast  # in the inner loop, `make test-fast`
 
 
 def digit_png(seed: int = 0) -> bytes:
@@ -76,7 +74,9 @@ def test_an_unset_method_is_required_and_the_valid_ones_are_listed(digits_server
         check_lists_snake_names(err.details())
         # A number the schema does not have: named, and the same list.
         request = pb.ExplainRequest(
-            model="digits", method=cast("pb.Method", 42), input={"image": digit_png()}
+            model="digits",
+            method=42,  # type: ignore[arg-type]  # no such Method: the point
+            input={"image": digit_png()},
         )
         err = explain_error(stub, request)
         assert bad_request(err).field == "method"
@@ -264,10 +264,12 @@ def test_explain_errors_name_the_target_fields_and_batch_items_their_own(digits_
             assert bad_request(err).field == field
             assert err.details().startswith(field)
             requests.append(request)
-        gbp = pb.ExplainRequest(
-            model="digits", method=pb.METHOD_GUIDED_BACKPROP, input=pb.Input(image=png)
+        requests.insert(
+            1,
+            pb.ExplainRequest(
+                model="digits", method=pb.METHOD_GUIDED_BACKPROP, input=pb.Input(image=png)
+            ),
         )
-        requests.insert(1, gbp)
         reply = stub.ExplainBatch(pb.ExplainBatchRequest(requests=requests), timeout=30)
     items = list(reply.items)
     assert items[1].HasField("response")
@@ -312,31 +314,39 @@ def png_size(data: bytes) -> tuple[int, int]:
         return img.size
 
 
-def test_small_pictures_are_enlarged_as_documented(digits_server) -> None:
-    """32x32 results come as 128x128 pictures (4x, nearest neighbour): what the proto says."""
+def png_pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.mode == "RGB"
+        return np.asarray(img)
+
+
+def test_pictures_come_at_their_natural_size_or_the_size_asked(digits_server) -> None:
+    """No picture is enlarged unasked: a 32x32 result gives a 32x32 map, an overlay comes at
+    the size of the image sent, feature visualizations at their synthesized size; asked for
+    a size, the map is drawn at it. What the proto says."""
     png = digit_png(4)
+    wide = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 72), np.uint8)).save(
+        wide, format="PNG"
+    )
     with grpc.insecure_channel(digits_server.bound_address) as ch:
         stub = pb_grpc.ExplainerStub(ch)
-        output = pb.OutputOptions(render=True)
-        gbp = stub.Explain(
-            pb.ExplainRequest(
+
+        def explain(method: Any, image: bytes, **output: object) -> pb.ExplainResponse:
+            request = pb.ExplainRequest(
                 model="digits",
-                method=pb.METHOD_GUIDED_BACKPROP,
-                input=pb.Input(image=png),
-                output=output,
-            ),
-            timeout=30,
-        )
-        acts = stub.Explain(
-            pb.ExplainRequest(
-                model="digits",
-                method=pb.METHOD_ACTIVATIONS,
-                input=pb.Input(image=png),
-                output=output,
-                layers=["conv3"],
-            ),
-            timeout=30,
-        )
+                method=method,
+                input=pb.Input(image=image),
+                output=pb.OutputOptions(render=True, **output),  # type: ignore[arg-type]
+                layers=["conv3"] if method == pb.METHOD_ACTIVATIONS else [],
+            )
+            return stub.Explain(request, timeout=30)
+
+        gbp = explain(pb.METHOD_GUIDED_BACKPROP, png)
+        sized = explain(pb.METHOD_GUIDED_BACKPROP, png, picture_width=96, picture_height=64)
+        cam = explain(pb.METHOD_GRAD_CAM, wide.getvalue())
+        alone = explain(pb.METHOD_GRAD_CAM, wide.getvalue(), overlay=pb.OVERLAY_NONE)
+        acts = explain(pb.METHOD_ACTIVATIONS, png)
         vis = list(
             stub.Visualize(
                 pb.VisualizeRequest(
@@ -345,15 +355,59 @@ def test_small_pictures_are_enlarged_as_documented(digits_server) -> None:
                 timeout=60,
             )
         )
-    assert list(gbp.array.shape) == [1, 32, 32] and png_size(gbp.image_png) == (128, 128)
-    picture = np.asarray(Image.open(io.BytesIO(gbp.image_png)))
-    assert np.array_equal(picture, np.repeat(np.repeat(picture[::4, ::4], 4, 0), 4, 1))
-    assert png_size(dict((i.name, i.png) for i in acts.images)["conv3.heatmap"]) == (128, 128)
+    assert list(gbp.array.shape) == [1, 32, 32] and png_size(gbp.image_png) == (32, 32)
+    assert png_size(sized.image_png) == (96, 64)
+    # Grad-CAM is laid over the image as sent (72x40), not over the model's 32x32 input.
+    assert png_size(cam.image_png) == (72, 40) and png_size(alone.image_png) == (32, 32)
+    heatmap = dict((i.name, i.png) for i in acts.images)["conv3.heatmap"]
+    assert png_size(heatmap) == (32, 32)  # over the 32x32 digit as sent
+    for data in (gbp.image_png, sized.image_png, cam.image_png, heatmap):
+        assert png_pixels(data).std() > 0
     result = vis[-1].result
     assert list(result.array.shape)[-2:] == [32, 32]
-    assert [png_size(p) for p in result.images_png] == [(128, 128)]
+    assert [png_size(p) for p in result.images_png] == [(32, 32)]
     strips = [m.progress.image_png for m in vis if m.HasField("progress") and m.progress.image_png]
-    assert strips and all(png_size(s)[1] == 128 for s in strips)
+    assert strips and all(png_size(s) == (32, 32) for s in strips)
+
+
+@pytest.mark.parametrize(
+    ("output", "field", "words"),
+    [
+        ({"picture_width": 64}, "output.picture_height", "go together"),
+        ({"picture_width": 9000, "picture_height": 10}, "output.picture_width", "[1, 8192]"),
+        (
+            {"picture_width": 8000, "picture_height": 8000},
+            "output.picture_width",
+            "at most 16777216",
+        ),
+        ({"colormap": "jett"}, "output.colormap", "valid: inferno, viridis"),
+        ({"clip_percentile": 0.0}, "output.clip_percentile", "(0, 100]"),
+        ({"clip_percentile": 101.0}, "output.clip_percentile", "(0, 100]"),
+        ({"sign": 7}, "output.sign", "MAP_SIGN_SIGNED"),
+        ({"overlay": 9}, "output.overlay", "OVERLAY_INPUT"),
+    ],
+)
+def test_bad_picture_options_are_refused_with_their_field(
+    digits_server, output: dict[str, object], field: str, words: str
+) -> None:
+    with grpc.insecure_channel(digits_server.bound_address) as ch:
+        stub = pb_grpc.ExplainerStub(ch)
+        request = pb.ExplainRequest(
+            model="digits",
+            method=pb.METHOD_GRAD_CAM,
+            input=pb.Input(image=digit_png()),
+            output=pb.OutputOptions(render=True, **output),  # type: ignore[arg-type]
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Explain(request, timeout=30)
+        violation = bad_request(info.value)
+        # In a batch the bad item fails alone.
+        good = pb.ExplainRequest(
+            model="digits", method=pb.METHOD_GRAD_CAM, input=pb.Input(image=digit_png())
+        )
+        both = stub.ExplainBatch(pb.ExplainBatchRequest(requests=[request, good]), timeout=30)
+    assert violation.field == field and words in violation.description
+    assert both.items[0].error.field == field and both.items[1].HasField("response")
 
 
 # -- activations: each layer's maps sent once ------------------------------------------------

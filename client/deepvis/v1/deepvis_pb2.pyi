@@ -32,6 +32,18 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DTYPE_UINT8: _ClassVar[DType]
     DTYPE_INT64: _ClassVar[DType]
 
+class MapSign(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MAP_SIGN_UNSPECIFIED: _ClassVar[MapSign]
+    MAP_SIGN_SIGNED: _ClassVar[MapSign]
+    MAP_SIGN_UNSIGNED: _ClassVar[MapSign]
+
+class Overlay(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OVERLAY_UNSPECIFIED: _ClassVar[Overlay]
+    OVERLAY_INPUT: _ClassVar[Overlay]
+    OVERLAY_NONE: _ClassVar[Overlay]
+
 class Parameterization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PARAMETERIZATION_UNSPECIFIED: _ClassVar[Parameterization]
@@ -73,6 +85,12 @@ DTYPE_FLOAT32: DType
 DTYPE_FLOAT16: DType
 DTYPE_UINT8: DType
 DTYPE_INT64: DType
+MAP_SIGN_UNSPECIFIED: MapSign
+MAP_SIGN_SIGNED: MapSign
+MAP_SIGN_UNSIGNED: MapSign
+OVERLAY_UNSPECIFIED: Overlay
+OVERLAY_INPUT: Overlay
+OVERLAY_NONE: Overlay
 PARAMETERIZATION_UNSPECIFIED: Parameterization
 PARAMETERIZATION_FFT: Parameterization
 PARAMETERIZATION_PIXEL: Parameterization
@@ -128,16 +146,32 @@ class Target(_message.Message):
     def __init__(self, class_index: _Optional[int] = ..., neuron: _Optional[_Union[Neuron, _Mapping]] = ...) -> None: ...
 
 class OutputOptions(_message.Message):
-    __slots__ = ("array_dtype", "omit_array", "render", "top_k")
+    __slots__ = ("array_dtype", "omit_array", "render", "top_k", "picture_width", "picture_height", "colormap", "clip_percentile", "sign", "colorbar", "caption", "overlay")
     ARRAY_DTYPE_FIELD_NUMBER: _ClassVar[int]
     OMIT_ARRAY_FIELD_NUMBER: _ClassVar[int]
     RENDER_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    PICTURE_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    PICTURE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    COLORMAP_FIELD_NUMBER: _ClassVar[int]
+    CLIP_PERCENTILE_FIELD_NUMBER: _ClassVar[int]
+    SIGN_FIELD_NUMBER: _ClassVar[int]
+    COLORBAR_FIELD_NUMBER: _ClassVar[int]
+    CAPTION_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_FIELD_NUMBER: _ClassVar[int]
     array_dtype: DType
     omit_array: bool
     render: bool
     top_k: int
-    def __init__(self, array_dtype: _Optional[_Union[DType, str]] = ..., omit_array: bool = ..., render: bool = ..., top_k: _Optional[int] = ...) -> None: ...
+    picture_width: int
+    picture_height: int
+    colormap: str
+    clip_percentile: float
+    sign: MapSign
+    colorbar: bool
+    caption: bool
+    overlay: Overlay
+    def __init__(self, array_dtype: _Optional[_Union[DType, str]] = ..., omit_array: bool = ..., render: bool = ..., top_k: _Optional[int] = ..., picture_width: _Optional[int] = ..., picture_height: _Optional[int] = ..., colormap: _Optional[str] = ..., clip_percentile: _Optional[float] = ..., sign: _Optional[_Union[MapSign, str]] = ..., colorbar: bool = ..., caption: bool = ..., overlay: _Optional[_Union[Overlay, str]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
     __slots__ = ("model", "method", "input", "target", "layers", "output", "top_k_channels")

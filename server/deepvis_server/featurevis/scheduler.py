@@ -19,7 +19,7 @@ from ..errors import DeepvisError, ResourceExhausted, Unavailable
 from ..loops import ModelLoop
 from ..mailbox import Mailbox
 from ..models import ServedModel
-from ..pictures import images_to_pngs, strip_png
+from ..pictures import pixel_pngs, strip_png
 from .optimization import RenderBatch, RenderEvent, RenderJob
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ class Visualizer(ModelLoop):
             async for ev in state.stream():
                 if ev.result is not None:
                     res = ev.result
-                    pngs = await self._on_cpu(images_to_pngs, res.images)
+                    pngs = await self._on_cpu(pixel_pngs, res.images)
                     queue_ms, compute_ms = state.timing()
                     yield Rendered(
                         res.pixels,

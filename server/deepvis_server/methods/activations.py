@@ -8,9 +8,11 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from deepvis import render
+
 from ..errors import InvalidArgument
 from ..models import ServedModel
-from ..pictures import grid_picture, heatmap_picture, input_pixels, to_png
+from ..pictures import Drawn, Scene, to_png
 from .base import MAX_LAYERS_PER_REQUEST, BatchOutput, ItemShare, Method, MethodRequest, Output
 from .hooks import forward_capturing
 from .targets import ClassTarget, layout_problem
@@ -83,16 +85,13 @@ class Activations(Method):
             extras={f"layer:{n}": acts[n] for n in layers[1:]},
         )
 
-    def finish(self, model: ServedModel, share: ItemShare, render: bool) -> Output:
+    def finish(self, model: ServedModel, share: ItemShare) -> Output:
         # The first layer's maps are the main array only; each further layer is arrays[name].
         array, extras, request = share.array, share.extras, share.request
         arrays: dict[str, np.ndarray] = {}
-        pngs: dict[str, bytes] = {}
-        bg = input_pixels(share.x.numpy(), model.spec.mean, model.spec.std) if render else None
         main: np.ndarray | None = None
         for name in request.layers:
-            layer = array if main is None else extras[f"layer:{name}"]
-            act = layer
+            act = array if main is None else extras[f"layer:{name}"]
             if request.top_k_channels and act.ndim >= 1:
                 idx = top_channels(act, min(request.top_k_channels, act.shape[0]))
                 arrays[f"{name}.channels"] = idx
@@ -101,16 +100,28 @@ class Activations(Method):
                 main = act
             else:
                 arrays[name] = act
-            if render and act.ndim == 3 and _channels_first(model, name):
-                pngs[f"{name}.grid"] = to_png(grid_picture(act))
-                full = layer.mean(axis=0)
-                heat = torch.nn.functional.interpolate(
-                    torch.from_numpy(np.ascontiguousarray(full))[None, None],
-                    size=bg.shape[:2],  # type: ignore[union-attr]  # bg is set when render
-                    mode="bilinear",
-                    align_corners=False,
-                )[0, 0].numpy()
-                pngs[f"{name}.heatmap"] = to_png(heatmap_picture(heat, bg))
         assert main is not None
-        first = request.layers[0]
-        return Output(array=main, arrays=arrays, png=pngs.get(f"{first}.grid"), pngs=pngs)
+        return Output(array=main, arrays=arrays)
+
+    def draw(self, model: ServedModel, share: ItemShare, output: Output, scene: Scene) -> Drawn:
+        """Per channels-first layer: "<layer>.grid", its maps (those sent) labelled with their
+        channel indices, and "<layer>.heatmap", the mean of all its channels; the main picture
+        is the first layer's grid."""
+        pngs: dict[str, bytes] = {}
+        layers = share.request.layers
+        for i, name in enumerate(layers):
+            full = share.array if i == 0 else share.extras[f"layer:{name}"]
+            if full.ndim != 3 or not _channels_first(model, name):
+                continue
+            sent = output.array if i == 0 else output.arrays[name]
+            channels = output.arrays.get(f"{name}.channels")
+            grid = render.grid(sent, channels, cmap=scene.options.cmap, clip=scene.options.clip)
+            opts, caption = scene.options, render.caption(self.name, layer=name)
+            image = render.figure(
+                grid.image,
+                title=f"{caption} · {grid.caption}" if opts.caption else None,
+                scale=grid.scale if opts.colorbar else None,
+            )
+            pngs[f"{name}.grid"] = to_png(image)
+            pngs[f"{name}.heatmap"] = scene.draw(self.name, full, title=f"{caption} · mean")
+        return Drawn(png=pngs.get(f"{layers[0]}.grid"), pngs=pngs)

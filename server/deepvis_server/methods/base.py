@@ -9,11 +9,10 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..errors import InvalidArgument
 from ..models import ServedModel
-from ..pictures import to_png
+from ..pictures import Drawn, Scene
 from .targets import NeuronTarget, Target, channels_first_hint, check_layer, check_target
 
 
@@ -48,17 +47,18 @@ class ItemShare:
     array: np.ndarray  # the raw result
     extras: dict[str, np.ndarray]  # further results, by name
     request: MethodRequest  # as `prepare` left it
-    x: torch.Tensor  # the model input [C, H, W] (for pictures over the input)
+    x: torch.Tensor  # the model input [C, H, W]
 
 
 @dataclass
 class Output:
-    """One item's finished result: arrays to send and, when asked, encoded pictures."""
+    """One item's finished result: arrays to send and, when asked, encoded pictures (`draw`)."""
 
     array: np.ndarray
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     png: bytes | None = None
     pngs: dict[str, bytes] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the pictures cannot show
 
 
 def no_default_layer_message(model: ServedModel, method: str) -> str:
@@ -83,7 +83,8 @@ class Method(ABC):
     Subclasses set `name` (the proto enum name without METHOD_, lowercase) and implement
     `run`. Everything a request can get wrong is checked in `prepare`, before batching,
     so a bad request never fails its batch-mates. `finish` turns one item's share of the
-    batch into what is sent back; it runs on a CPU thread, off the device.
+    batch into the arrays sent back, and `draw` into its pictures, with deepvis.render (the
+    client's renderer, so that a client redraws the arrays alike); both run off the device.
     """
 
     name: ClassVar[str]
@@ -153,23 +154,29 @@ class Method(ABC):
             the logits, one raw result per item, the targets explained and any extras.
         """
 
-    def finish(self, model: ServedModel, share: ItemShare, render: bool) -> Output:
-        """One item's output from its share of the batch (CPU thread).
+    def finish(self, model: ServedModel, share: ItemShare) -> Output:
+        """One item's arrays from its share of the batch (cheap: slicing).
 
         Args:
             model: the served model.
             share: the item's raw results, prepared request and model input.
-            render: whether pictures are wanted.
 
         Returns:
-            the arrays to send and, when `render`, the encoded pictures.
+            the arrays to send.
         """
-        return Output(
-            array=share.array,
-            arrays=dict(share.extras),
-            png=to_png(self.picture(share.array, model)) if render else None,
-        )
+        return Output(array=share.array, arrays=dict(share.extras))
 
-    def picture(self, array: np.ndarray, model: ServedModel) -> Image.Image:
-        """A picture of one item's main result."""
-        raise NotImplementedError
+    def draw(self, model: ServedModel, share: ItemShare, output: Output, scene: Scene) -> Drawn:
+        """One item's pictures, when asked for (CPU thread): by default its main array drawn
+        as the method's map (`deepvis.render.style_of(name)` says its family and overlay).
+
+        Args:
+            model: the served model.
+            share: the item's raw results, prepared request and model input.
+            output: what `finish` made of them.
+            scene: the drawing options, the input region, the caption and the input image.
+
+        Returns:
+            the encoded pictures.
+        """
+        return Drawn(png=scene.draw(self.name, output.array))

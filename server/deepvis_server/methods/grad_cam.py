@@ -5,15 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar, NoReturn
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from ..errors import InvalidArgument
 from ..models import ServedModel
-from ..pictures import gradient_picture, heatmap_picture, input_pixels, to_png
-from .base import BatchOutput, ItemShare, Method, MethodRequest, Output
+from .base import BatchOutput, Method, MethodRequest
 from .relu_rules import relu_rule, relu_rule_warnings
 from .targets import Target, channels_first_hint, forward_and_score
 
@@ -92,13 +89,6 @@ class GradCam(_CamMethod):
             logits=logits, arrays=up[:, 0], targets=targets, extras={"cam": cam[:, 0]}
         )
 
-    def finish(self, model: ServedModel, share: ItemShare, render: bool) -> Output:
-        png = None
-        if render:
-            bg = input_pixels(share.x.numpy(), model.spec.mean, model.spec.std)
-            png = to_png(heatmap_picture(share.array, bg))
-        return Output(array=share.array, arrays=dict(share.extras), png=png)
-
 
 class GuidedGradCam(_CamMethod):
     """Guided Grad-CAM: guided backprop times the up-sampled Grad-CAM map; result [C, H, W]."""
@@ -118,6 +108,3 @@ class GuidedGradCam(_CamMethod):
             warnings=relu_rule_warnings(model, self.name),
             extras={"cam": cam[:, 0]},
         )
-
-    def picture(self, array: np.ndarray, model: ServedModel) -> Image.Image:
-        return gradient_picture(array)

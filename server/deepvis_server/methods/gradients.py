@@ -9,10 +9,8 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..models import ServedModel
-from ..pictures import gradient_picture, heatmap_picture
 from .base import BatchOutput, Method, MethodRequest
 from .relu_rules import relu_rule
 from .targets import ClassTarget, NeuronTarget, Target, forward_and_score, resolve_class_targets
@@ -46,9 +44,6 @@ class Saliency(Method):
     ) -> BatchOutput:
         logits, grad, targets = input_gradient(model, x, requests, None)
         return BatchOutput(logits=logits, arrays=grad.abs(), targets=targets)
-
-    def picture(self, array: np.ndarray, model: ServedModel) -> Image.Image:
-        return heatmap_picture(np.asarray(array).max(axis=0), None)
 
 
 def gauss_legendre(n: int) -> tuple[list[float], list[float]]:
@@ -89,6 +84,3 @@ class IntegratedGradients(Method):
             _, grad, targets = input_gradient(model, alpha * x, requests, None)
             total.add_(grad, alpha=weight)
         return BatchOutput(logits=logits, arrays=x * total, targets=targets)
-
-    def picture(self, array: np.ndarray, model: ServedModel) -> Image.Image:
-        return gradient_picture(array)

@@ -5,12 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-import numpy as np
 import torch
-from PIL import Image
 
 from ..models import ServedModel
-from ..pictures import gradient_picture
 from .base import BatchOutput, Method, MethodRequest
 from .gradients import input_gradient
 from .relu_rules import relu_rule_warnings
@@ -32,9 +29,6 @@ class GuidedBackprop(Method):
             targets=targets,
             warnings=relu_rule_warnings(model, self.name),
         )
-
-    def picture(self, array: np.ndarray, model: ServedModel) -> Image.Image:
-        return gradient_picture(array)
 
 
 class Deconvolution(GuidedBackprop):

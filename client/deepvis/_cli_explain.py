@@ -1,0 +1,722 @@
+"""`deepvis explain` at scale: many inputs, several methods, calls in flight, resumable output.
+
+A thin shell over the library: each input is one `Client.explain` (one method) or one
+`Client.compare` (several, one ExplainBatch call) and its pictures are drawn locally by
+`deepvis.render` from the arrays, as the server would draw them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import io
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from PIL import Image
+
+from deepvis import render
+from deepvis._client import Client
+from deepvis._convert import method_name, methods
+from deepvis._exceptions import DeepvisError, InvalidArgument, NotFound
+from deepvis._models import Comparison, Explanation, ModelInfo, Neuron
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "Interrupted",
+    "Work",
+    "add_explain_arguments",
+    "atomic_write",
+    "collect_inputs",
+    "parse_methods",
+    "record_of",
+    "run_explain",
+]
+
+# Files a folder argument contributes (any case): the formats the server decodes.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+# Calls in flight by default: the default model's batch (ModelSpec.max_batch_size).
+DEFAULT_JOBS = 32
+MANIFEST = "manifest.jsonl"
+
+
+class Interrupted(Exception):
+    """The run was stopped (Ctrl-C, or stdout closed) after what was in flight finished."""
+
+    def __init__(self, done: int, left: int, *, pipe: bool = False) -> None:
+        super().__init__(f"{done} done, {left} not started")
+        self.done, self.left, self.pipe = done, left, pipe
+
+
+# --- arguments ---------------------------------------------------------------------------------
+
+
+def cli_name(method: str) -> str:
+    return method.replace("_", "-")
+
+
+def parse_methods(text: str) -> list[str]:
+    """A comma-separated list of methods, in either spelling (grad_cam or grad-cam)."""
+    names = []
+    for part in text.split(","):
+        try:
+            names.append(method_name(part.strip()))
+        except ValueError:
+            valid = ", ".join(cli_name(m) for m in methods())
+            raise argparse.ArgumentTypeError(
+                f"unknown method {part.strip()!r}; valid: {valid}"
+            ) from None
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"a method is named twice in {text!r}")
+    return names
+
+
+def parse_formats(text: str) -> list[str]:
+    formats = [f.strip().lower() for f in text.split(",") if f.strip()]
+    bad = [f for f in formats if f not in ("png", "npy")]
+    if bad or not formats:
+        raise argparse.ArgumentTypeError(f"formats are png and npy, comma-separated; not {text!r}")
+    return formats
+
+
+def parse_clip(text: str) -> float | None:
+    if text.lower() in ("none", "off", "100"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"clip is a percentile in (0, 100] or none, not {text!r}")
+    return value
+
+
+def parse_picture_size(text: str) -> tuple[int, int]:
+    """WxH (e.g. 640x480) in pixels, as PIL's Image.size."""
+    parts = text.lower().split("x")
+    try:
+        width, height = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH (e.g. 640x480), not {text!r}") from None
+    if width <= 0 or height <= 0:
+        raise argparse.ArgumentTypeError(f"the size must be positive, not {text!r}")
+    return width, height
+
+
+def add_picture_arguments(parser: argparse.ArgumentParser) -> None:
+    """How pictures are drawn: shared by explain and report."""
+    parser.add_argument(
+        "--cmap",
+        type=str.lower,
+        choices=[c.lower() for c in render.colormaps()],
+        metavar="NAME",
+        help=f"colormap: {', '.join(render.colormaps())} (default: inferno for unsigned maps, "
+        "rdbu_r for signed ones)",
+    )
+    parser.add_argument(
+        "--clip",
+        type=parse_clip,
+        default=render.DEFAULT_CLIP,
+        metavar="P",
+        help="percentile of |a| at the colormap's end, or none (default: 99)",
+    )
+
+
+def add_explain_arguments(explain: argparse.ArgumentParser) -> None:
+    explain.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (their images, recursively), globs, or - for paths on stdin",
+    )
+    explain.add_argument("--model", help="model name (default: the server's first model)")
+    explain.add_argument(
+        "--method",
+        "-m",
+        type=parse_methods,
+        default=["guided_backprop"],
+        metavar="A,B,...",
+        help="one or more methods, comma-separated; grad-cam and grad_cam both work "
+        f"({', '.join(cli_name(m) for m in methods())}; default: guided-backprop)",
+    )
+    explain.add_argument(
+        "--layer",
+        action="append",
+        dest="layers",
+        metavar="L",
+        help=(
+            "layer for layer methods (activations, grad-cam, guided-grad-cam); repeat for "
+            "several activation layers (default: the model's Grad-CAM layer)"
+        ),
+    )
+    explain.add_argument(
+        "--top-k-channels",
+        type=_non_negative_int,
+        default=0,
+        metavar="K",
+        help="activations: keep the K channels of largest mean activation (default: all)",
+    )
+    which = explain.add_mutually_exclusive_group()
+    which.add_argument(
+        "--target", type=int, metavar="N", help="class index to explain (default: the predicted)"
+    )
+    which.add_argument(
+        "--neuron",
+        type=_parse_neuron,
+        metavar="LAYER:C[:Y:X]",
+        help="explain a channel of a layer, or one neuron of it with :Y:X",
+    )
+    explain.add_argument(
+        "--out", "-o", required=True, metavar="DIR", help="output directory: DIR/<input>/..."
+    )
+    explain.add_argument(
+        "--format",
+        type=parse_formats,
+        default=["png"],
+        metavar="F,...",
+        help="what to write: png (pictures), npy (raw arrays); default: png",
+    )
+    explain.add_argument(
+        "--save-array", action="store_true", help="also write the raw arrays (as --format png,npy)"
+    )
+    explain.add_argument(
+        "--float16", action="store_true", help="receive the raw results as float16 (half the bytes)"
+    )
+    explain.add_argument(
+        "--no-overlay",
+        action="store_true",
+        help="draw maps alone in the model's input space, not over the input",
+    )
+    explain.add_argument(
+        "--size", type=parse_picture_size, metavar="WxH", help="picture size (default: natural)"
+    )
+    explain.add_argument("--colorbar", action="store_true", help="draw each map's colorbar")
+    explain.add_argument("--caption", action="store_true", help="draw each map's caption")
+    explain.add_argument(
+        "--panel",
+        action="store_true",
+        help="also write DIR/<input>/panel.png: the input and every method side by side",
+    )
+    explain.add_argument(
+        "--scale",
+        choices=("shared", "own"),
+        default="shared",
+        help="several methods: one scale per family (signed, unsigned) or each its own "
+        "(default: shared)",
+    )
+    add_picture_arguments(explain)
+    explain.add_argument(
+        "--jobs",
+        "-j",
+        type=_positive_int,
+        default=DEFAULT_JOBS,
+        metavar="N",
+        help=f"calls in flight, which the server batches (default: {DEFAULT_JOBS})",
+    )
+    explain.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip inputs whose outputs are all there (a rerun finishes an interrupted run)",
+    )
+    explain.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    explain.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per input and method (as manifest.jsonl has it)",
+    )
+
+
+def _index(text: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be an integer, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{what} must be >= 0, not {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    return _index(text, "the value")
+
+
+def _positive_int(text: str) -> int:
+    value = _index(text, "the value")
+    if value == 0:
+        raise argparse.ArgumentTypeError("the value must be >= 1")
+    return value
+
+
+def _parse_neuron(text: str) -> Neuron:
+    """Parses LAYER:C (a whole channel) or LAYER:C:Y:X (one neuron)."""
+    parts = text.split(":")
+    if len(parts) not in (2, 4) or not parts[0]:
+        raise argparse.ArgumentTypeError(
+            f"expected LAYER:C or LAYER:C:Y:X (e.g. conv3:12 or conv3:12:4:4), not {text!r}"
+        )
+    channel = _index(parts[1], "the channel")
+    if len(parts) == 2:
+        return Neuron(parts[0], channel)
+    return Neuron(parts[0], channel, y=_index(parts[2], "y"), x=_index(parts[3], "x"))
+
+
+# --- inputs and output names ---------------------------------------------------------------------
+
+
+def collect_inputs(arguments: Sequence[str], stdin: IO[str] | None = None) -> list[Path]:
+    """The image files the arguments name, in order, each once: files as they are, folders'
+    images (recursively, sorted), glob matches (sorted), and for "-" the paths on stdin.
+
+    Raises:
+        FileNotFoundError: An argument names nothing (no file, folder or glob match).
+        ValueError: There is no image at all.
+    """
+    found: list[Path] = []
+    for arg in arguments:
+        if arg == "-":
+            lines = (stdin or sys.stdin).read().splitlines()
+            found.extend(_expand(line.strip()) for line in lines if line.strip())
+            continue
+        found.append(_expand(arg))
+    seen: set[Path] = set()
+    out: list[Path] = []
+    for group in found:
+        for path in group if isinstance(group, list) else [group]:
+            key = path.resolve()
+            if key not in seen:
+                seen.add(key)
+                out.append(path)
+    if not out:
+        raise ValueError(
+            f"no images to explain in {' '.join(arguments)} (folders contribute their "
+            f"{', '.join(IMAGE_SUFFIXES)} files)"
+        )
+    return out
+
+
+def _expand(arg: str) -> Any:
+    path = Path(arg)
+    if path.is_dir():
+        return sorted(
+            p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+    if path.exists():
+        return path
+    if glob.has_magic(arg):
+        matches = sorted(Path(p) for p in glob.glob(arg, recursive=True) if Path(p).is_file())
+        if matches:
+            return matches
+        raise FileNotFoundError(2, "no file matches the pattern", arg)
+    raise FileNotFoundError(2, "No such file or directory", arg)
+
+
+_UNSAFE = str.maketrans({c: "_" for c in '/\\:*?"<>| \t\n'})
+
+
+def _file_part(name: str) -> str:
+    return name.translate(_UNSAFE)
+
+
+def output_keys(inputs: Sequence[Path]) -> list[str]:
+    """Each input's folder name: its stem, or its stem and a hash of its path where two
+    inputs share a stem, so that no two inputs ever write the same file."""
+    stems = [_file_part(p.stem) or "input" for p in inputs]
+    counts: dict[str, int] = {}
+    for s in stems:
+        counts[s] = counts.get(s, 0) + 1
+    return [
+        s if counts[s] == 1 else f"{s}-{hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:8]}"
+        for s, p in zip(stems, inputs, strict=True)
+    ]
+
+
+def file_stem(method: str, args: argparse.Namespace) -> str:
+    """<method>[-t<target>|-n<neuron>][-<layer>]: what the files of one method are called."""
+    name = cli_name(method)
+    if args.target is not None:
+        name += f"-t{args.target}"
+    elif args.neuron is not None:
+        n = args.neuron
+        name += f"-n{n.layer}-c{n.channel}" + ("" if n.y is None else f"-y{n.y}-x{n.x}")
+    if args.layers and method in ("activations", "grad_cam", "guided_grad_cam"):
+        name += "-" + "+".join(args.layers)
+    return _file_part(name)
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Writes a file whole or not at all: into a hidden temporary file beside it, then renamed
+    over it, so that an interrupted run leaves no truncated file behind."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _save_png(path: Path, image: Image.Image) -> None:
+    atomic_write(path, lambda f: image.save(f, format="PNG", compress_level=6))
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    atomic_write(path, lambda f: np.save(f, array))
+
+
+# --- one input ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Work:
+    """One input and the methods still to run on it."""
+
+    path: Path
+    key: str
+    methods: list[str]
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _target_json(target: Any) -> Any:
+    if isinstance(target, Neuron):
+        return {"layer": target.layer, "channel": target.channel, "y": target.y, "x": target.x}
+    return target
+
+
+def record_of(path: Path, exp: Explanation, files: Sequence[Path]) -> dict[str, Any]:
+    """What the manifest (and --json) says of one input and method."""
+    return {
+        "input": str(path),
+        "model": exp.model,
+        "method": exp.method,
+        "target": _target_json(exp.target),
+        "layer": exp.layer,
+        "predictions": [
+            {"index": p.index, "label": p.label, "score": round(p.score, 6)}
+            for p in exp.predictions
+        ],
+        "input_region": list(exp.input_region) if exp.input_region else None,
+        "files": [str(f) for f in files],
+        "warnings": list(exp.warnings),
+        "batch_size": exp.batch_size,
+        "queue_ms": round(exp.queue_ms, 3),
+        "compute_ms": round(exp.compute_ms, 3),
+    }
+
+
+class Explainer:
+    """Runs one `Work` item: its call, its pictures and arrays, its files."""
+
+    def __init__(self, client: Client, args: argparse.Namespace, out: Path) -> None:
+        self.client, self.args, self.out = client, args, out
+        self.formats = set(args.format) | ({"npy"} if args.save_array else set())
+
+    def main_file(self, work: Work, method: str) -> Path:
+        """The file written last for a method: its existence means the method is done."""
+        ext = ".png" if "png" in self.formats else ".npy"
+        return self.out / work.key / f"{file_stem(method, self.args)}{ext}"
+
+    def panel_file(self, work: Work) -> Path:
+        return self.out / work.key / f"panel{_panel_suffix(self.args)}.png"
+
+    def todo(self, work: Work, all_methods: Sequence[str]) -> list[str]:
+        """The methods whose outputs are not all there (the panel needs every method)."""
+        missing = [m for m in all_methods if not self.main_file(work, m).exists()]
+        if self.args.panel and len(all_methods) > 1 and not self.panel_file(work).exists():
+            return list(all_methods)
+        return missing
+
+    def run(self, work: Work) -> Work:
+        args = self.args
+        common: dict[str, Any] = {
+            "model": args.model,
+            "target": args.neuron if args.neuron is not None else args.target,
+            "layer": args.layers,
+        }
+        dtype = "float16" if args.float16 else "float32"
+        image = _load(work.path)  # a file that is no image fails here, before any call
+        if len(work.methods) == 1:
+            exp = self.client.explain(
+                str(work.path),
+                method=work.methods[0],
+                render=False,
+                array_dtype=dtype,
+                top_k_channels=args.top_k_channels,
+                **common,
+            )
+            results = Comparison({exp.method: exp}, source=str(work.path))
+        else:
+            results = self.client.compare(
+                str(work.path),
+                work.methods,
+                array_dtype=dtype,
+                top_k_channels=args.top_k_channels,
+                **common,
+            )
+        folder = self.out / work.key
+        folder.mkdir(parents=True, exist_ok=True)
+        scales = results.scales(
+            "shared" if args.scale == "shared" else None, cmap=args.cmap, clip=args.clip
+        )
+        for method, exp in results.explanations.items():
+            files = self._write(folder, method, exp, image, scales[method])
+            work.records.append(record_of(work.path, exp, files))
+        if args.panel and len(results) > 1:
+            panel = self.panel_file(work)
+            _save_png(panel, results.composite(image, None if args.scale == "own" else "shared"))
+            for record in work.records:
+                record["panel"] = str(panel)
+        return work
+
+    def _write(
+        self, folder: Path, method: str, exp: Explanation, image: Image.Image, scale: render.Scale
+    ) -> list[Path]:
+        args = self.args
+        stem = file_stem(method, args)
+        files: list[Path] = []
+        later: list[tuple[Path, Callable[[], None]]] = []  # the main file goes last
+        if "npy" in self.formats:
+            assert exp.array is not None
+            main_npy = folder / f"{stem}.npy"
+            for name, arr in exp.arrays.items():
+                if arr is exp.array:
+                    continue
+                path = folder / f"{stem}.{_file_part(name)}.npy"
+                _save_npy(path, arr)
+                files.append(path)
+            later.append((main_npy, lambda: _save_npy(main_npy, exp.array)))  # type: ignore[arg-type]
+        if "png" in self.formats:
+            overlay = not args.no_overlay
+            opts: dict[str, Any] = {
+                "size": args.size,
+                "colorbar": args.colorbar,
+                "caption": args.caption,
+                "scale": scale,
+            }
+            pic = exp.picture(image, overlay=overlay, **opts).image
+            if method == "activations":
+                layers = [n for n, a in exp.arrays.items() if a.ndim == 3 and ".channels" not in n]
+                for name in layers:
+                    grid = exp.grid(
+                        name,
+                        cmap=args.cmap,
+                        clip=args.clip,
+                        colorbar=args.colorbar,
+                        caption=args.caption,
+                    )
+                    path = folder / f"{stem}.{_file_part(name)}.grid.png"
+                    _save_png(path, grid)
+                    files.append(path)
+                    if name != exp.layer:
+                        heat = _layer_heatmap(exp, name, image, overlay, args, scale=None)
+                        path = folder / f"{stem}.{_file_part(name)}.png"
+                        _save_png(path, heat)
+                        files.append(path)
+            main_png = folder / f"{stem}.png"
+            later.append((main_png, lambda: _save_png(main_png, pic)))
+        for path, write in later:
+            write()
+            files.append(path)
+        return files
+
+
+def _layer_heatmap(
+    exp: Explanation,
+    layer: str,
+    image: Image.Image,
+    overlay: bool,
+    args: argparse.Namespace,
+    scale: render.Scale | None,
+) -> Image.Image:
+    opts = render.Options(
+        size=args.size,
+        cmap=args.cmap,
+        clip=args.clip,
+        overlay=overlay,
+        colorbar=args.colorbar,
+        caption=args.caption,
+        scale=scale,
+    )
+    title = f"{render.caption('activations', layer=layer)} · mean"
+    return render.draw(
+        "activations",
+        exp.arrays[layer],
+        opts,
+        image=image if overlay else None,
+        region=exp.input_region,
+        title=title,
+    ).image
+
+
+def _panel_suffix(args: argparse.Namespace) -> str:
+    stem = file_stem("x", args)
+    return stem[1:]
+
+
+def _load(path: Path) -> Image.Image:
+    with Image.open(path) as img:
+        img.load()
+        return img
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def _check_server(client: Client, args: argparse.Namespace) -> ModelInfo:
+    """Refuses the run up front, before any output exists: the model and methods served."""
+    models = client.models()
+    if not models:
+        raise NotFound("the server lists no models")
+    if args.model is None:
+        info = models[0]
+    else:
+        info = next((m for m in models if m.name == args.model), None)  # type: ignore[assignment]
+        if info is None:
+            served = ", ".join(m.name for m in models)
+            raise NotFound(f"model '{args.model}' is not served; served models: {served}")
+    unserved = [m for m in args.method if info.methods and m not in info.methods]
+    if unserved:
+        raise InvalidArgument(
+            f"model '{info.name}' does not serve {', '.join(cli_name(m) for m in unserved)}; "
+            f"it serves {', '.join(cli_name(m) for m in info.methods)}"
+        )
+    return info
+
+
+def _progress(total: int, quiet: bool, unit: str) -> Any:
+    from tqdm import tqdm
+
+    # disable=None: no bar when stderr is not a terminal (logs, pipes, CI).
+    return tqdm(total=total, unit=unit, file=sys.stderr, disable=True if quiet else None)
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_explain(
+    client: Client,
+    args: argparse.Namespace,
+    report: Callable[[BaseException, str], str],
+) -> int:
+    """Runs `deepvis explain`; returns the exit status (0, or 1 when any input failed).
+
+    Raises:
+        Interrupted: Ctrl-C, or stdout closed: what was in flight finished first.
+    """
+    inputs = collect_inputs(args.inputs)
+    keys = output_keys(inputs)
+    out = Path(args.out)
+    explainer = Explainer(client, args, out)
+    work: list[Work] = []
+    skipped = 0
+    for path, key in zip(inputs, keys, strict=True):
+        item = Work(path, key, list(args.method))
+        todo = explainer.todo(item, args.method) if args.skip_existing else list(args.method)
+        if not todo:
+            skipped += 1
+            continue
+        item.methods = todo
+        work.append(item)
+    if not work:
+        print(f"deepvis: all {len(inputs)} inputs' outputs exist in {out}/", file=sys.stderr)
+        return 0
+    _check_server(client, args)  # may refuse the run: nothing written yet
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = out / MANIFEST
+    failed, done = 0, 0
+    lock = threading.Lock()
+    bar = _progress(len(work), args.quiet, "input")
+
+    def finished(item: Work) -> None:
+        with manifest.open("a", encoding="utf-8") as f:
+            for record in item.records:
+                f.write(json.dumps(record) + "\n")
+        for record in item.records:
+            if args.json:
+                _print(json.dumps(record))
+            else:
+                top = record["predictions"][0] if record["predictions"] else None
+                top_text = f"{top['label']} ({top['score']:.3f})" if top else "-"
+                _print(
+                    f"{record['input']}  {cli_name(record['method'])}  top={top_text}  "
+                    f"target={_format_target(record['target'])}  -> {', '.join(record['files'])}"
+                )
+
+    pending: dict[Future[Work], Work] = {}
+    queue = iter(work)
+    stop: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=args.jobs, thread_name_prefix="deepvis") as pool:
+        try:
+            while True:
+                while stop is None and len(pending) < args.jobs:
+                    upcoming = next(queue, None)
+                    if upcoming is None:
+                        break
+                    pending[pool.submit(explainer.run, upcoming)] = upcoming
+                if not pending:
+                    break
+                ready, _ = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                for future in ready:
+                    item = pending.pop(future)
+                    try:
+                        future.result()
+                    except (DeepvisError, OSError, ValueError, TypeError) as err:
+                        failed += 1
+                        with lock:
+                            bar.write(report(err, f"{item.path}: "), file=sys.stderr)
+                    else:
+                        done += 1
+                        try:
+                            finished(item)
+                        except BrokenPipeError:
+                            stop = BrokenPipeError()
+                    bar.update(1)
+        except KeyboardInterrupt as e:
+            stop = e
+            # What is in flight finishes (each file whole); a second Ctrl-C ends the wait.
+            for future in list(pending):
+                try:
+                    future.result()
+                    item = pending.pop(future)
+                    done += 1
+                    finished(item)
+                except (DeepvisError, OSError, ValueError, TypeError):
+                    pending.pop(future)
+                except BrokenPipeError:
+                    pending.pop(future)
+        finally:
+            bar.close()
+        if stop is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+            left = len(work) - done - failed
+            raise Interrupted(done + skipped, left, pipe=isinstance(stop, BrokenPipeError))
+    if failed:
+        print(
+            f"deepvis: {failed} of {len(work)} inputs failed; {done} written"
+            + (f", {skipped} skipped (already there)" if skipped else ""),
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _format_target(target: Any) -> str:
+    if isinstance(target, dict):
+        where = "" if target["y"] is None else f"[{target['y']},{target['x']}]"
+        return f"{target['layer']}:{target['channel']}{where}"
+    return "-" if target is None else str(target)
+
+
+def read_json_lines(data: str) -> Iterable[dict[str, Any]]:
+    """Reads back what --json printed (for scripts and tests)."""
+    return (json.loads(line) for line in io.StringIO(data) if line.strip())

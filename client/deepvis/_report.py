@@ -1,0 +1,240 @@
+"""`deepvis report`: one self-contained HTML page comparing methods on images.
+
+Everything the page shows is inside the file: pictures as data: URIs, inline CSS, and a
+scale toggle made of radio buttons and CSS (no script); it requests nothing from anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import html
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from deepvis import __version__, render
+from deepvis._cli_explain import (
+    _check_server,
+    _load,
+    _progress,
+    atomic_write,
+    cli_name,
+    collect_inputs,
+)
+from deepvis._client import Client
+from deepvis._models import Comparison
+
+__all__ = ["build_report", "run_report"]
+
+# The scales a reader can switch between, by the toggle's value.
+SCALES = {
+    "own": "each map its own scale",
+    "images": "one scale per method, across images",
+    "methods": "one scale per family (signed, unsigned), across methods",
+}
+
+_CSS = """
+:root { color-scheme: light; }
+body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0;
+       padding: 16px; color: #1a1a1a; background: #fff; }
+h1 { font-size: 20px; margin: 0 0 4px; }
+h2 { font-size: 16px; margin: 0 0 6px; overflow-wrap: anywhere; }
+.meta, .legend, .toggle { margin: 8px 0 12px; }
+.meta dt { font-weight: 600; float: left; clear: left; margin-right: 6px; }
+.meta dd { margin: 0 0 2px; overflow-wrap: anywhere; }
+.toggle label { margin: 0 8px 6px 0; padding: 3px 8px; border: 1px solid #888;
+                border-radius: 4px; display: inline-block; cursor: pointer; }
+input[name=scale] { position: absolute; opacity: 0; width: 1px; height: 1px; }
+#s-own:checked ~ header label[for=s-own], #s-images:checked ~ header label[for=s-images],
+#s-methods:checked ~ header label[for=s-methods] { background: #1a1a1a; color: #fff; }
+#s-own:focus-visible ~ header label[for=s-own],
+#s-images:focus-visible ~ header label[for=s-images],
+#s-methods:focus-visible ~ header label[for=s-methods] { outline: 2px solid #06c; }
+.legend figure { display: inline-block; margin: 0 16px 8px 0; vertical-align: top; }
+.image { border-top: 1px solid #ddd; padding: 12px 0; }
+.row { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
+figure { margin: 0; max-width: 100%; }
+figure img { max-width: 100%; height: auto; image-rendering: pixelated; display: block; }
+figcaption { font-size: 12px; color: #333; max-width: 320px; overflow-wrap: anywhere; }
+.preds { font-size: 12px; margin: 4px 0 0; padding-left: 18px; }
+.cell .v { display: none; }
+#s-own:checked ~ main .v-own, #s-images:checked ~ main .v-images,
+#s-methods:checked ~ main .v-methods { display: block; }
+.note { color: #a00; font-size: 12px; }
+"""
+
+
+def _img(image: Image.Image, alt: str, cls: str = "") -> str:
+    klass = f' class="{cls}"' if cls else ""
+    return (
+        f'<img{klass} src="{render.data_uri(image)}" alt="{html.escape(alt)}" '
+        f'width="{image.width}" height="{image.height}">'
+    )
+
+
+def _cell_picture(
+    comparison: Comparison,
+    method: str,
+    scale: render.Scale,
+    source: Image.Image,
+    args: argparse.Namespace,
+) -> Image.Image:
+    exp = comparison[method]
+    pic = exp.picture(source, scale=scale)
+    big, _ = render.zoom(pic.image)
+    return render.figure(big, scale=pic.scale, note=pic.note)
+
+
+def build_report(
+    results: list[tuple[Path, Comparison, float]],
+    args: argparse.Namespace,
+    *,
+    server: str,
+    model: Any,
+    seconds: float,
+) -> str:
+    """The page: a card per image, with its predictions and target, and its methods' maps in
+    each of the scales (one shown at a time by the toggle)."""
+    methods = list(args.method)
+    own: dict[tuple[int, str], render.Scale] = {}
+    across_methods: dict[tuple[int, str], render.Scale] = {}
+    for i, (_, comparison, _) in enumerate(results):
+        for m, s in comparison.scales(None, cmap=args.cmap, clip=args.clip).items():
+            own[(i, m)] = s
+        for m, s in comparison.scales("shared", cmap=args.cmap, clip=args.clip).items():
+            across_methods[(i, m)] = s
+    across_images = {
+        m: render.shared_scale([own[(i, m)] for i in range(len(results))]) for m in methods
+    }
+    cards = []
+    for i, (path, comparison, took) in enumerate(results):
+        source = _load(path)
+        first = next(iter(comparison))
+        target = render.caption("", first.target, first.predictions).lstrip(" ·") or "-"
+        preds = "".join(
+            f"<li>{html.escape(p.label)} [{p.index}] — {p.score:.3f}</li>"
+            for p in first.predictions[:5]
+        )
+        thumb, factor = render.zoom(source.convert("RGB"))
+        figures = [
+            f"<figure>{_img(thumb, f'input {path.name}')}"
+            f"<figcaption>{html.escape(render.shown('input', factor))}"
+            f"<br>target: {html.escape(target)}</figcaption>"
+            f'<ol class="preds">{preds}</ol></figure>'
+        ]
+        for m in methods:
+            exp = comparison[m]
+            variants = {
+                "own": own[(i, m)],
+                "images": across_images[m].with_cmap(own[(i, m)].cmap),
+                "methods": across_methods[(i, m)],
+            }
+            imgs = "".join(
+                _img(
+                    _cell_picture(comparison, m, scale, source, args),
+                    f"{cli_name(m)} of {path.name}, {SCALES[key]}",
+                    f"v v-{key}",
+                )
+                for key, scale in variants.items()
+            )
+            pic = exp.picture(source)
+            shown = render.zoom(pic.image)[1]
+            notes = "".join(f'<div class="note">{html.escape(w)}</div>' for w in exp.warnings)
+            timing = (
+                f"batch of {exp.batch_size}, queued {exp.queue_ms:.1f} ms, "
+                f"computed {exp.compute_ms:.1f} ms"
+            )
+            figures.append(
+                f'<figure class="cell">{imgs}<figcaption>'
+                f"{html.escape(render.shown(exp.caption(), shown))}"
+                + (f"<br>{html.escape(pic.map.reduction)}" if pic.map.reduction else "")
+                + f"<br>{html.escape(timing)}</figcaption>{notes}</figure>"
+            )
+        cards.append(
+            f'<section class="image"><h2>{html.escape(str(path))}</h2>'
+            f'<div class="row">{"".join(figures)}</div>'
+            f'<div class="meta">round trip {took * 1000:.0f} ms</div></section>'
+        )
+    legend = []
+    for signed in (False, True):
+        cmap = args.cmap or (render.DEFAULT_SIGNED_CMAP if signed else render.DEFAULT_UNSIGNED_CMAP)
+        scale = render.Scale(signed=signed, vmax=1.0, peak=1.0, cmap=render.colormaps()[0])
+        scale = scale.with_cmap(cmap)
+        bar = render.colorbar(scale, 96)
+        what = "signed maps: -bound .. 0 .. +bound" if signed else "unsigned maps: 0 .. bound"
+        legend.append(
+            f"<figure>{_img(bar, f'{cmap} colormap legend')}"
+            f"<figcaption>{html.escape(cmap)} — {html.escape(what)}; bound = "
+            f"{'p' + format(args.clip, 'g') + ' of |a|' if args.clip else 'max |a|'}"
+            "</figcaption></figure>"
+        )
+    toggles = "".join(
+        f'<input type="radio" name="scale" id="s-{key}"{" checked" if key == "own" else ""}>'
+        for key in SCALES
+    )
+    labels = "".join(
+        f'<label for="s-{key}">{html.escape(text)}</label>' for key, text in SCALES.items()
+    )
+    title = args.title or f"deepvis: {', '.join(cli_name(m) for m in methods)} on {model.name}"
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    meta = [
+        ("server", server),
+        (
+            "model",
+            f"{model.name} ({model.arch}), input {model.channels}x{model.height}x"
+            f"{model.width}" + (f", resize {model.resize} + centre crop" if model.resize else ""),
+        ),
+        ("methods", ", ".join(cli_name(m) for m in methods)),
+        ("images", str(len(results))),
+        ("time", f"{seconds:.2f} s for all; written {when} by deepvis {__version__}"),
+    ]
+    meta_html = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in meta)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+        f"{toggles}<header><h1>{html.escape(title)}</h1>"
+        f'<dl class="meta">{meta_html}</dl>'
+        f'<div class="toggle">scale: {labels}</div>'
+        f'<div class="legend">{"".join(legend)}</div></header>'
+        f"<main>{''.join(cards)}</main></body></html>\n"
+    )
+
+
+def run_report(client: Client, args: argparse.Namespace, server: str) -> int:
+    """Runs `deepvis report`: every image compared across the methods, one HTML file."""
+    inputs = collect_inputs(args.inputs)
+    if len(args.method) < 1:
+        raise ValueError("name at least one method")
+    model = _check_server(client, args)
+    target = args.neuron if args.neuron is not None else args.target
+    bar = _progress(len(inputs), args.quiet, "image")
+    start = time.perf_counter()
+
+    def one(path: Path) -> tuple[Path, Comparison, float]:
+        t0 = time.perf_counter()
+        result = client.compare(
+            str(path), args.method, model=model.name, target=target, layer=args.layers
+        )
+        bar.update(1)
+        return path, result, time.perf_counter() - t0
+
+    try:
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="deepvis") as pool:
+            results = list(pool.map(one, inputs))
+    finally:
+        bar.close()
+    page = build_report(
+        results, args, server=server, model=model, seconds=time.perf_counter() - start
+    )
+    out = Path(args.out)
+    if out.parent != Path(""):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda f: f.write(page.encode("utf-8")))
+    print(f"{out}  {len(results)} images x {len(args.method)} methods", file=sys.stdout)
+    return 0

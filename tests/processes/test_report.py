@@ -1,0 +1,118 @@
+"""`deepvis report` against a real server, and the page it writes in headless Chromium.
+
+The browser is Debian's chromium (what `make install` installs), driven by Playwright; the
+test skips only where no chromium binary exists.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deepvis._cli import main
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def report(digits_server, sample_paths, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "sub" / "report.html"
+    argv = ["report", *map(str, sample_paths[:3]), "--server", digits_server.bound_address]
+    argv += ["--model", "digits", "--method", "guided_backprop,grad-cam,saliency", "-o", str(out)]
+    assert main([*argv, "--quiet"]) == 0
+    return out
+
+
+def test_the_report_is_one_file_that_names_everything(report: Path, sample_paths) -> None:
+    page = report.read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    # Nothing from elsewhere: no URL but data: ones, no script, no link, no @import.
+    without_data = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
+    assert not re.search(r"https?:|//|<script|<link|@import|url\(", without_data)
+    for p in sample_paths[:3]:
+        assert str(p) in page
+    for words in ("guided_backprop", "grad_cam", "saliency", "digits", "inferno", "RdBu_r"):
+        assert words in page
+    assert page.count("<section") == 3
+    # Top-5 predictions for each image, and three scales for each of its 3 maps.
+    assert page.count("<li>") == 15
+    assert page.count('class="v v-') == 3 * 3 * 3
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if CHROMIUM is None:
+        pytest.skip("no chromium binary (make install installs Debian's chromium)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 800), (390, 844)])
+def test_the_report_opens_offline_and_reads_at_desktop_and_phone_sizes(
+    browser: Any, report: Path, width: int, height: int, tmp_path: Path
+) -> None:
+    page = browser.new_page(viewport={"width": width, "height": height})
+    elsewhere: list[str] = []
+    errors: list[str] = []
+
+    def route(r: Any) -> None:
+        if r.request.url.startswith(("file:", "data:")):
+            r.continue_()
+        else:  # anything else would be a request leaving the file
+            elsewhere.append(r.request.url)
+            r.abort()
+
+    page.route("**/*", route)
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(report.as_uri())
+    page.wait_for_load_state("load")
+    images = page.evaluate(
+        "Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])"
+    )
+    assert images and all(ok and w > 0 and alt for ok, w, alt in images), images
+    assert elsewhere == [] and errors == []
+    # Readable: nothing wider than the window, no text smaller than 12 px.
+    scroll, client = page.evaluate(
+        "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    assert scroll <= client, (scroll, client)
+    smallest = page.evaluate(
+        "Math.min(...Array.from(document.querySelectorAll('body *'))"
+        ".filter(e => e.childNodes.length && [...e.childNodes].some(n => n.nodeType === 3 "
+        "&& n.textContent.trim())).map(e => parseFloat(getComputedStyle(e).fontSize)))"
+    )
+    assert smallest >= 12
+    page.screenshot(path=str(tmp_path / f"report-{width}.png"))
+
+    # The scale toggle: one scale variant shown per map; another one after a click.
+    def shown() -> list[str]:
+        return page.evaluate(
+            "Array.from(document.querySelectorAll('.cell img'))"
+            ".filter(i => getComputedStyle(i).display !== 'none').map(i => i.className)"
+        )
+
+    assert set(shown()) == {"v v-own"} and len(shown()) == 9
+    page.click("label[for=s-images]")
+    assert set(shown()) == {"v v-images"} and len(shown()) == 9
+    page.click("label[for=s-methods]")
+    assert set(shown()) == {"v v-methods"}
+    assert elsewhere == [] and errors == []
+    page.close()
