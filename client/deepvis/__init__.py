@@ -9,7 +9,13 @@ from deepvis._version import __version__
 
 if TYPE_CHECKING:
     from deepvis._client import AsyncClient, Client
-    from deepvis._convert import methods
+    from deepvis._convert import (
+        baseline_kinds,
+        composites,
+        integration_methods,
+        methods,
+        smooth_kinds,
+    )
     from deepvis._exceptions import (
         Cancelled,
         DeadlineExceeded,
@@ -24,7 +30,9 @@ if TYPE_CHECKING:
         Unimplemented,
     )
     from deepvis._models import (
+        Completeness,
         Explanation,
+        IntegratedGradients,
         Layer,
         LayerInfo,
         ModelDescription,
@@ -32,6 +40,7 @@ if TYPE_CHECKING:
         Neuron,
         Prediction,
         Progress,
+        Smooth,
         Visualization,
     )
 
@@ -39,9 +48,11 @@ __all__ = [
     "AsyncClient",
     "Cancelled",
     "Client",
+    "Completeness",
     "DeadlineExceeded",
     "DeepvisError",
     "Explanation",
+    "IntegratedGradients",
     "Internal",
     "InvalidArgument",
     "Layer",
@@ -54,12 +65,17 @@ __all__ = [
     "Prediction",
     "Progress",
     "ResourceExhausted",
+    "Smooth",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
     "Visualization",
     "__version__",
+    "baseline_kinds",
+    "composites",
+    "integration_methods",
     "methods",
+    "smooth_kinds",
 ]
 
 # Each public name's module, imported on first use (PEP 562). Importing the package loads no
@@ -69,7 +85,9 @@ _MODULES = {
     **dict.fromkeys(("AsyncClient", "Client"), "deepvis._client"),
     **dict.fromkeys(
         (
+            "Completeness",
             "Explanation",
+            "IntegratedGradients",
             "Layer",
             "LayerInfo",
             "ModelDescription",
@@ -77,11 +95,15 @@ _MODULES = {
             "Neuron",
             "Prediction",
             "Progress",
+            "Smooth",
             "Visualization",
         ),
         "deepvis._models",
     ),
-    "methods": "deepvis._convert",
+    **dict.fromkeys(
+        ("baseline_kinds", "composites", "integration_methods", "methods", "smooth_kinds"),
+        "deepvis._convert",
+    ),
     **dict.fromkeys(
         (
             "Cancelled",

@@ -16,16 +16,25 @@ import numpy as np
 
 from deepvis import __version__
 from deepvis._client import Client
-from deepvis._convert import methods, parameterizations
+from deepvis._convert import (
+    baseline_kinds,
+    composites,
+    integration_methods,
+    methods,
+    parameterizations,
+    smooth_kinds,
+)
 from deepvis._exceptions import DeepvisError, Unavailable
 from deepvis._models import (
     Explanation,
+    IntegratedGradients,
     Layer,
     ModelDescription,
     ModelInfo,
     Neuron,
     ObjectiveLike,
     Progress,
+    Smooth,
 )
 from deepvis._transport import channel_target
 
@@ -217,6 +226,7 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="LAYER:C[:Y:X]",
         help="explain a channel of a layer, or one neuron of it with :Y:X",
     )
+    _add_method_option_flags(explain)
     explain.add_argument("--out", required=True, metavar="DIR", help="output directory")
     explain.add_argument(
         "--save-array",
@@ -252,6 +262,123 @@ def _build_parser() -> argparse.ArgumentParser:
         help='service to ask about, e.g. deepvis.v1.Explainer (default: "", the server)',
     )
     return parser
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"the value must be >= 0, not {text}")
+    return value
+
+
+def _add_method_option_flags(explain: argparse.ArgumentParser) -> None:
+    """LRP's rule set, SmoothGrad and integrated gradients' options."""
+    lrp = explain.add_argument_group("lrp")
+    lrp.add_argument(
+        "--composite",
+        choices=composites(),
+        help=f"LRP rule set (default: {composites()[0]})",
+    )
+    lrp.add_argument(
+        "--epsilon", type=float, metavar="F", help="LRP epsilon rule's stabilizer (default: 1e-6)"
+    )
+    lrp.add_argument(
+        "--gamma", type=float, metavar="F", help="epsilon_gamma_box's gamma (default: 0.25)"
+    )
+    smooth = explain.add_argument_group(
+        "smoothing", "SmoothGrad / VarGrad over noisy copies (on when any of these is given)"
+    )
+    smooth.add_argument(
+        "--smooth-samples", type=_non_negative_int, metavar="N", help="noisy copies (default: 25)"
+    )
+    smooth.add_argument(
+        "--smooth-noise",
+        type=_non_negative_float,
+        metavar="F",
+        help="noise std as a fraction of the input's range (default: 0.15)",
+    )
+    smooth.add_argument(
+        "--smooth-kind", choices=smooth_kinds(), help="aggregation (default: smoothgrad)"
+    )
+    smooth.add_argument(
+        "--smooth-seed", type=_non_negative_int, metavar="S", help="noise seed (default: 0)"
+    )
+    ig = explain.add_argument_group("integrated gradients")
+    ig.add_argument(
+        "--ig-steps", type=_non_negative_int, metavar="N", help="steps or draws (default: 50)"
+    )
+    ig.add_argument(
+        "--ig-method",
+        choices=integration_methods(),
+        help="integration method (default: gausslegendre)",
+    )
+    ig.add_argument(
+        "--ig-baseline",
+        choices=baseline_kinds(),
+        help="baseline (default: zero, or images with --ig-baseline-image)",
+    )
+    ig.add_argument(
+        "--ig-blur-sigma",
+        type=_non_negative_float,
+        metavar="PX",
+        help="blur baseline's sigma in pixels (default: a tenth of the shorter side)",
+    )
+    ig.add_argument(
+        "--ig-samples",
+        type=_non_negative_int,
+        metavar="N",
+        help="uniform baseline: noise images (default: 1)",
+    )
+    ig.add_argument(
+        "--ig-baseline-image",
+        action="append",
+        dest="ig_images",
+        metavar="IMAGE",
+        help="a baseline image (repeat for several)",
+    )
+    ig.add_argument(
+        "--ig-seed", type=_non_negative_int, metavar="S", help="seed of random baselines, draws"
+    )
+
+
+def _smooth(args: argparse.Namespace) -> Smooth | None:
+    given = (args.smooth_samples, args.smooth_noise, args.smooth_kind, args.smooth_seed)
+    if all(v is None for v in given):
+        return None
+    default = Smooth()
+    return Smooth(
+        samples=default.samples if args.smooth_samples is None else args.smooth_samples,
+        noise=default.noise if args.smooth_noise is None else args.smooth_noise,
+        kind=args.smooth_kind or default.kind,
+        seed=args.smooth_seed or 0,
+    )
+
+
+def _integrated_gradients(args: argparse.Namespace) -> IntegratedGradients | None:
+    given = (
+        args.ig_steps,
+        args.ig_method,
+        args.ig_baseline,
+        args.ig_blur_sigma,
+        args.ig_samples,
+        args.ig_images,
+        args.ig_seed,
+    )
+    if all(v is None for v in given):
+        return None
+    default = IntegratedGradients()
+    return IntegratedGradients(
+        steps=default.steps if args.ig_steps is None else args.ig_steps,
+        method=args.ig_method or default.method,
+        baseline=args.ig_baseline,
+        blur_sigma=args.ig_blur_sigma or 0.0,
+        samples=default.samples if args.ig_samples is None else args.ig_samples,
+        images=tuple(args.ig_images or ()),
+        seed=args.ig_seed or 0,
+    )
 
 
 def _add_visualize_parser(
@@ -419,6 +546,11 @@ def _explain_one(
         render=True,
         array_dtype="float16" if args.float16 else "float32",
         array=args.save_array,
+        composite=args.composite,
+        epsilon=args.epsilon,
+        gamma=args.gamma,
+        smooth=_smooth(args),
+        integrated_gradients=_integrated_gradients(args),
     )
     if result.image is None and not result.images:
         raise ValueError("the server sent no rendered picture")
@@ -472,8 +604,15 @@ def _run_explain(client: Client, args: argparse.Namespace) -> int:
                 continue
             top = result.predictions[0] if result.predictions else None
             top_text = f"{top.label} ({top.score:.3f})" if top else "-"
+            c = result.completeness
+            sums = (
+                f"  sum={c.attribution_sum:.6g} score={c.score:.6g} "
+                f"baseline={c.baseline_score:.6g} delta={c.delta:.3g}"
+                if c is not None
+                else ""
+            )
             print(
-                f"{image}  top={top_text}  target={_format_target(result.target)}  "
+                f"{image}  top={top_text}  target={_format_target(result.target)}{sums}  "
                 f"-> {', '.join(str(p) for p in written)}  batch={result.batch_size}"
             )
     return 1 if failed else 0

@@ -18,11 +18,13 @@ from deepvis import _convert
 from deepvis._models import (
     Explanation,
     InputLike,
+    IntegratedGradients,
     LayersLike,
     ModelDescription,
     ModelInfo,
     ObjectiveLike,
     Progress,
+    Smooth,
     TargetLike,
     Visualization,
 )
@@ -186,6 +188,11 @@ class _BaseClient:
         timeout: float | None = None,
         array: bool = True,
         top_k_channels: int = 0,
+        composite: str | None = None,
+        epsilon: float | None = None,
+        gamma: float | None = None,
+        smooth: Smooth | None = None,
+        integrated_gradients: IntegratedGradients | None = None,
     ) -> Call[Explanation]:
         """Runs an interpretability method on one input.
 
@@ -212,10 +219,24 @@ class _BaseClient:
             top_k_channels: For activations, keep only this many channels per layer, those
                 with the largest mean activation, best first (their indices are in
                 `Explanation.arrays["<layer>.channels"]`); 0 keeps all channels.
+            composite: For lrp, the rule set: one of `deepvis.composites()`; None uses
+                "epsilon_plus_flat" (Zennit's names: flat first layer, z+ convolutions,
+                epsilon linear layers).
+            epsilon: For lrp, the epsilon rule's stabilizer, in [1e-9, 100]; None: 1e-6.
+            gamma: For lrp with composite "epsilon_gamma_box", the gamma rule's weight, in
+                [0, 100]; None: 0.25.
+            smooth: A `Smooth` to aggregate the result over noisy copies of the input
+                (SmoothGrad, SmoothGrad-squared, VarGrad), for guided_backprop,
+                deconvolution, saliency, integrated_gradients, input_x_gradient and lrp;
+                None: the plain method.
+            integrated_gradients: For integrated_gradients, an `IntegratedGradients` with its
+                steps, integration method and baseline; None: 50 Gauss-Legendre steps from
+                the zero model input.
 
         Returns:
             The `Explanation`: raw result, picture, further named arrays and pictures,
-            predictions, target and server timing.
+            predictions, target and server timing; for lrp and integrated_gradients, its
+            `completeness`.
 
         Raises:
             DeepvisError: The call failed (a subclass per gRPC status).
@@ -234,6 +255,11 @@ class _BaseClient:
             top_k=top_k,
             array=array,
             top_k_channels=top_k_channels,
+            composite=composite,
+            epsilon=epsilon,
+            gamma=gamma,
+            smooth=smooth,
+            integrated_gradients=integrated_gradients,
         )
         explanation = _convert.explanation_from_pb
         return single(
@@ -256,6 +282,11 @@ class _BaseClient:
         top_k_channels: int = 0,
         return_errors: bool = False,
         chunk: int = 64,
+        composite: str | None = None,
+        epsilon: float | None = None,
+        gamma: float | None = None,
+        smooth: Smooth | None = None,
+        integrated_gradients: IntegratedGradients | None = None,
     ) -> Call[list[Any]]:
         """Runs an interpretability method on many inputs, a few calls for all of them.
 
@@ -271,8 +302,10 @@ class _BaseClient:
             return_errors: False raises the first failed item's error; True puts each
                 failed item's exception (a `DeepvisError`) in its place in the result.
             chunk: Items per call, 1 to 256.
-            model, method, layer, render, array_dtype, top_k, array, top_k_channels:
-                As for `explain`, the same for every input.
+            model, method, layer, render, array_dtype, top_k, array, top_k_channels,
+                composite, epsilon, gamma, smooth, integrated_gradients:
+                As for `explain`, the same for every input (with `Smooth`, each input's noise
+                is drawn from the same seed).
             timeout: Deadline of each call in seconds; None uses the client's default.
 
         Returns:
@@ -296,6 +329,11 @@ class _BaseClient:
             top_k=top_k,
             array=array,
             top_k_channels=top_k_channels,
+            composite=composite,
+            epsilon=epsilon,
+            gamma=gamma,
+            smooth=smooth,
+            integrated_gradients=integrated_gradients,
         )
         return Call(
             method=self._stub.ExplainBatch,
