@@ -129,7 +129,9 @@ def _enum_value(value: int, names: dict[int, str], default: str, field: str, enu
 
 
 def _bounded(value: float, low: float, high: float, field: str) -> float:
-    if not (low <= value <= high):  # NaN fails too
+    # The wire's floats are float32: a bound is met by its own float32 value (1e-9 is sent as
+    # 9.99999972e-10).
+    if not (float(np.float32(low)) <= value <= float(np.float32(high))):  # NaN fails too
         raise InvalidArgument(f"{field} must be in [{low:g}, {high:g}], got {value:g}", field=field)
     return float(value)
 

@@ -3,11 +3,12 @@
 How it works. Relevance travels backwards as the gradient does: during one forward pass of the
 model, a thread-local torch function mode (`_LrpMode`) puts the calls that need a rule in
 custom autograd functions whose backward is that rule (`_LayerRule` for convolutions and
-linear layers, `_Norm` for average pooling and residual additions, `_Pass` for activation
-functions and batch norms that follow no convolution); every other call keeps its gradient,
-which is LRP's rule for max pooling (the winner takes it), ReLU (exactly what passes it) and
-the reshaping, slicing, padding and concatenating ops. The backward pass from the logits,
-started with each item's logit at its target, then delivers the relevance at the input.
+linear layers, `_Norm` for average pooling, `_Sum` for residual additions, `_Pass` for
+activation functions and batch norms that follow no convolution), whether the model calls them
+through modules or functionally; every other call keeps its gradient, which is LRP's rule for
+max pooling (the winner takes it) and the reshaping, slicing, padding and concatenating ops.
+The backward pass from the logits, started with each item's logit at its target, then
+delivers the relevance at the input.
 
 Nothing is set on the served model: no hook, no swapped module, no changed weight; the mode
 lives for one forward pass on the device thread and is gone afterwards, whatever happened.
@@ -305,9 +306,13 @@ class _Sum(torch.autograd.Function):
 # --- which calls get a rule --------------------------------------------------------------------
 
 _LINEAR_MAPS = {F.conv1d: "conv", F.conv2d: "conv", F.conv3d: "conv", F.linear: "linear"}
-# Activation functions (Zennit's Activation modules, however called): relevance passes through.
-# ReLU is left out: its gradient already passes relevance wherever it can be nonzero.
+# Activation functions (Zennit's Activation modules, however called): relevance passes through,
+# ReLU's included: between rules that do not weigh by the input (a batch norm after no conv
+# passes its relevance on), relevance can reach a unit that ReLU zeroed, and goes on through it.
 _PASS_FUNCS = {
+    F.relu,
+    torch.relu,
+    torch.Tensor.relu,
     F.elu,
     F.hardshrink,
     F.hardsigmoid,
@@ -335,6 +340,10 @@ _PASS_FUNCS = {
     F.tanhshrink,
     F.threshold,
 }
+# In-place forms, written back into their input as the caller expects.
+_IN_PLACE_PASS_FUNCS = {torch.relu_, torch.Tensor.relu_}
+# ReLU-like activations: relevance passing through them is what LRP prescribes.
+_RELU_LIKE = frozenset({"relu", "relu_", "relu6"})
 _POOLS = {
     F.avg_pool1d,
     F.avg_pool2d,
@@ -392,11 +401,16 @@ class _LrpMode(TorchFunctionMode):
         kind = _LINEAR_MAPS.get(func)
         if kind is not None:
             return self._linear_map(func, kind, x, args, kwargs)
-        if func in _PASS_FUNCS:
+        if func in _PASS_FUNCS or func in _IN_PLACE_PASS_FUNCS:
             if self.trace is not None:
-                self.trace.passed[func.__name__] += 1
-            # Out of place, on a clone: the backward must not see an input changed in place.
-            return _Pass.apply(x, lambda t: func(t.clone(), *args[1:], **kwargs))
+                name = func.__name__
+                if func is F.hardtanh and _arg(args, kwargs, 1, "min_val") == 0:
+                    name = "relu6"  # nn.ReLU6 and Hardtanh(0, cap): a ReLU with a cap
+                self.trace.passed[name] += 1
+            # On a clone: what an in-place form (ReLU(inplace=True)) would change is the
+            # clone, and the autograd function returns a fresh tensor.
+            out = _Pass.apply(x, lambda t: func(t.clone(), *args[1:], **kwargs))
+            return x.copy_(out) if func in _IN_PLACE_PASS_FUNCS else out
         if func is F.batch_norm:
             if self.trace is not None:
                 name = self.norms.get(id(_arg(args, kwargs, 1, "running_mean")), "?")
@@ -663,10 +677,9 @@ def _coverage_warnings(
             f"lrp: model '{model.name}' runs operations no LRP rule covers, which pass plain "
             f"gradients instead of conserving relevance: {listed}"
         )
-    if trace.passed:
-        listed = ", ".join(
-            f"{op} ({n}x)" if n > 1 else op for op, n in sorted(trace.passed.items())
-        )
+    passed = {op: n for op, n in trace.passed.items() if op not in _RELU_LIKE}
+    if passed:
+        listed = ", ".join(f"{op} ({n}x)" if n > 1 else op for op, n in sorted(passed.items()))
         out.append(
             f"lrp: model '{model.name}' uses activations other than ReLU, through which "
             f"relevance passes unchanged (Zennit's Pass rule): {listed}"
