@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import re
+from typing import cast
 
 import numpy as np
 import torch
@@ -75,7 +76,10 @@ def folded_copy(model: torch.nn.Module, pairs: list[tuple[str, str]]) -> torch.n
         setattr(folded.get_submodule(parent) if parent else folded, child, module)
 
     for conv, bn in pairs:
-        put(conv, fuse_conv_bn_eval(folded.get_submodule(conv), folded.get_submodule(bn)))
+        c, b = folded.get_submodule(conv), folded.get_submodule(bn)
+        assert isinstance(c, torch.nn.Conv2d), conv
+        assert isinstance(b, torch.nn.modules.batchnorm._BatchNorm), bn
+        put(conv, fuse_conv_bn_eval(c, b))
         put(bn, torch.nn.Identity())
     return folded
 
@@ -87,10 +91,10 @@ class DenseNetModulePool(torch.nn.Module):
 
     def __init__(self, densenet: torch.nn.Module) -> None:
         super().__init__()
-        self.features = densenet.features
+        self.features = cast(torch.nn.Module, densenet.features)
         self.final_relu = torch.nn.ReLU()
         self.pool = torch.nn.AdaptiveAvgPool2d(1)
-        self.classifier = densenet.classifier
+        self.classifier = cast(torch.nn.Module, densenet.classifier)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.final_relu(self.features(x))), 1))

@@ -62,6 +62,7 @@ def randomize_batch_norms(module: torch.nn.Module, generator: torch.Generator) -
     for m in module.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             c = m.num_features
+            assert m.running_mean is not None and m.running_var is not None
             with torch.no_grad():
                 m.running_mean.copy_(torch.rand(c, generator=generator) - 0.5)
                 m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=generator))

@@ -173,7 +173,7 @@ def test_cli_flags_give_what_the_library_gives(
     printed, array = run_cli(address, image, tmp_path, flags, capsys)
     with deepvis.Client(address, timeout=60) as client:
         expected = client.explain(str(image), model="digits", render=False, **kwargs)
-    assert np.array_equal(array, expected.array)
+    assert expected.array is not None and np.array_equal(array, expected.array)
     if expected.completeness is not None:  # lrp and integrated gradients print it
         c = expected.completeness
         assert f"sum={c.attribution_sum:.6g} score={c.score:.6g}" in printed, printed

@@ -7,6 +7,7 @@ model is never touched."""
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -66,6 +67,15 @@ def served(address: str, name: str, xs: np.ndarray, **kwargs) -> list[deepvis.Ex
         )
 
 
+def array(result: deepvis.Explanation) -> np.ndarray:
+    assert result.array is not None
+    return result.array
+
+
+def stacked(results: list[deepvis.Explanation]) -> np.ndarray:
+    return np.stack([array(r) for r in results])
+
+
 def bounds(xs: np.ndarray, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
     """The model-space images of all-black and all-white pixels, shaped like the batch."""
     m = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
@@ -94,7 +104,7 @@ def test_lrp_equals_zennit(cases, key, composite) -> None:
     low, high = bounds(xs, mean, std)
     comp = zennit_composite(composite, low, high, resnet=name.startswith("resnet"))
     ref = zennit_lrp(twin, torch.from_numpy(xs), targets, comp)
-    assert relative_error(np.stack([r.array for r in results]), ref) <= TOL
+    assert relative_error(stacked(results), ref) <= TOL
 
 
 @pytest.mark.parametrize(
@@ -116,7 +126,7 @@ def test_epsilon_and_gamma_equal_zennits(cases, key, composite, epsilon, gamma) 
         composite, low, high, name.startswith("resnet"), epsilon=epsilon, gamma=gamma or 0.25
     )
     ref = zennit_lrp(twin, torch.from_numpy(xs), targets, comp)
-    assert relative_error(np.stack([r.array for r in results]), ref) <= TOL
+    assert relative_error(stacked(results), ref) <= TOL
 
 
 @pytest.mark.parametrize("key", KEYS)
@@ -133,7 +143,7 @@ def test_completeness_is_the_sum_and_the_logit(cases, key) -> None:
         for i, r in enumerate(results):
             c = r.completeness
             assert c is not None
-            total = float(r.array.astype(np.float64).sum())
+            total = float(array(r).astype(np.float64).sum())
             assert c.attribution_sum == pytest.approx(total, rel=1e-5, abs=1e-7)
             assert c.score == pytest.approx(float(logits[i, r.target]), rel=1e-5, abs=1e-6)
             assert c.baseline_score == 0.0
@@ -154,7 +164,7 @@ def test_lrp_epsilon_equals_captums_lrp(cases) -> None:
 
     module.avgpool.rule = EpsilonRule(epsilon=1e-6)
     ref = LRP(module).attribute(torch.from_numpy(xs), target=targets).detach().numpy()
-    assert relative_error(np.stack([r.array for r in results]), ref) <= TOL
+    assert relative_error(stacked(results), ref) <= TOL
 
 
 @pytest.mark.parametrize("key", ["digits", "resnet18", "vgg11_bn"])
@@ -172,25 +182,27 @@ def test_lrp_zero_equals_gradient_times_input(cases, key) -> None:
     assert [r.target for r in ixg] == targets
     ref = InputXGradient(module).attribute(torch.from_numpy(xs), target=targets)
     ref = ref.detach().numpy()
-    assert relative_error(np.stack([r.array for r in ixg]), ref) <= TOL
+    assert relative_error(stacked(ixg), ref) <= TOL
     # 1e-4: each epsilon (1e-9) moves a unit's share by eps/z, and units with tiny z exist.
     # 1e-3 on the torchvision models: their average pooling (and resnet18's residual sums)
     # take Zennit's Norm rule, whose stabilizer stays 1e-6 whatever epsilon, so a unit whose
     # sum is within 1e-3 of zero keeps up to 1e-3 of its share.
     tol = 1e-4 if key == "digits" else 1e-3
-    assert relative_error(np.stack([r.array for r in lrp]), ref) <= tol
+    assert relative_error(stacked(lrp), ref) <= tol
 
 
 def test_the_served_model_is_untouched_and_the_copy_private(bn_zoo, cases) -> None:
     """The folded copy is LRP's own: the served module keeps its batch norms, its weights and
     no hook; the copy shares no storage with it. A model with nothing to fold gets no copy."""
     server, _ = bn_zoo
-    from deepvis_server.methods import REGISTRY
+    from deepvis_server.methods import REGISTRY, Lrp
 
+    lrp = REGISTRY["lrp"]
+    assert isinstance(lrp, Lrp)
     address, name, module, _, xs, _, _ = cases["resnet18"]
     served(address, name, xs)
     model = server.engine.models["resnet18"]
-    view = REGISTRY["lrp"].models.get(model)
+    view = lrp.models.get(model)
     assert view.module is not model.module
     assert len(view.folded) == sum(
         isinstance(m, torch.nn.BatchNorm2d) for m in module.modules()
@@ -205,7 +217,7 @@ def test_the_served_model_is_untouched_and_the_copy_private(bn_zoo, cases) -> No
     assert view.bytes > 0
     address, name, *_ = cases["vgg11"]
     served(address, name, cases["vgg11"][4])
-    plain = REGISTRY["lrp"].models.get(server.engine.models["vgg11"])
+    plain = lrp.models.get(server.engine.models["vgg11"])
     assert plain.module is server.engine.models["vgg11"].module and plain.bytes == 0
 
 
@@ -213,7 +225,7 @@ def test_interleaved_composites_each_equal_their_own_alone(cases) -> None:
     """Concurrent requests with different rule sets and epsilons on one model: each answer is
     its own, as when it runs alone (the rules keep no state between batches)."""
     address, name, _, _, xs, _, _ = cases["resnet18"]
-    settings = [
+    settings: list[dict[str, Any]] = [
         {"composite": "epsilon_plus_flat"},
         {"composite": "epsilon_gamma_box", "gamma": 1.0},
         {"composite": "epsilon", "epsilon": 0.5},
@@ -237,7 +249,7 @@ def test_interleaved_composites_each_equal_their_own_alone(cases) -> None:
         for t in threads:
             t.join()
     for a, b in zip(alone, together, strict=True):
-        assert relative_error(b.array, a.array) <= TOL
+        assert relative_error(array(b), array(a)) <= TOL
 
 
 def test_what_no_rule_covers_is_named(zoo) -> None:

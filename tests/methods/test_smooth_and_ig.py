@@ -97,8 +97,13 @@ def resolved(results: list[deepvis.Explanation], case: Case) -> list[int]:
     return expected
 
 
+def array(result: deepvis.Explanation) -> np.ndarray:
+    assert result.array is not None
+    return result.array
+
+
 def stacked(results: list[deepvis.Explanation]) -> np.ndarray:
-    return np.stack([r.array for r in results])
+    return np.stack([array(r) for r in results])
 
 
 # --- gradient x input --------------------------------------------------------------------------
@@ -245,7 +250,7 @@ def test_integrated_gradients_equal_captum(cases, key, method, baseline, options
     for i, r in enumerate(results):
         c = r.completeness
         assert c is not None
-        assert c.attribution_sum == pytest.approx(float(r.array.sum(dtype=np.float64)), rel=1e-5)
+        assert c.attribution_sum == pytest.approx(float(array(r).sum(dtype=np.float64)), rel=1e-5)
         assert c.score == pytest.approx(float(scores[i, targets[i]]), rel=1e-5, abs=1e-6)
         assert c.baseline_score == pytest.approx(
             float(base_scores[i, targets[i]]), rel=1e-5, abs=1e-6
@@ -277,7 +282,9 @@ def test_convergence_delta_shrinks_with_more_gauss_legendre_steps(cases) -> None
             "integrated_gradients",
             integrated_gradients=deepvis.IntegratedGradients(steps=steps, baseline="black"),
         )
-        deltas.append(np.mean([abs(r.completeness.delta) for r in results]))
+        sums = [r.completeness for r in results]
+        assert all(c is not None for c in sums)
+        deltas.append(np.mean([abs(c.delta) for c in sums if c is not None]))
     assert deltas[0] > deltas[1] > deltas[2], deltas
 
 
@@ -337,6 +344,7 @@ def test_expected_gradients_equal_gradient_shaps_core(cases, key, baseline, opti
     with torch.no_grad():
         base_scores = case.module(drawn).double().reshape(n, steps, -1).mean(1)
     for i, r in enumerate(results):
+        assert r.completeness is not None
         assert r.completeness.baseline_score == pytest.approx(
             float(base_scores[i, targets[i]]), rel=1e-5, abs=1e-6
         )

@@ -5,6 +5,8 @@ batch-mates, and the server serves the next request."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import numpy as np
 import pytest
@@ -20,16 +22,18 @@ def tensor_input(shape: tuple[int, ...] = (1, 32, 32), seed: int = 0) -> pb.Inpu
     return pb.Input(tensor=pb.Tensor(shape=list(shape), dtype=pb.DTYPE_FLOAT32, data=x.tobytes()))
 
 
-def request(method: int, **fields) -> pb.ExplainRequest:
+def request(method: Any, **fields: Any) -> pb.ExplainRequest:
     return pb.ExplainRequest(model="digits", method=method, input=tensor_input(), **fields)
 
 
 IG = pb.METHOD_INTEGRATED_GRADIENTS
+# Numbers no enum of the schema has (the stubs' types admit only the enums' own values).
+UNKNOWN: Any = 42
 CASES = [
     # (id, request, field, words the message must hold)
     (
         "composite-unknown",
-        request(pb.METHOD_LRP, lrp=pb.LrpOptions(composite=99)),
+        request(pb.METHOD_LRP, lrp=pb.LrpOptions(composite=UNKNOWN)),
         "lrp.composite",
         ["not a value of LrpComposite", "epsilon_plus_flat", "deep_taylor", "epsilon_gamma_box"],
     ),
@@ -95,7 +99,7 @@ CASES = [
     ),
     (
         "smooth-kind",
-        request(pb.METHOD_SALIENCY, smooth=pb.SmoothGradOptions(kind=7)),
+        request(pb.METHOD_SALIENCY, smooth=pb.SmoothGradOptions(kind=UNKNOWN)),
         "smooth.kind",
         ["not a value of SmoothKind", "smoothgrad", "smoothgrad_sq", "vargrad"],
     ),
@@ -124,13 +128,13 @@ CASES = [
     ),
     (
         "ig-method",
-        request(IG, integrated_gradients=pb.IntegratedGradientsOptions(method=42)),
+        request(IG, integrated_gradients=pb.IntegratedGradientsOptions(method=UNKNOWN)),
         "integrated_gradients.method",
         ["not a value of IntegrationMethod", "gausslegendre", "riemann_trapezoid"],
     ),
     (
         "ig-baseline",
-        request(IG, integrated_gradients=pb.IntegratedGradientsOptions(baseline=42)),
+        request(IG, integrated_gradients=pb.IntegratedGradientsOptions(baseline=UNKNOWN)),
         "integrated_gradients.baseline",
         ["not a value of BaselineKind", "zero", "black", "blur", "uniform", "images"],
     ),
