@@ -35,7 +35,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeepvisServer]:
     torch.manual_seed(3)
     model = FaultyBatchNormNet().eval()
     randomize_batch_norms(model, torch.Generator().manual_seed(3))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "m.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "m.safetensors")
+    )
     table = {
         "name": "faulty_bn",
         "arch": "toy_models:FaultyBatchNormNet",
