@@ -12,7 +12,14 @@ from safetensors.torch import save_file
 
 from deepvis_server.config import DEFAULT_CONFIG, load_config, parse_config
 from deepvis_server.server import DeepvisServer, serve_in_thread
-from zoo import TOY_SPECS, ZOO_SPECS, ZooModel, build_oracle_twin
+from zoo import (
+    BN_ZOO_SPECS,
+    TOY_SPECS,
+    ZOO_SPECS,
+    ZooModel,
+    build_oracle_twin,
+    randomize_batch_norms,
+)
 
 torch.set_num_threads(2)
 
@@ -71,6 +78,43 @@ def zoo(
             "max_delay_ms": 10_000.0,
         }
     )
+    config = parse_config({"models": tables}, root)
+    with serve_in_thread(config, "127.0.0.1:0") as server:
+        yield server, twins
+
+
+@pytest.fixture(scope="session")
+def bn_zoo(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[DeepvisServer, dict[str, ZooModel]]]:
+    """torchvision models at 32x32 whose batch norms have random statistics, served, with
+    their twins: for the methods that fold batch norms (LRP) or run many rows (SmoothGrad,
+    integrated gradients)."""
+    root = tmp_path_factory.mktemp("bn_zoo")
+    generator = torch.Generator().manual_seed(15)
+    torch.manual_seed(15)
+    tables, twins = [], {}
+    for name, (arch, k, size) in BN_ZOO_SPECS.items():
+        twin = build_oracle_twin(arch, k).eval()
+        randomize_batch_norms(twin, generator)
+        for p in twin.parameters():
+            p.requires_grad_(False)
+        path = root / f"{name}.safetensors"
+        save_file({k_: v.contiguous() for k_, v in twin.state_dict().items()}, str(path))
+        tables.append(
+            {
+                "name": name,
+                "arch": arch,
+                "weights": str(path),
+                "num_classes": k,
+                "input_size": list(size),
+                "mean": [0.485, 0.456, 0.406],
+                "std": [0.229, 0.224, 0.225],
+                "max_batch_size": 16,
+                "max_delay_ms": 2.0,
+            }
+        )
+        twins[name] = ZooModel(name, twin, (3, *size))
     config = parse_config({"models": tables}, root)
     with serve_in_thread(config, "127.0.0.1:0") as server:
         yield server, twins

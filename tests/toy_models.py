@@ -30,6 +30,29 @@ class FaultyNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+class FaultyBatchNormNet(nn.Module):
+    """FaultyNet with a batch norm after each convolution (what LRP folds on its copy): fails,
+    mid-forward, on any input item containing POISON."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        poisoned = bool((x == POISON).any())
+        x = self.relu(self.bn1(self.conv1(x)))
+        if poisoned:  # after the first folded conv ran under its rule
+            raise RuntimeError("poisoned input")
+        x = self.relu(self.bn2(self.conv2(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
 class ModuleReLUNet(nn.Module):
     """nn.ReLU modules, in-place and not, one reused."""
 

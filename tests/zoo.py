@@ -44,3 +44,27 @@ def build_oracle_twin(arch: str, num_classes: int) -> torch.nn.Module:
         mod, _, attr = arch.partition(":")
         return getattr(importlib.import_module(mod), attr)(num_classes=num_classes)
     return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+
+
+# Models for the attribution methods that fold or integrate: small inputs, and batch norms
+# with random statistics and affine parameters (torchvision initialises them to the identity,
+# which would make folding a no-op that proves nothing).
+BN_ZOO_SPECS = {
+    "resnet18": ("resnet18", 10, (32, 32)),
+    "vgg11": ("vgg11", 10, (32, 32)),
+    "vgg11_bn": ("vgg11_bn", 10, (32, 32)),
+    "densenet121": ("densenet121", 10, (32, 32)),
+}
+
+
+def randomize_batch_norms(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Gives every batch norm random running statistics and affine parameters."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            c = m.num_features
+            assert m.running_mean is not None and m.running_var is not None
+            with torch.no_grad():
+                m.running_mean.copy_(torch.rand(c, generator=generator) - 0.5)
+                m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=generator))
+                m.weight.copy_(0.5 + torch.rand(c, generator=generator))
+                m.bias.copy_(0.4 * torch.rand(c, generator=generator) - 0.2)

@@ -10,7 +10,14 @@ from deepvis._version import __version__
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name loads on first use
     from deepvis import render
     from deepvis._client import AsyncClient, Client
-    from deepvis._convert import methods, metrics
+    from deepvis._convert import (
+        baseline_kinds,
+        composites,
+        integration_methods,
+        methods,
+        metrics,
+        smooth_kinds,
+    )
     from deepvis._curves import curve_plot
     from deepvis._display import LiveProgress
     from deepvis._exceptions import (
@@ -28,9 +35,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name load
     )
     from deepvis._models import (
         Comparison,
+        Completeness,
         Evaluation,
         EvaluationProgress,
         Explanation,
+        IntegratedGradients,
         Layer,
         LayerInfo,
         MethodEvaluation,
@@ -41,6 +50,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name load
         Prediction,
         Progress,
         Randomization,
+        Smooth,
         Visualization,
     )
 
@@ -49,7 +59,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name load
 # C core reads once, when grpc is imported.
 _EXPORTS: dict[str, list[str] | tuple[str, ...]] = {
     "deepvis._client": ("AsyncClient", "Client"),
-    "deepvis._convert": ("methods", "metrics"),
+    "deepvis._convert": (
+        "baseline_kinds composites integration_methods methods metrics smooth_kinds"
+    ).split(),
     "deepvis._curves": ("curve_plot",),
     "deepvis._display": ("LiveProgress",),
     "deepvis._exceptions": (
@@ -57,9 +69,9 @@ _EXPORTS: dict[str, list[str] | tuple[str, ...]] = {
         "PermissionDenied ResourceExhausted Unauthenticated Unavailable Unimplemented"
     ).split(),
     "deepvis._models": (
-        "Comparison Evaluation EvaluationProgress Explanation Layer LayerInfo MethodEvaluation "
-        "ModelDescription ModelInfo Neuron PerturbationCurve Prediction Progress Randomization "
-        "Visualization"
+        "Comparison Completeness Evaluation EvaluationProgress Explanation IntegratedGradients "
+        "Layer LayerInfo MethodEvaluation ModelDescription ModelInfo Neuron PerturbationCurve "
+        "Prediction Progress Randomization Smooth Visualization"
     ).split(),
 }
 _MODULES = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -26,9 +26,23 @@ from PIL import Image
 
 from deepvis import render
 from deepvis._client import Client
-from deepvis._convert import method_name, methods
+from deepvis._convert import (
+    baseline_kinds,
+    composites,
+    integration_methods,
+    method_name,
+    methods,
+    smooth_kinds,
+)
 from deepvis._exceptions import DeepvisError, InvalidArgument, NotFound
-from deepvis._models import Comparison, Explanation, ModelInfo, Neuron
+from deepvis._models import (
+    Comparison,
+    Explanation,
+    IntegratedGradients,
+    ModelInfo,
+    Neuron,
+    Smooth,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -214,6 +228,7 @@ def add_explain_arguments(explain: argparse.ArgumentParser) -> None:
         "(default: shared)",
     )
     add_picture_arguments(explain)
+    _add_method_option_flags(explain)
     explain.add_argument(
         "--jobs",
         "-j",
@@ -232,6 +247,123 @@ def add_explain_arguments(explain: argparse.ArgumentParser) -> None:
         "--json",
         action="store_true",
         help="print one JSON object per input and method (as manifest.jsonl has it)",
+    )
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"the value must be >= 0, not {text}")
+    return value
+
+
+def _add_method_option_flags(explain: argparse.ArgumentParser) -> None:
+    """LRP's rule set, SmoothGrad and integrated gradients' options."""
+    lrp = explain.add_argument_group("lrp")
+    lrp.add_argument(
+        "--composite",
+        choices=composites(),
+        help=f"LRP rule set (default: {composites()[0]})",
+    )
+    lrp.add_argument(
+        "--epsilon", type=float, metavar="F", help="LRP epsilon rule's stabilizer (default: 1e-6)"
+    )
+    lrp.add_argument(
+        "--gamma", type=float, metavar="F", help="epsilon_gamma_box's gamma (default: 0.25)"
+    )
+    smooth = explain.add_argument_group(
+        "smoothing", "SmoothGrad / VarGrad over noisy copies (on when any of these is given)"
+    )
+    smooth.add_argument(
+        "--smooth-samples", type=_non_negative_int, metavar="N", help="noisy copies (default: 25)"
+    )
+    smooth.add_argument(
+        "--smooth-noise",
+        type=_non_negative_float,
+        metavar="F",
+        help="noise std as a fraction of the input's range (default: 0.15)",
+    )
+    smooth.add_argument(
+        "--smooth-kind", choices=smooth_kinds(), help="aggregation (default: smoothgrad)"
+    )
+    smooth.add_argument(
+        "--smooth-seed", type=_non_negative_int, metavar="S", help="noise seed (default: 0)"
+    )
+    ig = explain.add_argument_group("integrated gradients")
+    ig.add_argument(
+        "--ig-steps", type=_non_negative_int, metavar="N", help="steps or draws (default: 50)"
+    )
+    ig.add_argument(
+        "--ig-method",
+        choices=integration_methods(),
+        help="integration method (default: gausslegendre)",
+    )
+    ig.add_argument(
+        "--ig-baseline",
+        choices=baseline_kinds(),
+        help="baseline (default: zero, or images with --ig-baseline-image)",
+    )
+    ig.add_argument(
+        "--ig-blur-sigma",
+        type=_non_negative_float,
+        metavar="PX",
+        help="blur baseline's sigma in pixels (default: a tenth of the shorter side)",
+    )
+    ig.add_argument(
+        "--ig-samples",
+        type=_non_negative_int,
+        metavar="N",
+        help="uniform baseline: noise images (default: 1)",
+    )
+    ig.add_argument(
+        "--ig-baseline-image",
+        action="append",
+        dest="ig_images",
+        metavar="IMAGE",
+        help="a baseline image (repeat for several)",
+    )
+    ig.add_argument(
+        "--ig-seed", type=_non_negative_int, metavar="S", help="seed of random baselines, draws"
+    )
+
+
+def _smooth(args: argparse.Namespace) -> Smooth | None:
+    given = (args.smooth_samples, args.smooth_noise, args.smooth_kind, args.smooth_seed)
+    if all(v is None for v in given):
+        return None
+    default = Smooth()
+    return Smooth(
+        samples=default.samples if args.smooth_samples is None else args.smooth_samples,
+        noise=default.noise if args.smooth_noise is None else args.smooth_noise,
+        kind=args.smooth_kind or default.kind,
+        seed=args.smooth_seed or 0,
+    )
+
+
+def _integrated_gradients(args: argparse.Namespace) -> IntegratedGradients | None:
+    given = (
+        args.ig_steps,
+        args.ig_method,
+        args.ig_baseline,
+        args.ig_blur_sigma,
+        args.ig_samples,
+        args.ig_images,
+        args.ig_seed,
+    )
+    if all(v is None for v in given):
+        return None
+    default = IntegratedGradients()
+    return IntegratedGradients(
+        steps=default.steps if args.ig_steps is None else args.ig_steps,
+        method=args.ig_method or default.method,
+        baseline=args.ig_baseline,
+        blur_sigma=args.ig_blur_sigma or 0.0,
+        samples=default.samples if args.ig_samples is None else args.ig_samples,
+        images=tuple(args.ig_images or ()),
+        seed=args.ig_seed or 0,
     )
 
 
@@ -349,7 +481,23 @@ def file_stem(method: str, args: argparse.Namespace) -> str:
         name += f"-n{n.layer}-c{n.channel}" + ("" if n.y is None else f"-y{n.y}-x{n.x}")
     if args.layers and method in ("activations", "grad_cam", "guided_grad_cam"):
         name += "-" + "+".join(args.layers)
+    options = method_options(args)
+    if any(v is not None for v in options.values()):
+        # Options change the result: their own files, named by a digest of what was asked.
+        digest = hashlib.sha256(repr(sorted(options.items())).encode()).hexdigest()[:8]
+        name += f"-o{digest}"
     return _file_part(name)
+
+
+def method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of lrp, SmoothGrad and integrated gradients given on the command line."""
+    return {
+        "composite": args.composite,
+        "epsilon": args.epsilon,
+        "gamma": args.gamma,
+        "smooth": _smooth(args),
+        "integrated_gradients": _integrated_gradients(args),
+    }
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
@@ -445,6 +593,7 @@ class Explainer:
         dtype = "float16" if args.float16 else "float32"
         image = _load(work.path)  # a file that is no image fails here, before any call
         if len(work.methods) == 1:
+            options = {k: v for k, v in method_options(args).items() if v is not None}
             exp = self.client.explain(
                 str(work.path),
                 method=work.methods[0],
@@ -452,6 +601,7 @@ class Explainer:
                 array_dtype=dtype,
                 top_k_channels=args.top_k_channels,
                 **common,
+                **options,
             )
             results = Comparison({exp.method: exp}, source=str(work.path))
         else:
@@ -613,6 +763,11 @@ def run_explain(
     Raises:
         Interrupted: Ctrl-C, or stdout closed: what was in flight finished first.
     """
+    given = [k for k, v in method_options(args).items() if v is not None]
+    if given and len(args.method) > 1:
+        raise ValueError(
+            f"{', '.join(given)} apply to one method: give a single --method with them"
+        )
     inputs = collect_inputs(args.inputs)
     keys = output_keys(inputs)
     out = Path(args.out)

@@ -22,11 +22,13 @@ from deepvis._models import (
     EvaluationProgress,
     Explanation,
     InputLike,
+    IntegratedGradients,
     LayersLike,
     ModelDescription,
     ModelInfo,
     ObjectiveLike,
     Progress,
+    Smooth,
     TargetLike,
     Visualization,
 )
@@ -200,6 +202,11 @@ class _BaseClient:
         overlay: bool | None = None,
         colorbar: bool = False,
         caption: bool = False,
+        composite: str | None = None,
+        epsilon: float | None = None,
+        gamma: float | None = None,
+        smooth: Smooth | None = None,
+        integrated_gradients: IntegratedGradients | None = None,
     ) -> Call[Explanation]:
         """Runs an interpretability method on one input.
 
@@ -242,10 +249,24 @@ class _BaseClient:
             caption: Draw a caption (method · target · layer) above each map picture.
                 The same options given to `Explanation.heatmap` / `overlay` redraw the
                 server's picture locally, pixel for pixel (from a float32 array).
+            composite: For lrp, the rule set: one of `deepvis.composites()`; None uses
+                "epsilon_plus_flat" (Zennit's names: flat first layer, z+ convolutions,
+                epsilon linear layers).
+            epsilon: For lrp, the epsilon rule's stabilizer, in [1e-9, 100]; None: 1e-6.
+            gamma: For lrp with composite "epsilon_gamma_box", the gamma rule's weight, in
+                [0, 100]; None: 0.25.
+            smooth: A `Smooth` to aggregate the result over noisy copies of the input
+                (SmoothGrad, SmoothGrad-squared, VarGrad), for guided_backprop,
+                deconvolution, saliency, integrated_gradients, input_x_gradient and lrp;
+                None: the plain method.
+            integrated_gradients: For integrated_gradients, an `IntegratedGradients` with its
+                steps, integration method and baseline; None: 50 Gauss-Legendre steps from
+                the zero model input.
 
         Returns:
             The `Explanation`: raw result, picture, further named arrays and pictures,
-            predictions, target and server timing.
+            predictions, target and server timing; for lrp and integrated_gradients, its
+            `completeness`.
 
         Raises:
             DeepvisError: The call failed (a subclass per gRPC status).
@@ -279,6 +300,11 @@ class _BaseClient:
             array=array,
             top_k_channels=top_k_channels,
             picture=picture,
+            composite=composite,
+            epsilon=epsilon,
+            gamma=gamma,
+            smooth=smooth,
+            integrated_gradients=integrated_gradients,
         )
         source = _convert.overlay_source(input)
         return single(
@@ -384,6 +410,11 @@ class _BaseClient:
         overlay: bool | None = None,
         colorbar: bool = False,
         caption: bool = False,
+        composite: str | None = None,
+        epsilon: float | None = None,
+        gamma: float | None = None,
+        smooth: Smooth | None = None,
+        integrated_gradients: IntegratedGradients | None = None,
     ) -> Call[list[Any]]:
         """Runs an interpretability method on many inputs, a few calls for all of them.
 
@@ -402,6 +433,9 @@ class _BaseClient:
             model, method, layer, render, array_dtype, top_k, array, top_k_channels,
                 picture_size, cmap, clip, sign, overlay, colorbar, caption:
                 As for `explain`, the same for every input.
+                composite, epsilon, gamma, smooth, integrated_gradients:
+                As for `explain`, the same for every input (with `Smooth`, each input's noise
+                is drawn from the same seed).
             timeout: Deadline of each call in seconds; None uses the client's default.
 
         Returns:
@@ -434,6 +468,11 @@ class _BaseClient:
                 colorbar=colorbar,
                 caption=caption,
             ),
+            composite=composite,
+            epsilon=epsilon,
+            gamma=gamma,
+            smooth=smooth,
+            integrated_gradients=integrated_gradients,
         )
         sources = [_convert.overlay_source(x) for x in inputs]
         starts = dict(zip(map(id, batches), range(0, len(inputs), chunk), strict=True))

@@ -19,10 +19,12 @@ from PIL import Image
 from deepvis import render
 from deepvis._exceptions import DeepvisError, Internal, from_status
 from deepvis._models import (
+    Completeness,
     Evaluation,
     EvaluationProgress,
     Explanation,
     InputLike,
+    IntegratedGradients,
     Layer,
     LayerInfo,
     LayersLike,
@@ -35,6 +37,7 @@ from deepvis._models import (
     Prediction,
     Progress,
     Randomization,
+    Smooth,
     TargetLike,
     Visualization,
 )
@@ -42,8 +45,10 @@ from deepvis.v1 import deepvis_pb2
 
 __all__ = [
     "MAX_BATCH_ITEMS",
+    "baseline_kinds",
     "batch_requests_to_pb",
     "batch_targets",
+    "composites",
     "describe_request_to_pb",
     "evaluate_item_from_pb",
     "evaluate_request_to_pb",
@@ -52,6 +57,7 @@ __all__ = [
     "health_request_to_bytes",
     "health_status_from_bytes",
     "input_to_pb",
+    "integration_methods",
     "method_from_pb",
     "method_name",
     "method_to_pb",
@@ -67,6 +73,7 @@ __all__ = [
     "request_to_pb",
     "same_input_batch_pb",
     "set_model",
+    "smooth_kinds",
     "target_to_pb",
     "visualize_item_from_pb",
     "visualize_request_to_pb",
@@ -136,6 +143,59 @@ def parameterizations() -> list[str]:
         for name, number in sorted(deepvis_pb2.Parameterization.items(), key=lambda item: item[1])
         if number != deepvis_pb2.PARAMETERIZATION_UNSPECIFIED
     ]
+
+
+def _enum_names(enum: Any, prefix: str) -> list[str]:
+    """An enum's value names without `prefix`, lowercased, in number order, UNSPECIFIED left
+    out."""
+    return [
+        name.removeprefix(prefix).lower()
+        for name, number in sorted(enum.items(), key=lambda item: item[1])
+        if name != prefix + "UNSPECIFIED"
+    ]
+
+
+def _enum_to_pb(
+    enum: Any, prefix: str, what: str, name: object, valid: list[str], spelled: dict[str, str]
+) -> Any:  # the enum types exist only in the .pyi
+    """The value of `name` (any case, hyphens for underscores; `spelled` maps client spellings
+    to the schema's) in `enum`; ValueError listing the `valid` names otherwise."""
+    if isinstance(name, str):
+        key = name.strip().replace("-", "_").lower()
+        full = prefix + spelled.get(key, key).upper()
+        if full != prefix + "UNSPECIFIED" and full in enum.keys():
+            return enum.Value(full)
+    raise ValueError(f"{what} must be one of {', '.join(valid)}, not {name!r}")
+
+
+# Captum's spelling of Gauss-Legendre, the schema's INTEGRATION_METHOD_GAUSS_LEGENDRE.
+_GAUSS_LEGENDRE = {"gausslegendre": "gauss_legendre"}
+
+
+def composites() -> list[str]:
+    """Returns the names of LRP's rule sets, e.g. ["epsilon_plus_flat", ...], the default first.
+
+    Returns:
+        One name per value of the proto `LrpComposite` enum except UNSPECIFIED, in enum order.
+    """
+    return _enum_names(deepvis_pb2.LrpComposite, "LRP_COMPOSITE_")
+
+
+def smooth_kinds() -> list[str]:
+    """Returns SmoothGrad's aggregations: ["smoothgrad", "smoothgrad_sq", "vargrad"]."""
+    return _enum_names(deepvis_pb2.SmoothKind, "SMOOTH_KIND_")
+
+
+def integration_methods() -> list[str]:
+    """Returns integrated gradients' methods, Captum's names: ["gausslegendre", ...,
+    "expected_gradients"]."""
+    names = _enum_names(deepvis_pb2.IntegrationMethod, "INTEGRATION_METHOD_")
+    return [n.replace("gauss_legendre", "gausslegendre") for n in names]
+
+
+def baseline_kinds() -> list[str]:
+    """Returns integrated gradients' baselines: ["zero", "black", "blur", "uniform", "images"]."""
+    return _enum_names(deepvis_pb2.BaselineKind, "BASELINE_KIND_")
 
 
 def _parameterization_to_pb(name: str) -> deepvis_pb2.Parameterization:
@@ -380,6 +440,117 @@ def picture_to_pb(picture: render.Options, out: deepvis_pb2.OutputOptions) -> No
     out.caption = picture.caption
 
 
+def _finite(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number, not {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, not {value!r}")
+    return number
+
+
+def lrp_to_pb(
+    method: deepvis_pb2.Method,
+    composite: str | None,
+    epsilon: float | None,
+    gamma: float | None,
+) -> deepvis_pb2.LrpOptions | None:
+    """LRP's options, or None when none is given (the server's defaults).
+
+    Raises:
+        ValueError: An option is invalid, or given to a method other than lrp.
+    """
+    if composite is None and epsilon is None and gamma is None:
+        return None
+    if method != deepvis_pb2.METHOD_LRP:
+        raise ValueError("composite, epsilon and gamma are options of method lrp")
+    options = deepvis_pb2.LrpOptions()
+    if composite is not None:
+        options.composite = _enum_to_pb(
+            deepvis_pb2.LrpComposite, "LRP_COMPOSITE_", "composite", composite, composites(), {}
+        )
+    if epsilon is not None:
+        options.epsilon = _finite("epsilon", epsilon)
+    if gamma is not None:
+        options.gamma = _finite("gamma", gamma)
+    return options
+
+
+def smooth_to_pb(smooth: Smooth | None) -> deepvis_pb2.SmoothGradOptions | None:
+    """SmoothGrad's options from a `Smooth`, or None.
+
+    Raises:
+        TypeError: `smooth` is not a `Smooth`; ValueError: one of its values is invalid.
+    """
+    if smooth is None:
+        return None
+    if not isinstance(smooth, Smooth):
+        raise TypeError(f"smooth must be a deepvis.Smooth or None, not {type(smooth).__name__}")
+    return deepvis_pb2.SmoothGradOptions(
+        samples=_check_int("smooth.samples", smooth.samples, maximum=256),
+        noise=_finite("smooth.noise", smooth.noise),
+        kind=_enum_to_pb(
+            deepvis_pb2.SmoothKind, "SMOOTH_KIND_", "smooth.kind", smooth.kind, smooth_kinds(), {}
+        ),
+        seed=_check_int("smooth.seed", smooth.seed, maximum=_UINT64_MAX),
+    )
+
+
+def integrated_gradients_to_pb(
+    method: deepvis_pb2.Method, options: IntegratedGradients | None
+) -> deepvis_pb2.IntegratedGradientsOptions | None:
+    """Integrated gradients' options from an `IntegratedGradients`, or None.
+
+    Raises:
+        TypeError: `options` is not an `IntegratedGradients`, or a baseline image is no input;
+        ValueError: a value is invalid, or the method is not integrated_gradients;
+        OSError: a baseline image file cannot be read.
+    """
+    if options is None:
+        return None
+    if not isinstance(options, IntegratedGradients):
+        raise TypeError(
+            "integrated_gradients must be a deepvis.IntegratedGradients or None, not "
+            f"{type(options).__name__}"
+        )
+    if method != deepvis_pb2.METHOD_INTEGRATED_GRADIENTS:
+        raise ValueError("integrated_gradients options are for method integrated_gradients")
+    images = options.images
+    if isinstance(images, (str, bytes, np.ndarray)) or not isinstance(images, Sequence):
+        raise TypeError("integrated_gradients.images must be a list or tuple of inputs")
+    baseline = (
+        options.baseline if options.baseline is not None else ("images" if images else "zero")
+    )
+    msg = deepvis_pb2.IntegratedGradientsOptions(
+        steps=_check_int("integrated_gradients.steps", options.steps, maximum=1024),
+        method=_enum_to_pb(
+            deepvis_pb2.IntegrationMethod,
+            "INTEGRATION_METHOD_",
+            "integrated_gradients.method",
+            options.method,
+            integration_methods(),
+            _GAUSS_LEGENDRE,
+        ),
+        baseline=_enum_to_pb(
+            deepvis_pb2.BaselineKind,
+            "BASELINE_KIND_",
+            "integrated_gradients.baseline",
+            baseline,
+            baseline_kinds(),
+            {},
+        ),
+        blur_sigma=_check_float("integrated_gradients.blur_sigma", options.blur_sigma),
+        seed=_check_int("integrated_gradients.seed", options.seed, maximum=_UINT64_MAX),
+    )
+    if baseline == "uniform":
+        msg.baseline_samples = _check_int(
+            "integrated_gradients.samples", options.samples, minimum=1, maximum=16
+        )
+    for image in images:
+        msg.baseline_images.append(input_to_pb(image))
+    return msg
+
+
 def request_to_pb(
     input: InputLike,
     *,
@@ -393,6 +564,11 @@ def request_to_pb(
     array: bool = True,
     top_k_channels: int = 0,
     picture: render.Options | None = None,
+    composite: str | None = None,
+    epsilon: float | None = None,
+    gamma: float | None = None,
+    smooth: Smooth | None = None,
+    integrated_gradients: IntegratedGradients | None = None,
 ) -> deepvis_pb2.ExplainRequest:
     """Builds an `ExplainRequest`; see `Client.explain` for the arguments.
 
@@ -400,6 +576,9 @@ def request_to_pb(
         TypeError, ValueError: An argument is invalid; OSError: the input file cannot be read.
     """
     method_pb = method_to_pb(method)
+    lrp_pb = lrp_to_pb(method_pb, composite, epsilon, gamma)
+    smooth_pb = smooth_to_pb(smooth)
+    ig_pb = integrated_gradients_to_pb(method_pb, integrated_gradients)
     dtype_pb = _array_dtype_to_pb(array_dtype)
     if not _is_int(top_k) or top_k < 0:
         raise ValueError(f"top_k must be an int >= 0 (0 means the server's default), not {top_k!r}")
@@ -423,6 +602,12 @@ def request_to_pb(
         picture_to_pb(picture, request.output)
     if target_pb is not None:
         request.target.CopyFrom(target_pb)
+    if lrp_pb is not None:
+        request.lrp.CopyFrom(lrp_pb)
+    if smooth_pb is not None:
+        request.smooth.CopyFrom(smooth_pb)
+    if ig_pb is not None:
+        request.integrated_gradients.CopyFrom(ig_pb)
     return request
 
 
@@ -483,6 +668,11 @@ def batch_requests_to_pb(
     array: bool,
     top_k_channels: int,
     picture: render.Options | None = None,
+    composite: str | None = None,
+    epsilon: float | None = None,
+    gamma: float | None = None,
+    smooth: Smooth | None = None,
+    integrated_gradients: IntegratedGradients | None = None,
 ) -> list[deepvis_pb2.ExplainBatchRequest]:
     """Builds the `ExplainBatchRequest`s of `explain_batch`, `chunk` items each, in order.
 
@@ -511,6 +701,11 @@ def batch_requests_to_pb(
             array=array,
             top_k_channels=top_k_channels,
             picture=picture,
+            composite=composite,
+            epsilon=epsilon,
+            gamma=gamma,
+            smooth=smooth,
+            integrated_gradients=integrated_gradients,
         )
         for x, t in zip(inputs, per_item, strict=True)
     ]
@@ -662,6 +857,19 @@ def explanation_from_pb(
         input_region=_region_from_pb(resp, "input_region"),
         layer=resp.layer,
         source=source,
+        completeness=_completeness_from_pb(resp),
+    )
+
+
+def _completeness_from_pb(resp: deepvis_pb2.ExplainResponse) -> Completeness | None:
+    if not resp.HasField("completeness"):
+        return None
+    c = resp.completeness
+    return Completeness(
+        attribution_sum=float(c.attribution_sum),
+        score=float(c.score),
+        baseline_score=float(c.baseline_score),
+        delta=float(c.delta),
     )
 
 

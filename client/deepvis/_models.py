@@ -20,8 +20,10 @@ __all__ = [
     "Comparison",
     "Evaluation",
     "EvaluationProgress",
+    "Completeness",
     "Explanation",
     "InputLike",
+    "IntegratedGradients",
     "Layer",
     "LayerInfo",
     "LayersLike",
@@ -34,6 +36,7 @@ __all__ = [
     "Prediction",
     "Progress",
     "Randomization",
+    "Smooth",
     "TargetLike",
     "Visualization",
 ]
@@ -89,6 +92,82 @@ class Layer:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"Layer: name must be a non-empty layer name, not {self.name!r}")
+
+
+@dataclass(frozen=True)
+class Smooth:
+    """SmoothGrad / VarGrad: the method runs on noisy copies of the input and the results are
+    aggregated per element (`explain(..., smooth=deepvis.Smooth(...))`). The server runs the
+    copies as rows of its batches; the target is the request's, or the class predicted for the
+    input itself.
+
+    Attributes:
+        samples: Noisy copies, 1 to 256 (each costs one run of the method); 0 means 25.
+        noise: The noise's standard deviation as a fraction of the input's range (its maximum
+            minus its minimum over the model input), in [0, 1]; 0 gives copies equal to the
+            input.
+        kind: "smoothgrad" (the mean), "smoothgrad_sq" (the mean of the squares) or
+            "vargrad" (the variance over the copies, divided by their number).
+        seed: Seed of the noise in [0, 2**64): the same seed gives the same result.
+    """
+
+    samples: int = 25
+    noise: float = 0.15
+    kind: str = "smoothgrad"
+    seed: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class IntegratedGradients:
+    """Integrated gradients' options (`explain(..., method="integrated_gradients",
+    integrated_gradients=deepvis.IntegratedGradients(...))`).
+
+    Attributes:
+        steps: Points of the quadrature, or draws of expected gradients: 1 to 1024 (at least
+            2 for the Riemann sums); 0 means 50. Each baseline takes `steps` points.
+        method: "gausslegendre" (the default), "riemann_left", "riemann_right",
+            "riemann_middle", "riemann_trapezoid" (Captum's names, points and weights), or
+            "expected_gradients" (Captum's GradientShap without input noise: `steps` draws of
+            a baseline and a point on the path).
+        baseline: Where the path starts: "zero" (the all-zero model input, Captum's default),
+            "black" (black pixels, normalised), "blur" (the input blurred by a Gaussian of
+            `blur_sigma` pixels), "uniform" (`samples` images of uniform noise, drawn from
+            `seed`) or "images" (`images`); None: "images" when `images` are given, else
+            "zero".
+        blur_sigma: "blur": the Gaussian's standard deviation in pixels, up to 100; 0 means a
+            tenth of the input's shorter side.
+        samples: "uniform": how many noise images, 1 to 16.
+        images: "images": 1 to 16 baselines, each anything `explain` takes as its input.
+        seed: Seed of the uniform baselines and of expected gradients' draws.
+    """
+
+    steps: int = 50
+    method: str = "gausslegendre"
+    baseline: str | None = None
+    blur_sigma: float = 0.0
+    samples: int = 1
+    images: Sequence[InputLike] = ()
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """How much of the explained score a result accounts for (LRP's conservation, integrated
+    gradients' completeness): a result that explains the whole score sums to it.
+
+    Attributes:
+        attribution_sum: The sum of every element of the result array.
+        score: The target's score at the input (its logit, or the neuron's value).
+        baseline_score: Integrated gradients: the score at the baseline (the mean over the
+            baselines or draws); LRP: 0.
+        delta: attribution_sum - (score - baseline_score): integrated gradients' convergence
+            delta (Captum's sign); for LRP the relevance the rules lost or created.
+    """
+
+    attribution_sum: float
+    score: float
+    baseline_score: float
+    delta: float
 
 
 @dataclass(frozen=True)
@@ -163,6 +242,8 @@ class Explanation:
             "" for the other methods.
         source: The input `explain` was given (a path, bytes, a PIL image or uint8 pixels),
             kept for overlays (`overlay()` with no image); None for a preprocessed tensor.
+        completeness: For LRP and integrated gradients, how much of the explained score the
+            result accounts for (with SmoothGrad: the mean over the noisy copies); else None.
 
     Pictures are drawn locally from `array` by `deepvis.render`, as the server draws them:
     `heatmap()` draws the map alone, `overlay(image)` over the image as sent, `grid()` an
@@ -186,6 +267,7 @@ class Explanation:
     cached: bool = False
     layer: str = ""
     source: Any = field(default=None, repr=False)
+    completeness: Completeness | None = None
 
     def __repr__(self) -> str:
         top = self.predictions[0] if self.predictions else None

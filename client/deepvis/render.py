@@ -171,6 +171,8 @@ _STYLES: dict[str, MapStyle] = {
     "deconvolution": MapStyle(signed=True),
     "guided_grad_cam": MapStyle(signed=True),
     "integrated_gradients": MapStyle(signed=True),
+    "lrp": MapStyle(signed=True),
+    "input_x_gradient": MapStyle(signed=True),
     # Simonyan et al. 2014: the largest |gradient| over the colour channels.
     "saliency": MapStyle(signed=False, reduce="max"),
     "grad_cam": MapStyle(signed=False, overlay=True),

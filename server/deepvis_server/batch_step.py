@@ -31,6 +31,8 @@ class ItemResult:
     queue_ms: float
     compute_ms: float
     batch_size: int
+    # (attribution sum, score, baseline score) for LRP and integrated gradients, else None.
+    completeness: tuple[float, float, float] | None = None
 
 
 class DeviceOutOfMemory(Exception):
@@ -63,6 +65,7 @@ def check_result_count(out: BatchOutput, n: int, method: str) -> None:
         "arrays": _rows(out.arrays),
         "targets": len(out.targets),
         **{f"extras['{name}']": _rows(t) for name, t in out.extras.items()},
+        **({"completeness": _rows(out.completeness)} if out.completeness is not None else {}),
     }
     wrong = [f"{count} {part}" for part, count in counts.items() if count != n]
     if wrong:
@@ -123,7 +126,7 @@ class BatchStep:
             if fast:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=fast):
-                out = method.run(model, x, requests)
+                out = method.compute(model, x, requests)
             check_result_count(out, n, method.name)
             if fast:
                 out.warnings = (*out.warnings, FAST_MODE_WARNING)
@@ -139,6 +142,7 @@ class BatchStep:
             arrays = out.arrays.detach().to(wire).cpu().numpy()
             extras = {name: t.detach().float().cpu().numpy() for name, t in out.extras.items()}
             top_p_np, top_i_np = top_p.cpu().numpy(), top_i.cpu().numpy()
+            sums = None if out.completeness is None else out.completeness.double().cpu().numpy()
         except torch.OutOfMemoryError as e:
             if model.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -161,6 +165,9 @@ class BatchStep:
                 queue_ms=0.0,
                 compute_ms=compute_ms,
                 batch_size=n,
+                completeness=None
+                if sums is None
+                else (float(sums[i, 0]), float(sums[i, 1]), float(sums[i, 2])),
             )
             for i in range(n)
         ]

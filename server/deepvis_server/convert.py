@@ -28,7 +28,16 @@ from .evaluation.randomization import CASCADING, INDEPENDENT
 from .evaluation.scheduler import Progress as EvaluateProgress
 from .featurevis.optimization import LUCID_LEARNING_RATE, LUCID_STEPS, RenderJob
 from .featurevis.scheduler import Progress
-from .methods import ClassTarget, MethodRequest, NeuronTarget, Target
+from .methods import (
+    ClassTarget,
+    IgOptions,
+    LrpOptions,
+    MethodRequest,
+    NeuronTarget,
+    SmoothOptions,
+    Target,
+)
+from .methods import options as opt
 from .methods.base import MAX_LAYERS_PER_REQUEST
 from .models import ServedModel
 from .preprocess import RawInput, Region
@@ -99,6 +108,157 @@ def _target(msg: pb.ExplainRequest) -> Target | None:
             x=int(n.x) if n.HasField("x") else None,
         )
     return None  # an empty Target message: the predicted class
+
+
+def _enum_names(enum: Any, prefix: str) -> dict[int, str]:
+    """Lowercase names of an enum's values without its prefix, UNSPECIFIED left out."""
+    return {
+        number: name.removeprefix(prefix).lower()
+        for name, number in enum.items()
+        if name != f"{prefix}UNSPECIFIED"
+    }
+
+
+_COMPOSITES = _enum_names(pb.LrpComposite, "LRP_COMPOSITE_")
+_SMOOTH_KINDS = _enum_names(pb.SmoothKind, "SMOOTH_KIND_")
+# The schema's GAUSS_LEGENDRE is Captum's "gausslegendre".
+_INTEGRATION = {
+    n: name.replace("gauss_legendre", "gausslegendre")
+    for n, name in _enum_names(pb.IntegrationMethod, "INTEGRATION_METHOD_").items()
+}
+_BASELINES = _enum_names(pb.BaselineKind, "BASELINE_KIND_")
+
+
+def _enum_value(value: int, names: dict[int, str], default: str, field: str, enum: str) -> str:
+    if value == 0:
+        return default
+    name = names.get(value)
+    if name is None:
+        valid = ", ".join(names.values())
+        raise InvalidArgument(
+            f"{field} {value} is not a value of {enum}; valid: {valid}", field=field
+        )
+    return name
+
+
+def _bounded(value: float, low: float, high: float, field: str) -> float:
+    # The wire's floats are float32: a bound is met by its own float32 value (1e-9 is sent as
+    # 9.99999972e-10).
+    if not (float(np.float32(low)) <= value <= float(np.float32(high))):  # NaN fails too
+        raise InvalidArgument(f"{field} must be in [{low:g}, {high:g}], got {value:g}", field=field)
+    return float(value)
+
+
+def _count(value: int, default: int, high: int, field: str, low: int = 1) -> int:
+    number = value or default
+    if not low <= number <= high:
+        raise InvalidArgument(
+            f"{field} must be from {low} to {high} (0 means {default}), got {value}", field=field
+        )
+    return int(number)
+
+
+def _lrp_options(msg: pb.ExplainRequest) -> LrpOptions | None:
+    if not msg.HasField("lrp"):
+        return None
+    o = msg.lrp
+    composite = _enum_value(
+        o.composite, _COMPOSITES, opt.LRP_COMPOSITES[0], "lrp.composite", "LrpComposite"
+    )
+    epsilon, gamma = opt.DEFAULT_EPSILON, opt.DEFAULT_GAMMA
+    if o.HasField("epsilon"):
+        if composite not in opt.EPSILON_COMPOSITES:
+            raise InvalidArgument(
+                f"lrp.epsilon: composite {composite} has no epsilon rule; leave it unset",
+                field="lrp.epsilon",
+            )
+        epsilon = _bounded(o.epsilon, *opt.EPSILON_RANGE, "lrp.epsilon")
+    if o.HasField("gamma"):
+        if composite not in opt.GAMMA_COMPOSITES:
+            raise InvalidArgument(
+                f"lrp.gamma applies to composite epsilon_gamma_box only, not {composite}",
+                field="lrp.gamma",
+            )
+        gamma = _bounded(o.gamma, *opt.GAMMA_RANGE, "lrp.gamma")
+    return LrpOptions(composite=composite, epsilon=epsilon, gamma=gamma)
+
+
+def _smooth_options(msg: pb.ExplainRequest) -> SmoothOptions | None:
+    if not msg.HasField("smooth"):
+        return None
+    o = msg.smooth
+    noise = opt.DEFAULT_NOISE
+    if o.HasField("noise"):
+        noise = _bounded(o.noise, *opt.NOISE_RANGE, "smooth.noise")
+    return SmoothOptions(
+        samples=_count(
+            o.samples, opt.DEFAULT_SMOOTH_SAMPLES, opt.MAX_SMOOTH_SAMPLES, "smooth.samples"
+        ),
+        noise=noise,
+        kind=_enum_value(o.kind, _SMOOTH_KINDS, "smoothgrad", "smooth.kind", "SmoothKind"),
+        seed=int(o.seed),
+    )
+
+
+def _ig_options(msg: pb.ExplainRequest) -> tuple[IgOptions | None, tuple[RawInput, ...]]:
+    """Integrated gradients' options, and its baseline images as they came (the engine
+    preprocesses them as it does the input)."""
+    if not msg.HasField("integrated_gradients"):
+        return None, ()
+    o = msg.integrated_gradients
+    f = "integrated_gradients"
+    method = _enum_value(
+        o.method, _INTEGRATION, "gausslegendre", f"{f}.method", "IntegrationMethod"
+    )
+    steps = _count(o.steps, opt.DEFAULT_STEPS, opt.MAX_STEPS, f"{f}.steps")
+    if method.startswith("riemann") and steps < 2:
+        raise InvalidArgument(
+            f"{f}.steps must be at least 2 for method {method}, got {steps}", field=f"{f}.steps"
+        )
+    images = len(o.baseline_images)
+    baseline = _enum_value(
+        o.baseline, _BASELINES, "images" if images else "zero", f"{f}.baseline", "BaselineKind"
+    )
+    if o.blur_sigma and baseline != "blur":
+        raise InvalidArgument(
+            f"{f}.blur_sigma applies to BASELINE_KIND_BLUR only, not {baseline}",
+            field=f"{f}.blur_sigma",
+        )
+    sigma = 0.0
+    if baseline == "blur" and o.blur_sigma:
+        sigma = _bounded(o.blur_sigma, 1e-3, opt.MAX_BLUR_SIGMA, f"{f}.blur_sigma")
+    if o.baseline_samples and baseline != "uniform":
+        raise InvalidArgument(
+            f"{f}.baseline_samples applies to BASELINE_KIND_UNIFORM only, not {baseline}",
+            field=f"{f}.baseline_samples",
+        )
+    samples = 1
+    if baseline == "uniform":
+        samples = _count(o.baseline_samples, 1, opt.MAX_BASELINES, f"{f}.baseline_samples")
+    if baseline == "images":
+        _count(images, 0, opt.MAX_BASELINES, f"{f}.baseline_images (items)")
+    elif images:
+        raise InvalidArgument(
+            f"{f}.baseline_images are used with BASELINE_KIND_IMAGES only, not {baseline}",
+            field=f"{f}.baseline_images",
+        )
+    raws = tuple(_raw_input(image) for image in o.baseline_images)
+    for i, raw in enumerate(raws):
+        if not raw.kind:
+            raise InvalidArgument(
+                f"{f}.baseline_images[{i}] sets no image, pixels or tensor",
+                field=f"{f}.baseline_images[{i}]",
+            )
+    options = IgOptions(
+        steps=steps,
+        method=method,
+        baseline=baseline,
+        blur_sigma=sigma,
+        baseline_samples=samples,
+        seed=int(o.seed),
+        image_count=images,
+    )
+    return options, raws
 
 
 # Items one ExplainBatch call may carry: each holds an input and a queue slot until answered.
@@ -214,13 +374,20 @@ def parse_explain(msg: pb.ExplainRequest, deadline: float) -> ExplainQuery:
         )
     if opts.top_k < 0:
         raise InvalidArgument(f"output.top_k must be >= 0, got {opts.top_k}", field="output.top_k")
+    ig, baselines = _ig_options(msg)
     return ExplainQuery(
         model=msg.model,
         method=method,
         input=_raw_input(msg.input),
         request=MethodRequest(
-            target=_target(msg), layers=tuple(msg.layers), top_k_channels=msg.top_k_channels
+            target=_target(msg),
+            layers=tuple(msg.layers),
+            top_k_channels=msg.top_k_channels,
+            lrp=_lrp_options(msg),
+            smooth=_smooth_options(msg),
+            ig=ig,
         ),
+        baseline_inputs=baselines,
         deadline=deadline,
         top_k=opts.top_k or DEFAULT_TOP_K,
         render=opts.render,
@@ -294,6 +461,12 @@ def explain_response(answer: ExplainAnswer) -> pb.ExplainResponse:
             fill_tensor(resp.arrays.add(name=k).tensor, v, query.array_dtype)
     if output.png is not None:
         resp.image_png = output.png
+    if answer.completeness is not None:
+        total, score, baseline = answer.completeness
+        resp.completeness.attribution_sum = total
+        resp.completeness.score = score
+        resp.completeness.baseline_score = baseline
+        resp.completeness.delta = total - (score - baseline)
     return resp
 
 

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -65,6 +65,8 @@ class ExplainQuery:
     picture: PictureOptions = PictureOptions()  # how (OutputOptions' picture fields)
     array_dtype: str = "float32"  # "float32" | "float16": the arrays' wire precision
     omit_array: bool = False  # send no arrays
+    # Integrated gradients' baseline images, as they came off the wire.
+    baseline_inputs: tuple[RawInput, ...] = ()
 
     @property
     def half_result(self) -> bool:
@@ -87,6 +89,8 @@ class ExplainAnswer:
     compute_ms: float
     batch_size: int
     region: Region  # the part of the input the model saw
+    # (attribution sum, score, baseline score) for LRP and integrated gradients, else None.
+    completeness: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -290,6 +294,11 @@ class Engine:
         method = self.method(query.method)
         request = method.prepare(model, query.request)
         loop = asyncio.get_running_loop()
+        if query.baseline_inputs and request.ig is not None:
+            images = await loop.run_in_executor(
+                self.cpu_executor, self._baseline_images, query.baseline_inputs, model
+            )
+            request = replace(request, ig=replace(request.ig, images=images))
         # Pixels already at the model's size take one copy of their bytes: cheaper here than
         # the hop to a worker thread and back. Anything to decode or resize takes the hop.
         ready = wire_pixels(query.input, model.spec, self.config.limits)
@@ -336,6 +345,7 @@ class Engine:
             compute_ms=result.compute_ms,
             batch_size=result.batch_size,
             region=region,
+            completeness=result.completeness,
         )
 
     def _draw(
@@ -364,6 +374,26 @@ class Engine:
         drawn = method.draw(model, share, output, scene)
         output.png, output.pngs, output.notes = drawn.png, drawn.pngs, scene.notes
         return output
+
+    def _baseline_images(
+        self, raws: tuple[RawInput, ...], model: ServedModel
+    ) -> tuple[torch.Tensor, ...]:
+        """Integrated gradients' baseline images, preprocessed as an input is, in model space
+        (float32 [C, H, W] on the CPU); their errors name the baseline at fault."""
+        spec = model.spec
+        mean = torch.tensor(spec.mean, dtype=torch.float32)[:, None, None]
+        std = torch.tensor(spec.std, dtype=torch.float32)[:, None, None]
+        out = []
+        for i, raw in enumerate(raws):
+            where = f"integrated_gradients.baseline_images[{i}]"
+            try:
+                x, _ = input_to_tensor(raw, spec, self.config.limits)
+            except DeepvisError as e:
+                field = where + (e.field or "input").removeprefix("input")
+                message = e.message.replace("input", where, 1)
+                raise type(e)(message, field=field) from None
+            out.append((x.float() / 255.0 - mean) / std if x.dtype == torch.uint8 else x.float())
+        return tuple(out)
 
     async def visualize(
         self, query: VisualizeQuery

@@ -6,6 +6,7 @@ float32 result is the server's, pixel for pixel; nothing here chooses a colour o
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -72,15 +73,21 @@ class Scene:
     def image(self) -> Image.Image:
         return self.load_image()
 
-    def draw(self, method: str, array: np.ndarray, *, title: str | None = None) -> bytes:
-        """One map picture as PNG bytes; a note it carries (a flat map) joins `notes`."""
+    def draw(
+        self, method: str, array: np.ndarray, *, title: str | None = None, sign: str | None = None
+    ) -> bytes:
+        """One map picture as PNG bytes; a note it carries (a flat map) joins `notes`. `sign`
+        overrides the method's family unless the request chose one."""
         overlay = render.style_of(method).overlay
         if self.options.overlay is not None:
             overlay = self.options.overlay
+        options = self.options
+        if sign is not None and options.sign is None:
+            options = dataclasses.replace(options, sign=sign)
         picture = render.draw(
             method,
             array,
-            self.options,
+            options,
             image=self.image if overlay else None,
             region=self.region,
             title=self.title if title is None else title,

@@ -93,6 +93,8 @@ def test_methods_derived_from_enum() -> None:
         "deconvolution",
         "saliency",
         "integrated_gradients",
+        "lrp",
+        "input_x_gradient",
     ]
     # One name per number: the enum's first (METHOD_) name, not its short alias.
     by_number = deepvis_pb2.Method.DESCRIPTOR.values_by_number

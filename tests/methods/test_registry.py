@@ -31,6 +31,56 @@ TORCHVISION = "resnet18"
 TARGETS = [3, None, 7, 1]  # mixed: three classes and the predicted one
 TOL = 1e-5
 ATTEMPTS = 5
+# Each method with its default options, then the options that change what runs: LRP's rule
+# sets, integrated gradients' quadratures and baselines, and SmoothGrad over each method that
+# takes it (its copies are rows of the batch: they too must batch like they run alone).
+VARIANTS: list[tuple[str, dict]] = [(m, {}) for m in METHODS] + [
+    ("lrp", {"composite": "epsilon_gamma_box", "gamma": 0.5, "epsilon": 1e-3}),
+    ("lrp", {"composite": "deep_taylor"}),
+    ("lrp", {"composite": "epsilon_alpha2_beta1_flat"}),
+    (
+        "integrated_gradients",
+        {
+            "integrated_gradients": deepvis.IntegratedGradients(
+                steps=6, method="riemann_trapezoid", baseline="blur"
+            )
+        },
+    ),
+    (
+        "integrated_gradients",
+        {
+            "integrated_gradients": deepvis.IntegratedGradients(
+                steps=6, method="expected_gradients", baseline="uniform", samples=2, seed=3
+            )
+        },
+    ),
+    *[
+        (m, {"smooth": deepvis.Smooth(samples=3, kind=kind, seed=9)})
+        for m, kind in [
+            ("guided_backprop", "smoothgrad"),
+            ("deconvolution", "smoothgrad_sq"),
+            ("saliency", "vargrad"),
+            ("input_x_gradient", "smoothgrad"),
+            ("lrp", "smoothgrad"),
+            ("integrated_gradients", "vargrad"),
+        ]
+    ],
+]
+VARIANT_IDS = [
+    m
+    + "".join(
+        f"-{k}={getattr(v, 'kind', None) or getattr(v, 'method', None) or v}" for k, v in kw.items()
+    )
+    for m, kw in VARIANTS
+]
+
+
+def test_every_smoothable_method_and_option_group_has_a_variant() -> None:
+    """The table above covers SmoothGrad on every method that takes it, and every option
+    group (LRP's, integrated gradients')."""
+    smoothed = {m for m, kw in VARIANTS if "smooth" in kw}
+    assert smoothed == {n for n, m in REGISTRY.items() if m.smoothable}
+    assert {"lrp", "integrated_gradients"} <= {m for m, kw in VARIANTS if kw and "smooth" not in kw}
 
 
 def method_comments() -> dict[str, str]:
@@ -118,8 +168,10 @@ def test_the_registry_is_the_schemas_method_enum() -> None:
 
 
 @pytest.mark.parametrize("key", [pytest.param("digits", marks=pytest.mark.fast), TORCHVISION])
-@pytest.mark.parametrize("method", METHODS)
-def test_a_batch_equals_its_items_alone_in_the_documented_shape(request, method, key) -> None:
+@pytest.mark.parametrize(("method", "options"), VARIANTS, ids=VARIANT_IDS)
+def test_a_batch_equals_its_items_alone_in_the_documented_shape(
+    request, method, options, key
+) -> None:
     server, name, xs = served(request, key)
     device = server.engine.device
     with deepvis.Client(server.bound_address, timeout=120) as client:
@@ -127,13 +179,13 @@ def test_a_batch_equals_its_items_alone_in_the_documented_shape(request, method,
         # on a loaded machine one may come late, so a call whose batch split is sent again.
         for _ in range(ATTEMPTS):
             batched = client.explain_batch(
-                list(xs), model=name, method=method, targets=TARGETS, render=False
+                list(xs), model=name, method=method, targets=TARGETS, render=False, **options
             )
             if [r.batch_size for r in batched] == [4] * 4:
                 break
         alone, again = (
             [
-                client.explain(x, model=name, method=method, target=t, render=False)
+                client.explain(x, model=name, method=method, target=t, render=False, **options)
                 for x, t in zip(xs, TARGETS, strict=True)
             ]
             for _ in range(2)
@@ -160,20 +212,40 @@ def test_a_batch_equals_its_items_alone_in_the_documented_shape(request, method,
             assert relative_error(a2.array, a.array) <= TOL, f"item {i} alone changed"
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_an_error_inside_a_batch_leaves_no_hook_and_no_grad(zoo, digits_server, method) -> None:
+@pytest.mark.parametrize(("method", "options"), VARIANTS, ids=VARIANT_IDS)
+def test_an_error_inside_a_batch_leaves_no_hook_and_no_grad(
+    zoo, digits_server, method, options
+) -> None:
+    """No hook, no parameter needing grad, no changed weight or buffer; and no mode left on
+    the device thread: a plain gradient afterwards is what it was before (LRP's rules live in
+    a torch function mode there, for one forward pass)."""
     server, _ = zoo
     faulty = server.engine.models["faulty"].module
+    weights = {k: v.clone() for k, v in faulty.state_dict().items()}
     xs = np.random.default_rng(8).standard_normal((4, 3, 16, 16)).astype(np.float32)
-    xs[2, 0, 5, 5] = POISON  # FaultyNet raises after its first layer ran, hooks and all
     with deepvis.Client(server.bound_address, timeout=120) as client:
+
+        def plain() -> np.ndarray:
+            array = client.explain(
+                xs[0], model="faulty", method="saliency", target=1, render=False
+            ).array
+            assert array is not None
+            return array
+
+        before = plain()
+        xs[2, 0, 5, 5] = POISON  # FaultyNet raises after its first layer ran, hooks and all
         results = client.explain_batch(
             list(xs), model="faulty", method=method, targets=[3, None, 2, 1], render=False,
-            return_errors=True,
+            return_errors=True, **options,
         )  # fmt: skip
+        after = plain()
     assert isinstance(results[2], deepvis.Internal), results[2]
     assert all(isinstance(results[i], deepvis.Explanation) for i in (0, 1, 3)), results
     assert hooks_and_grads(faulty) == []
+    state = faulty.state_dict()
+    assert set(state) == set(weights)
+    assert all(torch.equal(state[k], weights[k]) for k in weights)
+    assert np.array_equal(after, before)
     # The models of the batches above are as they were loaded, too.
     for model in (digits_server.engine.models["digits"], server.engine.models[TORCHVISION]):
         assert hooks_and_grads(model.module) == [], model.name

@@ -54,7 +54,7 @@ def visualize_error(stub: pb_grpc.ExplainerStub, **fields) -> grpc.RpcError:
 # -- method names ---------------------------------------------------------------------------
 
 SNAKE = ["guided_backprop", "activations", "grad_cam", "guided_grad_cam", "deconvolution"]
-SNAKE += ["saliency", "integrated_gradients"]
+SNAKE += ["saliency", "integrated_gradients", "lrp", "input_x_gradient"]
 
 
 def check_lists_snake_names(message: str) -> None:

@@ -23,6 +23,10 @@ class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SALIENCY: _ClassVar[Method]
     METHOD_INTEGRATED_GRADIENTS: _ClassVar[Method]
     INTEGRATED_GRADIENTS: _ClassVar[Method]
+    METHOD_LRP: _ClassVar[Method]
+    LRP: _ClassVar[Method]
+    METHOD_INPUT_X_GRADIENT: _ClassVar[Method]
+    INPUT_X_GRADIENT: _ClassVar[Method]
 
 class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -43,6 +47,43 @@ class Overlay(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OVERLAY_UNSPECIFIED: _ClassVar[Overlay]
     OVERLAY_INPUT: _ClassVar[Overlay]
     OVERLAY_NONE: _ClassVar[Overlay]
+
+class LrpComposite(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LRP_COMPOSITE_UNSPECIFIED: _ClassVar[LrpComposite]
+    LRP_COMPOSITE_EPSILON_PLUS_FLAT: _ClassVar[LrpComposite]
+    LRP_COMPOSITE_EPSILON_PLUS: _ClassVar[LrpComposite]
+    LRP_COMPOSITE_EPSILON_GAMMA_BOX: _ClassVar[LrpComposite]
+    LRP_COMPOSITE_EPSILON_ALPHA2_BETA1: _ClassVar[LrpComposite]
+    LRP_COMPOSITE_EPSILON_ALPHA2_BETA1_FLAT: _ClassVar[LrpComposite]
+    LRP_COMPOSITE_DEEP_TAYLOR: _ClassVar[LrpComposite]
+    LRP_COMPOSITE_EPSILON: _ClassVar[LrpComposite]
+
+class SmoothKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SMOOTH_KIND_UNSPECIFIED: _ClassVar[SmoothKind]
+    SMOOTH_KIND_SMOOTHGRAD: _ClassVar[SmoothKind]
+    SMOOTH_KIND_SMOOTHGRAD_SQ: _ClassVar[SmoothKind]
+    SMOOTH_KIND_VARGRAD: _ClassVar[SmoothKind]
+
+class IntegrationMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INTEGRATION_METHOD_UNSPECIFIED: _ClassVar[IntegrationMethod]
+    INTEGRATION_METHOD_GAUSS_LEGENDRE: _ClassVar[IntegrationMethod]
+    INTEGRATION_METHOD_RIEMANN_LEFT: _ClassVar[IntegrationMethod]
+    INTEGRATION_METHOD_RIEMANN_RIGHT: _ClassVar[IntegrationMethod]
+    INTEGRATION_METHOD_RIEMANN_MIDDLE: _ClassVar[IntegrationMethod]
+    INTEGRATION_METHOD_RIEMANN_TRAPEZOID: _ClassVar[IntegrationMethod]
+    INTEGRATION_METHOD_EXPECTED_GRADIENTS: _ClassVar[IntegrationMethod]
+
+class BaselineKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BASELINE_KIND_UNSPECIFIED: _ClassVar[BaselineKind]
+    BASELINE_KIND_ZERO: _ClassVar[BaselineKind]
+    BASELINE_KIND_BLACK: _ClassVar[BaselineKind]
+    BASELINE_KIND_BLUR: _ClassVar[BaselineKind]
+    BASELINE_KIND_UNIFORM: _ClassVar[BaselineKind]
+    BASELINE_KIND_IMAGES: _ClassVar[BaselineKind]
 
 class Parameterization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -80,6 +121,10 @@ METHOD_SALIENCY: Method
 SALIENCY: Method
 METHOD_INTEGRATED_GRADIENTS: Method
 INTEGRATED_GRADIENTS: Method
+METHOD_LRP: Method
+LRP: Method
+METHOD_INPUT_X_GRADIENT: Method
+INPUT_X_GRADIENT: Method
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT16: DType
@@ -91,6 +136,31 @@ MAP_SIGN_UNSIGNED: MapSign
 OVERLAY_UNSPECIFIED: Overlay
 OVERLAY_INPUT: Overlay
 OVERLAY_NONE: Overlay
+LRP_COMPOSITE_UNSPECIFIED: LrpComposite
+LRP_COMPOSITE_EPSILON_PLUS_FLAT: LrpComposite
+LRP_COMPOSITE_EPSILON_PLUS: LrpComposite
+LRP_COMPOSITE_EPSILON_GAMMA_BOX: LrpComposite
+LRP_COMPOSITE_EPSILON_ALPHA2_BETA1: LrpComposite
+LRP_COMPOSITE_EPSILON_ALPHA2_BETA1_FLAT: LrpComposite
+LRP_COMPOSITE_DEEP_TAYLOR: LrpComposite
+LRP_COMPOSITE_EPSILON: LrpComposite
+SMOOTH_KIND_UNSPECIFIED: SmoothKind
+SMOOTH_KIND_SMOOTHGRAD: SmoothKind
+SMOOTH_KIND_SMOOTHGRAD_SQ: SmoothKind
+SMOOTH_KIND_VARGRAD: SmoothKind
+INTEGRATION_METHOD_UNSPECIFIED: IntegrationMethod
+INTEGRATION_METHOD_GAUSS_LEGENDRE: IntegrationMethod
+INTEGRATION_METHOD_RIEMANN_LEFT: IntegrationMethod
+INTEGRATION_METHOD_RIEMANN_RIGHT: IntegrationMethod
+INTEGRATION_METHOD_RIEMANN_MIDDLE: IntegrationMethod
+INTEGRATION_METHOD_RIEMANN_TRAPEZOID: IntegrationMethod
+INTEGRATION_METHOD_EXPECTED_GRADIENTS: IntegrationMethod
+BASELINE_KIND_UNSPECIFIED: BaselineKind
+BASELINE_KIND_ZERO: BaselineKind
+BASELINE_KIND_BLACK: BaselineKind
+BASELINE_KIND_BLUR: BaselineKind
+BASELINE_KIND_UNIFORM: BaselineKind
+BASELINE_KIND_IMAGES: BaselineKind
 PARAMETERIZATION_UNSPECIFIED: Parameterization
 PARAMETERIZATION_FFT: Parameterization
 PARAMETERIZATION_PIXEL: Parameterization
@@ -174,7 +244,7 @@ class OutputOptions(_message.Message):
     def __init__(self, array_dtype: _Optional[_Union[DType, str]] = ..., omit_array: bool = ..., render: bool = ..., top_k: _Optional[int] = ..., picture_width: _Optional[int] = ..., picture_height: _Optional[int] = ..., colormap: _Optional[str] = ..., clip_percentile: _Optional[float] = ..., sign: _Optional[_Union[MapSign, str]] = ..., colorbar: bool = ..., caption: bool = ..., overlay: _Optional[_Union[Overlay, str]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "method", "input", "target", "layers", "output", "top_k_channels")
+    __slots__ = ("model", "method", "input", "target", "layers", "output", "top_k_channels", "lrp", "smooth", "integrated_gradients")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +252,9 @@ class ExplainRequest(_message.Message):
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     TOP_K_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    LRP_FIELD_NUMBER: _ClassVar[int]
+    SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATED_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     method: Method
     input: Input
@@ -189,7 +262,50 @@ class ExplainRequest(_message.Message):
     layers: _containers.RepeatedScalarFieldContainer[str]
     output: OutputOptions
     top_k_channels: int
-    def __init__(self, model: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., layers: _Optional[_Iterable[str]] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ..., top_k_channels: _Optional[int] = ...) -> None: ...
+    lrp: LrpOptions
+    smooth: SmoothGradOptions
+    integrated_gradients: IntegratedGradientsOptions
+    def __init__(self, model: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., layers: _Optional[_Iterable[str]] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ..., top_k_channels: _Optional[int] = ..., lrp: _Optional[_Union[LrpOptions, _Mapping]] = ..., smooth: _Optional[_Union[SmoothGradOptions, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradientsOptions, _Mapping]] = ...) -> None: ...
+
+class LrpOptions(_message.Message):
+    __slots__ = ("composite", "epsilon", "gamma")
+    COMPOSITE_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    GAMMA_FIELD_NUMBER: _ClassVar[int]
+    composite: LrpComposite
+    epsilon: float
+    gamma: float
+    def __init__(self, composite: _Optional[_Union[LrpComposite, str]] = ..., epsilon: _Optional[float] = ..., gamma: _Optional[float] = ...) -> None: ...
+
+class SmoothGradOptions(_message.Message):
+    __slots__ = ("samples", "noise", "kind", "seed")
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    NOISE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    samples: int
+    noise: float
+    kind: SmoothKind
+    seed: int
+    def __init__(self, samples: _Optional[int] = ..., noise: _Optional[float] = ..., kind: _Optional[_Union[SmoothKind, str]] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class IntegratedGradientsOptions(_message.Message):
+    __slots__ = ("steps", "method", "baseline", "blur_sigma", "baseline_samples", "baseline_images", "seed")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    BLUR_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    steps: int
+    method: IntegrationMethod
+    baseline: BaselineKind
+    blur_sigma: float
+    baseline_samples: int
+    baseline_images: _containers.RepeatedCompositeFieldContainer[Input]
+    seed: int
+    def __init__(self, steps: _Optional[int] = ..., method: _Optional[_Union[IntegrationMethod, str]] = ..., baseline: _Optional[_Union[BaselineKind, str]] = ..., blur_sigma: _Optional[float] = ..., baseline_samples: _Optional[int] = ..., baseline_images: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("index", "label", "score")
@@ -214,7 +330,7 @@ class Timing(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., batch_size: _Optional[int] = ..., cached: bool = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("model", "method", "array", "image_png", "predictions", "target", "timing", "warnings", "arrays", "images", "input_region", "layer")
+    __slots__ = ("model", "method", "array", "image_png", "predictions", "target", "timing", "warnings", "arrays", "images", "input_region", "layer", "completeness")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ARRAY_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +343,7 @@ class ExplainResponse(_message.Message):
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     INPUT_REGION_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
+    COMPLETENESS_FIELD_NUMBER: _ClassVar[int]
     model: str
     method: Method
     array: Tensor
@@ -239,7 +356,20 @@ class ExplainResponse(_message.Message):
     images: _containers.RepeatedCompositeFieldContainer[NamedImage]
     input_region: InputRegion
     layer: str
-    def __init__(self, model: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., array: _Optional[_Union[Tensor, _Mapping]] = ..., image_png: _Optional[bytes] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., arrays: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[NamedImage, _Mapping]]] = ..., input_region: _Optional[_Union[InputRegion, _Mapping]] = ..., layer: _Optional[str] = ...) -> None: ...
+    completeness: Completeness
+    def __init__(self, model: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., array: _Optional[_Union[Tensor, _Mapping]] = ..., image_png: _Optional[bytes] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., arrays: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[NamedImage, _Mapping]]] = ..., input_region: _Optional[_Union[InputRegion, _Mapping]] = ..., layer: _Optional[str] = ..., completeness: _Optional[_Union[Completeness, _Mapping]] = ...) -> None: ...
+
+class Completeness(_message.Message):
+    __slots__ = ("attribution_sum", "score", "baseline_score", "delta")
+    ATTRIBUTION_SUM_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    attribution_sum: float
+    score: float
+    baseline_score: float
+    delta: float
+    def __init__(self, attribution_sum: _Optional[float] = ..., score: _Optional[float] = ..., baseline_score: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
 
 class InputRegion(_message.Message):
     __slots__ = ("x", "y", "width", "height")

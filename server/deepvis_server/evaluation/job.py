@@ -13,6 +13,7 @@ import torch
 from ..batch_step import FAST_MODE_WARNING
 from ..errors import InvalidArgument
 from ..methods import ClassTarget, IntegratedGradients, Method, MethodRequest
+from ..methods.options import IgOptions
 from ..methods.targets import check_target
 from ..models import ServedModel
 from ..preprocess import batch_to_model_input
@@ -100,8 +101,9 @@ class EvaluatePlan:
 
 
 def passes(method: Method) -> int:
-    """How many passes of the model one explanation row costs."""
-    return method.steps if isinstance(method, IntegratedGradients) else 1
+    """How many passes of the model one explanation row costs (evaluations explain with each
+    method's default options)."""
+    return IgOptions().passes if isinstance(method, IntegratedGradients) else 1
 
 
 def plan_evaluation(

@@ -5,8 +5,10 @@ from __future__ import annotations
 from .activations import Activations
 from .base import BatchOutput, ItemShare, Method, MethodRequest, Output
 from .grad_cam import GradCam, GuidedGradCam
-from .gradients import IntegratedGradients, Saliency
+from .gradients import InputXGradient, IntegratedGradients, Saliency
 from .guided_backprop import Deconvolution, GuidedBackprop
+from .lrp import Lrp
+from .options import IgOptions, LrpOptions, SmoothOptions
 from .targets import ClassTarget, NeuronTarget, Target
 
 # Keys are the proto Method enum names without METHOD_, lowercased; a test checks that
@@ -21,6 +23,8 @@ REGISTRY: dict[str, Method] = {
         Deconvolution(),
         Saliency(),
         IntegratedGradients(),
+        Lrp(),
+        InputXGradient(),
     )
 }
 
@@ -33,12 +37,17 @@ __all__ = [
     "GradCam",
     "GuidedBackprop",
     "GuidedGradCam",
+    "IgOptions",
+    "InputXGradient",
     "IntegratedGradients",
     "ItemShare",
+    "Lrp",
+    "LrpOptions",
     "Method",
     "MethodRequest",
     "NeuronTarget",
     "Output",
     "Saliency",
+    "SmoothOptions",
     "Target",
 ]

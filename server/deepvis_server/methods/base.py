@@ -13,6 +13,7 @@ import torch
 from ..errors import InvalidArgument
 from ..models import ServedModel
 from ..pictures import Drawn, Scene
+from .options import IgOptions, LrpOptions, SmoothOptions
 from .targets import NeuronTarget, Target, channels_first_hint, check_layer, check_target
 
 
@@ -23,6 +24,9 @@ class MethodRequest:
     target: Target | None  # None: the predicted class
     layers: tuple[str, ...] = ()
     top_k_channels: int = 0  # activations: keep the k channels of largest mean; 0 keeps all
+    lrp: LrpOptions | None = None  # LRP's rule set (None: the defaults)
+    smooth: SmoothOptions | None = None  # aggregate over noisy copies of the input
+    ig: IgOptions | None = None  # integrated gradients' options (None: the defaults)
 
 
 # At most this many layers in one request: each one is a hook and a copy of its activations.
@@ -38,6 +42,9 @@ class BatchOutput:
     targets: list[Target]  # the targets explained, resolved per item
     warnings: tuple[str, ...] = ()
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # more [N, ...] results
+    # [N, 3] float64 (attribution sum, score, baseline score) for methods whose result should
+    # sum to the score's difference (LRP, integrated gradients); None for the others.
+    completeness: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,12 @@ class Method(ABC):
     # The main array may leave the device as float16 when every item of the batch wants
     # float16 and no picture; False for a method whose `finish` computes on it.
     half_on_device: ClassVar[bool] = True
+    # Whether SmoothGrad / VarGrad (MethodRequest.smooth) can wrap the method: an input-space
+    # attribution of the input alone, [C, H, W].
+    smoothable: ClassVar[bool] = False
+    # The request fields of method options this method takes ("lrp", "integrated_gradients");
+    # the others are refused.
+    option_fields: ClassVar[frozenset[str]] = frozenset()
 
     def prepare(self, model: ServedModel, request: MethodRequest) -> MethodRequest:
         """Checks `request` against `model` and fills in defaults.
@@ -109,6 +122,7 @@ class Method(ABC):
             InvalidArgument: for anything this method cannot serve.
         """
         check_target(model, request.target)
+        self._check_options(request)
         if not self.uses_layers:
             return replace(request, layers=())
         layers = request.layers or ((model.default_cam_layer,) if model.default_cam_layer else ())
@@ -129,6 +143,26 @@ class Method(ABC):
             )
         return replace(request, layers=tuple(layers))
 
+    def _check_options(self, request: MethodRequest) -> None:
+        """Refuses option groups this method does not take, naming those that do."""
+        given = {"lrp": request.lrp, "integrated_gradients": request.ig}
+        for name, value in given.items():
+            if value is not None and name not in self.option_fields:
+                owner = "lrp" if name == "lrp" else "integrated_gradients"
+                raise InvalidArgument(
+                    f"{name} options apply to method {owner} only, not to {self.name}",
+                    field=name,
+                )
+        if request.smooth is not None and not self.smoothable:
+            from . import REGISTRY
+
+            takes = ", ".join(n for n, m in REGISTRY.items() if m.smoothable)
+            raise InvalidArgument(
+                f"smooth (SmoothGrad) applies to the input-space attributions {takes}; "
+                f"not to {self.name}",
+                field="smooth",
+            )
+
     def check_layer_shape(  # noqa: B027 - a hook with nothing to do by default
         self, model: ServedModel, name: str, shape: tuple[int, ...]
     ) -> None:
@@ -137,7 +171,24 @@ class Method(ABC):
     def batch_key(self, request: MethodRequest) -> Hashable:
         """Requests with equal keys can share a batch: everything that changes the graph."""
         neuron_layer = request.target.layer if isinstance(request.target, NeuronTarget) else None
-        return (self.name, request.layers, neuron_layer)
+        return (
+            self.name,
+            request.layers,
+            neuron_layer,
+            request.lrp,
+            None if request.ig is None else request.ig.batch_key(),
+            None if request.smooth is None else request.smooth.batch_key(),
+        )
+
+    def compute(
+        self, model: ServedModel, x: torch.Tensor, requests: Sequence[MethodRequest]
+    ) -> BatchOutput:
+        """Runs the batch: `run`, or with SmoothGrad, `run` over the noisy copies' rows."""
+        if requests[0].smooth is not None:
+            from .smoothing import smooth_run
+
+            return smooth_run(self, model, x, requests)
+        return self.run(model, x, requests)
 
     @abstractmethod
     def run(
@@ -179,4 +230,8 @@ class Method(ABC):
         Returns:
             the encoded pictures.
         """
-        return Drawn(png=scene.draw(self.name, output.array))
+        smooth = share.request.smooth
+        # SmoothGrad's squares and VarGrad's variances are magnitudes: drawn from zero up,
+        # whatever the method's own family.
+        sign = "unsigned" if smooth is not None and smooth.kind != "smoothgrad" else None
+        return Drawn(png=scene.draw(self.name, output.array, sign=sign))

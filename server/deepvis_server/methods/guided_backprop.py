@@ -18,6 +18,7 @@ class GuidedBackprop(Method):
 
     name: ClassVar[str] = "guided_backprop"
     rule: ClassVar[str] = "guided"
+    smoothable: ClassVar[bool] = True
 
     def run(
         self, model: ServedModel, x: torch.Tensor, requests: Sequence[MethodRequest]

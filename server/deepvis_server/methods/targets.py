@@ -177,3 +177,29 @@ def resolve_class_targets(logits: torch.Tensor, targets: Sequence[Target | None]
     given = [t.index if isinstance(t, ClassTarget) else -1 for t in targets]
     idx = torch.tensor(given, device=logits.device)
     return torch.where(idx >= 0, idx, predicted)
+
+
+def item_scores(act: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
+    """Each item's own target score [N]: a class's logit (`act` the logits) or a neuron's value
+    (`act` its layer's output), every target resolved."""
+    first = targets[0]
+    if isinstance(first, ClassTarget):
+        idx = torch.tensor(
+            [t.index for t in targets if isinstance(t, ClassTarget)], device=act.device
+        )
+        return act.gather(1, idx[:, None])[:, 0]
+    rows = []
+    for i, t in enumerate(targets):
+        assert isinstance(t, NeuronTarget)
+        rows.append(act[i, t.channel, t.y, t.x] if t.y is not None else act[i, t.channel].sum())
+    return torch.stack(rows)
+
+
+def target_scores(model: ServedModel, x: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
+    """Each item's target score [N] at `x` (no gradient), the targets resolved."""
+    first = targets[0]
+    with torch.no_grad():
+        if isinstance(first, NeuronTarget):
+            _, acts = forward_capturing(model, x, [first.layer])
+            return item_scores(acts[first.layer], targets)
+        return item_scores(model.module(x), targets)
