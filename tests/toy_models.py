@@ -178,3 +178,22 @@ class HardtanhNet(nn.Module):
         x = self.pool(self.tanh(self.conv1(x)))
         x = self.pool(self.relu(self.conv2(x)))
         return self.fc(torch.flatten(x, 1))
+
+
+class RowTokenNet(nn.Module):
+    """Tokens no patch grid explains: one token per image row (its mean over the width, 8
+    features) after 3 learned tokens, so T = H + 3 at any input size; a linear `mix` over
+    them is a token layer [T, 8] with no grid."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.extra = nn.Parameter(torch.randn(1, 3, 8))
+        self.mix = nn.Linear(8, 8)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self.relu(self.conv(x)).mean(dim=3).transpose(1, 2)  # [N, H, 8]
+        tokens = torch.cat([self.extra.expand(x.shape[0], -1, -1), rows], dim=1)
+        return self.fc(self.mix(tokens).mean(dim=1))

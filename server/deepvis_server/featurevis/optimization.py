@@ -372,7 +372,9 @@ class RenderBatch:
         for name, out in saved.items():
             if not out:
                 raise RuntimeError(f"layer '{name}' produced no tensor output in the forward pass")
-            outputs[name] = out[0]
+            # As the methods read it: channels-last and token maps as [N, C, h, w], so that
+            # objectives and the diversity term index channels and places, never tokens.
+            outputs[name] = self.model.view(name, out[0])
         return logits, outputs
 
     def _normalize(self, pixels: torch.Tensor) -> torch.Tensor:

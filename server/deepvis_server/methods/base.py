@@ -72,8 +72,8 @@ def no_default_layer_message(model: ServedModel, method: str) -> str:
     return (
         f"method {method} needs a layer and model '{model.name}' has none to default to: its "
         f"last feature maps are {last.describe()} ('{model.last_feature_layer}' gives "
-        f"{list(last.shape)}), not channels-first [C, h, w]; name a layer in `layers` "
-        f"({channels_first_hint(model)})"
+        f"{list(last.shape)}), which cannot be laid out on the input; name a layer in "
+        f"`layers` ({channels_first_hint(model)})"
     )
 
 
