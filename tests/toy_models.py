@@ -100,18 +100,40 @@ def tiny_vit(num_classes: int = 10) -> nn.Module:
     4x4 grid)."""
     import torchvision
 
-    vit = torchvision.models.VisionTransformer(
-        image_size=32,
-        patch_size=8,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=32,
-        mlp_dim=64,
-        num_classes=num_classes,
-    )
+    vit = torchvision.models.VisionTransformer(num_classes=num_classes, **_tiny_vit_kwargs())
     # torchvision initialises the head to zeros, which would make every gradient zero.
     nn.init.normal_(vit.heads.head.weight, std=0.5)
     return vit
+
+
+def _tiny_vit_kwargs() -> dict:
+    return dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64)
+
+
+def _vision_transformer() -> type[nn.Module]:
+    import torchvision
+
+    return torchvision.models.VisionTransformer
+
+
+class FaultyViT(_vision_transformer()):  # type: ignore[misc]
+    """tiny_vit that fails on any input item containing POISON, after its first block (and
+    its attention's hooks) ran."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__(num_classes=num_classes, **_tiny_vit_kwargs())
+        nn.init.normal_(self.heads.head.weight, std=0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        poisoned = bool((x == POISON).any())
+        x = self._process_input(x)
+        x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.encoder.dropout(x + self.encoder.pos_embedding)
+        x = self.encoder.layers[0](x)
+        if poisoned:
+            raise RuntimeError("poisoned input")
+        x = self.encoder.ln(self.encoder.layers[1](x))
+        return self.heads(x[:, 0])
 
 
 def tiny_swin(num_classes: int = 10) -> nn.Module:

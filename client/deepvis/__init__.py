@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         Neuron,
         Prediction,
         Progress,
+        Rollout,
         Visualization,
     )
 
@@ -54,6 +55,7 @@ __all__ = [
     "Prediction",
     "Progress",
     "ResourceExhausted",
+    "Rollout",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
@@ -77,6 +79,7 @@ _MODULES = {
             "Neuron",
             "Prediction",
             "Progress",
+            "Rollout",
             "Visualization",
         ),
         "deepvis._models",

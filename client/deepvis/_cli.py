@@ -21,11 +21,13 @@ from deepvis._exceptions import DeepvisError, Unavailable
 from deepvis._models import (
     Explanation,
     Layer,
+    LayerInfo,
     ModelDescription,
     ModelInfo,
     Neuron,
     ObjectiveLike,
     Progress,
+    Rollout,
 )
 from deepvis._transport import channel_target
 
@@ -216,6 +218,18 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_parse_neuron,
         metavar="LAYER:C[:Y:X]",
         help="explain a channel of a layer, or one neuron of it with :Y:X",
+    )
+    explain.add_argument(
+        "--head-fusion",
+        choices=("mean", "max", "min"),
+        help="attention-rollout: how each block's heads are fused (default: mean)",
+    )
+    explain.add_argument(
+        "--discard-ratio",
+        type=float,
+        metavar="F",
+        help="attention-rollout: fraction of the smallest attention weights dropped, in [0, 1) "
+        "(default: 0)",
     )
     explain.add_argument("--out", required=True, metavar="DIR", help="output directory")
     explain.add_argument(
@@ -419,6 +433,7 @@ def _explain_one(
         render=True,
         array_dtype="float16" if args.float16 else "float32",
         array=args.save_array,
+        rollout=args.rollout,
     )
     if result.image is None and not result.images:
         raise ValueError("the server sent no rendered picture")
@@ -446,7 +461,19 @@ def _explain_one(
     return result, written
 
 
+def _rollout(args: argparse.Namespace) -> Rollout | None:
+    """Attention rollout's options from --head-fusion and --discard-ratio; None when neither
+    is given (the server's defaults)."""
+    if args.head_fusion is None and args.discard_ratio is None:
+        return None
+    return Rollout(
+        head_fusion=args.head_fusion or "mean",
+        discard_ratio=0.0 if args.discard_ratio is None else args.discard_ratio,
+    )
+
+
 def _run_explain(client: Client, args: argparse.Namespace) -> int:
+    args.rollout = _rollout(args)  # checked once, before any call
     out = Path(args.out)
     paths = _output_paths(args.images, out, args.method)
     out.mkdir(parents=True, exist_ok=True)
@@ -479,21 +506,42 @@ def _run_explain(client: Client, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _format_layout(layer: LayerInfo) -> str:
+    """The layout column: how the methods read the layer, e.g. tokens:1+14x14 (one class
+    token and a 14x14 patch grid) or channels-last->768x7x7; "" when unknown."""
+    read = "x".join(str(d) for d in layer.map_shape)
+    if layer.layout == "channels_last" and read:
+        return f"channels-last->{read}"
+    if layer.layout == "tokens":
+        grid = "x".join(str(d) for d in layer.map_shape[1:]) or "no-grid"
+        return f"tokens:{layer.class_tokens}+{grid}"
+    return layer.layout.replace("_", "-")
+
+
 def _format_layers(desc: ModelDescription) -> list[str]:
     names = [layer.name or "-" for layer in desc.layers]
     name_width = max(map(len, names), default=0)
     type_width = max((len(layer.type) for layer in desc.layers), default=0)
+    shapes = ["x".join(str(d) for d in layer.output_shape) or "-" for layer in desc.layers]
+    shape_width = max(map(len, shapes), default=0)
     lines = []
-    for name, layer in zip(names, desc.layers, strict=True):
-        shape = "x".join(str(d) for d in layer.output_shape) or "-"
-        line = f"{name:<{name_width}}  {layer.type:<{type_width}}  {shape}"
+    for name, shape, layer in zip(names, shapes, desc.layers, strict=True):
+        line = f"{name:<{name_width}}  {layer.type:<{type_width}}  {shape:<{shape_width}}"
+        layout = _format_layout(layer)
+        if layout:
+            line += f"  {layout}"
         if layer.calls > 1:
             line += f"  calls={layer.calls}"
-        lines.append(line)
+        lines.append(line.rstrip())
     activations = ",".join(desc.non_relu_activations) or "-"
-    lines.append(
+    footer = (
         f"default-cam-layer={desc.default_cam_layer or '-'}  non-relu-activations={activations}"
     )
+    if desc.attention_layers:
+        footer += f"  attention-layers={len(desc.attention_layers)}"
+    lines.append(footer)
+    if desc.default_cam_layer_note:
+        lines.append(f"default-cam-layer: {desc.default_cam_layer_note}")
     return lines
 
 

@@ -23,6 +23,7 @@ from deepvis._models import (
     ModelInfo,
     ObjectiveLike,
     Progress,
+    Rollout,
     TargetLike,
     Visualization,
 )
@@ -186,6 +187,7 @@ class _BaseClient:
         timeout: float | None = None,
         array: bool = True,
         top_k_channels: int = 0,
+        rollout: Rollout | None = None,
     ) -> Call[Explanation]:
         """Runs an interpretability method on one input.
 
@@ -212,6 +214,8 @@ class _BaseClient:
             top_k_channels: For activations, keep only this many channels per layer, those
                 with the largest mean activation, best first (their indices are in
                 `Explanation.arrays["<layer>.channels"]`); 0 keeps all channels.
+            rollout: For attention_rollout, a `Rollout` (head fusion, discard ratio); None
+                uses its defaults. Refused with other methods.
 
         Returns:
             The `Explanation`: raw result, picture, further named arrays and pictures,
@@ -234,6 +238,7 @@ class _BaseClient:
             top_k=top_k,
             array=array,
             top_k_channels=top_k_channels,
+            rollout=rollout,
         )
         explanation = _convert.explanation_from_pb
         return single(
@@ -256,6 +261,7 @@ class _BaseClient:
         top_k_channels: int = 0,
         return_errors: bool = False,
         chunk: int = 64,
+        rollout: Rollout | None = None,
     ) -> Call[list[Any]]:
         """Runs an interpretability method on many inputs, a few calls for all of them.
 
@@ -271,7 +277,7 @@ class _BaseClient:
             return_errors: False raises the first failed item's error; True puts each
                 failed item's exception (a `DeepvisError`) in its place in the result.
             chunk: Items per call, 1 to 256.
-            model, method, layer, render, array_dtype, top_k, array, top_k_channels:
+            model, method, layer, render, array_dtype, top_k, array, top_k_channels, rollout:
                 As for `explain`, the same for every input.
             timeout: Deadline of each call in seconds; None uses the client's default.
 
@@ -296,6 +302,7 @@ class _BaseClient:
             top_k=top_k,
             array=array,
             top_k_channels=top_k_channels,
+            rollout=rollout,
         )
         return Call(
             method=self._stub.ExplainBatch,
@@ -332,7 +339,9 @@ class _BaseClient:
     def _describe(
         self, model: str | None = None, *, timeout: float | None = None
     ) -> Call[ModelDescription]:
-        """Describes one model's layers: names, types, output shapes and the Grad-CAM default.
+        """Describes one model's layers: names, types, output shapes, layouts (and the map
+        [C, h, w] the methods read each as), the suggested Grad-CAM layer and why, and the
+        attention layers attention rollout chains.
 
         Args:
             model: A served model's name; None uses the server's first listed model.

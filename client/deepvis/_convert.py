@@ -29,6 +29,7 @@ from deepvis._models import (
     ObjectiveLike,
     Prediction,
     Progress,
+    Rollout,
     TargetLike,
     Visualization,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "health_request_to_bytes",
     "health_status_from_bytes",
     "input_to_pb",
+    "layout_from_pb",
     "method_from_pb",
     "method_to_pb",
     "methods",
@@ -53,6 +55,7 @@ __all__ = [
     "objective_to_pb",
     "parameterizations",
     "request_to_pb",
+    "rollout_to_pb",
     "set_model",
     "target_to_pb",
     "visualize_item_from_pb",
@@ -324,6 +327,7 @@ def request_to_pb(
     top_k: int,
     array: bool = True,
     top_k_channels: int = 0,
+    rollout: Rollout | None = None,
 ) -> deepvis_pb2.ExplainRequest:
     """Builds an `ExplainRequest`; see `Client.explain` for the arguments.
 
@@ -340,6 +344,8 @@ def request_to_pb(
         )
     layers = _layers_to_list(layer)
     target_pb = target_to_pb(target)
+    if rollout is not None and not isinstance(rollout, Rollout):
+        raise TypeError(f"rollout must be a deepvis.Rollout or None, not {type(rollout).__name__}")
     request = deepvis_pb2.ExplainRequest(
         model=model,
         method=method_pb,
@@ -352,7 +358,17 @@ def request_to_pb(
     )
     if target_pb is not None:
         request.target.CopyFrom(target_pb)
+    if rollout is not None:
+        request.rollout.CopyFrom(rollout_to_pb(rollout))
     return request
+
+
+def rollout_to_pb(rollout: Rollout) -> deepvis_pb2.RolloutOptions:
+    """Converts a `Rollout` into `RolloutOptions`."""
+    return deepvis_pb2.RolloutOptions(
+        head_fusion=deepvis_pb2.HeadFusion.Value("HEAD_FUSION_" + rollout.head_fusion.upper()),
+        discard_ratio=float(rollout.discard_ratio),
+    )
 
 
 def batch_targets(targets: TargetLike | Sequence[TargetLike], n: int) -> list[TargetLike]:
@@ -394,6 +410,7 @@ def batch_requests_to_pb(
     top_k: int,
     array: bool,
     top_k_channels: int,
+    rollout: Rollout | None = None,
 ) -> list[deepvis_pb2.ExplainBatchRequest]:
     """Builds the `ExplainBatchRequest`s of `explain_batch`, `chunk` items each, in order.
 
@@ -421,6 +438,7 @@ def batch_requests_to_pb(
             top_k=top_k,
             array=array,
             top_k_channels=top_k_channels,
+            rollout=rollout,
         )
         for x, t in zip(inputs, per_item, strict=True)
     ]
@@ -604,6 +622,18 @@ def describe_request_to_pb(model: str) -> deepvis_pb2.DescribeModelRequest:
     return deepvis_pb2.DescribeModelRequest(model=model)
 
 
+def layout_from_pb(number: int) -> str:
+    """Names a proto `Layout` value: "channels_first", "channels_last", "tokens", "vector",
+    "other"; "" for UNSPECIFIED (no tensor output), "layout_<n>" for one this client does not
+    know (a newer server's)."""
+    if number == deepvis_pb2.LAYOUT_UNSPECIFIED:
+        return ""
+    try:
+        return deepvis_pb2.Layout.Name(number).removeprefix("LAYOUT_").lower()
+    except ValueError:
+        return f"layout_{number}"
+
+
 def model_description_from_pb(resp: deepvis_pb2.DescribeModelResponse) -> ModelDescription:
     """Converts a `DescribeModelResponse` into a `ModelDescription`."""
     return ModelDescription(
@@ -614,11 +644,16 @@ def model_description_from_pb(resp: deepvis_pb2.DescribeModelResponse) -> ModelD
                 type=layer.type,
                 output_shape=tuple(int(d) for d in layer.output_shape),
                 calls=int(layer.calls),
+                layout=layout_from_pb(layer.layout),
+                map_shape=tuple(int(d) for d in layer.map_shape),
+                class_tokens=int(layer.class_tokens),
             )
             for layer in resp.layers
         ],
         default_cam_layer=resp.default_cam_layer,
         non_relu_activations=tuple(resp.non_relu_activations),
+        default_cam_layer_note=resp.default_cam_layer_note,
+        attention_layers=tuple(resp.attention_layers),
     )
 
 

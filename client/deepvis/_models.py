@@ -22,6 +22,7 @@ __all__ = [
     "ObjectiveLike",
     "Prediction",
     "Progress",
+    "Rollout",
     "TargetLike",
     "Visualization",
 ]
@@ -77,6 +78,35 @@ class Layer:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"Layer: name must be a non-empty layer name, not {self.name!r}")
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Attention rollout's options (`explain(..., method="attention_rollout", rollout=...)`).
+
+    Attributes:
+        head_fusion: How each block's attention heads are fused: "mean" (the default, as in
+            Abnar & Zuidema 2020), "max" or "min".
+        discard_ratio: Fraction in [0, 1) of each fused attention matrix's smallest entries
+            set to 0 before the identity is added (jacobgil/vit-explain's discard_ratio, whose
+            default there is 0.9); 0 discards nothing.
+    """
+
+    head_fusion: str = "mean"
+    discard_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.head_fusion not in ("mean", "max", "min"):
+            raise ValueError(
+                f"Rollout: head_fusion must be 'mean', 'max' or 'min', not {self.head_fusion!r}"
+            )
+        ratio = self.discard_ratio
+        if (
+            isinstance(ratio, bool)
+            or not isinstance(ratio, (int, float))
+            or not 0.0 <= float(ratio) < 1.0
+        ):
+            raise ValueError(f"Rollout: discard_ratio must be a number in [0, 1), not {ratio!r}")
 
 
 @dataclass(frozen=True)
@@ -181,12 +211,24 @@ class LayerInfo:
         output_shape: Output shape for one input at the model's input size, without the batch
             dimension; empty when the output is not a single tensor.
         calls: How often the module runs in one forward pass (methods see its last call).
+        layout: How `output_shape` is laid out: "channels_first" [C, h, w],
+            "channels_last" [h, w, C] (Swin's stages), "tokens" [T, C] (a vision
+            transformer's), "vector" [F], "other", or "" for no tensor output.
+        map_shape: The map [C, h, w] the methods read the layer as (Grad-CAM, activations,
+            neuron targets and objectives): channels-last maps permuted, tokens without
+            their class tokens laid out on their patch grid; () when it is no map of the
+            input.
+        class_tokens: For tokens, how many leading class (or distillation, register) tokens
+            precede the patch tokens.
     """
 
     name: str
     type: str
     output_shape: tuple[int, ...]
     calls: int
+    layout: str = ""
+    map_shape: tuple[int, ...] = ()
+    class_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -199,12 +241,18 @@ class ModelDescription:
         default_cam_layer: The layer Grad-CAM and activations use when a request names none.
         non_relu_activations: Activation functions in the model other than ReLU (e.g. "silu"),
             which guided backpropagation and deconvolution pass through unmodified.
+        default_cam_layer_note: Why `default_cam_layer` is the layer it is and how the
+            methods read it, in words.
+        attention_layers: The self-attention layers attention rollout chains, in call
+            order; empty when the model has none (and refuses attention rollout).
     """
 
     model: ModelInfo
     layers: list[LayerInfo]
     default_cam_layer: str
     non_relu_activations: tuple[str, ...]
+    default_cam_layer_note: str = ""
+    attention_layers: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -15,7 +16,7 @@ from .engine import DEFAULT_TOP_K, ExplainAnswer, ExplainQuery, VisualizeAnswer,
 from .errors import InvalidArgument
 from .featurevis.optimization import LUCID_LEARNING_RATE, LUCID_STEPS, RenderJob
 from .featurevis.scheduler import Progress
-from .methods import ClassTarget, MethodRequest, NeuronTarget, Target
+from .methods import ClassTarget, Method, MethodRequest, NeuronTarget, RolloutOptions, Target
 from .methods.base import MAX_LAYERS_PER_REQUEST
 from .models import ServedModel
 from .preprocess import RawInput, Region
@@ -130,12 +131,23 @@ def parse_explain(msg: pb.ExplainRequest, deadline: float) -> ExplainQuery:
         )
     if opts.top_k < 0:
         raise InvalidArgument(f"output.top_k must be >= 0, got {opts.top_k}", field="output.top_k")
+    rollout = None
+    if msg.HasField("rollout"):
+        if method != "attention_rollout":
+            raise InvalidArgument(
+                f"rollout options are for method attention_rollout; method {method} takes none",
+                field="rollout",
+            )
+        rollout = _rollout(msg.rollout)
     return ExplainQuery(
         model=msg.model,
         method=method,
         input=_raw_input(msg.input),
         request=MethodRequest(
-            target=_target(msg), layers=tuple(msg.layers), top_k_channels=msg.top_k_channels
+            target=_target(msg),
+            layers=tuple(msg.layers),
+            top_k_channels=msg.top_k_channels,
+            rollout=rollout,
         ),
         deadline=deadline,
         top_k=opts.top_k or DEFAULT_TOP_K,
@@ -143,6 +155,26 @@ def parse_explain(msg: pb.ExplainRequest, deadline: float) -> ExplainQuery:
         array_dtype=array_dtype,
         omit_array=opts.omit_array,
     )
+
+
+_HEAD_FUSIONS = {
+    pb.HEAD_FUSION_UNSPECIFIED: "mean",
+    pb.HEAD_FUSION_MEAN: "mean",
+    pb.HEAD_FUSION_MAX: "max",
+    pb.HEAD_FUSION_MIN: "min",
+}
+
+
+def _rollout(msg: pb.RolloutOptions) -> RolloutOptions:
+    fusion = _HEAD_FUSIONS.get(msg.head_fusion)
+    if fusion is None:
+        raise InvalidArgument(
+            f"rollout.head_fusion {msg.head_fusion} is not a HeadFusion; valid: MEAN, MAX, MIN",
+            field="rollout.head_fusion",
+        )
+    options = RolloutOptions(head_fusion=fusion, discard_ratio=float(msg.discard_ratio))
+    options.check()
+    return options
 
 
 def target_to_pb(target: Target) -> pb.Target:
@@ -247,7 +279,8 @@ def explain_batch_response(
     return pb.ExplainBatchResponse(items=out)
 
 
-def model_info(model: ServedModel, methods: list[str]) -> pb.ModelInfo:
+def model_info(model: ServedModel, methods: Mapping[str, Method]) -> pb.ModelInfo:
+    """The model as ListModels describes it, with the methods it serves (`Method.serves`)."""
     s = model.spec
     return pb.ModelInfo(
         name=s.name,
@@ -259,29 +292,47 @@ def model_info(model: ServedModel, methods: list[str]) -> pb.ModelInfo:
         mean=s.mean,
         std=s.std,
         labels=list(model.labels),
-        methods=[method_value(m) for m in methods],
+        methods=[method_value(name) for name, m in methods.items() if m.serves(model)],
         resize=s.resize,
     )
 
 
-def list_models(models: list[ServedModel], methods: list[str]) -> pb.ListModelsResponse:
+def list_models(models: list[ServedModel], methods: Mapping[str, Method]) -> pb.ListModelsResponse:
     return pb.ListModelsResponse(models=[model_info(m, methods) for m in models])
 
 
-def describe_model(model: ServedModel, methods: list[str]) -> pb.DescribeModelResponse:
+_LAYOUTS = {
+    "nchw": pb.LAYOUT_CHANNELS_FIRST,
+    "nhwc": pb.LAYOUT_CHANNELS_LAST,
+    "tokens": pb.LAYOUT_TOKENS,
+    "vector": pb.LAYOUT_VECTOR,
+    "other": pb.LAYOUT_OTHER,
+}
+
+
+def layer_info(model: ServedModel, name: str, module: torch.nn.Module) -> pb.LayerInfo:
+    info = pb.LayerInfo(
+        name=name,
+        type=type(module).__name__,
+        output_shape=model.layer_shapes.get(name, ()),
+        calls=model.layer_calls.get(name, 0),
+    )
+    layout = model.layer_layouts.get(name)
+    if layout is not None:
+        info.layout = _LAYOUTS[layout.kind]
+        info.map_shape.extend(layout.map_shape or ())
+        info.class_tokens = layout.class_tokens
+    return info
+
+
+def describe_model(model: ServedModel, methods: Mapping[str, Method]) -> pb.DescribeModelResponse:
     return pb.DescribeModelResponse(
         model=model_info(model, methods),
-        layers=[
-            pb.LayerInfo(
-                name=name,
-                type=type(module).__name__,
-                output_shape=model.layer_shapes.get(name, ()),
-                calls=model.layer_calls.get(name, 0),
-            )
-            for name, module in model.layers.items()
-        ],
+        layers=[layer_info(model, name, module) for name, module in model.layers.items()],
         default_cam_layer=model.default_cam_layer,
         non_relu_activations=list(model.non_relu_activations),
+        default_cam_layer_note=model.default_cam_note,
+        attention_layers=list(model.attention_layers),
     )
 
 

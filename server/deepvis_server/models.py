@@ -142,6 +142,8 @@ class ServedModel:
     # tokens with a patch grid (a vision transformer's self-attention): attention rollout
     # chains their attention; empty for any other model.
     attention_layers: tuple[str, ...] = ()
+    # The tokens those attention layers run on (a class token and a patch grid), or None.
+    attention_layout: LayerLayout | None = None
 
     @property
     def name(self) -> str:
@@ -845,7 +847,9 @@ def _trace_shapes(served: ServedModel) -> object:
     channels_first = [n for n in once if layouts[n].kind == "nchw"]
     served.channels_first_layer = channels_first[-1] if channels_first else ""
     served.last_feature_layer = once[-1] if once else (order[-1] if order else "")
-    served.attention_layers = _attention_layers(attention_calls, calls, size)
+    served.attention_layers, served.attention_layout = _attention_layers(
+        served, attention_calls, calls, size
+    )
     served.default_cam_layer, served.default_cam_note = _default_cam_layer(
         served, once, finished, attention_calls, outputs, fed_the_input
     )
@@ -854,29 +858,37 @@ def _trace_shapes(served: ServedModel) -> object:
 
 
 def _attention_layers(
+    served: ServedModel,
     attention_calls: list[tuple[str, int, tuple[int, ...]]],
     calls: dict[str, int],
     size: tuple[int, int],
-) -> tuple[str, ...]:
-    """The attention modules of a vision transformer, in call order: all of the model's
-    nn.MultiheadAttention modules when each runs once, on tokens with a class token and a
-    patch grid (the same for all); else none (attention over anything else, or reused)."""
+) -> tuple[tuple[str, ...], LayerLayout | None]:
+    """The attention modules of a vision transformer, in call order, and the tokens they run
+    on: all of the model's nn.MultiheadAttention modules when each runs once, self-attention
+    on tokens with a class token and a patch grid (the same for all), without extra key
+    tokens (bias_k, add_zero_attn); else none (attention over anything else, or reused)."""
     if not attention_calls:
-        return ()
+        return (), None
     layouts = {infer_layout(shape, size) for _, _, shape in attention_calls}
     if len(layouts) != 1:
-        return ()
+        return (), None
     (layout,) = layouts
     names = [name for name, _, _ in attention_calls]
+    plain = all(
+        getattr(served.layers[n], "bias_k", None) is None
+        and not getattr(served.layers[n], "add_zero_attn", False)
+        for n in names
+    )
     if (
         layout.kind != "tokens"
         or layout.grid is None
         or layout.class_tokens < 1
+        or not plain
         or len(set(names)) != len(names)
         or any(calls.get(n) != 1 for n in names)
     ):
-        return ()
-    return tuple(names)
+        return (), None
+    return tuple(names), layout
 
 
 def _default_cam_layer(

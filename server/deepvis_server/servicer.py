@@ -69,7 +69,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     async def DescribeModel(
         self, request: pb.DescribeModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.DescribeModelResponse:
-        return convert.describe_model(self.engine.model(request.model), list(self.engine.methods))
+        return convert.describe_model(self.engine.model(request.model), self.engine.methods)
 
     @rpc_errors
     async def Visualize(
@@ -85,4 +85,4 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        return convert.list_models(list(self.engine.models.values()), list(self.engine.methods))
+        return convert.list_models(list(self.engine.models.values()), self.engine.methods)

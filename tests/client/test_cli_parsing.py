@@ -202,3 +202,17 @@ def test_cli_rejects_colliding_output_names(
     _, err = err_lines(capsys)
     assert rc == 1
     assert len(err) == 1 and err[0].startswith("ValueError: ")
+
+
+def test_cli_rollout_flags() -> None:
+    args = _parse(["explain", "a.png", "--out", "o", "--method", "attention-rollout"])
+    assert _cli._rollout(args) is None  # the server's defaults
+    args = _parse(
+        ["explain", "a.png", "--out", "o", "--method", "attention-rollout", "--head-fusion", "max"]
+        + ["--discard-ratio", "0.9"]
+    )
+    assert _cli._rollout(args) == deepvis.Rollout("max", 0.9)
+    args = _parse(["explain", "a.png", "--out", "o", "--discard-ratio", "0.5"])
+    assert _cli._rollout(args) == deepvis.Rollout("mean", 0.5)
+    with pytest.raises(SystemExit):
+        _parse(["explain", "a.png", "--out", "o", "--head-fusion", "median"])

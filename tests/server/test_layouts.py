@@ -538,3 +538,35 @@ def test_the_diversity_term_compares_channels_of_the_map(served) -> None:
     assert outputs["encoder.ln"].shape == (2, 32, 4, 4)
     events = batch.step() + batch.step()
     assert events[-1].result is not None and np.isfinite(events[-1].objective)
+
+
+def test_describe_model_reports_each_layers_layout_and_the_suggested_layer(served) -> None:
+    address, models, _ = served
+    with deepvis.Client(address, timeout=30) as client:
+        descs = {name: client.describe(name) for name in ("vit", "swin", "convnext", "rows")}
+    for name, desc in descs.items():
+        model = models[name]
+        by_name = {layer.name: layer for layer in desc.layers}
+        for layer, layout in model.layer_layouts.items():
+            info = by_name[layer]
+            kind = {"nchw": "channels_first", "nhwc": "channels_last"}.get(layout.kind)
+            assert info.layout == (kind or layout.kind), (name, layer)
+            assert info.map_shape == (layout.map_shape or ())
+            assert info.class_tokens == layout.class_tokens
+        assert desc.default_cam_layer == model.default_cam_layer
+        assert desc.default_cam_layer_note == model.default_cam_note
+        # Layers without a tensor output have no layout.
+        assert all(x.layout == "" for x in desc.layers if not x.output_shape)
+    vit = {layer.name: layer for layer in descs["vit"].layers}
+    assert (vit["encoder.ln"].layout, vit["encoder.ln"].class_tokens) == ("tokens", 1)
+    assert vit["encoder.ln"].map_shape == (32, 4, 4)
+    assert vit["encoder.layers.encoder_layer_0.self_attention"].layout == ""  # a tuple
+    assert descs["vit"].attention_layers == models["vit"].attention_layers
+    swin = {layer.name: layer for layer in descs["swin"].layers}
+    assert (swin["features.3"].layout, swin["features.3"].map_shape) == (
+        "channels_last",
+        (32, 4, 4),
+    )
+    rows = {layer.name: layer for layer in descs["rows"].layers}
+    assert (rows["mix"].layout, rows["mix"].map_shape) == ("tokens", ())
+    assert rows["fc"].layout == "vector"

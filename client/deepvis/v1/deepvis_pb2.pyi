@@ -23,6 +23,8 @@ class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SALIENCY: _ClassVar[Method]
     METHOD_INTEGRATED_GRADIENTS: _ClassVar[Method]
     INTEGRATED_GRADIENTS: _ClassVar[Method]
+    METHOD_ATTENTION_ROLLOUT: _ClassVar[Method]
+    ATTENTION_ROLLOUT: _ClassVar[Method]
 
 class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -31,6 +33,22 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DTYPE_FLOAT16: _ClassVar[DType]
     DTYPE_UINT8: _ClassVar[DType]
     DTYPE_INT64: _ClassVar[DType]
+
+class HeadFusion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HEAD_FUSION_UNSPECIFIED: _ClassVar[HeadFusion]
+    HEAD_FUSION_MEAN: _ClassVar[HeadFusion]
+    HEAD_FUSION_MAX: _ClassVar[HeadFusion]
+    HEAD_FUSION_MIN: _ClassVar[HeadFusion]
+
+class Layout(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LAYOUT_UNSPECIFIED: _ClassVar[Layout]
+    LAYOUT_CHANNELS_FIRST: _ClassVar[Layout]
+    LAYOUT_CHANNELS_LAST: _ClassVar[Layout]
+    LAYOUT_TOKENS: _ClassVar[Layout]
+    LAYOUT_VECTOR: _ClassVar[Layout]
+    LAYOUT_OTHER: _ClassVar[Layout]
 
 class Parameterization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -52,11 +70,23 @@ METHOD_SALIENCY: Method
 SALIENCY: Method
 METHOD_INTEGRATED_GRADIENTS: Method
 INTEGRATED_GRADIENTS: Method
+METHOD_ATTENTION_ROLLOUT: Method
+ATTENTION_ROLLOUT: Method
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT16: DType
 DTYPE_UINT8: DType
 DTYPE_INT64: DType
+HEAD_FUSION_UNSPECIFIED: HeadFusion
+HEAD_FUSION_MEAN: HeadFusion
+HEAD_FUSION_MAX: HeadFusion
+HEAD_FUSION_MIN: HeadFusion
+LAYOUT_UNSPECIFIED: Layout
+LAYOUT_CHANNELS_FIRST: Layout
+LAYOUT_CHANNELS_LAST: Layout
+LAYOUT_TOKENS: Layout
+LAYOUT_VECTOR: Layout
+LAYOUT_OTHER: Layout
 PARAMETERIZATION_UNSPECIFIED: Parameterization
 PARAMETERIZATION_FFT: Parameterization
 PARAMETERIZATION_PIXEL: Parameterization
@@ -114,7 +144,7 @@ class OutputOptions(_message.Message):
     def __init__(self, array_dtype: _Optional[_Union[DType, str]] = ..., omit_array: bool = ..., render: bool = ..., top_k: _Optional[int] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "method", "input", "target", "layers", "output", "top_k_channels")
+    __slots__ = ("model", "method", "input", "target", "layers", "output", "top_k_channels", "rollout")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +152,7 @@ class ExplainRequest(_message.Message):
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     TOP_K_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     model: str
     method: Method
     input: Input
@@ -129,7 +160,16 @@ class ExplainRequest(_message.Message):
     layers: _containers.RepeatedScalarFieldContainer[str]
     output: OutputOptions
     top_k_channels: int
-    def __init__(self, model: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., layers: _Optional[_Iterable[str]] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ..., top_k_channels: _Optional[int] = ...) -> None: ...
+    rollout: RolloutOptions
+    def __init__(self, model: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., layers: _Optional[_Iterable[str]] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ..., top_k_channels: _Optional[int] = ..., rollout: _Optional[_Union[RolloutOptions, _Mapping]] = ...) -> None: ...
+
+class RolloutOptions(_message.Message):
+    __slots__ = ("head_fusion", "discard_ratio")
+    HEAD_FUSION_FIELD_NUMBER: _ClassVar[int]
+    DISCARD_RATIO_FIELD_NUMBER: _ClassVar[int]
+    head_fusion: HeadFusion
+    discard_ratio: float
+    def __init__(self, head_fusion: _Optional[_Union[HeadFusion, str]] = ..., discard_ratio: _Optional[float] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("index", "label", "score")
@@ -280,28 +320,38 @@ class DescribeModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class LayerInfo(_message.Message):
-    __slots__ = ("name", "type", "output_shape", "calls")
+    __slots__ = ("name", "type", "output_shape", "calls", "layout", "map_shape", "class_tokens")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
     CALLS_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    MAP_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    CLASS_TOKENS_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     output_shape: _containers.RepeatedScalarFieldContainer[int]
     calls: int
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., output_shape: _Optional[_Iterable[int]] = ..., calls: _Optional[int] = ...) -> None: ...
+    layout: Layout
+    map_shape: _containers.RepeatedScalarFieldContainer[int]
+    class_tokens: int
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., output_shape: _Optional[_Iterable[int]] = ..., calls: _Optional[int] = ..., layout: _Optional[_Union[Layout, str]] = ..., map_shape: _Optional[_Iterable[int]] = ..., class_tokens: _Optional[int] = ...) -> None: ...
 
 class DescribeModelResponse(_message.Message):
-    __slots__ = ("model", "layers", "default_cam_layer", "non_relu_activations")
+    __slots__ = ("model", "layers", "default_cam_layer", "non_relu_activations", "default_cam_layer_note", "attention_layers")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_CAM_LAYER_FIELD_NUMBER: _ClassVar[int]
     NON_RELU_ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_CAM_LAYER_NOTE_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_LAYERS_FIELD_NUMBER: _ClassVar[int]
     model: ModelInfo
     layers: _containers.RepeatedCompositeFieldContainer[LayerInfo]
     default_cam_layer: str
     non_relu_activations: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., default_cam_layer: _Optional[str] = ..., non_relu_activations: _Optional[_Iterable[str]] = ...) -> None: ...
+    default_cam_layer_note: str
+    attention_layers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., default_cam_layer: _Optional[str] = ..., non_relu_activations: _Optional[_Iterable[str]] = ..., default_cam_layer_note: _Optional[str] = ..., attention_layers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Objective(_message.Message):
     __slots__ = ("neuron", "class_index", "layer", "negate")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .activations import Activations
+from .attention_rollout import AttentionRollout, RolloutOptions
 from .base import BatchOutput, ItemShare, Method, MethodRequest, Output
 from .grad_cam import GradCam, GuidedGradCam
 from .gradients import IntegratedGradients, Saliency
@@ -21,12 +22,14 @@ REGISTRY: dict[str, Method] = {
         Deconvolution(),
         Saliency(),
         IntegratedGradients(),
+        AttentionRollout(),
     )
 }
 
 __all__ = [
     "REGISTRY",
     "Activations",
+    "AttentionRollout",
     "BatchOutput",
     "ClassTarget",
     "Deconvolution",
@@ -39,6 +42,7 @@ __all__ = [
     "MethodRequest",
     "NeuronTarget",
     "Output",
+    "RolloutOptions",
     "Saliency",
     "Target",
 ]

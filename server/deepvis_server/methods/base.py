@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -16,6 +16,9 @@ from ..models import ServedModel
 from ..pictures import to_png
 from .targets import NeuronTarget, Target, channels_first_hint, check_layer, check_target
 
+if TYPE_CHECKING:
+    from .attention_rollout import RolloutOptions
+
 
 @dataclass(frozen=True)
 class MethodRequest:
@@ -24,6 +27,7 @@ class MethodRequest:
     target: Target | None  # None: the predicted class
     layers: tuple[str, ...] = ()
     top_k_channels: int = 0  # activations: keep the k channels of largest mean; 0 keeps all
+    rollout: RolloutOptions | None = None  # attention rollout's options; None: the defaults
 
 
 # At most this many layers in one request: each one is a hook and a copy of its activations.
@@ -93,6 +97,11 @@ class Method(ABC):
     # The main array may leave the device as float16 when every item of the batch wants
     # float16 and no picture; False for a method whose `finish` computes on it.
     half_on_device: ClassVar[bool] = True
+
+    def serves(self, model: ServedModel) -> bool:
+        """Whether the method can run on `model` at all (ListModels lists it for the model);
+        a method made for some architectures refuses the others in `prepare`."""
+        return True
 
     def prepare(self, model: ServedModel, request: MethodRequest) -> MethodRequest:
         """Checks `request` against `model` and fills in defaults.
