@@ -219,3 +219,26 @@ class RowTokenNet(nn.Module):
         rows = self.relu(self.conv(x)).mean(dim=3).transpose(1, 2)  # [N, H, 8]
         tokens = torch.cat([self.extra.expand(x.shape[0], -1, -1), rows], dim=1)
         return self.fc(self.mix(tokens).mean(dim=1))
+
+
+class OffsetLogitsNet(nn.Module):
+    """A small CNN whose logits get `offset` added: to every class, or (`only` >= 0) to that
+    class alone. The offset is no weight (it is not saved), so every offset shares one
+    weights file."""
+
+    def __init__(self, num_classes: int = 5, offset: float = 0.0, only: int = -1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(16 * 4, num_classes)
+        shift = torch.full((num_classes,), float(offset))
+        if only >= 0:
+            shift = torch.zeros(num_classes)
+            shift[only] = float(offset)
+        self.register_buffer("offset", shift, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.conv2(self.relu(self.conv1(x))))
+        return self.fc(torch.flatten(self.pool(x), 1)) + self.offset

@@ -16,7 +16,7 @@ import numpy as np
 
 from deepvis import __version__
 from deepvis._client import Client
-from deepvis._convert import methods, parameterizations
+from deepvis._convert import methods, parameterizations, presets
 from deepvis._exceptions import DeepvisError, Unavailable
 from deepvis._models import (
     Explanation,
@@ -308,7 +308,10 @@ def _add_visualize_parser(
         help="optimization steps (default: 512)",
     )
     vis.add_argument(
-        "--lr", type=float, default=0.05, metavar="F", help="learning rate (default: 0.05)"
+        "--lr",
+        type=float,
+        metavar="F",
+        help="learning rate (default: the preset's: 0.05 for lucid, 25 for class-model)",
     )
     vis.add_argument(
         "--size", type=_parse_size, metavar="HxW", help="image size (default: the model's input)"
@@ -340,8 +343,23 @@ def _add_visualize_parser(
     vis.add_argument(
         "--param",
         choices=parameterizations(),
-        default="fft",
-        help="image parameterization (default: %(default)s)",
+        help="image parameterization of the lucid preset (default: fft)",
+    )
+    vis.add_argument(
+        "--preset",
+        choices=[_cli_name(p) for p in presets()],
+        default="lucid",
+        help=(
+            "lucid: Olah et al.'s feature visualization; class-model: Simonyan et al.'s, the "
+            "image from zero by gradient ascent on a class score minus --l2 * ||x||^2 "
+            "(with --class; default: %(default)s)"
+        ),
+    )
+    vis.add_argument(
+        "--l2",
+        type=float,
+        metavar="F",
+        help="class-model: the L2 penalty's lambda (default: the server's, 1e-3)",
     )
     vis.add_argument(
         "--no-transforms",
@@ -600,6 +618,8 @@ def _run_visualize(client: Client, args: argparse.Namespace) -> int:
         parameterization=args.param,
         transforms=not args.no_transforms,
         input=args.input,
+        preset=args.preset.replace("-", "_"),
+        l2_penalty=args.l2,
         on_progress=_print_progress,
     )
     written: list[Path] = []

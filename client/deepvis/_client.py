@@ -367,16 +367,18 @@ class _BaseClient:
         model: str | None = None,
         negate: bool = False,
         steps: int = 512,
-        learning_rate: float = 0.05,
+        learning_rate: float | None = None,
         size: tuple[int, int] | None = None,
         batch: int = 1,
         diversity: float = 0.0,
         seed: int = 0,
         progress_every: int = 0,
-        parameterization: str = "fft",
+        parameterization: str | None = None,
         transforms: bool = True,
         input: InputLike | None = None,
         array_dtype: str = "float32",
+        preset: str = "lucid",
+        l2_penalty: float | None = None,
         timeout: float | None = None,
     ) -> Stream:
         """Runs a feature visualization, yielding its progress and finally its result.
@@ -401,7 +403,8 @@ class _BaseClient:
             negate: Minimize the objective instead.
             steps: Optimization steps (at most the server's limit); 0 means the server's
                 default (512).
-            learning_rate: Adam learning rate; 0 means the server's default (0.05).
+            learning_rate: The step's learning rate (Adam's for the Lucid preset); None or 0
+                means the preset's default on the server (Lucid: 0.05; class model: 25).
             size: (height, width) of the images in pixels; None uses the model's input size.
             batch: Number of images to synthesize together; 0 means 1.
             diversity: Weight of the diversity term across the batch; 0 disables it.
@@ -410,13 +413,21 @@ class _BaseClient:
                 many steps; 0 sends about 64 progress messages without pictures. A reader
                 that falls behind gets the latest progress, not every message it missed.
             parameterization: "fft" (decorrelated Fourier spectrum, natural-looking images)
-                or "pixel" (plain pixels, for comparison).
+                or "pixel" (plain pixels, for comparison); None uses "fft" (the class-model
+                preset takes none).
             transforms: Apply transformation robustness (pad, jitter, scale, rotate).
             input: Optional image, of any kind `explain` accepts (a path is read at once);
                 for a neuron or class objective the result then also carries the objective's
                 guided backpropagation on it (`Visualization.attribution`).
             array_dtype: "float32" or "float16", the precision arrays travel in; the
                 `Visualization` arrays are float32 either way.
+            preset: "lucid" (Olah et al.'s feature visualization: the parameterization,
+                Adam, transformation robustness, diversity) or "class_model" (Simonyan et
+                al. 2013: the model-space image from zero by gradient ascent on the class's
+                pre-softmax score minus l2_penalty * ||x||^2, each step x + lr * (dS/dx -
+                2 * l2_penalty * x), no transforms; `objective` must be a class index).
+            l2_penalty: The class model's lambda; None uses the server's default (1e-3).
+                Refused with the Lucid preset.
             timeout: Deadline of the whole job in seconds; None uses the client's default.
 
         Returns:
@@ -444,6 +455,8 @@ class _BaseClient:
             transforms=transforms,
             input=input,
             array_dtype=array_dtype,
+            preset=preset,
+            l2_penalty=l2_penalty,
         )
         return Stream(request=request, unnamed=[request] if model is None else [], timeout=timeout)
 
@@ -454,16 +467,18 @@ class _BaseClient:
         model: str | None = None,
         negate: bool = False,
         steps: int = 512,
-        learning_rate: float = 0.05,
+        learning_rate: float | None = None,
         size: tuple[int, int] | None = None,
         batch: int = 1,
         diversity: float = 0.0,
         seed: int = 0,
         progress_every: int = 0,
-        parameterization: str = "fft",
+        parameterization: str | None = None,
         transforms: bool = True,
         input: InputLike | None = None,
         array_dtype: str = "float32",
+        preset: str = "lucid",
+        l2_penalty: float | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         timeout: float | None = None,
     ) -> Stream:
@@ -475,8 +490,8 @@ class _BaseClient:
             on_progress: Called with each `Progress` message as it arrives; an exception it
                 raises cancels the job and propagates.
             objective, model, negate, steps, learning_rate, size, batch, diversity, seed,
-                progress_every, parameterization, transforms, input, array_dtype, timeout:
-                As for `visualize_stream`.
+                progress_every, parameterization, transforms, input, array_dtype, preset,
+                l2_penalty, timeout: As for `visualize_stream`.
 
         Returns:
             The `Visualization`: images, arrays, final objective and server timing.
@@ -502,6 +517,8 @@ class _BaseClient:
             transforms=transforms,
             input=input,
             array_dtype=array_dtype,
+            preset=preset,
+            l2_penalty=l2_penalty,
             timeout=timeout,
         )
         plan.on_progress = on_progress

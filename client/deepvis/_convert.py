@@ -54,6 +54,7 @@ __all__ = [
     "models_from_pb",
     "objective_to_pb",
     "parameterizations",
+    "presets",
     "request_to_pb",
     "rollout_to_pb",
     "set_model",
@@ -692,16 +693,18 @@ def visualize_request_to_pb(
     model: str,
     negate: bool,
     steps: int,
-    learning_rate: float,
+    learning_rate: float | None,
     size: tuple[int, int] | None,
     batch: int,
     diversity: float,
     seed: int,
     progress_every: int,
-    parameterization: str,
+    parameterization: str | None,
     transforms: bool,
     input: InputLike | None,
     array_dtype: str,
+    preset: str = "lucid",
+    l2_penalty: float | None = None,
 ) -> deepvis_pb2.VisualizeRequest:
     """Builds a `VisualizeRequest`; see `Client.visualize` for the arguments.
 
@@ -719,20 +722,46 @@ def visualize_request_to_pb(
         model=model,
         objective=objective_pb,
         steps=_check_int("steps", steps),
-        learning_rate=_check_float("learning_rate", learning_rate),
+        learning_rate=0.0
+        if learning_rate is None
+        else _check_float("learning_rate", learning_rate),
         height=height,
         width=width,
         batch=_check_int("batch", batch),
         diversity=_check_float("diversity", diversity),
         seed=_check_int("seed", seed, maximum=_UINT64_MAX),
         progress_every=_check_int("progress_every", progress_every),
-        parameterization=_parameterization_to_pb(parameterization),
+        parameterization=(
+            deepvis_pb2.PARAMETERIZATION_UNSPECIFIED
+            if parameterization is None
+            else _parameterization_to_pb(parameterization)
+        ),
         no_transforms=not transforms,
         array_dtype=_array_dtype_to_pb(array_dtype),
+        preset=_preset_to_pb(preset),
     )
+    if l2_penalty is not None:
+        request.l2_penalty = _check_float("l2_penalty", l2_penalty)
     if input is not None:
         request.input.CopyFrom(input_to_pb(input))
     return request
+
+
+def presets() -> list[str]:
+    """Returns the names of Visualize's presets: ["lucid", "class_model"]."""
+    return [
+        name.removeprefix("PRESET_").lower()
+        for name, number in sorted(deepvis_pb2.Preset.items(), key=lambda item: item[1])
+        if number != deepvis_pb2.PRESET_UNSPECIFIED
+    ]
+
+
+def _preset_to_pb(name: str) -> deepvis_pb2.Preset:
+    if isinstance(name, str):
+        key = "PRESET_" + name.strip().replace("-", "_").upper()
+        if key != "PRESET_UNSPECIFIED" and key in deepvis_pb2.Preset.keys():
+            return deepvis_pb2.Preset.Value(key)
+    raise ValueError(f"preset must be one of {', '.join(presets())}, not {name!r}")
 
 
 def _progress_from_pb(msg: deepvis_pb2.VisualizeProgress) -> Progress:

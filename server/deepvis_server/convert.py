@@ -14,7 +14,13 @@ from deepvis.v1 import deepvis_pb2 as pb
 from . import featurevis as fv
 from .engine import DEFAULT_TOP_K, ExplainAnswer, ExplainQuery, VisualizeAnswer, VisualizeQuery
 from .errors import InvalidArgument
-from .featurevis.optimization import LUCID_LEARNING_RATE, LUCID_STEPS, RenderJob
+from .featurevis.optimization import (
+    CLASS_MODEL_L2,
+    CLASS_MODEL_LEARNING_RATE,
+    LUCID_LEARNING_RATE,
+    LUCID_STEPS,
+    RenderJob,
+)
 from .featurevis.scheduler import Progress
 from .methods import ClassTarget, Method, MethodRequest, NeuronTarget, RolloutOptions, Target
 from .methods.base import MAX_LAYERS_PER_REQUEST
@@ -369,18 +375,43 @@ def parse_visualize(msg: pb.VisualizeRequest) -> VisualizeQuery:
         raise InvalidArgument("parameterization must be FFT or PIXEL", field="parameterization")
     if msg.array_dtype not in (pb.DTYPE_UNSPECIFIED, pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT16):
         raise InvalidArgument("array_dtype must be FLOAT32 or FLOAT16", field="array_dtype")
+    if msg.preset not in pb.Preset.values():
+        raise InvalidArgument("preset must be LUCID or CLASS_MODEL", field="preset")
+    class_model = msg.preset == pb.PRESET_CLASS_MODEL
+    param = "pixel" if msg.parameterization == pb.PARAMETERIZATION_PIXEL else "fft"
+    if class_model:
+        if msg.parameterization != pb.PARAMETERIZATION_UNSPECIFIED:
+            raise InvalidArgument(
+                "the class-model preset optimises the image itself in the model's input "
+                "space: leave parameterization unset",
+                field="parameterization",
+            )
+        param = "model"
+        l2 = float(msg.l2_penalty) if msg.HasField("l2_penalty") else CLASS_MODEL_L2
+        lr = float(msg.learning_rate) or CLASS_MODEL_LEARNING_RATE
+    else:
+        if msg.HasField("l2_penalty"):
+            raise InvalidArgument(
+                "l2_penalty is the class-model preset's (preset CLASS_MODEL); the Lucid "
+                "preset takes none",
+                field="l2_penalty",
+            )
+        l2 = 0.0
+        lr = float(msg.learning_rate) or LUCID_LEARNING_RATE
     # proto3 has no "unset": 0 asks for the default.
     job = RenderJob(
         objective=_objective(msg.objective),
         size=(int(msg.height), int(msg.width)) if msg.height else None,
         steps=msg.steps or LUCID_STEPS,
-        lr=float(msg.learning_rate) or LUCID_LEARNING_RATE,
+        lr=lr,
         seed=int(msg.seed),
         batch=msg.batch or 1,
         diversity=float(msg.diversity),
-        param="pixel" if msg.parameterization == pb.PARAMETERIZATION_PIXEL else "fft",
-        transforms=not msg.no_transforms,
+        param=param,
+        transforms=not msg.no_transforms and not class_model,
         progress_every=msg.progress_every,
+        preset="class_model" if class_model else "lucid",
+        l2_penalty=l2,
     )
     job.check()
     return VisualizeQuery(

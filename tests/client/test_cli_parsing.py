@@ -84,8 +84,10 @@ def test_cli_explain_arguments() -> None:
 
 def test_cli_visualize_arguments() -> None:
     args = _parse(["visualize", "--class", "3", "--out", "o"])
-    assert args.class_index == 3 and args.steps == 512 and args.lr == 0.05
-    assert args.size is None and args.batch == 1 and args.param == "fft"
+    # The learning rate and parameterization left to the server: the preset's defaults.
+    assert args.class_index == 3 and args.steps == 512 and args.lr is None
+    assert args.size is None and args.batch == 1 and args.param is None
+    assert args.preset == "lucid" and args.l2 is None
     assert _cli._objective(args) == 3
     args = _parse(["visualize", "--channel", "conv3:12", "--out", "o", "--size", "64x48"])
     assert _cli._objective(args) == deepvis.Neuron("conv3", 12) and args.size == (64, 48)
@@ -93,6 +95,9 @@ def test_cli_visualize_arguments() -> None:
     assert _cli._objective(args) == deepvis.Layer("conv3") and args.param == "pixel"
     args = _parse(["visualize", "--neuron", "conv3:12:4:4", "--out", "o", "--no-transforms"])
     assert _cli._objective(args) == deepvis.Neuron("conv3", 12, 4, 4) and args.no_transforms
+    args = _parse(["visualize", "--class", "3", "--out", "o", "--preset", "class-model"]
+                  + ["--l2", "0.01"])  # fmt: skip
+    assert args.preset == "class-model" and args.l2 == 0.01
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,12 @@ class Parameterization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PARAMETERIZATION_UNSPECIFIED: _ClassVar[Parameterization]
     PARAMETERIZATION_FFT: _ClassVar[Parameterization]
     PARAMETERIZATION_PIXEL: _ClassVar[Parameterization]
+
+class Preset(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRESET_UNSPECIFIED: _ClassVar[Preset]
+    PRESET_LUCID: _ClassVar[Preset]
+    PRESET_CLASS_MODEL: _ClassVar[Preset]
 METHOD_UNSPECIFIED: Method
 METHOD_GUIDED_BACKPROP: Method
 GUIDED_BACKPROP: Method
@@ -90,6 +96,9 @@ LAYOUT_OTHER: Layout
 PARAMETERIZATION_UNSPECIFIED: Parameterization
 PARAMETERIZATION_FFT: Parameterization
 PARAMETERIZATION_PIXEL: Parameterization
+PRESET_UNSPECIFIED: Preset
+PRESET_LUCID: Preset
+PRESET_CLASS_MODEL: Preset
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "data")
@@ -366,7 +375,7 @@ class Objective(_message.Message):
     def __init__(self, neuron: _Optional[_Union[Neuron, _Mapping]] = ..., class_index: _Optional[int] = ..., layer: _Optional[str] = ..., negate: bool = ...) -> None: ...
 
 class VisualizeRequest(_message.Message):
-    __slots__ = ("model", "objective", "steps", "learning_rate", "height", "width", "batch", "diversity", "seed", "progress_every", "parameterization", "no_transforms", "input", "array_dtype")
+    __slots__ = ("model", "objective", "steps", "learning_rate", "height", "width", "batch", "diversity", "seed", "progress_every", "parameterization", "no_transforms", "input", "array_dtype", "preset", "l2_penalty")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -381,6 +390,8 @@ class VisualizeRequest(_message.Message):
     NO_TRANSFORMS_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     ARRAY_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    PRESET_FIELD_NUMBER: _ClassVar[int]
+    L2_PENALTY_FIELD_NUMBER: _ClassVar[int]
     model: str
     objective: Objective
     steps: int
@@ -395,7 +406,9 @@ class VisualizeRequest(_message.Message):
     no_transforms: bool
     input: Input
     array_dtype: DType
-    def __init__(self, model: _Optional[str] = ..., objective: _Optional[_Union[Objective, _Mapping]] = ..., steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., batch: _Optional[int] = ..., diversity: _Optional[float] = ..., seed: _Optional[int] = ..., progress_every: _Optional[int] = ..., parameterization: _Optional[_Union[Parameterization, str]] = ..., no_transforms: bool = ..., input: _Optional[_Union[Input, _Mapping]] = ..., array_dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
+    preset: Preset
+    l2_penalty: float
+    def __init__(self, model: _Optional[str] = ..., objective: _Optional[_Union[Objective, _Mapping]] = ..., steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., batch: _Optional[int] = ..., diversity: _Optional[float] = ..., seed: _Optional[int] = ..., progress_every: _Optional[int] = ..., parameterization: _Optional[_Union[Parameterization, str]] = ..., no_transforms: bool = ..., input: _Optional[_Union[Input, _Mapping]] = ..., array_dtype: _Optional[_Union[DType, str]] = ..., preset: _Optional[_Union[Preset, str]] = ..., l2_penalty: _Optional[float] = ...) -> None: ...
 
 class VisualizeProgress(_message.Message):
     __slots__ = ("step", "steps", "objective", "image_png")
