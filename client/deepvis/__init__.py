@@ -24,6 +24,8 @@ if TYPE_CHECKING:
         Unimplemented,
     )
     from deepvis._models import (
+        Dream,
+        DreamProgress,
         Explanation,
         Layer,
         LayerInfo,
@@ -42,6 +44,8 @@ __all__ = [
     "Client",
     "DeadlineExceeded",
     "DeepvisError",
+    "Dream",
+    "DreamProgress",
     "Explanation",
     "Internal",
     "InvalidArgument",
@@ -71,6 +75,8 @@ _MODULES = {
     **dict.fromkeys(("AsyncClient", "Client"), "deepvis._client"),
     **dict.fromkeys(
         (
+            "Dream",
+            "DreamProgress",
             "Explanation",
             "Layer",
             "LayerInfo",

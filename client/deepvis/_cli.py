@@ -19,6 +19,7 @@ from deepvis._client import Client
 from deepvis._convert import methods, parameterizations, presets
 from deepvis._exceptions import DeepvisError, Unavailable
 from deepvis._models import (
+    DreamProgress,
     Explanation,
     Layer,
     LayerInfo,
@@ -252,6 +253,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     _add_visualize_parser(sub, common)
+    _add_dream_parser(sub, common)
 
     health = sub.add_parser(
         "health",
@@ -569,6 +571,124 @@ def _run_layers(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_dream_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    dream = sub.add_parser(
+        "dream",
+        parents=[common],
+        help="DeepDream a picture: amplify what a layer, channel or class sees in it",
+        description=(
+            "DeepDream (the original algorithm: octaves, jitter, steps normalised by the mean "
+            "|gradient|) on IMAGE at its own size: write DIR/<image>.<objective>.dream.png."
+        ),
+    )
+    dream.add_argument("image", metavar="IMAGE", help="the picture to dream on")
+    dream.add_argument("--model", help="model name (default: the server's first model)")
+    objective = dream.add_mutually_exclusive_group(required=True)
+    objective.add_argument(
+        "--layer", metavar="LAYER", help="amplify a whole layer (the L2 of its activations)"
+    )
+    objective.add_argument(
+        "--channel", type=_parse_channel, metavar="LAYER:C", help="amplify one channel (its L2)"
+    )
+    objective.add_argument(
+        "--class", dest="class_index", type=int, metavar="N", help="amplify class N's logit"
+    )
+    dream.add_argument("--negate", action="store_true", help="minimize instead")
+    dream.add_argument(
+        "--octaves", type=_non_negative_int, default=4, metavar="N", help="octaves (default: 4)"
+    )
+    dream.add_argument(
+        "--octave-scale",
+        type=float,
+        default=1.4,
+        metavar="F",
+        help="size ratio between octaves (default: 1.4)",
+    )
+    dream.add_argument(
+        "--steps",
+        type=_non_negative_int,
+        default=10,
+        metavar="N",
+        help="steps per octave (default: 10)",
+    )
+    dream.add_argument(
+        "--step-size",
+        type=float,
+        metavar="F",
+        help="step in 0-255 pixel units (default: the server's, 1.5)",
+    )
+    dream.add_argument(
+        "--jitter",
+        type=_non_negative_int,
+        metavar="PX",
+        help="largest random shift per step (default: the server's, 32)",
+    )
+    dream.add_argument("--seed", type=_non_negative_int, default=0, metavar="N", help="seed")
+    dream.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    dream.add_argument(
+        "--save-octaves",
+        action="store_true",
+        help="also write the picture at the end of each octave but the last",
+    )
+    dream.add_argument("--save-array", action="store_true", help="also write the float32 .npy")
+
+
+def _run_dream(client: Client, args: argparse.Namespace) -> int:
+    objective: ObjectiveLike
+    if args.class_index is not None:
+        objective = int(args.class_index)
+    elif args.channel is not None:
+        objective = args.channel
+    else:
+        objective = Layer(args.layer)
+    name = f"{_file_part(Path(args.image).stem)}.{_objective_name(objective, args.negate)}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    result = None
+    for item in client.dream_stream(
+        args.image,
+        objective,
+        model=args.model,
+        negate=args.negate,
+        octaves=args.octaves,
+        octave_scale=args.octave_scale,
+        steps_per_octave=args.steps,
+        step_size=args.step_size,
+        jitter=args.jitter,
+        seed=args.seed,
+    ):
+        if isinstance(item, DreamProgress):
+            print(
+                f"octave {item.octave}/{item.octaves} step {item.step}/{item.steps} "
+                f"objective {item.objective:.4g}",
+                file=sys.stderr,
+                flush=True,
+            )
+            if args.save_octaves and item.image is not None:
+                path = out / f"{name}.octave{item.octave}.png"
+                item.image.save(path, format="PNG")
+                written.append(path)
+        else:
+            result = item
+    assert result is not None  # the stream ends with its result, or raises
+    path = out / f"{name}.dream.png"
+    result.image.save(path, format="PNG")
+    written.insert(0, path)
+    if args.save_array:
+        path = out / f"{name}.dream.npy"
+        np.save(path, result.array)
+        written.append(path)
+    objectives = " ".join(f"{v:.4g}" for v in result.octave_objectives)
+    print(
+        f"{name}  octave objectives: {objectives}  steps={result.steps}  "
+        f"-> {', '.join(str(p) for p in written)}"
+    )
+    return 0
+
+
 def _objective(args: argparse.Namespace) -> ObjectiveLike:
     if args.class_index is not None:
         return int(args.class_index)
@@ -750,6 +870,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _run_layers(client, args)
             if args.command == "visualize":
                 return _run_visualize(client, args)
+            if args.command == "dream":
+                return _run_dream(client, args)
             if args.command == "health":
                 return _run_health(client, args)
             return _run_explain(client, args)

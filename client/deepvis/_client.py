@@ -16,6 +16,8 @@ import grpc.aio
 
 from deepvis import _convert
 from deepvis._models import (
+    Dream,
+    DreamProgress,
     Explanation,
     InputLike,
     LayersLike,
@@ -147,7 +149,7 @@ class _BaseClient:
     def _visualizing(self, plan: Stream) -> StreamRun:
         return StreamRun(
             plan,
-            method=self._stub.Visualize,
+            method=getattr(self._stub, plan.rpc),
             metadata=self._metadata,
             timeout=self._deadline(plan.timeout),
         )
@@ -524,6 +526,144 @@ class _BaseClient:
         plan.on_progress = on_progress
         return plan
 
+    def _dream_stream(
+        self,
+        input: InputLike,
+        objective: ObjectiveLike,
+        *,
+        model: str | None = None,
+        negate: bool = False,
+        octaves: int = 4,
+        octave_scale: float = 1.4,
+        steps_per_octave: int = 10,
+        step_size: float | None = None,
+        jitter: int | None = None,
+        seed: int = 0,
+        progress_every: int = 0,
+        array_dtype: str = "float32",
+        timeout: float | None = None,
+    ) -> Stream:
+        """Runs DeepDream on a picture, yielding its progress and finally its result.
+
+        The original algorithm (google/deepdream): the picture is shrunk `octaves - 1` times
+        by `octave_scale`; from the smallest octave up, each runs `steps_per_octave` steps of
+        gradient ascent on the objective, each step randomly shifted by up to `jitter`
+        pixels, its gradient divided by its mean absolute value, the pixels clipped to
+        [0, 1]; the detail each octave added is carried, enlarged, into the next. The
+        server batches concurrent jobs of the same picture size. Close the iterator (or
+        break out of the loop) to stop the job; it then frees its place at once.
+
+        Args:
+            input: The picture, of any kind `explain` accepts but a model tensor (a path is
+                read at once); it is dreamt at its own size.
+            objective: What to amplify: a `Layer` (half the sum of its squared activations,
+                the original's L2 objective), a `Neuron` without y and x (the same over that
+                channel) or a class index (its pre-softmax logit).
+            model: Model name; None uses the server's first listed model.
+            negate: Minimize the objective instead.
+            octaves: Octaves, 1 to 8 (0 means 4).
+            octave_scale: Ratio of one octave's sides to the next smaller one's, above 1 and
+                at most 4 (0 means 1.4).
+            steps_per_octave: Steps per octave, 1 to 100 (0 means 10).
+            step_size: The step in 0-255 pixel units; None uses the server's 1.5.
+            jitter: The largest random shift per step in pixels; None uses the server's 32.
+            seed: Seeds the shifts: the same request and seed give the same picture.
+            progress_every: 0 sends a progress message, with the picture, at the end of
+                each octave but the last; N every N steps. A reader that falls behind gets
+                the latest progress, not every message it missed.
+            array_dtype: "float32" or "float16", the precision the array travels in.
+            timeout: Deadline of the whole job in seconds; None uses the client's default.
+
+        Returns:
+            An iterator (an async one for `AsyncClient`) of `DreamProgress` messages, then
+            the `Dream` as its last item.
+
+        Raises:
+            DeepvisError: While iterating: the call failed (a subclass per gRPC status), e.g.
+                `InvalidArgument` naming the field out of range, or (`Internal`) the stream
+                ended without a result.
+            TypeError, ValueError: An argument is invalid; nothing was sent.
+            OSError: The input file cannot be read.
+        """
+        request = _convert.dream_request_to_pb(
+            input,
+            objective,
+            model=model or "",
+            negate=negate,
+            octaves=octaves,
+            octave_scale=octave_scale,
+            steps_per_octave=steps_per_octave,
+            step_size=step_size,
+            jitter=jitter,
+            seed=seed,
+            progress_every=progress_every,
+            array_dtype=array_dtype,
+        )
+        return Stream(
+            request=request,
+            unnamed=[request] if model is None else [],
+            timeout=timeout,
+            rpc="DeepDream",
+            item=_convert.dream_item_from_pb,
+        )
+
+    def _dream(
+        self,
+        input: InputLike,
+        objective: ObjectiveLike,
+        *,
+        model: str | None = None,
+        negate: bool = False,
+        octaves: int = 4,
+        octave_scale: float = 1.4,
+        steps_per_octave: int = 10,
+        step_size: float | None = None,
+        jitter: int | None = None,
+        seed: int = 0,
+        progress_every: int = 0,
+        array_dtype: str = "float32",
+        on_progress: Callable[[DreamProgress], None] | None = None,
+        timeout: float | None = None,
+    ) -> Stream:
+        """Runs DeepDream on a picture (the original algorithm, google/deepdream).
+
+        The call is `dream_stream`'s, read to its end.
+
+        Args:
+            on_progress: Called with each `DreamProgress` message as it arrives; an exception
+                it raises cancels the job and propagates.
+            input, objective, model, negate, octaves, octave_scale, steps_per_octave,
+                step_size, jitter, seed, progress_every, array_dtype, timeout: As for
+                `dream_stream`.
+
+        Returns:
+            The `Dream`: the picture at the input's own size, its array, the objective per
+            octave and server timing.
+
+        Raises:
+            DeepvisError: The call failed (a subclass per gRPC status), or (`Internal`) the
+                stream ended without a result.
+            TypeError, ValueError: An argument is invalid; nothing was sent.
+            OSError: The input file cannot be read.
+        """
+        plan = self._dream_stream(
+            input,
+            objective,
+            model=model,
+            negate=negate,
+            octaves=octaves,
+            octave_scale=octave_scale,
+            steps_per_octave=steps_per_octave,
+            step_size=step_size,
+            jitter=jitter,
+            seed=seed,
+            progress_every=progress_every,
+            array_dtype=array_dtype,
+            timeout=timeout,
+        )
+        plan.on_progress = on_progress
+        return plan
+
 
 # --- the two transports ------------------------------------------------------------------------
 
@@ -597,9 +737,21 @@ class Client(_BaseClient):
             for item in items:
                 if (result := plan.fold(item)) is not None:
                     return result
-        raise no_result()
+        raise no_result(plan.rpc)
 
     visualize = method_of(_BaseClient._visualize, _fold)
+
+    def _dreaming(self, plan: Stream) -> Generator[DreamProgress | Dream, None, None]:
+        with contextlib.closing(self._stream(plan)) as items:
+            yield from items  # type: ignore[misc]
+
+    dream_stream = method_of(_BaseClient._dream_stream, _dreaming)
+
+    def _dream_fold(self, plan: Stream) -> Dream:
+        result: Dream = self._fold(plan)  # type: ignore[assignment]
+        return result
+
+    dream = method_of(_BaseClient._dream, _dream_fold)
 
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
@@ -691,9 +843,22 @@ class AsyncClient(_BaseClient):
             async for item in items:
                 if (result := plan.fold(item)) is not None:
                     return result
-        raise no_result()
+        raise no_result(plan.rpc)
 
     visualize = coroutine_of(_BaseClient._visualize, _fold)
+
+    async def _dreaming(self, plan: Stream) -> AsyncGenerator[DreamProgress | Dream, None]:
+        async with contextlib.aclosing(self._stream(plan)) as items:
+            async for item in items:
+                yield item  # type: ignore[misc]
+
+    dream_stream = method_of(_BaseClient._dream_stream, _dreaming)
+
+    async def _dream_fold(self, plan: Stream) -> Dream:
+        result: Dream = await self._fold(plan)  # type: ignore[assignment]
+        return result
+
+    dream = coroutine_of(_BaseClient._dream, _dream_fold)
 
     async def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""

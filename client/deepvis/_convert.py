@@ -18,6 +18,8 @@ from PIL import Image
 
 from deepvis._exceptions import DeepvisError, Internal, from_status
 from deepvis._models import (
+    Dream,
+    DreamProgress,
     Explanation,
     InputLike,
     Layer,
@@ -40,6 +42,8 @@ __all__ = [
     "batch_requests_to_pb",
     "batch_targets",
     "describe_request_to_pb",
+    "dream_item_from_pb",
+    "dream_request_to_pb",
     "explanation_from_pb",
     "explanations_from_batch_pb",
     "health_request_to_bytes",
@@ -811,6 +815,83 @@ def visualize_item_from_pb(resp: deepvis_pb2.VisualizeResponse) -> Progress | Vi
     if kind == "result":
         return _visualization_from_pb(resp.result)
     return None
+
+
+def dream_request_to_pb(
+    input: InputLike,
+    objective: ObjectiveLike,
+    *,
+    model: str,
+    negate: bool,
+    octaves: int,
+    octave_scale: float,
+    steps_per_octave: int,
+    step_size: float | None,
+    jitter: int | None,
+    seed: int,
+    progress_every: int,
+    array_dtype: str,
+) -> deepvis_pb2.DeepDreamRequest:
+    """Builds a `DeepDreamRequest`; see `Client.dream` for the arguments.
+
+    Raises:
+        ValueError, TypeError: An argument is out of range or of the wrong type.
+    """
+    request = deepvis_pb2.DeepDreamRequest(
+        model=model,
+        input=input_to_pb(input),
+        objective=objective_to_pb(objective, negate=negate),
+        octaves=_check_int("octaves", octaves),
+        octave_scale=_check_float("octave_scale", octave_scale),
+        steps_per_octave=_check_int("steps_per_octave", steps_per_octave),
+        seed=_check_int("seed", seed, maximum=_UINT64_MAX),
+        progress_every=_check_int("progress_every", progress_every),
+        array_dtype=_array_dtype_to_pb(array_dtype),
+    )
+    if step_size is not None:
+        request.step_size = _check_float("step_size", step_size)
+    if jitter is not None:
+        request.jitter = _check_int("jitter", jitter)
+    return request
+
+
+def dream_item_from_pb(resp: deepvis_pb2.DeepDreamResponse) -> DreamProgress | Dream | None:
+    """Converts one message of a DeepDream stream: a `DreamProgress`, the `Dream`, or None for
+    a message of a kind this client does not know (a newer server's).
+
+    Raises:
+        ValueError: The result lacks its array or picture, or they are inconsistent.
+        OSError: A picture cannot be decoded.
+    """
+    kind = resp.WhichOneof("kind")
+    if kind == "progress":
+        p = resp.progress
+        return DreamProgress(
+            step=int(p.step),
+            steps=int(p.steps),
+            octave=int(p.octave),
+            octaves=int(p.octaves),
+            objective=float(p.objective),
+            image=_png_from_bytes(p.image_png),
+        )
+    if kind != "result":
+        return None
+    msg = resp.result
+    array = _array_from_pb(msg.array, "dream array")
+    image = _png_from_bytes(msg.image_png)
+    if array is None or image is None:
+        raise ValueError("the DeepDream result carries no picture")
+    sides = [int(v) for v in msg.octave_sizes]
+    return Dream(
+        array=array,
+        image=image,
+        octave_objectives=[float(v) for v in msg.octave_objectives],
+        octave_sizes=list(zip(sides[0::2], sides[1::2], strict=True)),
+        steps=int(msg.steps),
+        queue_ms=float(msg.queue_ms),
+        compute_ms=float(msg.compute_ms),
+        max_batch_jobs=int(msg.max_batch_jobs),
+    )
 
 
 # --- grpc.health.v1 -----------------------------------------------------------------------

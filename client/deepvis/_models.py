@@ -11,6 +11,8 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
+    "Dream",
+    "DreamProgress",
     "Explanation",
     "InputLike",
     "Layer",
@@ -321,6 +323,67 @@ class Visualization:
             f"objective={self.objective:.6g}, steps={self.steps}, "
             f"attribution={_describe_array(self.attribution)}, "
             f"max_batch_jobs={self.max_batch_jobs})"
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class DreamProgress:
+    """Progress of a running DeepDream.
+
+    Attributes:
+        step: Steps done, over all octaves.
+        steps: Steps in all (octaves * steps_per_octave).
+        octave: The octave the last step ran in, from 1 (the smallest) to `octaves`.
+        octaves: Octaves in all.
+        objective: The objective at the last step (on the randomly shifted picture).
+        image: The current picture, at its octave's size (enlarged when small), or None.
+    """
+
+    step: int
+    steps: int
+    octave: int
+    octaves: int
+    objective: float
+    image: Image.Image | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"DreamProgress(step={self.step}, steps={self.steps}, octave={self.octave}/"
+            f"{self.octaves}, objective={self.objective:.6g}, "
+            f"image={_describe_image(self.image)})"
+        )
+
+
+@dataclass(eq=False)
+class Dream:
+    """The result of one DeepDream.
+
+    Attributes:
+        array: The dreamt picture as float32 [1, C, H, W], pixels in [0, 1], at the input's
+            own size.
+        image: The dreamt picture, at the input's own size.
+        octave_objectives: The objective of each octave's result, smallest octave first.
+        octave_sizes: Each octave's (height, width), smallest first.
+        steps: Steps run.
+        queue_ms: Milliseconds from the job's arrival to its first step.
+        compute_ms: Milliseconds from its first step to its last.
+        max_batch_jobs: The most jobs that shared a DeepDream batch with this one.
+    """
+
+    array: np.ndarray
+    image: Image.Image
+    octave_objectives: list[float] = field(default_factory=list)
+    octave_sizes: list[tuple[int, int]] = field(default_factory=list)
+    steps: int = 0
+    queue_ms: float = 0.0
+    compute_ms: float = 0.0
+    max_batch_jobs: int = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"Dream(array={_describe_array(self.array)}, octaves={self.octave_sizes}, "
+            f"octave_objectives={[round(v, 6) for v in self.octave_objectives]}, "
+            f"steps={self.steps}, max_batch_jobs={self.max_batch_jobs})"
         )
 
 

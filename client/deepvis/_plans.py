@@ -14,9 +14,8 @@ import grpc
 
 from deepvis import _convert
 from deepvis._exceptions import DeepvisError, Internal, NotFound
-from deepvis._models import Explanation, Progress, Visualization
+from deepvis._models import Dream, DreamProgress, Explanation, Progress, Visualization
 from deepvis._transport import Attempts, Metadata
-from deepvis.v1 import deepvis_pb2
 
 __all__ = [
     "Call",
@@ -37,9 +36,9 @@ PlanT = TypeVar("PlanT")
 ClientT = TypeVar("ClientT")
 
 
-def no_result() -> Internal:
-    """The error of a Visualize stream that ended without its result."""
-    return Internal("the Visualize stream ended without a result", grpc.StatusCode.INTERNAL)
+def no_result(rpc: str = "Visualize") -> Internal:
+    """The error of a Visualize or DeepDream stream that ended without its result."""
+    return Internal(f"the {rpc} stream ended without a result", grpc.StatusCode.INTERNAL)
 
 
 # --- plans: made by `_client._BaseClient` from a call's arguments, run by each client's I/O ------
@@ -100,14 +99,18 @@ def single(
 
 @dataclass(kw_only=True)
 class Stream(Plan):
-    """One Visualize call; with `visualize`, also who sees its progress."""
+    """One Visualize (or DeepDream) call; with `visualize` (`dream`), also who sees its
+    progress."""
 
-    request: deepvis_pb2.VisualizeRequest
-    on_progress: Callable[[Progress], None] | None = None
+    request: Any  # deepvis_pb2.VisualizeRequest or DeepDreamRequest
+    on_progress: Callable[[Any], None] | None = None
+    # The stub's method, and what makes a message its progress or result (None: unknown).
+    rpc: str = "Visualize"
+    item: Callable[[Any], Any] = _convert.visualize_item_from_pb
 
-    def fold(self, item: Progress | Visualization) -> Visualization | None:
+    def fold(self, item: Any) -> Any:
         """The result, when `item` is it; else hands the progress to `on_progress`."""
-        if isinstance(item, Visualization):
+        if not isinstance(item, Progress | DreamProgress):
             return item
         if self.on_progress is not None:
             self.on_progress(item)
@@ -130,10 +133,12 @@ class StreamRun:
         timeout: float | None,
     ) -> None:
         self._request = plan.request
+        self._item = plan.item
+        self._rpc = plan.rpc
         self._method = method
         self._metadata = metadata
         self._attempts = Attempts(timeout)
-        self._result: Visualization | None = None
+        self._result: Visualization | Dream | None = None
 
     @property
     def backoff(self) -> float:
@@ -157,20 +162,20 @@ class StreamRun:
             # message failed to decode) it tells the server to stop the job.
             call.cancel()
 
-    def take(self, response: deepvis_pb2.VisualizeResponse) -> Progress | None:
+    def take(self, response: Any) -> Any:
         """The progress a message carries, to yield; the result is kept for `result()`."""
-        item = _convert.visualize_item_from_pb(response)
+        item = self._item(response)
         self._attempts.started = True
-        if isinstance(item, Visualization):
+        if isinstance(item, Visualization | Dream):
             # The stream ends after the result; reading on collects the status.
             self._result = item
             return None
         return item
 
-    def result(self) -> Visualization:
+    def result(self) -> Any:
         """The result, once the stream has ended."""
         if self._result is None:
-            raise no_result()
+            raise no_result(self._rpc)
         return self._result
 
 

@@ -12,8 +12,23 @@ import torch
 from deepvis.v1 import deepvis_pb2 as pb
 
 from . import featurevis as fv
-from .engine import DEFAULT_TOP_K, ExplainAnswer, ExplainQuery, VisualizeAnswer, VisualizeQuery
+from .engine import (
+    DEFAULT_TOP_K,
+    DreamQuery,
+    ExplainAnswer,
+    ExplainQuery,
+    VisualizeAnswer,
+    VisualizeQuery,
+)
 from .errors import InvalidArgument
+from .featurevis.dream import (
+    DREAM_JITTER,
+    DREAM_OCTAVE_SCALE,
+    DREAM_OCTAVES,
+    DREAM_STEP_SIZE,
+    DREAM_STEPS_PER_OCTAVE,
+    octave_sizes,
+)
 from .featurevis.optimization import (
     CLASS_MODEL_L2,
     CLASS_MODEL_LEARNING_RATE,
@@ -21,7 +36,7 @@ from .featurevis.optimization import (
     LUCID_STEPS,
     RenderJob,
 )
-from .featurevis.scheduler import Progress
+from .featurevis.scheduler import Progress, Rendered
 from .methods import ClassTarget, Method, MethodRequest, NeuronTarget, RolloutOptions, Target
 from .methods.base import MAX_LAYERS_PER_REQUEST
 from .models import ServedModel
@@ -451,3 +466,57 @@ def visualize_response(
         if attribution.output.png is not None:
             result.attribution_png = attribution.output.png
     return pb.VisualizeResponse(result=result)
+
+
+def parse_dream(msg: pb.DeepDreamRequest) -> DreamQuery:
+    """Reads a DeepDreamRequest, refusing what is wrong whatever the model; the values'
+    bounds are checked once the picture's size is known (DreamJob.check), the model and the
+    server's limits as the job is submitted. proto3 has no "unset": 0 asks for the default."""
+    if not msg.HasField("input"):
+        raise InvalidArgument(
+            "input is required: the picture to dream on (input.image or input.pixels)",
+            field="input",
+        )
+    if msg.array_dtype not in (pb.DTYPE_UNSPECIFIED, pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT16):
+        raise InvalidArgument("array_dtype must be FLOAT32 or FLOAT16", field="array_dtype")
+    return DreamQuery(
+        model=msg.model,
+        input=_raw_input(msg.input),
+        objective=_objective(msg.objective),
+        octaves=msg.octaves or DREAM_OCTAVES,
+        octave_scale=float(msg.octave_scale) or DREAM_OCTAVE_SCALE,
+        steps_per_octave=msg.steps_per_octave or DREAM_STEPS_PER_OCTAVE,
+        step_size=float(msg.step_size) if msg.HasField("step_size") else DREAM_STEP_SIZE,
+        jitter=int(msg.jitter) if msg.HasField("jitter") else DREAM_JITTER,
+        seed=int(msg.seed),
+        progress_every=int(msg.progress_every),
+        array_dtype="float16" if msg.array_dtype == pb.DTYPE_FLOAT16 else "float32",
+    )
+
+
+def dream_response(query: DreamQuery, event: Progress | Rendered) -> pb.DeepDreamResponse:
+    """A progress message, or the result."""
+    if isinstance(event, Progress):
+        per = query.steps_per_octave
+        progress = pb.DeepDreamProgress(
+            step=event.step,
+            steps=event.steps,
+            octave=(event.step - 1) // per + 1,
+            octaves=query.octaves,
+            objective=event.objective,
+            image_png=event.png or b"",
+        )
+        return pb.DeepDreamResponse(progress=progress)
+    h, w = event.pixels.shape[-2:]
+    sizes = octave_sizes((int(h), int(w)), query.octaves, query.octave_scale)
+    result = pb.DeepDreamResult(
+        image_png=event.pngs[0],
+        octave_objectives=list(event.objectives),
+        steps=event.steps,
+        queue_ms=event.queue_ms,
+        compute_ms=event.compute_ms,
+        max_batch_jobs=event.max_batch_jobs,
+        octave_sizes=[side for size in sizes for side in size],
+    )
+    fill_tensor(result.array, event.pixels, query.array_dtype)
+    return pb.DeepDreamResponse(result=result)

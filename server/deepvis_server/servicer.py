@@ -82,6 +82,16 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                 yield convert.visualize_response(query, event)
 
     @rpc_errors
+    async def DeepDream(
+        self, request: pb.DeepDreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.DeepDreamResponse]:
+        query = convert.parse_dream(request)
+        # aclosing: a client that went away stops the job and frees its row at once.
+        async with contextlib.aclosing(self.engine.dream(query)) as events:
+            async for event in events:
+                yield convert.dream_response(query, event)
+
+    @rpc_errors
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:

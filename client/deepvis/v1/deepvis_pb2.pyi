@@ -453,3 +453,73 @@ class VisualizeResponse(_message.Message):
     progress: VisualizeProgress
     result: VisualizeResult
     def __init__(self, progress: _Optional[_Union[VisualizeProgress, _Mapping]] = ..., result: _Optional[_Union[VisualizeResult, _Mapping]] = ...) -> None: ...
+
+class DeepDreamRequest(_message.Message):
+    __slots__ = ("model", "input", "objective", "octaves", "octave_scale", "steps_per_octave", "step_size", "jitter", "seed", "progress_every", "array_dtype")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    OCTAVES_FIELD_NUMBER: _ClassVar[int]
+    OCTAVE_SCALE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_PER_OCTAVE_FIELD_NUMBER: _ClassVar[int]
+    STEP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    JITTER_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_EVERY_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    input: Input
+    objective: Objective
+    octaves: int
+    octave_scale: float
+    steps_per_octave: int
+    step_size: float
+    jitter: int
+    seed: int
+    progress_every: int
+    array_dtype: DType
+    def __init__(self, model: _Optional[str] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., objective: _Optional[_Union[Objective, _Mapping]] = ..., octaves: _Optional[int] = ..., octave_scale: _Optional[float] = ..., steps_per_octave: _Optional[int] = ..., step_size: _Optional[float] = ..., jitter: _Optional[int] = ..., seed: _Optional[int] = ..., progress_every: _Optional[int] = ..., array_dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
+
+class DeepDreamProgress(_message.Message):
+    __slots__ = ("step", "steps", "octave", "octaves", "objective", "image_png")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    OCTAVE_FIELD_NUMBER: _ClassVar[int]
+    OCTAVES_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_PNG_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    steps: int
+    octave: int
+    octaves: int
+    objective: float
+    image_png: bytes
+    def __init__(self, step: _Optional[int] = ..., steps: _Optional[int] = ..., octave: _Optional[int] = ..., octaves: _Optional[int] = ..., objective: _Optional[float] = ..., image_png: _Optional[bytes] = ...) -> None: ...
+
+class DeepDreamResult(_message.Message):
+    __slots__ = ("array", "image_png", "octave_objectives", "steps", "queue_ms", "compute_ms", "max_batch_jobs", "octave_sizes")
+    ARRAY_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_PNG_FIELD_NUMBER: _ClassVar[int]
+    OCTAVE_OBJECTIVES_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_JOBS_FIELD_NUMBER: _ClassVar[int]
+    OCTAVE_SIZES_FIELD_NUMBER: _ClassVar[int]
+    array: Tensor
+    image_png: bytes
+    octave_objectives: _containers.RepeatedScalarFieldContainer[float]
+    steps: int
+    queue_ms: float
+    compute_ms: float
+    max_batch_jobs: int
+    octave_sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, array: _Optional[_Union[Tensor, _Mapping]] = ..., image_png: _Optional[bytes] = ..., octave_objectives: _Optional[_Iterable[float]] = ..., steps: _Optional[int] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., max_batch_jobs: _Optional[int] = ..., octave_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class DeepDreamResponse(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: DeepDreamProgress
+    result: DeepDreamResult
+    def __init__(self, progress: _Optional[_Union[DeepDreamProgress, _Mapping]] = ..., result: _Optional[_Union[DeepDreamResult, _Mapping]] = ...) -> None: ...
