@@ -242,3 +242,17 @@ class OffsetLogitsNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.conv2(self.relu(self.conv1(x))))
         return self.fc(torch.flatten(self.pool(x), 1)) + self.offset
+
+
+class FixedSizeNet(nn.Module):
+    """A small CNN whose classifier flattens its 16x16 map: it runs on 16x16 inputs only, as
+    models with a fixed-size head do."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(4 * 16 * 16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.relu(self.conv(x)), 1))

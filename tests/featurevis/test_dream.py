@@ -325,3 +325,45 @@ def test_the_async_client_dreams_as_the_blocking_one(digits_server) -> None:
     assert np.array_equal(awaited.array, blocking.array)
     assert [type(i).__name__ for i in items] == ["DreamProgress", "Dream"]
     assert np.array_equal(items[-1].array, blocking.array)
+
+
+def test_a_size_the_model_fails_on_ends_that_job_alone(tmp_path) -> None:
+    """A model that takes only its input size fails on a smaller octave: that job ends with
+    INVALID_ARGUMENT naming the octave, while a job sharing its batch runs on, equal to its
+    solo run, and the server keeps serving."""
+    from safetensors.torch import save_file
+
+    import toy_models
+
+    torch.manual_seed(1)
+    net = toy_models.FixedSizeNet(4)
+    save_file(
+        {k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "w.safetensors")
+    )
+    table = {"name": "fixed", "arch": "toy_models:FixedSizeNet", "weights": str(tmp_path / "w.safetensors"),
+             "num_classes": 4, "input_size": [16, 16]}  # fmt: skip
+    config = parse_config({"server": {"device": "cpu"}, "models": [table]}, tmp_path)
+    img = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    with serve_in_thread(config, "127.0.0.1:0") as server:
+        address = server.bound_address
+        with deepvis.Client(address, timeout=120) as client:
+            solo = client.dream(img, 1, octaves=1, steps_per_octave=100, seed=2)
+            started = threading.Event()
+            results: list = []
+
+            def long_job() -> None:
+                with deepvis.Client(address, timeout=120) as other:
+                    for item in other.dream_stream(img, 1, octaves=1, steps_per_octave=100,
+                                                   seed=2, progress_every=1):  # fmt: skip
+                        started.set()
+                        results.append(item)
+
+            thread = threading.Thread(target=long_job)
+            thread.start()
+            assert started.wait(60)
+            with pytest.raises(deepvis.InvalidArgument, match=r"fails on this picture's 11x11"):
+                client.dream(img, 1, octaves=2, octave_scale=1.4)
+            thread.join(120)
+            assert np.array_equal(results[-1].array, solo.array)
+            assert client.dream(img, 1, octaves=1, steps_per_octave=1).steps == 1
+        assert server.engine.dreamers["fixed"].active_jobs == 0

@@ -15,6 +15,7 @@ layer's activations (half their sum of squares), the same over one channel, or a
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -29,6 +30,8 @@ from ..methods.hooks import capture_output
 from ..models import ServedModel
 from .objectives import Channel, ClassLogit, Layer, Objective
 from .optimization import RenderEvent, RenderImages, RenderResult, row_generator, to_uint8
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DREAM_JITTER",
@@ -275,8 +278,49 @@ class DreamBatch:
             groups.setdefault(tuple(r.x.shape[-2:]), []).append(r)  # type: ignore[arg-type]
         events: list[RenderEvent] = []
         for rows in groups.values():
-            events.extend(self._step_group(rows))
+            events.extend(self._isolated(rows))
         return events
+
+    def _isolated(self, rows: list[_Row]) -> list[RenderEvent]:
+        """A group's step; when the model fails on it, each row's step alone, so that only the
+        rows the model fails on leave, with an error naming their octave's size. A row's
+        generator is restored before its retry: its shifts stay its solo run's."""
+        states = [r.generator.get_state() for r in rows]
+        try:
+            return self._step_group(rows)
+        except Exception as e:  # noqa: BLE001 - isolate the failure to the rows it is in
+            if len(rows) == 1:
+                return [self._failed(rows[0], e)]
+        events: list[RenderEvent] = []
+        for r, state in zip(rows, states, strict=True):
+            r.generator.set_state(state)
+            try:
+                events.extend(self._step_group([r]))
+            except Exception as e:  # noqa: BLE001
+                events.append(self._failed(r, e))
+        return events
+
+    def _failed(self, r: _Row, error: Exception) -> RenderEvent:
+        if isinstance(error, torch.cuda.OutOfMemoryError | MemoryError):
+            raise error  # the device's, not the row's: the scheduler fails the batch
+        del self._rows[r.handle]
+        h, w = r.x.shape[-2:]
+        log.warning("DeepDream row failed on model %s at %dx%d", self.model.name, h, w,
+                    exc_info=error)  # fmt: skip
+        detail = " ".join(str(error).split())[:200]
+        return RenderEvent(
+            r.handle,
+            r.t,
+            r.job.steps,
+            float("nan"),
+            error=InvalidArgument(
+                f"model '{self.model.name}' fails on this picture's {h}x{w} octave "
+                f"(octave {r.octave + 1} of {r.job.octaves}: {type(error).__name__}: {detail}); "
+                "it may take only some input sizes: use fewer octaves, a smaller "
+                "octave_scale, or a picture of its input size",
+                field="octaves",
+            ),
+        )
 
     def _step_group(self, rows: list[_Row]) -> list[RenderEvent]:
         shifts = [self._shift(r) for r in rows]

@@ -179,6 +179,8 @@ class RenderEvent:
     objective: float
     progress: RenderImages | None = None
     result: RenderResult | None = None
+    # What ended this job alone (its batch goes on without it): sent to its stream.
+    error: BaseException | None = None
 
     @property
     def done(self) -> bool:

@@ -360,6 +360,12 @@ class Visualizer:
                     state.first_step = now
                 state.last_step = now
                 state.max_jobs = max(state.max_jobs, n_jobs)
+                if ev.error is not None:  # this job alone failed; its batch went on
+                    state.done = True
+                    self._active.pop((size, ev.handle))
+                    self._rows -= state.job.batch
+                    state.fail(ev.error)
+                    continue
                 if not state.cancelled:
                     state.post(ev)
                 if ev.done:
