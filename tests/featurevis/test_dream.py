@@ -367,3 +367,23 @@ def test_a_size_the_model_fails_on_ends_that_job_alone(tmp_path) -> None:
             assert np.array_equal(results[-1].array, solo.array)
             assert client.dream(img, 1, octaves=1, steps_per_octave=1).steps == 1
         assert server.engine.dreamers["fixed"].active_jobs == 0
+
+
+def test_a_jittered_step_is_the_step_of_the_rolled_picture_rolled_back(
+    digits_server, digits_twin
+) -> None:
+    """With jitter, one step is roll⁻¹(step(roll(x))): the shift (oy, ox) drawn in
+    [-jitter, jitter] from the job's generator, a function of its seed alone."""
+    from deepvis_server.featurevis.optimization import row_generator
+
+    img = picture()
+    with deepvis.Client(digits_server.bound_address, timeout=120) as client:
+        res = client.dream(img, deepvis.Layer("conv2"), octaves=1, steps_per_octave=1,
+                           jitter=8, seed=21)  # fmt: skip
+    oy, ox = torch.randint(-8, 9, (2,), generator=row_generator(21, 0)).tolist()
+    assert (oy, ox) != (0, 0)
+    rolled = np.roll(img / 255.0, (oy, ox), axis=(0, 1))
+    expected = np.roll(make_step(digits_twin, rolled, "layer"), (-oy, -ox), axis=(0, 1))
+    assert relative_error(res.array[0, 0], expected) <= TOL
+    # The shift matters: the unshifted step is another picture.
+    assert relative_error(make_step(digits_twin, img / 255.0, "layer"), expected) > 1e-3
