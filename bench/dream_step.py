@@ -30,7 +30,9 @@ def models(device: str, root: Path) -> dict:
     digits = load_config().models[0]
     torch.manual_seed(0)
     net = torchvision.models.resnet18(weights=None, num_classes=10)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(root / "r18.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in net.state_dict().items()}, str(root / "r18.safetensors")
+    )
     spec = parse_config(
         {
             "models": [
