@@ -1,5 +1,6 @@
 """Independent oracles shared by the tests: Captum's guided backprop, Zennit's LRP on models
-whose batch norms are folded by hand, the digits' preprocessing, and the error measure every
+whose batch norms are folded by hand, pytorch-grad-cam's Grad-CAM with its reshape transforms
+for token and channels-last layers, the digits' preprocessing, and the error measure every
 comparison uses."""
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import numpy as np
 import torch
 from captum.attr import GuidedBackprop
 from PIL import Image
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from deepvis_server.config import load_config
 
@@ -162,3 +165,38 @@ def zennit_lrp(
     with Gradient(model=twin, composite=composite) as attributor:
         _, relevance = attributor(x.clone(), lambda out: out * onehot)
     return relevance.detach().numpy()
+
+
+def vit_reshape_transform(height: int, width: int, class_tokens: int = 1):
+    """pytorch-grad-cam's documented ViT reshape (tutorials/vision_transformers.md): drop the
+    class token, lay the patch tokens out [B, h, w, C], then transpose to [B, C, h, w]."""
+
+    def reshape_transform(tensor: torch.Tensor) -> torch.Tensor:
+        result = tensor[:, class_tokens:, :].reshape(tensor.size(0), height, width, tensor.size(2))
+        return result.transpose(2, 3).transpose(1, 2)
+
+    return reshape_transform
+
+
+def swin_reshape_transform(tensor: torch.Tensor) -> torch.Tensor:
+    """torchvision's Swin stages are [B, h, w, C] already: only the transposes of the recipe."""
+    return tensor.transpose(2, 3).transpose(1, 2)
+
+
+def pytorch_grad_cam(
+    model: torch.nn.Module,
+    layer: torch.nn.Module,
+    x: torch.Tensor,
+    targets: list[int],
+    reshape_transform=None,
+) -> np.ndarray:
+    """pytorch-grad-cam's GradCAM map at the layer's own size, [N, h, w], before its min-max
+    scaling and resize: ReLU of get_cam_image on the activations and gradients it recorded."""
+    with GradCAM(model=model, target_layers=[layer], reshape_transform=reshape_transform) as cam:
+        classes = [ClassifierOutputTarget(t) for t in targets]
+        # An input that needs its gradient: the twins' parameters need none.
+        cam(input_tensor=x.clone().requires_grad_(True), targets=classes)
+        acts = cam.activations_and_grads.activations[0]
+        grads = cam.activations_and_grads.gradients[0]
+        raw = cam.get_cam_image(x, layer, classes, acts.numpy(), grads.numpy())
+    return np.maximum(raw, 0.0).astype(np.float32)

@@ -123,18 +123,40 @@ def tiny_vit(num_classes: int = 10) -> nn.Module:
     4x4 grid)."""
     import torchvision
 
-    vit = torchvision.models.VisionTransformer(
-        image_size=32,
-        patch_size=8,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=32,
-        mlp_dim=64,
-        num_classes=num_classes,
-    )
+    vit = torchvision.models.VisionTransformer(num_classes=num_classes, **_tiny_vit_kwargs())
     # torchvision initialises the head to zeros, which would make every gradient zero.
     nn.init.normal_(vit.heads.head.weight, std=0.5)
     return vit
+
+
+def _tiny_vit_kwargs() -> dict:
+    return dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64)
+
+
+def _vision_transformer() -> type[nn.Module]:
+    import torchvision
+
+    return torchvision.models.VisionTransformer
+
+
+class FaultyViT(_vision_transformer()):  # type: ignore[misc]
+    """tiny_vit that fails on any input item containing POISON, after its first block (and
+    its attention's hooks) ran."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__(num_classes=num_classes, **_tiny_vit_kwargs())
+        nn.init.normal_(self.heads.head.weight, std=0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        poisoned = bool((x == POISON).any())
+        x = self._process_input(x)
+        x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.encoder.dropout(x + self.encoder.pos_embedding)
+        x = self.encoder.layers[0](x)
+        if poisoned:
+            raise RuntimeError("poisoned input")
+        x = self.encoder.ln(self.encoder.layers[1](x))
+        return self.heads(x[:, 0])
 
 
 def tiny_swin(num_classes: int = 10) -> nn.Module:
@@ -201,3 +223,59 @@ class HardtanhNet(nn.Module):
         x = self.pool(self.tanh(self.conv1(x)))
         x = self.pool(self.relu(self.conv2(x)))
         return self.fc(torch.flatten(x, 1))
+
+
+class RowTokenNet(nn.Module):
+    """Tokens no patch grid explains: one token per image row (its mean over the width, 8
+    features) after 3 learned tokens, so T = H + 3 at any input size; a linear `mix` over
+    them is a token layer [T, 8] with no grid."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.extra = nn.Parameter(torch.randn(1, 3, 8))
+        self.mix = nn.Linear(8, 8)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self.relu(self.conv(x)).mean(dim=3).transpose(1, 2)  # [N, H, 8]
+        tokens = torch.cat([self.extra.expand(x.shape[0], -1, -1), rows], dim=1)
+        return self.fc(self.mix(tokens).mean(dim=1))
+
+
+class OffsetLogitsNet(nn.Module):
+    """A small CNN whose logits get `offset` added: to every class, or (`only` >= 0) to that
+    class alone. The offset is no weight (it is not saved), so every offset shares one
+    weights file."""
+
+    def __init__(self, num_classes: int = 5, offset: float = 0.0, only: int = -1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(16 * 4, num_classes)
+        shift = torch.full((num_classes,), float(offset))
+        if only >= 0:
+            shift = torch.zeros(num_classes)
+            shift[only] = float(offset)
+        self.register_buffer("offset", shift, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.conv2(self.relu(self.conv1(x))))
+        return self.fc(torch.flatten(self.pool(x), 1)) + self.offset
+
+
+class FixedSizeNet(nn.Module):
+    """A small CNN whose classifier flattens its 16x16 map: it runs on 16x16 inputs only, as
+    models with a fixed-size head do."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(4 * 16 * 16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.relu(self.conv(x)), 1))

@@ -34,6 +34,9 @@ TOY_SPECS = {
     "module_relu": ("toy_models:ModuleReLUNet", 5, (16, 16)),
     "functional_relu": ("toy_models:FunctionalReLUNet", 5, (16, 16)),
     "oom": ("toy_models:OOMNet", 4, (16, 16)),
+    # torchvision's VisionTransformer, small: tokens [17, 32] (a class token, a 4x4 grid).
+    "vit": ("toy_models:tiny_vit", 10, (32, 32)),
+    "faulty_vit": ("toy_models:FaultyViT", 4, (32, 32)),
 }
 
 

@@ -36,6 +36,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name load
     from deepvis._models import (
         Comparison,
         Completeness,
+        Dream,
+        DreamProgress,
         Evaluation,
         EvaluationProgress,
         Explanation,
@@ -50,6 +52,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name load
         Prediction,
         Progress,
         Randomization,
+        Rollout,
         Smooth,
         Visualization,
     )
@@ -69,9 +72,9 @@ _EXPORTS: dict[str, list[str] | tuple[str, ...]] = {
         "PermissionDenied ResourceExhausted Unauthenticated Unavailable Unimplemented"
     ).split(),
     "deepvis._models": (
-        "Comparison Completeness Evaluation EvaluationProgress Explanation IntegratedGradients "
-        "Layer LayerInfo MethodEvaluation ModelDescription ModelInfo Neuron PerturbationCurve "
-        "Prediction Progress Randomization Smooth Visualization"
+        "Comparison Completeness Dream DreamProgress Evaluation EvaluationProgress Explanation "
+        "IntegratedGradients Layer LayerInfo MethodEvaluation ModelDescription ModelInfo Neuron "
+        "PerturbationCurve Prediction Progress Randomization Rollout Smooth Visualization"
     ).split(),
 }
 _MODULES = {name: module for module, names in _EXPORTS.items() for name in names}

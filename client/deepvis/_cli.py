@@ -28,12 +28,14 @@ from deepvis._cli_explain import _index as _index
 from deepvis._cli_explain import _non_negative_int as _non_negative_int
 from deepvis._cli_explain import _parse_neuron as _parse_neuron
 from deepvis._client import Client
-from deepvis._convert import methods, metrics, parameterizations
+from deepvis._convert import methods, metrics, parameterizations, presets
 from deepvis._exceptions import DeepvisError, Unavailable
 from deepvis._models import (
+    DreamProgress,
     Evaluation,
     EvaluationProgress,
     Layer,
+    LayerInfo,
     ModelDescription,
     ModelInfo,
     Neuron,
@@ -183,6 +185,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_report_parser(sub, common)
     _add_visualize_parser(sub, common)
     _add_evaluate_parser(sub, common)
+    _add_dream_parser(sub, common)
 
     health = sub.add_parser(
         "health",
@@ -239,7 +242,10 @@ def _add_visualize_parser(
         help="optimization steps (default: 512)",
     )
     vis.add_argument(
-        "--lr", type=float, default=0.05, metavar="F", help="learning rate (default: 0.05)"
+        "--lr",
+        type=float,
+        metavar="F",
+        help="learning rate (default: the preset's: 0.05 for lucid, 25 for class-model)",
     )
     vis.add_argument(
         "--size", type=_parse_size, metavar="HxW", help="image size (default: the model's input)"
@@ -271,8 +277,23 @@ def _add_visualize_parser(
     vis.add_argument(
         "--param",
         choices=parameterizations(),
-        default="fft",
-        help="image parameterization (default: %(default)s)",
+        help="image parameterization of the lucid preset (default: fft)",
+    )
+    vis.add_argument(
+        "--preset",
+        choices=[_cli_name(p) for p in presets()],
+        default="lucid",
+        help=(
+            "lucid: Olah et al.'s feature visualization; class-model: Simonyan et al.'s, the "
+            "image from zero by gradient ascent on a class score minus --l2 * ||x||^2 "
+            "(with --class; default: %(default)s)"
+        ),
+    )
+    vis.add_argument(
+        "--l2",
+        type=float,
+        metavar="F",
+        help="class-model: the L2 penalty's lambda (default: the server's, 1e-3)",
     )
     vis.add_argument(
         "--no-transforms",
@@ -469,21 +490,42 @@ def _run_models(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _format_layout(layer: LayerInfo) -> str:
+    """The layout column: how the methods read the layer, e.g. tokens:1+14x14 (one class
+    token and a 14x14 patch grid) or channels-last->768x7x7; "" when unknown."""
+    read = "x".join(str(d) for d in layer.map_shape)
+    if layer.layout == "channels_last" and read:
+        return f"channels-last->{read}"
+    if layer.layout == "tokens":
+        grid = "x".join(str(d) for d in layer.map_shape[1:]) or "no-grid"
+        return f"tokens:{layer.class_tokens}+{grid}"
+    return layer.layout.replace("_", "-")
+
+
 def _format_layers(desc: ModelDescription) -> list[str]:
     names = [layer.name or "-" for layer in desc.layers]
     name_width = max(map(len, names), default=0)
     type_width = max((len(layer.type) for layer in desc.layers), default=0)
+    shapes = ["x".join(str(d) for d in layer.output_shape) or "-" for layer in desc.layers]
+    shape_width = max(map(len, shapes), default=0)
     lines = []
-    for name, layer in zip(names, desc.layers, strict=True):
-        shape = "x".join(str(d) for d in layer.output_shape) or "-"
-        line = f"{name:<{name_width}}  {layer.type:<{type_width}}  {shape}"
+    for name, shape, layer in zip(names, shapes, desc.layers, strict=True):
+        line = f"{name:<{name_width}}  {layer.type:<{type_width}}  {shape:<{shape_width}}"
+        layout = _format_layout(layer)
+        if layout:
+            line += f"  {layout}"
         if layer.calls > 1:
             line += f"  calls={layer.calls}"
-        lines.append(line)
+        lines.append(line.rstrip())
     activations = ",".join(desc.non_relu_activations) or "-"
-    lines.append(
+    footer = (
         f"default-cam-layer={desc.default_cam_layer or '-'}  non-relu-activations={activations}"
     )
+    if desc.attention_layers:
+        footer += f"  attention-layers={len(desc.attention_layers)}"
+    lines.append(footer)
+    if desc.default_cam_layer_note:
+        lines.append(f"default-cam-layer: {desc.default_cam_layer_note}")
     return lines
 
 
@@ -494,6 +536,124 @@ def _run_layers(client: Client, args: argparse.Namespace) -> int:
         return 0
     for line in _format_layers(desc):
         print(line)
+    return 0
+
+
+def _add_dream_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    dream = sub.add_parser(
+        "dream",
+        parents=[common],
+        help="DeepDream a picture: amplify what a layer, channel or class sees in it",
+        description=(
+            "DeepDream (the original algorithm: octaves, jitter, steps normalised by the mean "
+            "|gradient|) on IMAGE at its own size: write DIR/<image>.<objective>.dream.png."
+        ),
+    )
+    dream.add_argument("image", metavar="IMAGE", help="the picture to dream on")
+    dream.add_argument("--model", help="model name (default: the server's first model)")
+    objective = dream.add_mutually_exclusive_group(required=True)
+    objective.add_argument(
+        "--layer", metavar="LAYER", help="amplify a whole layer (the L2 of its activations)"
+    )
+    objective.add_argument(
+        "--channel", type=_parse_channel, metavar="LAYER:C", help="amplify one channel (its L2)"
+    )
+    objective.add_argument(
+        "--class", dest="class_index", type=int, metavar="N", help="amplify class N's logit"
+    )
+    dream.add_argument("--negate", action="store_true", help="minimize instead")
+    dream.add_argument(
+        "--octaves", type=_non_negative_int, default=4, metavar="N", help="octaves (default: 4)"
+    )
+    dream.add_argument(
+        "--octave-scale",
+        type=float,
+        default=1.4,
+        metavar="F",
+        help="size ratio between octaves (default: 1.4)",
+    )
+    dream.add_argument(
+        "--steps",
+        type=_non_negative_int,
+        default=10,
+        metavar="N",
+        help="steps per octave (default: 10)",
+    )
+    dream.add_argument(
+        "--step-size",
+        type=float,
+        metavar="F",
+        help="step in 0-255 pixel units (default: the server's, 1.5)",
+    )
+    dream.add_argument(
+        "--jitter",
+        type=_non_negative_int,
+        metavar="PX",
+        help="largest random shift per step (default: the server's, 32)",
+    )
+    dream.add_argument("--seed", type=_non_negative_int, default=0, metavar="N", help="seed")
+    dream.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    dream.add_argument(
+        "--save-octaves",
+        action="store_true",
+        help="also write the picture at the end of each octave but the last",
+    )
+    dream.add_argument("--save-array", action="store_true", help="also write the float32 .npy")
+
+
+def _run_dream(client: Client, args: argparse.Namespace) -> int:
+    objective: ObjectiveLike
+    if args.class_index is not None:
+        objective = int(args.class_index)
+    elif args.channel is not None:
+        objective = args.channel
+    else:
+        objective = Layer(args.layer)
+    name = f"{_file_part(Path(args.image).stem)}.{_objective_name(objective, args.negate)}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    result = None
+    for item in client.dream_stream(
+        args.image,
+        objective,
+        model=args.model,
+        negate=args.negate,
+        octaves=args.octaves,
+        octave_scale=args.octave_scale,
+        steps_per_octave=args.steps,
+        step_size=args.step_size,
+        jitter=args.jitter,
+        seed=args.seed,
+    ):
+        if isinstance(item, DreamProgress):
+            print(
+                f"octave {item.octave}/{item.octaves} step {item.step}/{item.steps} "
+                f"objective {item.objective:.4g}",
+                file=sys.stderr,
+                flush=True,
+            )
+            if args.save_octaves and item.image is not None:
+                path = out / f"{name}.octave{item.octave}.png"
+                item.image.save(path, format="PNG")
+                written.append(path)
+        else:
+            result = item
+    assert result is not None  # the stream ends with its result, or raises
+    path = out / f"{name}.dream.png"
+    result.image.save(path, format="PNG")
+    written.insert(0, path)
+    if args.save_array:
+        path = out / f"{name}.dream.npy"
+        np.save(path, result.array)
+        written.append(path)
+    objectives = " ".join(f"{v:.4g}" for v in result.octave_objectives)
+    print(
+        f"{name}  octave objectives: {objectives}  steps={result.steps}  "
+        f"-> {', '.join(str(p) for p in written)}"
+    )
     return 0
 
 
@@ -597,6 +757,8 @@ def _visualize(client: Client, args: argparse.Namespace, objective: ObjectiveLik
         parameterization=args.param,
         transforms=not args.no_transforms,
         input=args.input,
+        preset=args.preset.replace("-", "_"),
+        l2_penalty=args.l2,
         on_progress=bar,
     )
 
@@ -822,6 +984,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _run_layers(client, args)
             if args.command == "visualize":
                 return _run_visualize(client, args)
+            if args.command == "dream":
+                return _run_dream(client, args)
             if args.command == "health":
                 return _run_health(client, args)
             if args.command == "evaluate":

@@ -41,6 +41,7 @@ from deepvis._models import (
     IntegratedGradients,
     ModelInfo,
     Neuron,
+    Rollout,
     Smooth,
 )
 
@@ -328,6 +329,29 @@ def _add_method_option_flags(explain: argparse.ArgumentParser) -> None:
     ig.add_argument(
         "--ig-seed", type=_non_negative_int, metavar="S", help="seed of random baselines, draws"
     )
+    rollout = explain.add_argument_group("attention rollout")
+    rollout.add_argument(
+        "--head-fusion",
+        choices=("mean", "max", "min"),
+        help="how each block's heads are fused (default: mean)",
+    )
+    rollout.add_argument(
+        "--discard-ratio",
+        type=float,
+        metavar="F",
+        help="fraction of the smallest attention weights dropped, in [0, 1) (default: 0)",
+    )
+
+
+def _rollout(args: argparse.Namespace) -> Rollout | None:
+    """Attention rollout's options from --head-fusion and --discard-ratio; None when neither
+    is given (the server's defaults)."""
+    if args.head_fusion is None and args.discard_ratio is None:
+        return None
+    return Rollout(
+        head_fusion=args.head_fusion or "mean",
+        discard_ratio=0.0 if args.discard_ratio is None else args.discard_ratio,
+    )
 
 
 def _smooth(args: argparse.Namespace) -> Smooth | None:
@@ -497,6 +521,7 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
         "gamma": args.gamma,
         "smooth": _smooth(args),
         "integrated_gradients": _integrated_gradients(args),
+        "rollout": _rollout(args),
     }
 
 

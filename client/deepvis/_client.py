@@ -18,6 +18,8 @@ from deepvis import _convert
 from deepvis._exceptions import DeepvisError
 from deepvis._models import (
     Comparison,
+    Dream,
+    DreamProgress,
     Evaluation,
     EvaluationProgress,
     Explanation,
@@ -28,6 +30,7 @@ from deepvis._models import (
     ModelInfo,
     ObjectiveLike,
     Progress,
+    Rollout,
     Smooth,
     TargetLike,
     Visualization,
@@ -207,6 +210,7 @@ class _BaseClient:
         gamma: float | None = None,
         smooth: Smooth | None = None,
         integrated_gradients: IntegratedGradients | None = None,
+        rollout: Rollout | None = None,
     ) -> Call[Explanation]:
         """Runs an interpretability method on one input.
 
@@ -262,6 +266,8 @@ class _BaseClient:
             integrated_gradients: For integrated_gradients, an `IntegratedGradients` with its
                 steps, integration method and baseline; None: 50 Gauss-Legendre steps from
                 the zero model input.
+            rollout: For attention_rollout, a `Rollout` (head fusion, discard ratio); None
+                uses its defaults. Refused with other methods.
 
         Returns:
             The `Explanation`: raw result, picture, further named arrays and pictures,
@@ -305,6 +311,7 @@ class _BaseClient:
             gamma=gamma,
             smooth=smooth,
             integrated_gradients=integrated_gradients,
+            rollout=rollout,
         )
         source = _convert.overlay_source(input)
         return single(
@@ -415,6 +422,7 @@ class _BaseClient:
         gamma: float | None = None,
         smooth: Smooth | None = None,
         integrated_gradients: IntegratedGradients | None = None,
+        rollout: Rollout | None = None,
     ) -> Call[list[Any]]:
         """Runs an interpretability method on many inputs, a few calls for all of them.
 
@@ -431,7 +439,7 @@ class _BaseClient:
                 failed item's exception (a `DeepvisError`) in its place in the result.
             chunk: Items per call, 1 to 256.
             model, method, layer, render, array_dtype, top_k, array, top_k_channels,
-                picture_size, cmap, clip, sign, overlay, colorbar, caption:
+                picture_size, cmap, clip, sign, overlay, colorbar, caption, rollout:
                 As for `explain`, the same for every input.
                 composite, epsilon, gamma, smooth, integrated_gradients:
                 As for `explain`, the same for every input (with `Smooth`, each input's noise
@@ -473,6 +481,7 @@ class _BaseClient:
             gamma=gamma,
             smooth=smooth,
             integrated_gradients=integrated_gradients,
+            rollout=rollout,
         )
         sources = [_convert.overlay_source(x) for x in inputs]
         starts = dict(zip(map(id, batches), range(0, len(inputs), chunk), strict=True))
@@ -517,7 +526,9 @@ class _BaseClient:
     def _describe(
         self, model: str | None = None, *, timeout: float | None = None
     ) -> Call[ModelDescription]:
-        """Describes one model's layers: names, types, output shapes and the Grad-CAM default.
+        """Describes one model's layers: names, types, output shapes, layouts (and the map
+        [C, h, w] the methods read each as), the suggested Grad-CAM layer and why, and the
+        attention layers attention rollout chains.
 
         Args:
             model: A served model's name; None uses the server's first listed model.
@@ -543,16 +554,18 @@ class _BaseClient:
         model: str | None = None,
         negate: bool = False,
         steps: int = 512,
-        learning_rate: float = 0.05,
+        learning_rate: float | None = None,
         size: tuple[int, int] | None = None,
         batch: int = 1,
         diversity: float = 0.0,
         seed: int = 0,
         progress_every: int = 0,
-        parameterization: str = "fft",
+        parameterization: str | None = None,
         transforms: bool = True,
         input: InputLike | None = None,
         array_dtype: str = "float32",
+        preset: str = "lucid",
+        l2_penalty: float | None = None,
         timeout: float | None = None,
     ) -> Stream:
         """Runs a feature visualization, yielding its progress and finally its result.
@@ -577,7 +590,8 @@ class _BaseClient:
             negate: Minimize the objective instead.
             steps: Optimization steps (at most the server's limit); 0 means the server's
                 default (512).
-            learning_rate: Adam learning rate; 0 means the server's default (0.05).
+            learning_rate: The step's learning rate (Adam's for the Lucid preset); None or 0
+                means the preset's default on the server (Lucid: 0.05; class model: 25).
             size: (height, width) of the images in pixels; None uses the model's input size.
             batch: Number of images to synthesize together; 0 means 1.
             diversity: Weight of the diversity term across the batch; 0 disables it.
@@ -586,13 +600,21 @@ class _BaseClient:
                 many steps; 0 sends about 64 progress messages without pictures. A reader
                 that falls behind gets the latest progress, not every message it missed.
             parameterization: "fft" (decorrelated Fourier spectrum, natural-looking images)
-                or "pixel" (plain pixels, for comparison).
+                or "pixel" (plain pixels, for comparison); None uses "fft" (the class-model
+                preset takes none).
             transforms: Apply transformation robustness (pad, jitter, scale, rotate).
             input: Optional image, of any kind `explain` accepts (a path is read at once);
                 for a neuron or class objective the result then also carries the objective's
                 guided backpropagation on it (`Visualization.attribution`).
             array_dtype: "float32" or "float16", the precision arrays travel in; the
                 `Visualization` arrays are float32 either way.
+            preset: "lucid" (Olah et al.'s feature visualization: the parameterization,
+                Adam, transformation robustness, diversity) or "class_model" (Simonyan et
+                al. 2013: the model-space image from zero by gradient ascent on the class's
+                pre-softmax score minus l2_penalty * ||x||^2, each step x + lr * (dS/dx -
+                2 * l2_penalty * x), no transforms; `objective` must be a class index).
+            l2_penalty: The class model's lambda; None uses the server's default (1e-3).
+                Refused with the Lucid preset.
             timeout: Deadline of the whole job in seconds; None uses the client's default.
 
         Returns:
@@ -620,6 +642,8 @@ class _BaseClient:
             transforms=transforms,
             input=input,
             array_dtype=array_dtype,
+            preset=preset,
+            l2_penalty=l2_penalty,
         )
         return Stream(request=request, unnamed=[request] if model is None else [], timeout=timeout)
 
@@ -630,16 +654,18 @@ class _BaseClient:
         model: str | None = None,
         negate: bool = False,
         steps: int = 512,
-        learning_rate: float = 0.05,
+        learning_rate: float | None = None,
         size: tuple[int, int] | None = None,
         batch: int = 1,
         diversity: float = 0.0,
         seed: int = 0,
         progress_every: int = 0,
-        parameterization: str = "fft",
+        parameterization: str | None = None,
         transforms: bool = True,
         input: InputLike | None = None,
         array_dtype: str = "float32",
+        preset: str = "lucid",
+        l2_penalty: float | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         timeout: float | None = None,
     ) -> Stream:
@@ -651,8 +677,8 @@ class _BaseClient:
             on_progress: Called with each `Progress` message as it arrives; an exception it
                 raises cancels the job and propagates.
             objective, model, negate, steps, learning_rate, size, batch, diversity, seed,
-                progress_every, parameterization, transforms, input, array_dtype, timeout:
-                As for `visualize_stream`.
+                progress_every, parameterization, transforms, input, array_dtype, preset,
+                l2_penalty, timeout: As for `visualize_stream`.
 
         Returns:
             The `Visualization`: images, arrays, final objective and server timing.
@@ -677,6 +703,147 @@ class _BaseClient:
             parameterization=parameterization,
             transforms=transforms,
             input=input,
+            array_dtype=array_dtype,
+            preset=preset,
+            l2_penalty=l2_penalty,
+            timeout=timeout,
+        )
+        plan.on_progress = on_progress
+        return plan
+
+    def _dream_stream(
+        self,
+        input: InputLike,
+        objective: ObjectiveLike,
+        *,
+        model: str | None = None,
+        negate: bool = False,
+        octaves: int = 4,
+        octave_scale: float = 1.4,
+        steps_per_octave: int = 10,
+        step_size: float | None = None,
+        jitter: int | None = None,
+        seed: int = 0,
+        progress_every: int = 0,
+        array_dtype: str = "float32",
+        timeout: float | None = None,
+    ) -> Stream:
+        """Runs DeepDream on a picture, yielding its progress and finally its result.
+
+        The original algorithm (google/deepdream): the picture is shrunk `octaves - 1` times
+        by `octave_scale`; from the smallest octave up, each runs `steps_per_octave` steps of
+        gradient ascent on the objective, each step randomly shifted by up to `jitter`
+        pixels, its gradient divided by its mean absolute value, the pixels clipped to
+        [0, 1]; the detail each octave added is carried, enlarged, into the next. The
+        server batches concurrent jobs of the same picture size. Close the iterator (or
+        break out of the loop) to stop the job; it then frees its place at once.
+
+        Args:
+            input: The picture, of any kind `explain` accepts but a model tensor (a path is
+                read at once); it is dreamt at its own size.
+            objective: What to amplify: a `Layer` (half the sum of its squared activations,
+                the original's L2 objective), a `Neuron` without y and x (the same over that
+                channel) or a class index (its pre-softmax logit).
+            model: Model name; None uses the server's first listed model.
+            negate: Minimize the objective instead.
+            octaves: Octaves, 1 to 8 (0 means 4).
+            octave_scale: Ratio of one octave's sides to the next smaller one's, above 1 and
+                at most 4 (0 means 1.4).
+            steps_per_octave: Steps per octave, 1 to 100 (0 means 10).
+            step_size: The step in 0-255 pixel units; None uses the server's 1.5.
+            jitter: The largest random shift per step in pixels; None uses the server's 32.
+            seed: Seeds the shifts: the same request and seed give the same picture.
+            progress_every: 0 sends a progress message, with the picture, at the end of
+                each octave but the last; N every N steps. A reader that falls behind gets
+                the latest progress, not every message it missed.
+            array_dtype: "float32" or "float16", the precision the array travels in.
+            timeout: Deadline of the whole job in seconds; None uses the client's default.
+
+        Returns:
+            An iterator (an async one for `AsyncClient`) of `DreamProgress` messages, then
+            the `Dream` as its last item.
+
+        Raises:
+            DeepvisError: While iterating: the call failed (a subclass per gRPC status), e.g.
+                `InvalidArgument` naming the field out of range, or (`Internal`) the stream
+                ended without a result.
+            TypeError, ValueError: An argument is invalid; nothing was sent.
+            OSError: The input file cannot be read.
+        """
+        request = _convert.dream_request_to_pb(
+            input,
+            objective,
+            model=model or "",
+            negate=negate,
+            octaves=octaves,
+            octave_scale=octave_scale,
+            steps_per_octave=steps_per_octave,
+            step_size=step_size,
+            jitter=jitter,
+            seed=seed,
+            progress_every=progress_every,
+            array_dtype=array_dtype,
+        )
+        return Stream(
+            request=request,
+            unnamed=[request] if model is None else [],
+            timeout=timeout,
+            rpc="DeepDream",
+            decode=_convert.dream_item_from_pb,
+            result_type=Dream,
+        )
+
+    def _dream(
+        self,
+        input: InputLike,
+        objective: ObjectiveLike,
+        *,
+        model: str | None = None,
+        negate: bool = False,
+        octaves: int = 4,
+        octave_scale: float = 1.4,
+        steps_per_octave: int = 10,
+        step_size: float | None = None,
+        jitter: int | None = None,
+        seed: int = 0,
+        progress_every: int = 0,
+        array_dtype: str = "float32",
+        on_progress: Callable[[DreamProgress], None] | None = None,
+        timeout: float | None = None,
+    ) -> Stream:
+        """Runs DeepDream on a picture (the original algorithm, google/deepdream).
+
+        The call is `dream_stream`'s, read to its end.
+
+        Args:
+            on_progress: Called with each `DreamProgress` message as it arrives; an exception
+                it raises cancels the job and propagates.
+            input, objective, model, negate, octaves, octave_scale, steps_per_octave,
+                step_size, jitter, seed, progress_every, array_dtype, timeout: As for
+                `dream_stream`.
+
+        Returns:
+            The `Dream`: the picture at the input's own size, its array, the objective per
+            octave and server timing.
+
+        Raises:
+            DeepvisError: The call failed (a subclass per gRPC status), or (`Internal`) the
+                stream ended without a result.
+            TypeError, ValueError: An argument is invalid; nothing was sent.
+            OSError: The input file cannot be read.
+        """
+        plan = self._dream_stream(
+            input,
+            objective,
+            model=model,
+            negate=negate,
+            octaves=octaves,
+            octave_scale=octave_scale,
+            steps_per_octave=steps_per_octave,
+            step_size=step_size,
+            jitter=jitter,
+            seed=seed,
+            progress_every=progress_every,
             array_dtype=array_dtype,
             timeout=timeout,
         )
@@ -911,6 +1078,16 @@ class Client(_BaseClient):
 
     evaluate = method_of(_BaseClient._evaluate, _evaluated)
 
+    def _dreaming(self, plan: Stream) -> Generator[DreamProgress | Dream, None, None]:
+        return self._stream(plan)  # type: ignore[return-value]
+
+    dream_stream = method_of(_BaseClient._dream_stream, _dreaming)
+
+    def _dreamt(self, plan: Stream) -> Dream:
+        return self._fold(plan)  # type: ignore[return-value]
+
+    dream = method_of(_BaseClient._dream, _dreamt)
+
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
         self._channel.close()
@@ -1015,6 +1192,16 @@ class AsyncClient(_BaseClient):
         return await self._fold(plan)  # type: ignore[return-value]
 
     evaluate = coroutine_of(_BaseClient._evaluate, _evaluated)
+
+    def _dreaming(self, plan: Stream) -> AsyncGenerator[DreamProgress | Dream, None]:
+        return self._stream(plan)  # type: ignore[return-value]
+
+    dream_stream = method_of(_BaseClient._dream_stream, _dreaming)
+
+    async def _dreamt(self, plan: Stream) -> Dream:
+        return await self._fold(plan)  # type: ignore[return-value]
+
+    dream = coroutine_of(_BaseClient._dream, _dreamt)
 
     async def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""

@@ -20,6 +20,8 @@ from deepvis import render
 from deepvis._exceptions import DeepvisError, Internal, from_status
 from deepvis._models import (
     Completeness,
+    Dream,
+    DreamProgress,
     Evaluation,
     EvaluationProgress,
     Explanation,
@@ -37,6 +39,7 @@ from deepvis._models import (
     Prediction,
     Progress,
     Randomization,
+    Rollout,
     Smooth,
     TargetLike,
     Visualization,
@@ -50,6 +53,8 @@ __all__ = [
     "batch_targets",
     "composites",
     "describe_request_to_pb",
+    "dream_item_from_pb",
+    "dream_request_to_pb",
     "evaluate_item_from_pb",
     "evaluate_request_to_pb",
     "explanation_from_pb",
@@ -58,6 +63,7 @@ __all__ = [
     "health_status_from_bytes",
     "input_to_pb",
     "integration_methods",
+    "layout_from_pb",
     "method_from_pb",
     "method_name",
     "method_to_pb",
@@ -70,7 +76,9 @@ __all__ = [
     "overlay_source",
     "parameterizations",
     "picture_to_pb",
+    "presets",
     "request_to_pb",
+    "rollout_to_pb",
     "same_input_batch_pb",
     "set_model",
     "smooth_kinds",
@@ -569,6 +577,7 @@ def request_to_pb(
     gamma: float | None = None,
     smooth: Smooth | None = None,
     integrated_gradients: IntegratedGradients | None = None,
+    rollout: Rollout | None = None,
 ) -> deepvis_pb2.ExplainRequest:
     """Builds an `ExplainRequest`; see `Client.explain` for the arguments.
 
@@ -588,6 +597,8 @@ def request_to_pb(
         )
     layers = _layers_to_list(layer)
     target_pb = target_to_pb(target)
+    if rollout is not None and not isinstance(rollout, Rollout):
+        raise TypeError(f"rollout must be a deepvis.Rollout or None, not {type(rollout).__name__}")
     request = deepvis_pb2.ExplainRequest(
         model=model,
         method=method_pb,
@@ -608,6 +619,8 @@ def request_to_pb(
         request.smooth.CopyFrom(smooth_pb)
     if ig_pb is not None:
         request.integrated_gradients.CopyFrom(ig_pb)
+    if rollout is not None:
+        request.rollout.CopyFrom(rollout_to_pb(rollout))
     return request
 
 
@@ -621,6 +634,14 @@ def same_input_batch_pb(
         item.CopyFrom(base)
         item.method = method_to_pb(name)
     return batch
+
+
+def rollout_to_pb(rollout: Rollout) -> deepvis_pb2.RolloutOptions:
+    """Converts a `Rollout` into `RolloutOptions`."""
+    return deepvis_pb2.RolloutOptions(
+        head_fusion=deepvis_pb2.HeadFusion.Value("HEAD_FUSION_" + rollout.head_fusion.upper()),
+        discard_ratio=float(rollout.discard_ratio),
+    )
 
 
 def batch_targets(targets: TargetLike | Sequence[TargetLike], n: int) -> list[TargetLike]:
@@ -673,6 +694,7 @@ def batch_requests_to_pb(
     gamma: float | None = None,
     smooth: Smooth | None = None,
     integrated_gradients: IntegratedGradients | None = None,
+    rollout: Rollout | None = None,
 ) -> list[deepvis_pb2.ExplainBatchRequest]:
     """Builds the `ExplainBatchRequest`s of `explain_batch`, `chunk` items each, in order.
 
@@ -706,6 +728,7 @@ def batch_requests_to_pb(
             gamma=gamma,
             smooth=smooth,
             integrated_gradients=integrated_gradients,
+            rollout=rollout,
         )
         for x, t in zip(inputs, per_item, strict=True)
     ]
@@ -908,6 +931,18 @@ def describe_request_to_pb(model: str) -> deepvis_pb2.DescribeModelRequest:
     return deepvis_pb2.DescribeModelRequest(model=model)
 
 
+def layout_from_pb(number: int) -> str:
+    """Names a proto `Layout` value: "channels_first", "channels_last", "tokens", "vector",
+    "other"; "" for UNSPECIFIED (no tensor output), "layout_<n>" for one this client does not
+    know (a newer server's)."""
+    if number == deepvis_pb2.LAYOUT_UNSPECIFIED:
+        return ""
+    try:
+        return deepvis_pb2.Layout.Name(number).removeprefix("LAYOUT_").lower()
+    except ValueError:
+        return f"layout_{number}"
+
+
 def model_description_from_pb(resp: deepvis_pb2.DescribeModelResponse) -> ModelDescription:
     """Converts a `DescribeModelResponse` into a `ModelDescription`."""
     return ModelDescription(
@@ -918,11 +953,16 @@ def model_description_from_pb(resp: deepvis_pb2.DescribeModelResponse) -> ModelD
                 type=layer.type,
                 output_shape=tuple(int(d) for d in layer.output_shape),
                 calls=int(layer.calls),
+                layout=layout_from_pb(layer.layout),
+                map_shape=tuple(int(d) for d in layer.map_shape),
+                class_tokens=int(layer.class_tokens),
             )
             for layer in resp.layers
         ],
         default_cam_layer=resp.default_cam_layer,
         non_relu_activations=tuple(resp.non_relu_activations),
+        default_cam_layer_note=resp.default_cam_layer_note,
+        attention_layers=tuple(resp.attention_layers),
     )
 
 
@@ -961,16 +1001,18 @@ def visualize_request_to_pb(
     model: str,
     negate: bool,
     steps: int,
-    learning_rate: float,
+    learning_rate: float | None,
     size: tuple[int, int] | None,
     batch: int,
     diversity: float,
     seed: int,
     progress_every: int,
-    parameterization: str,
+    parameterization: str | None,
     transforms: bool,
     input: InputLike | None,
     array_dtype: str,
+    preset: str = "lucid",
+    l2_penalty: float | None = None,
 ) -> deepvis_pb2.VisualizeRequest:
     """Builds a `VisualizeRequest`; see `Client.visualize` for the arguments.
 
@@ -988,20 +1030,46 @@ def visualize_request_to_pb(
         model=model,
         objective=objective_pb,
         steps=_check_int("steps", steps),
-        learning_rate=_check_float("learning_rate", learning_rate),
+        learning_rate=0.0
+        if learning_rate is None
+        else _check_float("learning_rate", learning_rate),
         height=height,
         width=width,
         batch=_check_int("batch", batch),
         diversity=_check_float("diversity", diversity),
         seed=_check_int("seed", seed, maximum=_UINT64_MAX),
         progress_every=_check_int("progress_every", progress_every),
-        parameterization=_parameterization_to_pb(parameterization),
+        parameterization=(
+            deepvis_pb2.PARAMETERIZATION_UNSPECIFIED
+            if parameterization is None
+            else _parameterization_to_pb(parameterization)
+        ),
         no_transforms=not transforms,
         array_dtype=_array_dtype_to_pb(array_dtype),
+        preset=_preset_to_pb(preset),
     )
+    if l2_penalty is not None:
+        request.l2_penalty = _check_float("l2_penalty", l2_penalty)
     if input is not None:
         request.input.CopyFrom(input_to_pb(input))
     return request
+
+
+def presets() -> list[str]:
+    """Returns the names of Visualize's presets: ["lucid", "class_model"]."""
+    return [
+        name.removeprefix("PRESET_").lower()
+        for name, number in sorted(deepvis_pb2.Preset.items(), key=lambda item: item[1])
+        if number != deepvis_pb2.PRESET_UNSPECIFIED
+    ]
+
+
+def _preset_to_pb(name: str) -> deepvis_pb2.Preset:
+    if isinstance(name, str):
+        key = "PRESET_" + name.strip().replace("-", "_").upper()
+        if key != "PRESET_UNSPECIFIED" and key in deepvis_pb2.Preset.keys():
+            return deepvis_pb2.Preset.Value(key)
+    raise ValueError(f"preset must be one of {', '.join(presets())}, not {name!r}")
 
 
 def _progress_from_pb(msg: deepvis_pb2.VisualizeProgress) -> Progress:
@@ -1051,6 +1119,83 @@ def visualize_item_from_pb(resp: deepvis_pb2.VisualizeResponse) -> Progress | Vi
     if kind == "result":
         return _visualization_from_pb(resp.result)
     return None
+
+
+def dream_request_to_pb(
+    input: InputLike,
+    objective: ObjectiveLike,
+    *,
+    model: str,
+    negate: bool,
+    octaves: int,
+    octave_scale: float,
+    steps_per_octave: int,
+    step_size: float | None,
+    jitter: int | None,
+    seed: int,
+    progress_every: int,
+    array_dtype: str,
+) -> deepvis_pb2.DeepDreamRequest:
+    """Builds a `DeepDreamRequest`; see `Client.dream` for the arguments.
+
+    Raises:
+        ValueError, TypeError: An argument is out of range or of the wrong type.
+    """
+    request = deepvis_pb2.DeepDreamRequest(
+        model=model,
+        input=input_to_pb(input),
+        objective=objective_to_pb(objective, negate=negate),
+        octaves=_check_int("octaves", octaves),
+        octave_scale=_check_float("octave_scale", octave_scale),
+        steps_per_octave=_check_int("steps_per_octave", steps_per_octave),
+        seed=_check_int("seed", seed, maximum=_UINT64_MAX),
+        progress_every=_check_int("progress_every", progress_every),
+        array_dtype=_array_dtype_to_pb(array_dtype),
+    )
+    if step_size is not None:
+        request.step_size = _check_float("step_size", step_size)
+    if jitter is not None:
+        request.jitter = _check_int("jitter", jitter)
+    return request
+
+
+def dream_item_from_pb(resp: deepvis_pb2.DeepDreamResponse) -> DreamProgress | Dream | None:
+    """Converts one message of a DeepDream stream: a `DreamProgress`, the `Dream`, or None for
+    a message of a kind this client does not know (a newer server's).
+
+    Raises:
+        ValueError: The result lacks its array or picture, or they are inconsistent.
+        OSError: A picture cannot be decoded.
+    """
+    kind = resp.WhichOneof("kind")
+    if kind == "progress":
+        p = resp.progress
+        return DreamProgress(
+            step=int(p.step),
+            steps=int(p.steps),
+            octave=int(p.octave),
+            octaves=int(p.octaves),
+            objective=float(p.objective),
+            image=_png_from_bytes(p.image_png),
+        )
+    if kind != "result":
+        return None
+    msg = resp.result
+    array = _array_from_pb(msg.array, "dream array")
+    image = _png_from_bytes(msg.image_png)
+    if array is None or image is None:
+        raise ValueError("the DeepDream result carries no picture")
+    sides = [int(v) for v in msg.octave_sizes]
+    return Dream(
+        array=array,
+        image=image,
+        octave_objectives=[float(v) for v in msg.octave_objectives],
+        octave_sizes=list(zip(sides[0::2], sides[1::2], strict=True)),
+        steps=int(msg.steps),
+        queue_ms=float(msg.queue_ms),
+        compute_ms=float(msg.compute_ms),
+        max_batch_jobs=int(msg.max_batch_jobs),
+    )
 
 
 # --- grpc.health.v1 -----------------------------------------------------------------------

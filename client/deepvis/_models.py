@@ -18,9 +18,11 @@ T = TypeVar("T")
 
 __all__ = [
     "Comparison",
+    "Completeness",
+    "Dream",
+    "DreamProgress",
     "Evaluation",
     "EvaluationProgress",
-    "Completeness",
     "Explanation",
     "InputLike",
     "IntegratedGradients",
@@ -36,6 +38,7 @@ __all__ = [
     "Prediction",
     "Progress",
     "Randomization",
+    "Rollout",
     "Smooth",
     "TargetLike",
     "Visualization",
@@ -168,6 +171,35 @@ class Completeness:
     score: float
     baseline_score: float
     delta: float
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Attention rollout's options (`explain(..., method="attention_rollout", rollout=...)`).
+
+    Attributes:
+        head_fusion: How each block's attention heads are fused: "mean" (the default, as in
+            Abnar & Zuidema 2020), "max" or "min".
+        discard_ratio: Fraction in [0, 1) of each fused attention matrix's smallest entries
+            set to 0 before the identity is added (jacobgil/vit-explain's discard_ratio, whose
+            default there is 0.9); 0 discards nothing.
+    """
+
+    head_fusion: str = "mean"
+    discard_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.head_fusion not in ("mean", "max", "min"):
+            raise ValueError(
+                f"Rollout: head_fusion must be 'mean', 'max' or 'min', not {self.head_fusion!r}"
+            )
+        ratio = self.discard_ratio
+        if (
+            isinstance(ratio, bool)
+            or not isinstance(ratio, (int, float))
+            or not 0.0 <= float(ratio) < 1.0
+        ):
+            raise ValueError(f"Rollout: discard_ratio must be a number in [0, 1), not {ratio!r}")
 
 
 @dataclass(frozen=True)
@@ -525,12 +557,24 @@ class LayerInfo:
         output_shape: Output shape for one input at the model's input size, without the batch
             dimension; empty when the output is not a single tensor.
         calls: How often the module runs in one forward pass (methods see its last call).
+        layout: How `output_shape` is laid out: "channels_first" [C, h, w],
+            "channels_last" [h, w, C] (Swin's stages), "tokens" [T, C] (a vision
+            transformer's), "vector" [F], "other", or "" for no tensor output.
+        map_shape: The map [C, h, w] the methods read the layer as (Grad-CAM, activations,
+            neuron targets and objectives): channels-last maps permuted, tokens without
+            their class tokens laid out on their patch grid; () when it is no map of the
+            input.
+        class_tokens: For tokens, how many leading class (or distillation, register) tokens
+            precede the patch tokens.
     """
 
     name: str
     type: str
     output_shape: tuple[int, ...]
     calls: int
+    layout: str = ""
+    map_shape: tuple[int, ...] = ()
+    class_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -543,12 +587,18 @@ class ModelDescription:
         default_cam_layer: The layer Grad-CAM and activations use when a request names none.
         non_relu_activations: Activation functions in the model other than ReLU (e.g. "silu"),
             which guided backpropagation and deconvolution pass through unmodified.
+        default_cam_layer_note: Why `default_cam_layer` is the layer it is and how the
+            methods read it, in words.
+        attention_layers: The self-attention layers attention rollout chains, in call
+            order; empty when the model has none (and refuses attention rollout).
     """
 
     model: ModelInfo
     layers: list[LayerInfo]
     default_cam_layer: str
     non_relu_activations: tuple[str, ...]
+    default_cam_layer_note: str = ""
+    attention_layers: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return (
@@ -1053,6 +1103,67 @@ class Evaluation:
         return (
             f"Evaluation(model={self.model!r}, methods={list(self.methods)!r}, "
             f"inputs={len(self.classes)}, steps={self.steps}, layers=<{len(self.layers)}>)"
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class DreamProgress:
+    """Progress of a running DeepDream.
+
+    Attributes:
+        step: Steps done, over all octaves.
+        steps: Steps in all (octaves * steps_per_octave).
+        octave: The octave the last step ran in, from 1 (the smallest) to `octaves`.
+        octaves: Octaves in all.
+        objective: The objective at the last step (on the randomly shifted picture).
+        image: The current picture, at its octave's size (enlarged when small), or None.
+    """
+
+    step: int
+    steps: int
+    octave: int
+    octaves: int
+    objective: float
+    image: Image.Image | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"DreamProgress(step={self.step}, steps={self.steps}, octave={self.octave}/"
+            f"{self.octaves}, objective={self.objective:.6g}, "
+            f"image={_describe_image(self.image)})"
+        )
+
+
+@dataclass(eq=False)
+class Dream:
+    """The result of one DeepDream.
+
+    Attributes:
+        array: The dreamt picture as float32 [1, C, H, W], pixels in [0, 1], at the input's
+            own size.
+        image: The dreamt picture, at the input's own size.
+        octave_objectives: The objective of each octave's result, smallest octave first.
+        octave_sizes: Each octave's (height, width), smallest first.
+        steps: Steps run.
+        queue_ms: Milliseconds from the job's arrival to its first step.
+        compute_ms: Milliseconds from its first step to its last.
+        max_batch_jobs: The most jobs that shared a DeepDream batch with this one.
+    """
+
+    array: np.ndarray
+    image: Image.Image
+    octave_objectives: list[float] = field(default_factory=list)
+    octave_sizes: list[tuple[int, int]] = field(default_factory=list)
+    steps: int = 0
+    queue_ms: float = 0.0
+    compute_ms: float = 0.0
+    max_batch_jobs: int = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"Dream(array={_describe_array(self.array)}, octaves={self.octave_sizes}, "
+            f"octave_objectives={[round(v, 6) for v in self.octave_objectives]}, "
+            f"steps={self.steps}, max_batch_jobs={self.max_batch_jobs})"
         )
 
 

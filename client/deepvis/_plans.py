@@ -39,7 +39,7 @@ ClientT = TypeVar("ClientT")
 
 
 def no_result(rpc: str = "Visualize") -> Internal:
-    """The error of a stream (Visualize, Evaluate) that ended without its result."""
+    """The error of a stream (Visualize, DeepDream, Evaluate) that ended without its result."""
     return Internal(f"the {rpc} stream ended without a result", grpc.StatusCode.INTERNAL)
 
 

@@ -176,6 +176,7 @@ _STYLES: dict[str, MapStyle] = {
     # Simonyan et al. 2014: the largest |gradient| over the colour channels.
     "saliency": MapStyle(signed=False, reduce="max"),
     "grad_cam": MapStyle(signed=False, overlay=True),
+    "attention_rollout": MapStyle(signed=False, overlay=True),
     "activations": MapStyle(signed=None, reduce="mean", overlay=True),
 }
 _AUTO = MapStyle(signed=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -15,6 +16,7 @@ from deepvis.v1 import deepvis_pb2 as pb
 from . import featurevis as fv
 from .engine import (
     DEFAULT_TOP_K,
+    DreamQuery,
     EvaluateAnswer,
     EvaluateQuery,
     ExplainAnswer,
@@ -26,14 +28,30 @@ from .errors import InvalidArgument
 from .evaluation.job import METRICS, EvaluateSpec, MethodScores
 from .evaluation.randomization import CASCADING, INDEPENDENT
 from .evaluation.scheduler import Progress as EvaluateProgress
-from .featurevis.optimization import LUCID_LEARNING_RATE, LUCID_STEPS, RenderJob
-from .featurevis.scheduler import Progress
+from .featurevis.dream import (
+    DREAM_JITTER,
+    DREAM_OCTAVE_SCALE,
+    DREAM_OCTAVES,
+    DREAM_STEP_SIZE,
+    DREAM_STEPS_PER_OCTAVE,
+    octave_sizes,
+)
+from .featurevis.optimization import (
+    CLASS_MODEL_L2,
+    CLASS_MODEL_LEARNING_RATE,
+    LUCID_LEARNING_RATE,
+    LUCID_STEPS,
+    RenderJob,
+)
+from .featurevis.scheduler import Progress, Rendered
 from .methods import (
     ClassTarget,
     IgOptions,
     LrpOptions,
+    Method,
     MethodRequest,
     NeuronTarget,
+    RolloutOptions,
     SmoothOptions,
     Target,
 )
@@ -375,6 +393,14 @@ def parse_explain(msg: pb.ExplainRequest, deadline: float) -> ExplainQuery:
     if opts.top_k < 0:
         raise InvalidArgument(f"output.top_k must be >= 0, got {opts.top_k}", field="output.top_k")
     ig, baselines = _ig_options(msg)
+    rollout = None
+    if msg.HasField("rollout"):
+        if method != "attention_rollout":
+            raise InvalidArgument(
+                f"rollout options are for method attention_rollout; method {method} takes none",
+                field="rollout",
+            )
+        rollout = _rollout(msg.rollout)
     return ExplainQuery(
         model=msg.model,
         method=method,
@@ -386,6 +412,7 @@ def parse_explain(msg: pb.ExplainRequest, deadline: float) -> ExplainQuery:
             lrp=_lrp_options(msg),
             smooth=_smooth_options(msg),
             ig=ig,
+            rollout=rollout,
         ),
         baseline_inputs=baselines,
         deadline=deadline,
@@ -395,6 +422,26 @@ def parse_explain(msg: pb.ExplainRequest, deadline: float) -> ExplainQuery:
         array_dtype=array_dtype,
         omit_array=opts.omit_array,
     )
+
+
+_HEAD_FUSIONS = {
+    pb.HEAD_FUSION_UNSPECIFIED: "mean",
+    pb.HEAD_FUSION_MEAN: "mean",
+    pb.HEAD_FUSION_MAX: "max",
+    pb.HEAD_FUSION_MIN: "min",
+}
+
+
+def _rollout(msg: pb.RolloutOptions) -> RolloutOptions:
+    fusion = _HEAD_FUSIONS.get(msg.head_fusion)
+    if fusion is None:
+        raise InvalidArgument(
+            f"rollout.head_fusion {msg.head_fusion} is not a HeadFusion; valid: MEAN, MAX, MIN",
+            field="rollout.head_fusion",
+        )
+    options = RolloutOptions(head_fusion=fusion, discard_ratio=float(msg.discard_ratio))
+    options.check()
+    return options
 
 
 def target_to_pb(target: Target) -> pb.Target:
@@ -505,7 +552,8 @@ def explain_batch_response(
     return pb.ExplainBatchResponse(items=out)
 
 
-def model_info(model: ServedModel, methods: list[str]) -> pb.ModelInfo:
+def model_info(model: ServedModel, methods: Mapping[str, Method]) -> pb.ModelInfo:
+    """The model as ListModels describes it, with the methods it serves (`Method.serves`)."""
     s = model.spec
     return pb.ModelInfo(
         name=s.name,
@@ -517,29 +565,47 @@ def model_info(model: ServedModel, methods: list[str]) -> pb.ModelInfo:
         mean=s.mean,
         std=s.std,
         labels=list(model.labels),
-        methods=[method_value(m) for m in methods],
+        methods=[method_value(name) for name, m in methods.items() if m.serves(model)],
         resize=s.resize,
     )
 
 
-def list_models(models: list[ServedModel], methods: list[str]) -> pb.ListModelsResponse:
+def list_models(models: list[ServedModel], methods: Mapping[str, Method]) -> pb.ListModelsResponse:
     return pb.ListModelsResponse(models=[model_info(m, methods) for m in models])
 
 
-def describe_model(model: ServedModel, methods: list[str]) -> pb.DescribeModelResponse:
+_LAYOUTS = {
+    "nchw": pb.LAYOUT_CHANNELS_FIRST,
+    "nhwc": pb.LAYOUT_CHANNELS_LAST,
+    "tokens": pb.LAYOUT_TOKENS,
+    "vector": pb.LAYOUT_VECTOR,
+    "other": pb.LAYOUT_OTHER,
+}
+
+
+def layer_info(model: ServedModel, name: str, module: torch.nn.Module) -> pb.LayerInfo:
+    info = pb.LayerInfo(
+        name=name,
+        type=type(module).__name__,
+        output_shape=model.layer_shapes.get(name, ()),
+        calls=model.layer_calls.get(name, 0),
+    )
+    layout = model.layer_layouts.get(name)
+    if layout is not None:
+        info.layout = _LAYOUTS[layout.kind]
+        info.map_shape.extend(layout.map_shape or ())
+        info.class_tokens = layout.class_tokens
+    return info
+
+
+def describe_model(model: ServedModel, methods: Mapping[str, Method]) -> pb.DescribeModelResponse:
     return pb.DescribeModelResponse(
         model=model_info(model, methods),
-        layers=[
-            pb.LayerInfo(
-                name=name,
-                type=type(module).__name__,
-                output_shape=model.layer_shapes.get(name, ()),
-                calls=model.layer_calls.get(name, 0),
-            )
-            for name, module in model.layers.items()
-        ],
+        layers=[layer_info(model, name, module) for name, module in model.layers.items()],
         default_cam_layer=model.default_cam_layer,
         non_relu_activations=list(model.non_relu_activations),
+        default_cam_layer_note=model.default_cam_note,
+        attention_layers=list(model.attention_layers),
     )
 
 
@@ -576,18 +642,43 @@ def parse_visualize(msg: pb.VisualizeRequest) -> VisualizeQuery:
         raise InvalidArgument("parameterization must be FFT or PIXEL", field="parameterization")
     if msg.array_dtype not in (pb.DTYPE_UNSPECIFIED, pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT16):
         raise InvalidArgument("array_dtype must be FLOAT32 or FLOAT16", field="array_dtype")
+    if msg.preset not in pb.Preset.values():
+        raise InvalidArgument("preset must be LUCID or CLASS_MODEL", field="preset")
+    class_model = msg.preset == pb.PRESET_CLASS_MODEL
+    param = "pixel" if msg.parameterization == pb.PARAMETERIZATION_PIXEL else "fft"
+    if class_model:
+        if msg.parameterization != pb.PARAMETERIZATION_UNSPECIFIED:
+            raise InvalidArgument(
+                "the class-model preset optimises the image itself in the model's input "
+                "space: leave parameterization unset",
+                field="parameterization",
+            )
+        param = "model"
+        l2 = float(msg.l2_penalty) if msg.HasField("l2_penalty") else CLASS_MODEL_L2
+        lr = float(msg.learning_rate) or CLASS_MODEL_LEARNING_RATE
+    else:
+        if msg.HasField("l2_penalty"):
+            raise InvalidArgument(
+                "l2_penalty is the class-model preset's (preset CLASS_MODEL); the Lucid "
+                "preset takes none",
+                field="l2_penalty",
+            )
+        l2 = 0.0
+        lr = float(msg.learning_rate) or LUCID_LEARNING_RATE
     # proto3 has no "unset": 0 asks for the default.
     job = RenderJob(
         objective=_objective(msg.objective),
         size=(int(msg.height), int(msg.width)) if msg.height else None,
         steps=msg.steps or LUCID_STEPS,
-        lr=float(msg.learning_rate) or LUCID_LEARNING_RATE,
+        lr=lr,
         seed=int(msg.seed),
         batch=msg.batch or 1,
         diversity=float(msg.diversity),
-        param="pixel" if msg.parameterization == pb.PARAMETERIZATION_PIXEL else "fft",
-        transforms=not msg.no_transforms,
+        param=param,
+        transforms=not msg.no_transforms and not class_model,
         progress_every=msg.progress_every,
+        preset="class_model" if class_model else "lucid",
+        l2_penalty=l2,
     )
     job.check()
     return VisualizeQuery(
@@ -751,3 +842,57 @@ def evaluate_response(event: EvaluateProgress | EvaluateAnswer) -> pb.EvaluateRe
         max_batch_jobs=r.max_batch_jobs,
     )
     return pb.EvaluateResponse(result=result)
+
+
+def parse_dream(msg: pb.DeepDreamRequest) -> DreamQuery:
+    """Reads a DeepDreamRequest, refusing what is wrong whatever the model; the values'
+    bounds are checked once the picture's size is known (DreamJob.check), the model and the
+    server's limits as the job is submitted. proto3 has no "unset": 0 asks for the default."""
+    if not msg.HasField("input"):
+        raise InvalidArgument(
+            "input is required: the picture to dream on (input.image or input.pixels)",
+            field="input",
+        )
+    if msg.array_dtype not in (pb.DTYPE_UNSPECIFIED, pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT16):
+        raise InvalidArgument("array_dtype must be FLOAT32 or FLOAT16", field="array_dtype")
+    return DreamQuery(
+        model=msg.model,
+        input=_raw_input(msg.input),
+        objective=_objective(msg.objective),
+        octaves=msg.octaves or DREAM_OCTAVES,
+        octave_scale=float(msg.octave_scale) or DREAM_OCTAVE_SCALE,
+        steps_per_octave=msg.steps_per_octave or DREAM_STEPS_PER_OCTAVE,
+        step_size=float(msg.step_size) if msg.HasField("step_size") else DREAM_STEP_SIZE,
+        jitter=int(msg.jitter) if msg.HasField("jitter") else DREAM_JITTER,
+        seed=int(msg.seed),
+        progress_every=int(msg.progress_every),
+        array_dtype="float16" if msg.array_dtype == pb.DTYPE_FLOAT16 else "float32",
+    )
+
+
+def dream_response(query: DreamQuery, event: Progress | Rendered) -> pb.DeepDreamResponse:
+    """A progress message, or the result."""
+    if isinstance(event, Progress):
+        per = query.steps_per_octave
+        progress = pb.DeepDreamProgress(
+            step=event.step,
+            steps=event.steps,
+            octave=(event.step - 1) // per + 1,
+            octaves=query.octaves,
+            objective=event.objective,
+            image_png=event.png or b"",
+        )
+        return pb.DeepDreamResponse(progress=progress)
+    h, w = event.pixels.shape[-2:]
+    sizes = octave_sizes((int(h), int(w)), query.octaves, query.octave_scale)
+    result = pb.DeepDreamResult(
+        image_png=event.pngs[0],
+        octave_objectives=list(event.objectives),
+        steps=event.steps,
+        queue_ms=event.queue_ms,
+        compute_ms=event.compute_ms,
+        max_batch_jobs=event.max_batch_jobs,
+        octave_sizes=[side for size in sizes for side in size],
+    )
+    fill_tensor(result.array, event.pixels, query.array_dtype)
+    return pb.DeepDreamResponse(result=result)

@@ -34,13 +34,21 @@ from .evaluation.job import (
 )
 from .evaluation.scheduler import Evaluator, JobState
 from .evaluation.scheduler import Progress as EvaluateProgress
-from .featurevis.objectives import explain_target
+from .featurevis.dream import DreamJob
+from .featurevis.objectives import Objective, explain_target
 from .featurevis.optimization import RenderJob
-from .featurevis.scheduler import Progress, Rendered, Visualizer
+from .featurevis.scheduler import Dreamer, Progress, Rendered, Visualizer
 from .methods import REGISTRY, ClassTarget, ItemShare, Method, MethodRequest, Output, Target
 from .models import ServedModel, load_model, select_device
 from .pictures import Scene, caption_predictions, input_image
-from .preprocess import RawInput, Region, input_to_tensor, model_region, wire_pixels
+from .preprocess import (
+    RawInput,
+    Region,
+    input_to_tensor,
+    model_region,
+    picture_pixels,
+    wire_pixels,
+)
 from .response_cache import ResponseCache
 
 log = logging.getLogger(__name__)
@@ -104,6 +112,37 @@ class VisualizeQuery:
 
 
 @dataclass(frozen=True)
+class DreamQuery:
+    """One DeepDream: what `convert.parse_dream` reads off the wire; the picture is decoded
+    (at its own size) as the job is submitted."""
+
+    model: str
+    input: RawInput
+    objective: Objective
+    octaves: int
+    octave_scale: float
+    steps_per_octave: int
+    step_size: float
+    jitter: int
+    seed: int = 0
+    progress_every: int = 0
+    array_dtype: str = "float32"
+
+    def job(self, image: torch.Tensor) -> DreamJob:
+        return DreamJob(
+            image=image,
+            objective=self.objective,
+            octaves=self.octaves,
+            octave_scale=self.octave_scale,
+            steps_per_octave=self.steps_per_octave,
+            step_size=self.step_size,
+            jitter=self.jitter,
+            seed=self.seed,
+            progress_every=self.progress_every,
+        )
+
+
+@dataclass(frozen=True)
 class VisualizeAnswer:
     """A finished feature visualization, with the objective's attribution on the query's input."""
 
@@ -157,6 +196,7 @@ class Engine:
         self.batchers: dict[str, Batcher] = {}
         self.visualizers: dict[str, Visualizer] = {}
         self.evaluators: dict[str, Evaluator] = {}
+        self.dreamers: dict[str, Dreamer] = {}
         # Model name -> why it failed to load, as clients are told (one clause, no paths).
         self.failed: dict[str, str] = {}
         # Model name -> the operator's account of it (paths and all), as logged.
@@ -231,6 +271,15 @@ class Engine:
             evaluator.on_fatal = self._device_failed
             evaluator.start()
             self.evaluators[spec.name] = evaluator
+            dreamer = Dreamer(
+                model,
+                self.device_executor,
+                self.cpu_executor,
+                self.config.render,
+                tf32=self.config.render_tf32,
+            )
+            dreamer.start()
+            self.dreamers[spec.name] = dreamer
             log.info("serving model %s (%s) on %s", spec.name, spec.arch, self.device)
         if not self.models:
             raise ConfigError(
@@ -255,7 +304,7 @@ class Engine:
     async def stop(self) -> None:
         for b in self.batchers.values():
             await b.stop()
-        for v in self.visualizers.values():
+        for v in [*self.visualizers.values(), *self.dreamers.values()]:
             await v.stop()
         for e in self.evaluators.values():
             await e.stop()
@@ -432,6 +481,27 @@ class Engine:
         finally:
             if attribution is not None and not attribution.done():
                 attribution.cancel()
+
+    async def dream(self, query: DreamQuery) -> AsyncGenerator[Progress | Rendered, None]:
+        """Runs one DeepDream job: its picture decoded at its own size (off the loop), its
+        progress as it is due, then its result. Closing the stream stops the job at its next
+        step and frees its row."""
+        model = self.model(query.model)
+        loop = asyncio.get_running_loop()
+        image = await loop.run_in_executor(
+            self.cpu_executor,
+            picture_pixels,
+            query.input,
+            model.spec.channels,
+            self.config.limits,
+        )
+        job = query.job(image)
+        job.check()
+        scheduler = self.dreamers[model.name]
+        state = scheduler.submit(job)  # refused here, before anything is sent
+        async with contextlib.aclosing(scheduler.events(state)) as events:
+            async for event in events:
+                yield event
 
     async def evaluate(
         self, query: EvaluateQuery

@@ -56,6 +56,41 @@ class LayerLayout:
             return self.grid[0] * self.grid[1]
         return self.shape[0] if self.kind == "tokens" else 1
 
+    @property
+    def map_shape(self) -> tuple[int, int, int] | None:
+        """The channels-first map [C, h, w] the methods read this layer as: channels-first maps
+        as they are, channels-last maps permuted, tokens with a patch grid without their
+        class tokens, laid out on the grid; None for a layer that is no map of the input
+        (a vector, tokens with no patch grid, anything else)."""
+        if self.kind == "nchw" and len(self.shape) == 3:
+            return (self.shape[0], self.shape[1], self.shape[2])
+        if self.kind == "nhwc" and len(self.shape) == 3:
+            return (self.shape[2], self.shape[0], self.shape[1])
+        if self.kind == "tokens" and self.grid is not None:
+            return (self.shape[1], *self.grid)
+        return None
+
+    def to_maps(self, t: torch.Tensor) -> torch.Tensor:
+        """A batch of this layer's outputs [N, *shape] as channels-first maps [N, C, h, w]
+        (see `map_shape`); differentiable, a view where the layout allows.
+
+        Tokens are in raster order (row by row over the patch grid) after the class tokens,
+        as a patch embedding flattens its [C, gh, gw] map: token k + y * gw + x is patch
+        (y, x); the class tokens are dropped.
+
+        Raises:
+            ValueError: the layout has no map (`map_shape` is None).
+        """
+        if self.kind == "nchw":
+            return t
+        if self.kind == "nhwc":
+            return t.permute(0, 3, 1, 2)
+        if self.kind == "tokens" and self.grid is not None:
+            gh, gw = self.grid
+            patches = t[:, self.class_tokens :, :]
+            return patches.reshape(t.shape[0], gh, gw, t.shape[2]).permute(0, 3, 1, 2)
+        raise ValueError(f"a layer of {self.describe()} is no map of the input")
+
     def describe(self) -> str:
         """The layout in words, e.g. 'channels-last [h, w, C]'."""
         if self.kind == "nchw":
@@ -99,8 +134,16 @@ class ServedModel:
     # Grad-CAM's and activations' default: the last feature map when it is channels-first,
     # else "" (no default: token or channels-last layers run after the last [C, h, w] one).
     default_cam_layer: str = ""
+    # Why default_cam_layer is the layer it is and how the methods read it, in words.
+    default_cam_note: str = ""
     # aten activation ops other than ReLU that the forward pass runs (silu, gelu, ...).
     non_relu_activations: tuple[str, ...] = ()
+    # The nn.MultiheadAttention modules of the forward pass, in call order, each run once on
+    # tokens with a patch grid (a vision transformer's self-attention): attention rollout
+    # chains their attention; empty for any other model.
+    attention_layers: tuple[str, ...] = ()
+    # The tokens those attention layers run on (a class token and a patch grid), or None.
+    attention_layout: LayerLayout | None = None
 
     @property
     def name(self) -> str:
@@ -109,6 +152,24 @@ class ServedModel:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (self.spec.channels, *self.spec.input_size)
+
+    def view_shape(self, name: str) -> tuple[int, ...] | None:
+        """The shape the methods read layer `name`'s output as (no batch axis): its map
+        [C, h, w] when it is a map of the input in any layout (`LayerLayout.map_shape`), else
+        its own output shape; None when it has no tensor output."""
+        shape = self.layer_shapes.get(name)
+        layout = self.layer_layouts.get(name)
+        if shape is None or layout is None:
+            return shape
+        return layout.map_shape or shape
+
+    def view(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """A batch of layer `name`'s outputs as the methods read them (see `view_shape`):
+        channels-first maps [N, C, h, w] for maps in any layout, else as the layer gives them."""
+        layout = self.layer_layouts.get(name)
+        if layout is None or layout.map_shape is None:
+            return t
+        return layout.to_maps(t)
 
     def example_layers(self, n: int = 3) -> list[str]:
         names = list(self.layer_shapes)
@@ -682,29 +743,39 @@ def _second_input_size(size: tuple[int, int]) -> tuple[int, int]:
 
 def _trace_shapes(served: ServedModel) -> object:
     """One forward pass on zeros (it also warms the model up) recording every layer's output
-    shape, how often it runs, the activation ops used and which layer gives the last feature
-    map; a second pass at another input size, when the model accepts one, is evidence for
-    the layouts (see `infer_layout`).
+    shape, how often it runs, the activation ops used, its attention modules and which layer
+    Grad-CAM defaults to; a second pass at another input size, when the model accepts one, is
+    evidence for the layouts (see `infer_layout`).
 
     The last feature map: of the layers with a map or tokens over more than one place of the
     input, in the order their forward passes finish (a whole `layer4` or `features` block
     after its last conv), the last; adaptive pools are left out (they only resample: VGG's
     7x7 avgpool up-samples a 2x2 map). `channels_first_layer` is the last such map that is
-    [C, h, w] and runs once (a reused ReLU is ambiguous); it is `default_cam_layer` unless a
-    channels-last or token map runs after it (ViT: its only [C, h, w] layer is the patch
-    embedding, before every block), which leaves no default.
+    [C, h, w] and runs once (a reused ReLU is ambiguous). `default_cam_layer` is chosen by
+    `_default_cam_layer`.
     """
     shapes: dict[str, tuple[int, ...]] = {}
     calls: dict[str, int] = {}
     finished: list[str] = []
+    # What tells a stage from the whole feature extractor: the output tensor each layer gave
+    # (a Sequential gives its last child's), and whether it was fed the model's own input.
+    outputs: dict[str, torch.Tensor] = {}
+    fed_the_input: set[str] = set()
+    # (attention module, how many layers had finished when it started, its query's shape).
+    attention_calls: list[tuple[str, int, tuple[int, ...]]] = []
+    x0 = torch.zeros(1, *served.input_shape, device=served.device)
 
     def make_hook(
         name: str, into: dict[str, tuple[int, ...]], log_calls: bool
     ) -> Callable[..., None]:
-        def hook(_m: nn.Module, _inp: object, out: object) -> None:
+        def hook(_m: nn.Module, inp: object, out: object) -> None:
             if log_calls:
                 calls[name] = calls.get(name, 0) + 1
                 finished.append(name)
+                if isinstance(inp, tuple) and inp and inp[0] is x0:
+                    fed_the_input.add(name)
+                if isinstance(out, torch.Tensor):
+                    outputs[name] = out
             if isinstance(out, torch.Tensor) and out.dim() >= 1:
                 into[name] = tuple(out.shape[1:])
             else:
@@ -712,13 +783,28 @@ def _trace_shapes(served: ServedModel) -> object:
 
         return hook
 
+    def attention_hook(name: str) -> Callable[..., None]:
+        def hook(m: nn.Module, inp: object) -> None:
+            query = inp[0] if isinstance(inp, tuple) and inp else None
+            if isinstance(query, torch.Tensor) and query.dim() == 3:
+                batch_first = bool(getattr(m, "batch_first", False))
+                q = query if batch_first else query.transpose(0, 1)
+                attention_calls.append((name, len(finished), tuple(q.shape[1:])))
+
+        return hook
+
     handles = [
         m.register_forward_hook(make_hook(n, shapes, True)) for n, m in served.layers.items()
+    ]
+    handles += [
+        m.register_forward_pre_hook(attention_hook(n))
+        for n, m in served.layers.items()
+        if isinstance(m, nn.MultiheadAttention)
     ]
     recorder = _OpRecorder()
     try:
         with torch.no_grad(), recorder:
-            out = served.module(torch.zeros(1, *served.input_shape, device=served.device))
+            out = served.module(x0)
     finally:
         for h in handles:
             h.remove()
@@ -761,13 +847,108 @@ def _trace_shapes(served: ServedModel) -> object:
     channels_first = [n for n in once if layouts[n].kind == "nchw"]
     served.channels_first_layer = channels_first[-1] if channels_first else ""
     served.last_feature_layer = once[-1] if once else (order[-1] if order else "")
-    after = order[order.index(channels_first[-1]) + 1 :] if channels_first else order
-    later = [n for n in after if layouts[n].kind != "nchw"]
-    served.default_cam_layer = served.channels_first_layer if not later else ""
-    if later and served.last_feature_layer in ("", served.channels_first_layer):
-        served.last_feature_layer = later[-1]
+    served.attention_layers, served.attention_layout = _attention_layers(
+        served, attention_calls, calls, size
+    )
+    served.default_cam_layer, served.default_cam_note = _default_cam_layer(
+        served, once, finished, attention_calls, outputs, fed_the_input
+    )
     served.non_relu_activations = tuple(sorted(recorder.ops & _NON_RELU_ACTIVATIONS))
     return out
+
+
+def _attention_layers(
+    served: ServedModel,
+    attention_calls: list[tuple[str, int, tuple[int, ...]]],
+    calls: dict[str, int],
+    size: tuple[int, int],
+) -> tuple[tuple[str, ...], LayerLayout | None]:
+    """The attention modules of a vision transformer, in call order, and the tokens they run
+    on: all of the model's nn.MultiheadAttention modules when each runs once, self-attention
+    on tokens with a class token and a patch grid (the same for all), without extra key
+    tokens (bias_k, add_zero_attn); else none (attention over anything else, or reused)."""
+    if not attention_calls:
+        return (), None
+    layouts = {infer_layout(shape, size) for _, _, shape in attention_calls}
+    if len(layouts) != 1:
+        return (), None
+    (layout,) = layouts
+    names = [name for name, _, _ in attention_calls]
+    plain = all(
+        getattr(served.layers[n], "bias_k", None) is None
+        and not getattr(served.layers[n], "add_zero_attn", False)
+        for n in names
+    )
+    if (
+        layout.kind != "tokens"
+        or layout.grid is None
+        or layout.class_tokens < 1
+        or not plain
+        or len(set(names)) != len(names)
+        or any(calls.get(n) != 1 for n in names)
+    ):
+        return (), None
+    return tuple(names), layout
+
+
+def _default_cam_layer(
+    served: ServedModel,
+    once: list[str],
+    finished: list[str],
+    attention_calls: list[tuple[str, int, tuple[int, ...]]],
+    outputs: dict[str, torch.Tensor],
+    fed_the_input: set[str],
+) -> tuple[str, str]:
+    """Grad-CAM's (and activations') default layer, and why, in words.
+
+    - A vision transformer (`attention_layers` set): the layer that finished last before its
+      last attention block started, when it is tokens on the patch grid: the last block's
+      first norm (torchvision's `encoder_layer_N.ln_1`), as pytorch-grad-cam recommends. The
+      patch tokens of the last block's output reach a class-token head through no later
+      attention, so their gradient, and any map made of it, is zero.
+    - Else the last map of the input that runs once, in any layout the methods read as
+      [C, h, w] (channels-first, channels-last, tokens on a patch grid). When it is a whole
+      feature extractor (a module fed the model's own input, such as VGG's or ConvNeXt's
+      `features`), the outermost module inside it that gives the same output tensor is named
+      instead: the last stage (`features.7`), the same result under the name of its stage.
+    - "" when the model has no such map.
+    """
+    layouts = served.layer_layouts
+    if served.attention_layers:
+        last_start = max(i for name, i, _ in attention_calls if name in served.attention_layers)
+        before = finished[last_start - 1] if last_start > 0 else ""
+        layout = layouts.get(before)
+        if before in once and layout is not None and layout.kind == "tokens" and layout.grid:
+            return before, (
+                f"the input of the last attention block: {layout.describe()}, read as "
+                f"[C, h, w] = {list(layout.map_shape or ())} without the class "
+                f"token{'s' if layout.class_tokens != 1 else ''} (the last block's output "
+                "reaches the class token through no later attention: its patch tokens' "
+                "gradient is zero)"
+            )
+    mappable = [n for n in once if layouts[n].map_shape is not None]
+    if not mappable:
+        return "", ""
+    name = mappable[-1]
+    lead = "the model's last feature map"
+    if name in fed_the_input and name in outputs:
+        inside = [
+            n
+            for n in served.layers
+            if n.startswith(name + ".") and outputs.get(n) is outputs[name] and n in once
+        ]
+        if inside:
+            lead = f"the last stage of '{name}', whose output is the model's last feature map"
+            name = inside[0]
+    layout = layouts[name]
+    shape = list(layout.map_shape or ())
+    if layout.kind == "nchw":
+        how = f"channels-first {shape}"
+    elif layout.kind == "nhwc":
+        how = f"channels-last {list(layout.shape)}, read permuted as [C, h, w] = {shape}"
+    else:
+        how = f"{layout.describe()}, read as [C, h, w] = {shape} without class tokens"
+    return name, f"{lead}: {how}"
 
 
 def select_device(name: str) -> torch.device:

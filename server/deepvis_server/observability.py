@@ -309,7 +309,7 @@ class _EngineCollector(Collector):
         return iter(self._families())
 
     def collect(self) -> Iterator[Metric]:
-        queue, jobs, memory = self._families()
+        queue, jobs, dreams, memory = self._families()
         engine = self._obs.engine
         cache = [] if engine is None or engine.cache is None else _cache_metrics(engine.cache)
         if engine is not None:
@@ -317,12 +317,16 @@ class _EngineCollector(Collector):
                 queue.add_metric([name], batcher.queue_depth)
             for name, visualizer in dict(engine.visualizers).items():
                 jobs.add_metric([name], visualizer.active_jobs)
+            for name, dreamer in dict(engine.dreamers).items():
+                dreams.add_metric([name], dreamer.active_jobs)
             for device, kind, value in _device_memory(engine):
                 memory.add_metric([device, kind], value)
-        return iter((queue, jobs, memory, *cache))
+        return iter((queue, jobs, dreams, memory, *cache))
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families() -> tuple[
+        GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily
+    ]:
         return (
             GaugeMetricFamily(
                 "deepvis_queue_depth",
@@ -332,6 +336,11 @@ class _EngineCollector(Collector):
             GaugeMetricFamily(
                 "deepvis_render_jobs",
                 "Visualize jobs joining or in the model's optimization batch",
+                labels=["model"],
+            ),
+            GaugeMetricFamily(
+                "deepvis_dream_jobs",
+                "DeepDream jobs joining or in the model's DeepDream batch",
                 labels=["model"],
             ),
             GaugeMetricFamily(

@@ -281,6 +281,24 @@ def tensor_input(raw: RawInput, spec: ModelSpec, limits: Limits) -> torch.Tensor
     )  # astype copies: the wire buffer stays read-only
 
 
+def picture_pixels(raw: RawInput, channels: int, limits: Limits) -> torch.Tensor:
+    """A picture (input.image or input.pixels) at its own size in the model's channels, as
+    float32 [C, H, W] pixels in [0, 1]: what DeepDream works on. A model tensor is refused."""
+    if raw.kind == "pixels":
+        img = Image.fromarray(np.ascontiguousarray(pixels_array(raw, limits)))
+    elif raw.kind == "image":
+        img = decode_image(raw.data, limits)
+    else:
+        raise InvalidArgument(
+            "DeepDream works on a picture: send input.image or input.pixels, not a model tensor",
+            field="input",
+        )
+    arr = np.asarray(to_model_mode(img, channels), dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.transpose(2, 0, 1).astype(np.float32) / 255.0)
+
+
 def input_to_tensor(raw: RawInput, spec: ModelSpec, limits: Limits) -> tuple[torch.Tensor, Region]:
     """One request's input at the model's size, [C, H, W]: uint8 pixels for images and pixel
     arrays (normalised later, per batch, by `batch_to_model_input`), float32 for a tensor;

@@ -95,7 +95,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     async def DescribeModel(
         self, request: pb.DescribeModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.DescribeModelResponse:
-        return convert.describe_model(self.engine.model(request.model), list(self.engine.methods))
+        return convert.describe_model(self.engine.model(request.model), self.engine.methods)
 
     @rpc_errors
     async def Visualize(
@@ -118,7 +118,17 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                 yield convert.evaluate_response(event)
 
     @rpc_errors
+    async def DeepDream(
+        self, request: pb.DeepDreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.DeepDreamResponse]:
+        query = convert.parse_dream(request)
+        # aclosing: a client that went away stops the job and frees its row at once.
+        async with contextlib.aclosing(self.engine.dream(query)) as events:
+            async for event in events:
+                yield convert.dream_response(query, event)
+
+    @rpc_errors
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        return convert.list_models(list(self.engine.models.values()), list(self.engine.methods))
+        return convert.list_models(list(self.engine.models.values()), self.engine.methods)

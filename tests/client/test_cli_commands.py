@@ -180,7 +180,7 @@ def test_cli_visualize_writes_outputs(
     assert (req.steps, req.progress_every, req.batch, req.height, req.width) == (4, 2, 2, 6, 5)
     assert req.learning_rate == pytest.approx(0.1) and req.diversity == pytest.approx(0.5)
     assert req.seed == 7 and not req.no_transforms
-    assert req.parameterization == deepvis_pb2.PARAMETERIZATION_FFT
+    assert req.parameterization == deepvis_pb2.PARAMETERIZATION_UNSPECIFIED  # the server: FFT
     assert req.input.WhichOneof("kind") == "image"
     name = "conv1-c2-y0-x1"
     for i in range(2):

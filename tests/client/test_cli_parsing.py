@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import deepvis
-from deepvis import _cli
+from deepvis import _cli, _cli_explain
 from deepvis._cli import main
 
 from .fakes import (
@@ -87,8 +87,10 @@ def test_cli_explain_arguments() -> None:
 
 def test_cli_visualize_arguments() -> None:
     args = _parse(["visualize", "--class", "3", "--out", "o"])
-    assert args.class_index == 3 and args.steps == 512 and args.lr == 0.05
-    assert args.size is None and args.batch == 1 and args.param == "fft"
+    # The learning rate and parameterization left to the server: the preset's defaults.
+    assert args.class_index == 3 and args.steps == 512 and args.lr is None
+    assert args.size is None and args.batch == 1 and args.param is None
+    assert args.preset == "lucid" and args.l2 is None
     assert _cli._objective(args) == 3
     args = _parse(["visualize", "--channel", "conv3:12", "--out", "o", "--size", "64x48"])
     assert _cli._objective(args) == deepvis.Neuron("conv3", 12) and args.size == (64, 48)
@@ -96,6 +98,9 @@ def test_cli_visualize_arguments() -> None:
     assert _cli._objective(args) == deepvis.Layer("conv3") and args.param == "pixel"
     args = _parse(["visualize", "--neuron", "conv3:12:4:4", "--out", "o", "--no-transforms"])
     assert _cli._objective(args) == deepvis.Neuron("conv3", 12, 4, 4) and args.no_transforms
+    args = _parse(["visualize", "--class", "3", "--out", "o", "--preset", "class-model"]
+                  + ["--l2", "0.01"])  # fmt: skip
+    assert args.preset == "class-model" and args.l2 == 0.01
 
 
 @pytest.mark.parametrize(
@@ -218,3 +223,17 @@ def test_cli_refuses_a_path_that_names_nothing_before_any_call(
     assert rc == 1
     assert len(err) == 1 and err[0].startswith("FileNotFoundError: ")
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_rollout_flags() -> None:
+    args = _parse(["explain", "a.png", "--out", "o", "--method", "attention-rollout"])
+    assert _cli_explain._rollout(args) is None  # the server's defaults
+    args = _parse(
+        ["explain", "a.png", "--out", "o", "--method", "attention-rollout", "--head-fusion", "max"]
+        + ["--discard-ratio", "0.9"]
+    )
+    assert _cli_explain._rollout(args) == deepvis.Rollout("max", 0.9)
+    args = _parse(["explain", "a.png", "--out", "o", "--discard-ratio", "0.5"])
+    assert _cli_explain._rollout(args) == deepvis.Rollout("mean", 0.5)
+    with pytest.raises(SystemExit):
+        _parse(["explain", "a.png", "--out", "o", "--head-fusion", "median"])

@@ -95,6 +95,7 @@ def test_methods_derived_from_enum() -> None:
         "integrated_gradients",
         "lrp",
         "input_x_gradient",
+        "attention_rollout",
     ]
     # One name per number: the enum's first (METHOD_) name, not its short alias.
     by_number = deepvis_pb2.Method.DESCRIPTOR.values_by_number
@@ -168,3 +169,43 @@ def test_request_new_methods_and_top_k_channels() -> None:
 def test_request_top_k_channels_rejected(bad: Any) -> None:
     with pytest.raises(ValueError, match="top_k_channels"):
         _request(top_k_channels=bad)
+
+
+def test_rollout_options_travel_as_rollout_options() -> None:
+    req = _request(method="attention_rollout", rollout=deepvis.Rollout("max", 0.9))
+    assert req.method == deepvis_pb2.METHOD_ATTENTION_ROLLOUT
+    assert req.rollout.head_fusion == deepvis_pb2.HEAD_FUSION_MAX
+    assert req.rollout.discard_ratio == pytest.approx(0.9)
+    assert not _request(method="attention_rollout").HasField("rollout")
+    # The defaults, sent explicitly, are the server's defaults too: MEAN, nothing discarded.
+    default = _request(method="attention_rollout", rollout=deepvis.Rollout())
+    assert (
+        default.HasField("rollout") and default.rollout.head_fusion == deepvis_pb2.HEAD_FUSION_MEAN
+    )
+    batches = _convert.batch_requests_to_pb(
+        [np.zeros((4, 5), np.uint8)] * 3, chunk=2, targets=None, model="m",
+        method="attention_rollout", layer=None, render=False, array_dtype="float32", top_k=5,
+        array=True, top_k_channels=0, rollout=deepvis.Rollout("min"),
+    )  # fmt: skip
+    assert [r.rollout.head_fusion for b in batches for r in b.requests] == [
+        deepvis_pb2.HEAD_FUSION_MIN
+    ] * 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"head_fusion": "median"}, "head_fusion must be 'mean', 'max' or 'min'"),
+        ({"discard_ratio": 1.0}, r"discard_ratio must be a number in \[0, 1\)"),
+        ({"discard_ratio": -0.5}, r"discard_ratio must be a number in \[0, 1\)"),
+        ({"discard_ratio": True}, "discard_ratio must be a number"),
+    ],
+)
+def test_rollout_rejects_bad_options(kwargs: dict[str, Any], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        deepvis.Rollout(**kwargs)
+
+
+def test_rollout_must_be_a_rollout() -> None:
+    with pytest.raises(TypeError, match="rollout must be a deepvis.Rollout"):
+        _request(method="attention_rollout", rollout={"head_fusion": "max"})

@@ -288,3 +288,63 @@ def test_crop_preprocessing_reaches_the_client() -> None:
     assert _convert.explanation_from_pb(resp).input_region == (62.5, 12.5, 175.0, 175.0)
     line = _cli._format_model(_convert.model_info_from_pb(info))
     assert "input=3x8x8  resize=256  methods=" in line
+
+
+def test_layouts_reach_the_client_and_the_layers_listing() -> None:
+    resp = deepvis_pb2.DescribeModelResponse(
+        model=tiny_info(),
+        layers=[
+            deepvis_pb2.LayerInfo(
+                name="conv_proj", type="Conv2d", output_shape=[768, 14, 14], calls=1,
+                layout=deepvis_pb2.LAYOUT_CHANNELS_FIRST, map_shape=[768, 14, 14],
+            ),
+            deepvis_pb2.LayerInfo(
+                name="ln_1", type="LayerNorm", output_shape=[197, 768], calls=1,
+                layout=deepvis_pb2.LAYOUT_TOKENS, map_shape=[768, 14, 14], class_tokens=1,
+            ),
+            deepvis_pb2.LayerInfo(
+                name="stage", type="Sequential", output_shape=[7, 7, 768], calls=1,
+                layout=deepvis_pb2.LAYOUT_CHANNELS_LAST, map_shape=[768, 7, 7],
+            ),
+            deepvis_pb2.LayerInfo(
+                name="mix", type="Linear", output_shape=[35, 8], calls=1,
+                layout=deepvis_pb2.LAYOUT_TOKENS,
+            ),
+            deepvis_pb2.LayerInfo(
+                name="head", type="Linear", output_shape=[3], calls=1,
+                layout=deepvis_pb2.LAYOUT_VECTOR,
+            ),
+            deepvis_pb2.LayerInfo(name="split", type="Split", calls=1),
+            deepvis_pb2.LayerInfo(name="newer", type="X", output_shape=[2], calls=1, layout=42),  # type: ignore[arg-type]
+        ],
+        default_cam_layer="ln_1",
+        default_cam_layer_note="the input of the last attention block",
+        attention_layers=["attn"],
+    )  # fmt: skip
+    desc = _convert.model_description_from_pb(resp)
+    layouts = [(x.layout, x.map_shape, x.class_tokens) for x in desc.layers]
+    assert layouts == [
+        ("channels_first", (768, 14, 14), 0),
+        ("tokens", (768, 14, 14), 1),
+        ("channels_last", (768, 7, 7), 0),
+        ("tokens", (), 0),
+        ("vector", (), 0),
+        ("", (), 0),
+        ("layout_42", (), 0),  # a newer server's layout, named by its number
+    ]
+    assert desc.default_cam_layer_note == "the input of the last attention block"
+    assert desc.attention_layers == ("attn",)
+    lines = [line.split() for line in _cli._format_layers(desc)]
+    assert [line[3:] for line in lines[:7]] == [
+        ["channels-first"],
+        ["tokens:1+14x14"],
+        ["channels-last->768x7x7"],
+        ["tokens:0+no-grid"],
+        ["vector"],
+        [],
+        ["layout-42"],
+    ]
+    assert lines[7] == [
+        "default-cam-layer=ln_1", "non-relu-activations=-", "attention-layers=1"
+    ]  # fmt: skip
+    assert " ".join(lines[8]) == "default-cam-layer: the input of the last attention block"

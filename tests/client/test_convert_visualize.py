@@ -130,7 +130,11 @@ def test_parameterizations_derived_from_enum() -> None:
         ({"size": (8, 8.5)}, ValueError, "width"),
         ({"parameterization": "unspecified"}, ValueError, "fft, pixel"),
         ({"parameterization": ""}, ValueError, "parameterization"),
-        ({"parameterization": None}, ValueError, "parameterization"),
+        ({"parameterization": 3}, ValueError, "parameterization"),
+        ({"preset": "lucent"}, ValueError, "lucid, class_model"),
+        ({"preset": None}, ValueError, "preset"),
+        ({"l2_penalty": -1.0}, ValueError, "l2_penalty"),
+        ({"l2_penalty": float("nan")}, ValueError, "l2_penalty"),
         ({"array_dtype": "int64"}, ValueError, "array_dtype"),
         ({"input": 42}, TypeError, "cannot explain"),
     ],
@@ -207,3 +211,18 @@ def test_visualize_unknown_kind_is_skipped_and_bad_result_rejected() -> None:
     result.images_png.append(b"")
     with pytest.raises(ValueError, match="empty picture"):
         _convert.visualize_item_from_pb(deepvis_pb2.VisualizeResponse(result=result))
+
+
+def test_the_class_model_preset_and_its_penalty_travel_and_defaults_stay_unset() -> None:
+    req = _vis_request(
+        3, preset="class-model", l2_penalty=0.01, learning_rate=None, parameterization=None
+    )
+    assert req.preset == deepvis_pb2.PRESET_CLASS_MODEL
+    assert req.HasField("l2_penalty") and req.l2_penalty == pytest.approx(0.01)
+    # Left to the server: the preset's learning rate (0 on the wire) and no parameterization.
+    assert req.learning_rate == 0.0
+    assert req.parameterization == deepvis_pb2.PARAMETERIZATION_UNSPECIFIED
+    plain = _vis_request(3)
+    assert plain.preset == deepvis_pb2.PRESET_LUCID and not plain.HasField("l2_penalty")
+    assert _vis_request(3, preset="class_model", l2_penalty=0.0).HasField("l2_penalty")
+    assert _convert.presets() == ["lucid", "class_model"]

@@ -1,7 +1,8 @@
 """Every method of the server's registry, checked the same way: the registry is the schema's
-Method enum; on the digits model and a torchvision model of the zoo, items batched together
-equal each item alone, and the result has the shape deepvis.proto documents for the method;
-after an error inside a batch the served model keeps no hook and no parameter needing grad.
+Method enum; on the digits model, a torchvision CNN and a torchvision ViT of the zoo, items
+batched together equal each item alone, and the result has the shape deepvis.proto documents
+for the method (a method made for some architectures only refuses the others); after an error
+inside a batch the served model keeps no hook and no parameter needing grad.
 
 The checks are parametrized by the registry, and the shape comes from the method's comment in
 deepvis.proto, so a method added to both gets them without a line here.
@@ -21,6 +22,7 @@ import deepvis
 from deepvis.v1 import deepvis_pb2 as pb
 from deepvis_server.methods import REGISTRY
 from deepvis_server.server import DeepvisServer
+from leftovers import hooks_and_grads
 from oracles import relative_error
 from toy_models import POISON
 
@@ -29,6 +31,11 @@ METHODS = sorted(REGISTRY, key=lambda name: pb.Method.Value(f"METHOD_{name.upper
 # The zoo's torchvision model for these checks (the digits model is the other one).
 TORCHVISION = "resnet18"
 TARGETS = [3, None, 7, 1]  # mixed: three classes and the predicted one
+# Methods made for some architectures: the zoo model they run on here; every other model
+# refuses them with INVALID_ARGUMENT.
+ONLY_ON = {"attention_rollout": "vit"}
+# The model that fails mid-forward on POISON, by method (one the method serves).
+FAULTY = {"attention_rollout": "faulty_vit"}
 TOL = 1e-5
 ATTEMPTS = 5
 # Each method with its default options, then the options that change what runs: LRP's rule
@@ -112,30 +119,12 @@ def documented_shape(method: str) -> list[str]:
 
 
 def expected_shape(axes: list[str], info: deepvis.ModelInfo, layer: tuple[int, ...]) -> tuple:
-    """[C, H, W] and [H, W]: the model's input; [C, h, w]: the (default) layer's output."""
+    """[C, H, W] and [H, W]: the model's input; [C, h, w]: the (default) layer's map."""
     if any(a in ("h", "w") for a in axes):
         assert len(axes) == len(layer), (axes, layer)
         return tuple(layer)
     sizes = {"C": info.channels, "H": info.height, "W": info.width}
     return tuple(sizes[a] for a in axes)
-
-
-def hooks_and_grads(module: torch.nn.Module) -> list[str]:
-    """What a method may have left on a model: hooks of any kind, parameters needing grad."""
-    left = []
-    for name, m in module.named_modules():
-        for kind in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks"):
-            if getattr(m, kind):
-                left.append(f"{name or 'model'}.{kind}")
-        if getattr(m, "_backward_pre_hooks", None):
-            left.append(f"{name or 'model'}._backward_pre_hooks")
-    left += [f"{n}.requires_grad" for n, p in module.named_parameters() if p.requires_grad]
-    from torch.nn.modules import module as nn_module
-
-    for kind in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks"):
-        if getattr(nn_module, kind, None):
-            left.append(f"torch.nn.modules.module.{kind}")
-    return left
 
 
 def served(request: pytest.FixtureRequest, key: str) -> tuple[DeepvisServer, str, np.ndarray]:
@@ -146,7 +135,7 @@ def served(request: pytest.FixtureRequest, key: str) -> tuple[DeepvisServer, str
         server = request.getfixturevalue("digits_server")
         return server, "digits", rng.standard_normal((4, 1, 32, 32)).astype(np.float32)
     server, twins = request.getfixturevalue("zoo")
-    shape = twins[key].input_shape
+    shape = twins[key].input_shape  # TORCHVISION, or "vit"
     return server, key, rng.standard_normal((4, *shape)).astype(np.float32)
 
 
@@ -167,13 +156,20 @@ def test_the_registry_is_the_schemas_method_enum() -> None:
     assert all(method.name == key for key, method in REGISTRY.items())
 
 
-@pytest.mark.parametrize("key", [pytest.param("digits", marks=pytest.mark.fast), TORCHVISION])
+@pytest.mark.parametrize(
+    "key", [pytest.param("digits", marks=pytest.mark.fast), TORCHVISION, "vit"]
+)
 @pytest.mark.parametrize(("method", "options"), VARIANTS, ids=VARIANT_IDS)
 def test_a_batch_equals_its_items_alone_in_the_documented_shape(
     request, method, options, key
 ) -> None:
     server, name, xs = served(request, key)
     device = server.engine.device
+    if method in ONLY_ON and ONLY_ON[method] != key:
+        with deepvis.Client(server.bound_address, timeout=60) as client:
+            with pytest.raises(deepvis.InvalidArgument, match=f"method {method} needs"):
+                client.explain(xs[0], model=name, method=method)
+        return
     with deepvis.Client(server.bound_address, timeout=120) as client:
         # One call's items join one batch when they reach the batcher within its max_delay;
         # on a loaded machine one may come late, so a call whose batch split is sent again.
@@ -196,7 +192,7 @@ def test_a_batch_equals_its_items_alone_in_the_documented_shape(
     assert sizes == [4] * 4, f"the 4 items never ran as one batch in {ATTEMPTS} calls: {sizes}"
     assert [r.batch_size for r in alone] == [1] * 4
     assert [r.target for r in batched] == [r.target for r in alone]
-    layer = {x.name: x.output_shape for x in desc.layers}[desc.default_cam_layer]
+    layer = {x.name: x.map_shape for x in desc.layers}[desc.default_cam_layer]
     shape = expected_shape(documented_shape(method), info, layer)
     for i, (b, a, a2) in enumerate(zip(batched, alone, again, strict=True)):
         assert b.array is not None and a.array is not None and a2.array is not None
@@ -219,15 +215,17 @@ def test_an_error_inside_a_batch_leaves_no_hook_and_no_grad(
     """No hook, no parameter needing grad, no changed weight or buffer; and no mode left on
     the device thread: a plain gradient afterwards is what it was before (LRP's rules live in
     a torch function mode there, for one forward pass)."""
-    server, _ = zoo
-    faulty = server.engine.models["faulty"].module
+    server, twins = zoo
+    name = FAULTY.get(method, "faulty")
+    faulty = server.engine.models[name].module
     weights = {k: v.clone() for k, v in faulty.state_dict().items()}
-    xs = np.random.default_rng(8).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    xs = np.random.default_rng(8).standard_normal((4, *twins[name].input_shape))
+    xs = xs.astype(np.float32)
     with deepvis.Client(server.bound_address, timeout=120) as client:
 
         def plain() -> np.ndarray:
             array = client.explain(
-                xs[0], model="faulty", method="saliency", target=1, render=False
+                xs[0], model=name, method="saliency", target=1, render=False
             ).array
             assert array is not None
             return array
@@ -235,7 +233,7 @@ def test_an_error_inside_a_batch_leaves_no_hook_and_no_grad(
         before = plain()
         xs[2, 0, 5, 5] = POISON  # FaultyNet raises after its first layer ran, hooks and all
         results = client.explain_batch(
-            list(xs), model="faulty", method=method, targets=[3, None, 2, 1], render=False,
+            list(xs), model=name, method=method, targets=[3, None, 2, 1], render=False,
             return_errors=True, **options,
         )  # fmt: skip
         after = plain()
@@ -247,5 +245,9 @@ def test_an_error_inside_a_batch_leaves_no_hook_and_no_grad(
     assert all(torch.equal(state[k], weights[k]) for k in weights)
     assert np.array_equal(after, before)
     # The models of the batches above are as they were loaded, too.
-    for model in (digits_server.engine.models["digits"], server.engine.models[TORCHVISION]):
+    models = ("digits", TORCHVISION, "vit")
+    for model in (
+        digits_server.engine.models["digits"],
+        *(server.engine.models[m] for m in models[1:]),
+    ):
         assert hooks_and_grads(model.module) == [], model.name

@@ -222,7 +222,7 @@ def test_guided_grad_cam_uses_the_capped_rule(served) -> None:
             layer=layer,
             render=False,
         )
-    assert layer == "features"
+    assert layer == "features.18"  # the last stage of `features`, its output
     targets = resolved(model, x)
     assert [r.target for r in results] == targets
     assert max(r.batch_size for r in results) > 1

@@ -51,6 +51,17 @@ if kind == "visualize":
     for i, _ in enumerate(stub.Visualize(request)):
         if i + 1 == n:
             print("ready", flush=True)
+elif kind == "dream":
+    pixels = rng.integers(0, 256, (48, 40), dtype=np.uint8)
+    request = pb.DeepDreamRequest(
+        model="digits", objective=pb.Objective(layer="conv2"), progress_every=1,
+        input=pb.Input(pixels=pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[48, 40],
+                                        data=pixels.tobytes())),
+        octaves=8, octave_scale=1.05, steps_per_octave=100,
+    )
+    for i, _ in enumerate(stub.DeepDream(request)):
+        if i + 1 == n:
+            print("ready", flush=True)
 elif kind == "unread":
     stream = stub.Visualize(pb.VisualizeRequest(
         model="digits", objective=pb.Objective(class_index=3), steps=2000, progress_every=1,
@@ -67,7 +78,7 @@ elif kind == "explain_batch":
         stub.ExplainBatch(pb.ExplainBatchRequest(requests=[explain_request() for _ in range(64)]))
 """
 
-KINDS = ("visualize", "unread", "explain", "explain_batch")
+KINDS = ("visualize", "unread", "explain", "explain_batch", "dream")
 
 
 def _metric(metrics_port: int, name: str) -> float:
@@ -100,8 +111,8 @@ def _spawn(address: str, kind: str, n: int) -> subprocess.Popen[str]:
 
 
 def test_clients_killed_at_random_points_never_take_the_server_down(tmp_path) -> None:
-    """Dozens of client processes SIGKILLed mid-stream, mid-call, before and after their
-    first message: the server stays up, cancels their work, and answers as before."""
+    """Dozens of client processes SIGKILLed mid-stream (Visualize, DeepDream), mid-call,
+    before and after their first message: the server stays up, cancels their work, and answers as before."""
     metrics = free_port()
     config = default_model_config(tmp_path / "faults.toml", f"metrics_port = {metrics}")
     rng = random.Random(0)
@@ -129,6 +140,9 @@ def test_clients_killed_at_random_points_never_take_the_server_down(tmp_path) ->
         while _metric(metrics, "deepvis_render_jobs") and time.monotonic() < deadline:
             time.sleep(0.2)
         assert _metric(metrics, "deepvis_render_jobs") == 0
+        while _metric(metrics, "deepvis_dream_jobs") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _metric(metrics, "deepvis_dream_jobs") == 0
         assert _metric(metrics, "deepvis_queue_depth") == 0
         assert server.stop() == 0
     assert "Segmentation fault" not in server.log() and "Traceback" not in server.log()

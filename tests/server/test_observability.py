@@ -168,6 +168,7 @@ def test_requests_batches_and_gauges_reach_metrics(observed: Observed) -> None:
     assert ("deepvis_queue_depth", frozenset({("model", "digits")})) in after
     assert value(after, "deepvis_queue_depth", model="digits") == 0
     assert ("deepvis_render_jobs", frozenset({("model", "digits")})) in after
+    assert value(after, "deepvis_dream_jobs", model="digits") == 0
     memory = {
         dict(labels)["kind"]: v
         for (n, labels), v in after.items()

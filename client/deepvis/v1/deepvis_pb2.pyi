@@ -27,6 +27,8 @@ class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LRP: _ClassVar[Method]
     METHOD_INPUT_X_GRADIENT: _ClassVar[Method]
     INPUT_X_GRADIENT: _ClassVar[Method]
+    METHOD_ATTENTION_ROLLOUT: _ClassVar[Method]
+    ATTENTION_ROLLOUT: _ClassVar[Method]
 
 class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -85,11 +87,33 @@ class BaselineKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BASELINE_KIND_UNIFORM: _ClassVar[BaselineKind]
     BASELINE_KIND_IMAGES: _ClassVar[BaselineKind]
 
+class HeadFusion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HEAD_FUSION_UNSPECIFIED: _ClassVar[HeadFusion]
+    HEAD_FUSION_MEAN: _ClassVar[HeadFusion]
+    HEAD_FUSION_MAX: _ClassVar[HeadFusion]
+    HEAD_FUSION_MIN: _ClassVar[HeadFusion]
+
+class Layout(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LAYOUT_UNSPECIFIED: _ClassVar[Layout]
+    LAYOUT_CHANNELS_FIRST: _ClassVar[Layout]
+    LAYOUT_CHANNELS_LAST: _ClassVar[Layout]
+    LAYOUT_TOKENS: _ClassVar[Layout]
+    LAYOUT_VECTOR: _ClassVar[Layout]
+    LAYOUT_OTHER: _ClassVar[Layout]
+
 class Parameterization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PARAMETERIZATION_UNSPECIFIED: _ClassVar[Parameterization]
     PARAMETERIZATION_FFT: _ClassVar[Parameterization]
     PARAMETERIZATION_PIXEL: _ClassVar[Parameterization]
+
+class Preset(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRESET_UNSPECIFIED: _ClassVar[Preset]
+    PRESET_LUCID: _ClassVar[Preset]
+    PRESET_CLASS_MODEL: _ClassVar[Preset]
 
 class Metric(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -125,6 +149,8 @@ METHOD_LRP: Method
 LRP: Method
 METHOD_INPUT_X_GRADIENT: Method
 INPUT_X_GRADIENT: Method
+METHOD_ATTENTION_ROLLOUT: Method
+ATTENTION_ROLLOUT: Method
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT16: DType
@@ -161,9 +187,22 @@ BASELINE_KIND_BLACK: BaselineKind
 BASELINE_KIND_BLUR: BaselineKind
 BASELINE_KIND_UNIFORM: BaselineKind
 BASELINE_KIND_IMAGES: BaselineKind
+HEAD_FUSION_UNSPECIFIED: HeadFusion
+HEAD_FUSION_MEAN: HeadFusion
+HEAD_FUSION_MAX: HeadFusion
+HEAD_FUSION_MIN: HeadFusion
+LAYOUT_UNSPECIFIED: Layout
+LAYOUT_CHANNELS_FIRST: Layout
+LAYOUT_CHANNELS_LAST: Layout
+LAYOUT_TOKENS: Layout
+LAYOUT_VECTOR: Layout
+LAYOUT_OTHER: Layout
 PARAMETERIZATION_UNSPECIFIED: Parameterization
 PARAMETERIZATION_FFT: Parameterization
 PARAMETERIZATION_PIXEL: Parameterization
+PRESET_UNSPECIFIED: Preset
+PRESET_LUCID: Preset
+PRESET_CLASS_MODEL: Preset
 METRIC_UNSPECIFIED: Metric
 METRIC_RANDOMIZATION: Metric
 METRIC_DELETION: Metric
@@ -244,7 +283,7 @@ class OutputOptions(_message.Message):
     def __init__(self, array_dtype: _Optional[_Union[DType, str]] = ..., omit_array: bool = ..., render: bool = ..., top_k: _Optional[int] = ..., picture_width: _Optional[int] = ..., picture_height: _Optional[int] = ..., colormap: _Optional[str] = ..., clip_percentile: _Optional[float] = ..., sign: _Optional[_Union[MapSign, str]] = ..., colorbar: bool = ..., caption: bool = ..., overlay: _Optional[_Union[Overlay, str]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "method", "input", "target", "layers", "output", "top_k_channels", "lrp", "smooth", "integrated_gradients")
+    __slots__ = ("model", "method", "input", "target", "layers", "output", "top_k_channels", "lrp", "smooth", "integrated_gradients", "rollout")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -255,6 +294,7 @@ class ExplainRequest(_message.Message):
     LRP_FIELD_NUMBER: _ClassVar[int]
     SMOOTH_FIELD_NUMBER: _ClassVar[int]
     INTEGRATED_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     model: str
     method: Method
     input: Input
@@ -265,7 +305,8 @@ class ExplainRequest(_message.Message):
     lrp: LrpOptions
     smooth: SmoothGradOptions
     integrated_gradients: IntegratedGradientsOptions
-    def __init__(self, model: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., layers: _Optional[_Iterable[str]] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ..., top_k_channels: _Optional[int] = ..., lrp: _Optional[_Union[LrpOptions, _Mapping]] = ..., smooth: _Optional[_Union[SmoothGradOptions, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradientsOptions, _Mapping]] = ...) -> None: ...
+    rollout: RolloutOptions
+    def __init__(self, model: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., layers: _Optional[_Iterable[str]] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ..., top_k_channels: _Optional[int] = ..., lrp: _Optional[_Union[LrpOptions, _Mapping]] = ..., smooth: _Optional[_Union[SmoothGradOptions, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradientsOptions, _Mapping]] = ..., rollout: _Optional[_Union[RolloutOptions, _Mapping]] = ...) -> None: ...
 
 class LrpOptions(_message.Message):
     __slots__ = ("composite", "epsilon", "gamma")
@@ -306,6 +347,14 @@ class IntegratedGradientsOptions(_message.Message):
     baseline_images: _containers.RepeatedCompositeFieldContainer[Input]
     seed: int
     def __init__(self, steps: _Optional[int] = ..., method: _Optional[_Union[IntegrationMethod, str]] = ..., baseline: _Optional[_Union[BaselineKind, str]] = ..., blur_sigma: _Optional[float] = ..., baseline_samples: _Optional[int] = ..., baseline_images: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class RolloutOptions(_message.Message):
+    __slots__ = ("head_fusion", "discard_ratio")
+    HEAD_FUSION_FIELD_NUMBER: _ClassVar[int]
+    DISCARD_RATIO_FIELD_NUMBER: _ClassVar[int]
+    head_fusion: HeadFusion
+    discard_ratio: float
+    def __init__(self, head_fusion: _Optional[_Union[HeadFusion, str]] = ..., discard_ratio: _Optional[float] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("index", "label", "score")
@@ -472,28 +521,38 @@ class DescribeModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class LayerInfo(_message.Message):
-    __slots__ = ("name", "type", "output_shape", "calls")
+    __slots__ = ("name", "type", "output_shape", "calls", "layout", "map_shape", "class_tokens")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
     CALLS_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    MAP_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    CLASS_TOKENS_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     output_shape: _containers.RepeatedScalarFieldContainer[int]
     calls: int
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., output_shape: _Optional[_Iterable[int]] = ..., calls: _Optional[int] = ...) -> None: ...
+    layout: Layout
+    map_shape: _containers.RepeatedScalarFieldContainer[int]
+    class_tokens: int
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., output_shape: _Optional[_Iterable[int]] = ..., calls: _Optional[int] = ..., layout: _Optional[_Union[Layout, str]] = ..., map_shape: _Optional[_Iterable[int]] = ..., class_tokens: _Optional[int] = ...) -> None: ...
 
 class DescribeModelResponse(_message.Message):
-    __slots__ = ("model", "layers", "default_cam_layer", "non_relu_activations")
+    __slots__ = ("model", "layers", "default_cam_layer", "non_relu_activations", "default_cam_layer_note", "attention_layers")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_CAM_LAYER_FIELD_NUMBER: _ClassVar[int]
     NON_RELU_ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_CAM_LAYER_NOTE_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_LAYERS_FIELD_NUMBER: _ClassVar[int]
     model: ModelInfo
     layers: _containers.RepeatedCompositeFieldContainer[LayerInfo]
     default_cam_layer: str
     non_relu_activations: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., default_cam_layer: _Optional[str] = ..., non_relu_activations: _Optional[_Iterable[str]] = ...) -> None: ...
+    default_cam_layer_note: str
+    attention_layers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., default_cam_layer: _Optional[str] = ..., non_relu_activations: _Optional[_Iterable[str]] = ..., default_cam_layer_note: _Optional[str] = ..., attention_layers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Objective(_message.Message):
     __slots__ = ("neuron", "class_index", "layer", "negate")
@@ -508,7 +567,7 @@ class Objective(_message.Message):
     def __init__(self, neuron: _Optional[_Union[Neuron, _Mapping]] = ..., class_index: _Optional[int] = ..., layer: _Optional[str] = ..., negate: bool = ...) -> None: ...
 
 class VisualizeRequest(_message.Message):
-    __slots__ = ("model", "objective", "steps", "learning_rate", "height", "width", "batch", "diversity", "seed", "progress_every", "parameterization", "no_transforms", "input", "array_dtype")
+    __slots__ = ("model", "objective", "steps", "learning_rate", "height", "width", "batch", "diversity", "seed", "progress_every", "parameterization", "no_transforms", "input", "array_dtype", "preset", "l2_penalty")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -523,6 +582,8 @@ class VisualizeRequest(_message.Message):
     NO_TRANSFORMS_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     ARRAY_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    PRESET_FIELD_NUMBER: _ClassVar[int]
+    L2_PENALTY_FIELD_NUMBER: _ClassVar[int]
     model: str
     objective: Objective
     steps: int
@@ -537,7 +598,9 @@ class VisualizeRequest(_message.Message):
     no_transforms: bool
     input: Input
     array_dtype: DType
-    def __init__(self, model: _Optional[str] = ..., objective: _Optional[_Union[Objective, _Mapping]] = ..., steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., batch: _Optional[int] = ..., diversity: _Optional[float] = ..., seed: _Optional[int] = ..., progress_every: _Optional[int] = ..., parameterization: _Optional[_Union[Parameterization, str]] = ..., no_transforms: bool = ..., input: _Optional[_Union[Input, _Mapping]] = ..., array_dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
+    preset: Preset
+    l2_penalty: float
+    def __init__(self, model: _Optional[str] = ..., objective: _Optional[_Union[Objective, _Mapping]] = ..., steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., batch: _Optional[int] = ..., diversity: _Optional[float] = ..., seed: _Optional[int] = ..., progress_every: _Optional[int] = ..., parameterization: _Optional[_Union[Parameterization, str]] = ..., no_transforms: bool = ..., input: _Optional[_Union[Input, _Mapping]] = ..., array_dtype: _Optional[_Union[DType, str]] = ..., preset: _Optional[_Union[Preset, str]] = ..., l2_penalty: _Optional[float] = ...) -> None: ...
 
 class VisualizeProgress(_message.Message):
     __slots__ = ("step", "steps", "objective", "image_png")
@@ -694,3 +757,73 @@ class EvaluateResponse(_message.Message):
     progress: EvaluateProgress
     result: EvaluateResult
     def __init__(self, progress: _Optional[_Union[EvaluateProgress, _Mapping]] = ..., result: _Optional[_Union[EvaluateResult, _Mapping]] = ...) -> None: ...
+
+class DeepDreamRequest(_message.Message):
+    __slots__ = ("model", "input", "objective", "octaves", "octave_scale", "steps_per_octave", "step_size", "jitter", "seed", "progress_every", "array_dtype")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    OCTAVES_FIELD_NUMBER: _ClassVar[int]
+    OCTAVE_SCALE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_PER_OCTAVE_FIELD_NUMBER: _ClassVar[int]
+    STEP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    JITTER_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_EVERY_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    input: Input
+    objective: Objective
+    octaves: int
+    octave_scale: float
+    steps_per_octave: int
+    step_size: float
+    jitter: int
+    seed: int
+    progress_every: int
+    array_dtype: DType
+    def __init__(self, model: _Optional[str] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., objective: _Optional[_Union[Objective, _Mapping]] = ..., octaves: _Optional[int] = ..., octave_scale: _Optional[float] = ..., steps_per_octave: _Optional[int] = ..., step_size: _Optional[float] = ..., jitter: _Optional[int] = ..., seed: _Optional[int] = ..., progress_every: _Optional[int] = ..., array_dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
+
+class DeepDreamProgress(_message.Message):
+    __slots__ = ("step", "steps", "octave", "octaves", "objective", "image_png")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    OCTAVE_FIELD_NUMBER: _ClassVar[int]
+    OCTAVES_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_PNG_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    steps: int
+    octave: int
+    octaves: int
+    objective: float
+    image_png: bytes
+    def __init__(self, step: _Optional[int] = ..., steps: _Optional[int] = ..., octave: _Optional[int] = ..., octaves: _Optional[int] = ..., objective: _Optional[float] = ..., image_png: _Optional[bytes] = ...) -> None: ...
+
+class DeepDreamResult(_message.Message):
+    __slots__ = ("array", "image_png", "octave_objectives", "steps", "queue_ms", "compute_ms", "max_batch_jobs", "octave_sizes")
+    ARRAY_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_PNG_FIELD_NUMBER: _ClassVar[int]
+    OCTAVE_OBJECTIVES_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_JOBS_FIELD_NUMBER: _ClassVar[int]
+    OCTAVE_SIZES_FIELD_NUMBER: _ClassVar[int]
+    array: Tensor
+    image_png: bytes
+    octave_objectives: _containers.RepeatedScalarFieldContainer[float]
+    steps: int
+    queue_ms: float
+    compute_ms: float
+    max_batch_jobs: int
+    octave_sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, array: _Optional[_Union[Tensor, _Mapping]] = ..., image_png: _Optional[bytes] = ..., octave_objectives: _Optional[_Iterable[float]] = ..., steps: _Optional[int] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., max_batch_jobs: _Optional[int] = ..., octave_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class DeepDreamResponse(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: DeepDreamProgress
+    result: DeepDreamResult
+    def __init__(self, progress: _Optional[_Union[DeepDreamProgress, _Mapping]] = ..., result: _Optional[_Union[DeepDreamResult, _Mapping]] = ...) -> None: ...

@@ -66,6 +66,11 @@ class ExplainerStub(object):
                 request_serializer=deepvis_dot_v1_dot_deepvis__pb2.EvaluateRequest.SerializeToString,
                 response_deserializer=deepvis_dot_v1_dot_deepvis__pb2.EvaluateResponse.FromString,
                 _registered_method=True)
+        self.DeepDream = channel.unary_stream(
+                '/deepvis.v1.Explainer/DeepDream',
+                request_serializer=deepvis_dot_v1_dot_deepvis__pb2.DeepDreamRequest.SerializeToString,
+                response_deserializer=deepvis_dot_v1_dot_deepvis__pb2.DeepDreamResponse.FromString,
+                _registered_method=True)
 
 
 class ExplainerServicer(object):
@@ -135,6 +140,18 @@ class ExplainerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeepDream(self, request, context):
+        """DeepDream on a picture (Mordvintsev et al., google/deepdream): gradient ascent
+        on the picture itself, octave by octave from small to its own size, amplifying
+        what a layer, a channel or a class sees in it. Streams progress messages (one per
+        octave, or see DeepDreamRequest.progress_every), then one result, like Visualize:
+        the latest progress to a reader that falls behind; cancelling the call stops the
+        job and frees its place. Concurrent jobs of the same picture size share one batch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExplainerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -167,6 +184,11 @@ def add_ExplainerServicer_to_server(servicer, server):
                     servicer.Evaluate,
                     request_deserializer=deepvis_dot_v1_dot_deepvis__pb2.EvaluateRequest.FromString,
                     response_serializer=deepvis_dot_v1_dot_deepvis__pb2.EvaluateResponse.SerializeToString,
+            ),
+            'DeepDream': grpc.unary_stream_rpc_method_handler(
+                    servicer.DeepDream,
+                    request_deserializer=deepvis_dot_v1_dot_deepvis__pb2.DeepDreamRequest.FromString,
+                    response_serializer=deepvis_dot_v1_dot_deepvis__pb2.DeepDreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -333,6 +355,33 @@ class Explainer(object):
             '/deepvis.v1.Explainer/Evaluate',
             deepvis_dot_v1_dot_deepvis__pb2.EvaluateRequest.SerializeToString,
             deepvis_dot_v1_dot_deepvis__pb2.EvaluateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeepDream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/deepvis.v1.Explainer/DeepDream',
+            deepvis_dot_v1_dot_deepvis__pb2.DeepDreamRequest.SerializeToString,
+            deepvis_dot_v1_dot_deepvis__pb2.DeepDreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -171,7 +171,8 @@ class ClassLogit(Objective):
 
 @dataclass(frozen=True)
 class Layer(Objective):
-    """DeepDream: the mean of the squared activations of a whole layer."""
+    """DeepDream: the mean of the squared activations of a whole layer (of its map, for a
+    channels-last or token layer: a token layer's class tokens are left out)."""
 
     layer: str
     negate: bool = False
@@ -196,10 +197,9 @@ class Layer(Objective):
 
 
 def last_spatial_layer(model: ServedModel) -> str | None:
-    """The model's last channels-first feature map [C, h, w] that runs once, as the loader
-    recorded it (`ServedModel.channels_first_layer`, which is Grad-CAM's default layer
-    unless token or channels-last layers follow it); None when the model has none."""
-    return model.channels_first_layer or None
+    """The model's Grad-CAM default layer (its last feature map in any layout, read as
+    [C, h, w]), or else its last channels-first feature map; None when it has neither."""
+    return model.default_cam_layer or model.channels_first_layer or None
 
 
 def diversity_layer(objective: Objective, model: ServedModel) -> str | None:
@@ -262,7 +262,7 @@ class ObjectivePlan:
         for (_kind, source), rows in groups.items():
             objs = [row_objectives[r] for r in rows]
             cls = type(objs[0])
-            shape = model.layer_shapes.get(source, ()) if source != LOGITS else ()
+            shape = (model.view_shape(source) or ()) if source != LOGITS else ()
             index = cls.plan(objs, shape, device)
             self._groups.append((source, _long(rows, device), cls.values, index))
             order.extend(rows)

@@ -14,12 +14,13 @@ from ..errors import InvalidArgument
 from ..methods.hooks import capture_output
 from ..models import ServedModel
 from .objectives import (
+    ClassLogit,
     Objective,
     ObjectivePlan,
     diversity_layer,
     diversity_penalty,
 )
-from .param import PARAM_KINDS, init_params, params_to_image
+from .param import MODEL_SPACE, PARAM_KINDS, init_params, params_to_image
 from .transforms import LUCID_TRANSFORMS, TransformConfig, transform_rows
 
 __all__ = [
@@ -41,6 +42,14 @@ ADAM_EPS = 1e-8
 # Lucid's feature-visualization defaults: 512 steps of Adam at this learning rate.
 LUCID_STEPS = 512
 LUCID_LEARNING_RATE = 0.05
+# The class-model preset's defaults (Simonyan et al. 2013 give none): CS231n's L2-regularised
+# class visualization on ImageNet-normalised inputs, lambda 1e-3 and a step of 25. Where the
+# ascent settles, x = (dS_c/dx) / (2 lambda): lambda sets how far the image strays from the
+# mean image, and with this one a class score's gradient (1e-3 to 1e-2 a normalised pixel on
+# ImageNet classifiers) gives pixels within about a standard deviation of the mean.
+CLASS_MODEL_L2 = 1e-3
+CLASS_MODEL_LEARNING_RATE = 25.0
+PRESETS = ("lucid", "class_model")
 
 
 @dataclass(frozen=True)
@@ -60,9 +69,13 @@ class RenderJob:
     seed: int = 0
     batch: int = 1  # images of this job, pushed apart by `diversity`
     diversity: float = 0.0
-    param: str = "fft"  # "fft" (decorrelated FFT) | "pixel"
+    param: str = "fft"  # "fft" (decorrelated FFT) | "pixel" | "model" (class model)
     transforms: bool = True
     progress_every: int = 0  # 0: no intermediate images
+    # "lucid", or "class_model": Simonyan et al.'s class model, the model-space image from
+    # zero by gradient ascent on S_c - l2_penalty * ||x||^2 (param "model", no transforms).
+    preset: str = "lucid"
+    l2_penalty: float = 0.0
 
     def check(self) -> None:
         """Raises InvalidArgument for a value no optimization can run, whatever the model."""
@@ -80,10 +93,21 @@ class RenderJob:
             raise InvalidArgument(
                 f"diversity must be a finite number >= 0, got {self.diversity}", field="diversity"
             )
-        if self.param not in PARAM_KINDS:
+        if self.preset not in PRESETS:
+            raise InvalidArgument(
+                f"preset must be one of {', '.join(PRESETS)}, got '{self.preset}'", field="preset"
+            )
+        if self.preset == "class_model":
+            self._check_class_model()
+        elif self.param not in PARAM_KINDS:
             raise InvalidArgument(
                 f"parameterization must be one of {', '.join(PARAM_KINDS)}, got '{self.param}'",
                 field="parameterization",
+            )
+        elif self.l2_penalty:
+            raise InvalidArgument(
+                "l2_penalty is the class-model preset's; the Lucid preset takes none",
+                field="l2_penalty",
             )
         if self.progress_every < 0:
             raise InvalidArgument(
@@ -92,6 +116,28 @@ class RenderJob:
         if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
             raise InvalidArgument(
                 f"height and width must be positive, got {tuple(self.size)}", field="height"
+            )
+
+    def _check_class_model(self) -> None:
+        if not isinstance(self.objective, ClassLogit):
+            raise InvalidArgument(
+                "the class-model preset maximises a class score: set objective.class_index",
+                field="objective",
+            )
+        if self.param != MODEL_SPACE:
+            raise InvalidArgument(
+                "the class-model preset optimises the image itself in the model's input space: "
+                "leave parameterization unset",
+                field="parameterization",
+            )
+        if self.transforms:
+            raise InvalidArgument(
+                "the class-model preset applies no transforms", field="no_transforms"
+            )
+        if not (math.isfinite(self.l2_penalty) and self.l2_penalty >= 0):
+            raise InvalidArgument(
+                f"l2_penalty must be a finite number >= 0, got {self.l2_penalty}",
+                field="l2_penalty",
             )
 
 
@@ -133,6 +179,8 @@ class RenderEvent:
     objective: float
     progress: RenderImages | None = None
     result: RenderResult | None = None
+    # What ended this job alone (its batch goes on without it): sent to its stream.
+    error: BaseException | None = None
 
     @property
     def done(self) -> bool:
@@ -350,13 +398,23 @@ class RenderBatch:
         self._plan = ObjectivePlan(objectives, self.model, self.device)
         self._sign = torch.tensor([-1.0 if n else 1.0 for n in self._negate], device=self.device)
         self._diverse = [j for j in self._jobs.values() if j.div_layer is not None]
+        self._penalised = [
+            j for j in self._jobs.values() if j.job.param == MODEL_SPACE and j.job.l2_penalty
+        ]
         self._layers = self._plan.layers | {j.div_layer for j in self._diverse if j.div_layer}
         self._dirty = False
 
     # -- the step ---------------------------------------------------------------------
 
     def _images(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.cat([params_to_image(kind, p, self.size) for kind, p in params.items()])
+        return torch.cat([self._image(kind, p) for kind, p in params.items()])
+
+    def _image(self, kind: str, params: torch.Tensor) -> torch.Tensor:
+        """A group's images in pixel units: a model-space image (the class model) through the
+        model's own mean and std, unclipped; the others through their parameterization."""
+        if kind == MODEL_SPACE:
+            return params * self._std + self._mean
+        return params_to_image(kind, params, self.size)
 
     def _forward(
         self, x: torch.Tensor, layers: frozenset[str] | set[str]
@@ -372,7 +430,9 @@ class RenderBatch:
         for name, out in saved.items():
             if not out:
                 raise RuntimeError(f"layer '{name}' produced no tensor output in the forward pass")
-            outputs[name] = out[0]
+            # As the methods read it: channels-last and token maps as [N, C, h, w], so that
+            # objectives and the diversity term index channels and places, never tokens.
+            outputs[name] = self.model.view(name, out[0])
         return logits, outputs
 
     def _normalize(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -399,6 +459,12 @@ class RenderBatch:
             logits, outputs = self._forward(self._normalize(x), self._layers)
             values = self._plan.values(outputs, logits)
             score = values * self._sign
+            for j in self._penalised:
+                assert j.rows is not None
+                lo, hi = j.local_range
+                image = leaves[MODEL_SPACE][lo:hi]
+                penalty = image.pow(2).flatten(1).sum(1)
+                score = score.index_add(0, j.rows, penalty, alpha=-j.job.l2_penalty)
             for j in self._diverse:
                 assert j.rows is not None and j.div_layer is not None
                 penalty = diversity_penalty(outputs[j.div_layer][j.rows])
@@ -407,7 +473,10 @@ class RenderBatch:
             grads = torch.autograd.grad(-score.sum(), [leaves[k] for k in kinds])
         with torch.no_grad():
             for kind, grad in zip(kinds, grads, strict=True):
-                self._adam(kind, grad)
+                if kind == MODEL_SPACE:
+                    self._ascent(grad)
+                else:
+                    self._adam(kind, grad)
         step_values = values.detach().cpu().numpy().astype(np.float64)
         return self._events(step_values)
 
@@ -432,10 +501,21 @@ class RenderBatch:
             torch.tensor(bias2_sqrt, dtype=dtype, device=self.device),
         )
 
+    def _ascent(self, grad: torch.Tensor) -> None:
+        """The class model's plain gradient step, x <- x + lr * d(score)/dx for each row with
+        its job's learning rate; `grad` is that of the negated score."""
+        lrs: list[float] = []
+        for j in self._jobs.values():
+            if j.job.param == MODEL_SPACE:
+                lrs += [j.job.lr] * j.job.batch
+        group = self._groups[MODEL_SPACE]
+        lr = torch.tensor(lrs, dtype=group.params.dtype, device=self.device)
+        group.params.sub_(grad * lr.view(-1, 1, 1, 1))
+
     def _job_pixels(self, j: _Job) -> torch.Tensor:
         lo, hi = j.local_range
         with torch.no_grad():
-            return params_to_image(j.job.param, self._groups[j.job.param].params[lo:hi], self.size)
+            return self._image(j.job.param, self._groups[j.job.param].params[lo:hi])
 
     def _events(self, step_values: np.ndarray) -> list[RenderEvent]:
         events: dict[int, RenderEvent] = {}

@@ -10,6 +10,7 @@ import torch
 __all__ = [
     "COLOR_CORRELATION_SVD_SQRT",
     "FFT_MAGIC",
+    "MODEL_SPACE",
     "PARAM_KINDS",
     "fft_scale",
     "fft_to_image",
@@ -21,6 +22,9 @@ __all__ = [
 ]
 
 PARAM_KINDS = ("fft", "pixel")
+# The class-model preset's parameters: the image itself in the model's input space (normalised
+# pixels), from zero; RenderBatch maps it to pixels with the model's own mean and std.
+MODEL_SPACE = "model"
 
 # Lucid's colour correlation of ImageNet, square root of its SVD (lucid/optvis/param/color.py).
 COLOR_CORRELATION_SVD_SQRT = np.asarray(
@@ -63,7 +67,7 @@ def param_shape(kind: str, channels: int, size: tuple[int, int]) -> tuple[int, .
     if kind == "fft":
         # Real and imaginary parts of each rfft2 coefficient, last so view_as_complex works.
         return (channels, h, w // 2 + 1, 2)
-    if kind == "pixel":
+    if kind in ("pixel", MODEL_SPACE):
         return (channels, h, w)
     raise ValueError(f"unknown parameterization '{kind}', expected one of {PARAM_KINDS}")
 
@@ -77,8 +81,11 @@ def init_params(
 ) -> torch.Tensor:
     """One image's initial parameters, N(0, sd), drawn on the CPU from `generator`.
 
-    Drawn on the CPU so the same seed gives the same image on every device.
+    Drawn on the CPU so the same seed gives the same image on every device. The model-space
+    image starts at zero (the mean image), drawing nothing.
     """
+    if kind == MODEL_SPACE:
+        return torch.zeros(param_shape(kind, channels, size))
     return torch.randn(param_shape(kind, channels, size), generator=generator) * sd
 
 

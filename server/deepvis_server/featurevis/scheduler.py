@@ -9,17 +9,18 @@ import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
 
 from ..config import RenderLimits
-from ..errors import DeepvisError, ResourceExhausted, Unavailable
+from ..errors import DeepvisError, InvalidArgument, ResourceExhausted, Unavailable
 from ..loops import ModelLoop
 from ..mailbox import Mailbox
 from ..models import ServedModel
 from ..pictures import pixel_pngs, strip_png
+from .dream import DreamBatch, DreamJob, dream_objective
 from .optimization import RenderBatch, RenderEvent, RenderJob
 
 log = logging.getLogger(__name__)
@@ -47,15 +48,20 @@ class Rendered:
     queue_ms: float  # from submission to its first step
     compute_ms: float  # from its first step to its last
     max_batch_jobs: int  # the most jobs its optimization batch held at one step
+    # Visualize: the final objective of each image; DeepDream: that of each octave's result.
+    objectives: tuple[float, ...] = ()
 
 
 # Progress messages a job sends when it asks for no pictures: about this many in all.
 PROGRESS_MESSAGES = 64
 
 
-def progress_stride(job: RenderJob) -> int:
+def progress_stride(job: RenderJob | DreamJob) -> int:
     """Every how many steps a job's stream sends a progress message: `progress_every` when it
-    asks for pictures (each message then carries them), else about PROGRESS_MESSAGES in all."""
+    asks for pictures (each message then carries them), else about PROGRESS_MESSAGES in all
+    (a DeepDream: one at the end of each octave, with its picture)."""
+    if isinstance(job, DreamJob):
+        return job.progress_stride()
     return job.progress_every if job.progress_every > 0 else max(1, job.steps // PROGRESS_MESSAGES)
 
 
@@ -68,7 +74,7 @@ class JobState:
     state, not a backlog), the final result, or the error that ended the job.
     """
 
-    job: RenderJob
+    job: RenderJob | DreamJob
     size: tuple[int, int]
     arrival: float
     handle: int | None = None  # set on the device thread once the job has joined
@@ -122,6 +128,19 @@ def tf32_enabled(enabled: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
+class _Batch(Protocol):
+    """What the scheduler needs of a batch: RenderBatch and DreamBatch."""
+
+    @property
+    def handles(self) -> list[int]: ...
+
+    def join(self, job: Any) -> int: ...
+
+    def remove(self, handle: int) -> bool: ...
+
+    def step(self) -> list[RenderEvent]: ...
+
+
 class Visualizer(ModelLoop):
     """Runs every feature-visualization job of one model.
 
@@ -147,7 +166,7 @@ class Visualizer(ModelLoop):
         self.tf32 = tf32  # TF32 matmuls and convolutions during render steps (CUDA only)
         self._executor = executor  # owns the device
         self._cpu_executor = cpu_executor  # encodes the PNGs
-        self._batches: dict[tuple[int, int], RenderBatch] = {}
+        self._batches: dict[tuple[int, int], _Batch] = {}
         self._joining: list[JobState] = []
         self._leaving: list[JobState] = []
         self._active: dict[tuple[tuple[int, int], int], JobState] = {}
@@ -162,7 +181,7 @@ class Visualizer(ModelLoop):
         for state in [*self._joining, *self._active.values()]:
             state.fail(Unavailable("server is shutting down"))
 
-    def check(self, job: RenderJob) -> tuple[int, int]:
+    def check(self, job: Any) -> tuple[int, int]:
         """Refuses a job beyond the limits or outside the model; returns its image size. Its
         own values were checked as it was read (`RenderJob.check`); nothing here touches the
         device, as this runs on the event loop."""
@@ -183,7 +202,7 @@ class Visualizer(ModelLoop):
         job.objective.validate(self.model)
         return (int(size[0]), int(size[1]))
 
-    def submit(self, job: RenderJob) -> JobState:
+    def submit(self, job: Any) -> JobState:
         """Admits a job; it joins the optimization at the next step."""
         size = self.check(job)
         if self._rows + job.batch > self.limits.max_rows:
@@ -205,7 +224,7 @@ class Visualizer(ModelLoop):
             async for ev in state.stream():
                 if ev.result is not None:
                     res = ev.result
-                    pngs = await self._on_cpu(pixel_pngs, res.images)
+                    pngs = await self._on_cpu(self._result_pngs, res.images)
                     queue_ms, compute_ms = state.timing()
                     yield Rendered(
                         res.pixels,
@@ -215,6 +234,7 @@ class Visualizer(ModelLoop):
                         queue_ms,
                         compute_ms,
                         state.max_jobs,
+                        tuple(float(v) for v in res.objectives),
                     )
                     return
                 png = None
@@ -223,6 +243,13 @@ class Visualizer(ModelLoop):
                 yield Progress(ev.step, ev.steps, ev.objective, png)
         finally:
             self.cancel(state)
+
+    @staticmethod
+    def _result_pngs(images: list[np.ndarray]) -> list[bytes]:
+        return pixel_pngs(images)
+
+    def _new_batch(self, size: tuple[int, int]) -> _Batch:
+        return RenderBatch(self.model, size)
 
     async def _on_cpu(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._cpu_executor, fn, *args)
@@ -268,7 +295,7 @@ class Visualizer(ModelLoop):
         for state in joining:
             batch = self._batches.get(state.size)
             if batch is None:
-                batch = self._batches[state.size] = RenderBatch(self.model, state.size)
+                batch = self._batches[state.size] = self._new_batch(state.size)
             state.handle = batch.join(state.job)  # checked when it was submitted
         out: list[tuple[tuple[int, int], list[RenderEvent] | BaseException, int]] = []
         for size, batch in list(self._batches.items()):
@@ -310,9 +337,52 @@ class Visualizer(ModelLoop):
                     state.first_step = now
                 state.last_step = now
                 state.max_jobs = max(state.max_jobs, n_jobs)
+                if ev.error is not None:  # this job alone failed; its batch went on
+                    state.done = True
+                    self._active.pop((size, ev.handle))
+                    self._rows -= state.job.batch
+                    state.fail(ev.error)
+                    continue
                 if not state.cancelled:
                     state.post(ev)
                 if ev.done:
                     state.done = True
                     self._active.pop((size, ev.handle))
                     self._rows -= state.job.batch
+
+
+class Dreamer(Visualizer):
+    """Runs every DeepDream job of one model, as Visualizer runs feature visualizations:
+    jobs of the same picture size share a DreamBatch (one row each, one forward and
+    backward pass a step for the rows whose octave has the same size), join and leave at
+    step boundaries, and stream the latest progress; a cancelled stream frees its row."""
+
+    kind = "dreamer"
+
+    def check(self, job: DreamJob) -> tuple[int, int]:
+        lim = self.limits
+        h, w = job.size
+        if max(h, w) > lim.max_side:
+            raise ResourceExhausted(
+                f"the picture is {h}x{w}; DeepDream takes at most {lim.max_side} pixels a side "
+                "(resize it before sending)",
+                field="input",
+            )
+        if job.steps > lim.max_steps:
+            raise ResourceExhausted(
+                f"octaves * steps_per_octave is {job.steps}; at most {lim.max_steps}",
+                field="steps_per_octave",
+            )
+        dream_objective(job.objective, self.model)
+        size = tuple(self.model.spec.input_size)
+        if self.model.attention_layers and any(s != size for s in job.sizes):
+            raise InvalidArgument(
+                f"model '{self.model.name}' is a vision transformer that takes only "
+                f"{size[0]}x{size[1]} inputs, and DeepDream's octaves resize the picture: send "
+                f"a {size[0]}x{size[1]} picture with octaves 1",
+                field="octaves",
+            )
+        return (h, w)
+
+    def _new_batch(self, size: tuple[int, int]) -> _Batch:
+        return DreamBatch(self.model, size)

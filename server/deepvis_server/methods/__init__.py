@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .activations import Activations
+from .attention_rollout import AttentionRollout, RolloutOptions
 from .base import BatchOutput, ItemShare, Method, MethodRequest, Output
 from .grad_cam import GradCam, GuidedGradCam
 from .gradients import InputXGradient, IntegratedGradients, Saliency
@@ -25,12 +26,14 @@ REGISTRY: dict[str, Method] = {
         IntegratedGradients(),
         Lrp(),
         InputXGradient(),
+        AttentionRollout(),
     )
 }
 
 __all__ = [
     "REGISTRY",
     "Activations",
+    "AttentionRollout",
     "BatchOutput",
     "ClassTarget",
     "Deconvolution",
@@ -47,6 +50,7 @@ __all__ = [
     "MethodRequest",
     "NeuronTarget",
     "Output",
+    "RolloutOptions",
     "Saliency",
     "SmoothOptions",
     "Target",

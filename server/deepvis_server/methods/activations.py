@@ -11,7 +11,7 @@ import torch
 from deepvis import render
 
 from ..errors import InvalidArgument
-from ..models import ServedModel
+from ..models import LayerLayout, ServedModel
 from ..pictures import Drawn, Scene, to_png
 from .base import MAX_LAYERS_PER_REQUEST, BatchOutput, ItemShare, Method, MethodRequest, Output
 from .hooks import forward_capturing
@@ -24,17 +24,20 @@ def top_channels(act: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-means, kind="stable")[:k].astype(np.int64)
 
 
-def _channels_first(model: ServedModel, name: str) -> bool:
+def _unmapped(model: ServedModel, name: str) -> LayerLayout | None:
+    """The layout of a layer that is neither a map of the input nor a vector, else None."""
     layout = model.layer_layouts.get(name)
-    return layout is None or layout.kind == "nchw"
+    if layout is None or layout.map_shape is not None or layout.kind == "vector":
+        return None
+    return layout
 
 
 def layout_warnings(model: ServedModel, layers: Sequence[str]) -> tuple[str, ...]:
-    """One warning per layer that is neither channels-first maps nor a vector."""
+    """One warning per layer that is neither a map of the input nor a vector."""
     out = []
     for name in layers:
-        layout = model.layer_layouts.get(name)
-        if layout is not None and layout.kind not in ("nchw", "vector"):
+        layout = _unmapped(model, name)
+        if layout is not None:
             out.append(
                 f"activations: layer '{name}' gives {list(layout.shape)}, {layout.describe()}; "
                 "it is returned as the layer gives it, without a grid or heatmap picture"
@@ -45,10 +48,12 @@ def layout_warnings(model: ServedModel, layers: Sequence[str]) -> tuple[str, ...
 class Activations(Method):
     """The outputs of one or more named layers for the input (no gradients).
 
-    Layers of any layout come back as the layer gives them; pictures (a grid of the channels,
-    a heatmap of their mean over the input) are drawn for channels-first maps [C, h, w]
-    only, and top_k_channels ranks the first axis, so it is refused for channels-last and
-    token layers.
+    Maps of the input come back channels-first [C, h, w] whatever their layout: a
+    channels-last layer permuted, a token layer's patch tokens laid out on their grid (its
+    class tokens apart, as "<layer>.class_tokens" [k, C]); vectors as [F]; anything else as
+    the layer gives it, with a warning. Pictures (a grid of the channels, a heatmap of their
+    mean over the input) are drawn for the maps; top_k_channels ranks the feature axis, and
+    is refused for layers that have none known.
     """
 
     name: ClassVar[str] = "activations"
@@ -76,13 +81,18 @@ class Activations(Method):
             logits, acts = forward_capturing(model, x, layers)
         predicted = logits.argmax(dim=1).tolist()
         # The first layer is the main array; extras hold the others: each layer leaves the
-        # device once.
+        # device once, as the methods read it (maps channels-first in any layout).
+        extras = {f"layer:{n}": model.view(n, acts[n]).contiguous() for n in layers[1:]}
+        for n in layers:
+            layout = model.layer_layouts.get(n)
+            if layout is not None and layout.map_shape is not None and layout.class_tokens:
+                extras[f"class_tokens:{n}"] = acts[n][:, : layout.class_tokens, :]
         return BatchOutput(
             logits=logits,
-            arrays=acts[layers[0]],
+            arrays=model.view(layers[0], acts[layers[0]]).contiguous(),
             targets=[ClassTarget(int(c)) for c in predicted],
             warnings=layout_warnings(model, layers),
-            extras={f"layer:{n}": acts[n] for n in layers[1:]},
+            extras=extras,
         )
 
     def finish(self, model: ServedModel, share: ItemShare) -> Output:
@@ -100,18 +110,20 @@ class Activations(Method):
                 main = act
             else:
                 arrays[name] = act
+            if f"class_tokens:{name}" in extras:
+                arrays[f"{name}.class_tokens"] = extras[f"class_tokens:{name}"]
         assert main is not None
         return Output(array=main, arrays=arrays)
 
     def draw(self, model: ServedModel, share: ItemShare, output: Output, scene: Scene) -> Drawn:
-        """Per channels-first layer: "<layer>.grid", its maps (those sent) labelled with their
+        """Per layer read as maps: "<layer>.grid", its maps (those sent) labelled with their
         channel indices, and "<layer>.heatmap", the mean of all its channels; the main picture
         is the first layer's grid."""
         pngs: dict[str, bytes] = {}
         layers = share.request.layers
         for i, name in enumerate(layers):
             full = share.array if i == 0 else share.extras[f"layer:{name}"]
-            if full.ndim != 3 or not _channels_first(model, name):
+            if full.ndim != 3 or _unmapped(model, name) is not None:
                 continue
             sent = output.array if i == 0 else output.arrays[name]
             channels = output.arrays.get(f"{name}.channels")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -15,6 +15,9 @@ from ..models import ServedModel
 from ..pictures import Drawn, Scene
 from .options import IgOptions, LrpOptions, SmoothOptions
 from .targets import NeuronTarget, Target, channels_first_hint, check_layer, check_target
+
+if TYPE_CHECKING:
+    from .attention_rollout import RolloutOptions
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class MethodRequest:
     lrp: LrpOptions | None = None  # LRP's rule set (None: the defaults)
     smooth: SmoothOptions | None = None  # aggregate over noisy copies of the input
     ig: IgOptions | None = None  # integrated gradients' options (None: the defaults)
+    rollout: RolloutOptions | None = None  # attention rollout's options; None: the defaults
 
 
 # At most this many layers in one request: each one is a hook and a copy of its activations.
@@ -79,8 +83,8 @@ def no_default_layer_message(model: ServedModel, method: str) -> str:
     return (
         f"method {method} needs a layer and model '{model.name}' has none to default to: its "
         f"last feature maps are {last.describe()} ('{model.last_feature_layer}' gives "
-        f"{list(last.shape)}), not channels-first [C, h, w]; name a layer in `layers` "
-        f"({channels_first_hint(model)})"
+        f"{list(last.shape)}), which cannot be laid out on the input; name a layer in "
+        f"`layers` ({channels_first_hint(model)})"
     )
 
 
@@ -107,6 +111,11 @@ class Method(ABC):
     # The request fields of method options this method takes ("lrp", "integrated_gradients");
     # the others are refused.
     option_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def serves(self, model: ServedModel) -> bool:
+        """Whether the method can run on `model` at all (ListModels lists it for the model);
+        a method made for some architectures refuses the others in `prepare`."""
+        return True
 
     def prepare(self, model: ServedModel, request: MethodRequest) -> MethodRequest:
         """Checks `request` against `model` and fills in defaults.

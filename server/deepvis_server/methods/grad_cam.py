@@ -29,19 +29,22 @@ class _CamMethod(Method):
     uses_layers: ClassVar[bool] = True
 
     def check_layer_shape(self, model: ServedModel, name: str, shape: tuple[int, ...]) -> None:
-        # Grad-CAM weighs axis 0 as channels and up-samples the other two over the input:
-        # a channels-last or token layer would be read as the wrong maps, silently.
+        # Grad-CAM weighs channels and up-samples a map over the input: channels-last and
+        # token layers are read as their maps [C, h, w] (LayerLayout.to_maps), never with
+        # their first axis taken for channels; what has no map of the input is refused.
         layout = model.layer_layouts.get(name)
-        if layout is not None and layout.kind in ("nhwc", "tokens"):
+        if layout is not None and layout.map_shape is not None:
+            return
+        if layout is not None and layout.kind == "tokens":
             self._refuse(model, name, shape, layout.describe())
         if len(shape) != 3:
             default = f"'{model.default_cam_layer}'" if model.default_cam_layer else "none"
             raise InvalidArgument(
-                f"method {self.name} needs a layer with a spatial output [C, h, w]; "
-                f"'{name}' gives {list(shape)} (default: {default})",
+                f"method {self.name} needs a layer with a spatial output [C, h, w], [h, w, C] "
+                f"or tokens on a patch grid; '{name}' gives {list(shape)} (default: {default})",
                 field="layers",
             )
-        if layout is not None and layout.kind != "nchw":
+        if layout is not None:
             h, w = model.spec.input_size
             fits = "neither [C, h, w] nor [h, w, C] fits it"
             self._refuse(model, name, shape, f"not a feature map of the {h}x{w} input ({fits})")
@@ -65,18 +68,24 @@ class _CamMethod(Method):
             if guided:
                 with relu_rule(score, "guided"):
                     (guided_grad,) = torch.autograd.grad(score, x)
-        return logits.detach(), targets, grad_cam(acts[layer].detach(), grads), guided_grad
+        # The layer's maps [N, C, h, w] in any layout; the gradient is laid out the same way
+        # (a permute and a selection, whose gradient is the same permute and selection).
+        maps = model.view(layer, acts[layer].detach())
+        cam = grad_cam(maps, model.view(layer, grads))
+        return logits.detach(), targets, cam, guided_grad
 
     def _refuse(self, model: ServedModel, name: str, shape: tuple[int, ...], what: str) -> NoReturn:
         raise InvalidArgument(
-            f"method {self.name} needs a channels-first feature map [C, h, w]; layer "
-            f"'{name}' gives {list(shape)}, {what}; {channels_first_hint(model)}",
+            f"method {self.name} needs a feature map of the input (channels-first "
+            f"[C, h, w], channels-last [h, w, C] or tokens on a patch grid); layer '{name}' "
+            f"gives {list(shape)}, {what}; {channels_first_hint(model)}",
             field="layers",
         )
 
 
 class GradCam(_CamMethod):
-    """Grad-CAM (Selvaraju et al. 2017): result [H, W] up-sampled; extras["cam"] at layer size."""
+    """Grad-CAM (Selvaraju et al. 2017): result [H, W] up-sampled; extras["cam"] at the
+    layer's map size [h, w] (a token layer's patch grid)."""
 
     name: ClassVar[str] = "grad_cam"
 

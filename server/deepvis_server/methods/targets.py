@@ -45,34 +45,32 @@ def check_layer(model: ServedModel, name: str, field_name: str) -> tuple[int, ..
 
 
 def channels_first_hint(model: ServedModel) -> str:
-    """Which channels-first layer to use when one of another layout is refused, in words."""
+    """Which layer to use when one that is no map of the input is refused, in words."""
     if model.default_cam_layer:
         name = model.default_cam_layer
-        shape = list(model.layer_shapes[name])
-        return f"use '{name}' instead, the model's last feature map, channels-first {shape}"
+        shape = list(model.view_shape(name) or ())
+        return f"use '{name}' instead, the model's default layer, read as [C, h, w] = {shape}"
     if model.channels_first_layer:
         name = model.channels_first_layer
         shape = list(model.layer_shapes[name])
-        last = model.layer_layouts.get(model.last_feature_layer)
-        later = "token" if last is not None and last.kind == "tokens" else "channels-last"
-        return (
-            f"the model's last channels-first feature map is '{name}' {shape}, which runs "
-            f"before its {later} layers"
-        )
-    return "the model has no channels-first feature map [C, h, w]"
+        return f"the model's last channels-first feature map is '{name}' {shape}"
+    return "the model has no feature map of the input"
 
 
 def layout_problem(model: ServedModel, name: str, lead: str) -> str | None:
-    """Why a request part that reads channels on the first axis cannot read layer `name`
-    (channels-last or token layers), or None. `lead` says what reads them, e.g. "a neuron's
-    channel indexes"."""
+    """Why a request part that reads a layer's channels and places cannot read layer `name`
+    (tokens without a patch grid), or None. `lead` says what reads them, e.g. "a neuron's
+    channel indexes". Channels-first and channels-last maps, tokens on a patch grid (read
+    as [C, h, w], see `LayerLayout.map_shape`) and vectors [F] pass; so does anything else
+    (its first axis is read as its channels)."""
     layout = model.layer_layouts.get(name)
-    if layout is None or layout.kind not in ("nhwc", "tokens"):
+    if layout is None or layout.kind != "tokens" or layout.grid is not None:
         return None
     return (
-        f"{lead} the first axis of a channels-first layer [C, h, w] or a vector [F]; layer "
-        f"'{name[:200]}' gives {list(layout.shape)}, {layout.describe()}, whose first axis is "
-        f"not its channels; {channels_first_hint(model)}"
+        f"{lead} the feature axis of a layer laid out on the input (channels-first, "
+        f"channels-last or tokens on a patch grid) or of a vector [F]; layer '{name[:200]}' "
+        f"gives {list(layout.shape)}, {layout.describe()}, which cannot be laid out on the "
+        f"input; {channels_first_hint(model)}"
     )
 
 
@@ -97,7 +95,9 @@ def check_target(model: ServedModel, target: Target | None, field: str = "target
             )
         return
     neuron = f"{field}.neuron"
-    shape = model.layer_shapes.get(target.layer)
+    # Channels-last and token layers are read as their maps [C, h, w]: channel indexes the
+    # feature axis, y and x the map (the patch grid).
+    shape = model.view_shape(target.layer)
     if shape is None:
         raise InvalidArgument(
             f"{neuron}.layer '{target.layer[:200]}' is not a layer of model '{model.name}' "
@@ -110,10 +110,11 @@ def check_target(model: ServedModel, target: Target | None, field: str = "target
         )
     if problem := layout_problem(model, target.layer, "a neuron's channel indexes"):
         raise InvalidArgument(problem, field=f"{neuron}.layer")
+    read_as = _read_as(model, target.layer)
     if not 0 <= target.channel < shape[0]:
         raise InvalidArgument(
-            f"{neuron}.channel must be in [0, {shape[0]}) for layer '{target.layer}', "
-            f"got {target.channel}",
+            f"{neuron}.channel must be in [0, {shape[0]}) for layer '{target.layer}'"
+            f"{read_as}, got {target.channel}",
             field=f"{neuron}.channel",
         )
     if (target.y is None) != (target.x is None):
@@ -127,9 +128,17 @@ def check_target(model: ServedModel, target: Target | None, field: str = "target
         if not (0 <= target.y < shape[1] and 0 <= target.x < shape[2]):
             raise InvalidArgument(
                 f"{neuron} y, x must be in [0, {shape[1]}) x [0, {shape[2]}) for layer "
-                f"'{target.layer}', got ({target.y}, {target.x})",
+                f"'{target.layer}'{read_as}, got ({target.y}, {target.x})",
                 field=neuron,
             )
+
+
+def _read_as(model: ServedModel, name: str) -> str:
+    """For a layer the methods read in another layout than its own, how, in words."""
+    layout = model.layer_layouts.get(name)
+    if layout is None or layout.kind == "nchw" or layout.map_shape is None:
+        return ""
+    return f" (its {layout.describe()} output, read as [C, h, w] = {list(layout.map_shape)})"
 
 
 def forward_and_score(
@@ -151,7 +160,7 @@ def forward_and_score(
     logits, acts = forward_capturing(model, x, names)
     if isinstance(first, NeuronTarget):
         resolved: list[Target] = [t for t in targets if t is not None]
-        score = select_neurons(acts[first.layer], resolved)
+        score = select_neurons(model.view(first.layer, acts[first.layer]), resolved)
     else:
         classes = resolve_class_targets(logits, targets)
         score = logits.gather(1, classes[:, None]).sum()
@@ -160,7 +169,8 @@ def forward_and_score(
 
 
 def select_neurons(act: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
-    """Sum over items of each item's selected neuron (one element or a whole channel)."""
+    """Sum over items of each item's selected neuron (one element or a whole channel) of
+    `act`, the layer's output as the methods read it (`ServedModel.view`)."""
     total = act.new_zeros(())
     for i, t in enumerate(targets):
         assert isinstance(t, NeuronTarget)
