@@ -10,10 +10,11 @@ import json
 from pathlib import Path
 
 import pytest
-from fakes import FakeExplainer, err_lines, png_bytes
 from PIL import Image
 
 from deepvis._cli import main
+
+from .fakes import FakeExplainer, err_lines, png_bytes
 
 
 def images(folder: Path, n: int, *, corrupt: int | None = None) -> list[Path]:
