@@ -254,6 +254,8 @@ class Gateway:
         q = request.query
         try:
             image = await _image_body(request)
+            if image is None:
+                raise ValueError("send the image file's bytes as the request body")
             target = parse_target(q.get("target", ""))
             top_k_channels = _int(q.get("top_k_channels", "0"), "top_k_channels")
         except ValueError as err:
@@ -296,7 +298,7 @@ class Gateway:
     async def visualize(self, request: web.Request) -> web.StreamResponse:
         q = request.query
         try:
-            image = await _image_body(request, required=False)
+            image = await _image_body(request)
             objective: int | Neuron
             if q.get("class"):
                 objective = _int(q["class"], "class")
@@ -425,23 +427,25 @@ def parse_target(text: str) -> int | Neuron | None:
     if not text:
         return None
     parts = text.split(":")
-    if len(parts) == 1:
-        return _int(parts[0], "target")
-    if len(parts) in (2, 4) and parts[0]:
-        numbers = [_int(p, "target") for p in parts[1:]]
-        if len(numbers) == 1:
+    try:
+        numbers = [int(p) for p in parts[1:]] if parts[0] or len(parts) == 1 else None
+        if len(parts) == 1:
+            return int(parts[0])
+        if numbers is not None and len(numbers) == 1:
             return Neuron(parts[0], numbers[0])
-        return Neuron(parts[0], numbers[0], numbers[1], numbers[2])
+        if numbers is not None and len(numbers) == 3:
+            return Neuron(parts[0], numbers[0], numbers[1], numbers[2])
+    except ValueError:
+        pass
     raise ValueError(
         f"target must be N (a class), LAYER:C (a channel) or LAYER:C:Y:X (a neuron), not {text!r}"
     )
 
 
-async def _image_body(request: web.Request, *, required: bool = True) -> bytes | None:
+async def _image_body(request: web.Request) -> bytes | None:
+    """The request's image file, checked to be one; None for an empty body."""
     body = await request.read()
     if not body:
-        if required:
-            raise ValueError("send the image file's bytes as the request body")
         return None
     try:
         with Image.open(io.BytesIO(body)) as img:

@@ -636,7 +636,9 @@
   // --- feature visualization ----------------------------------------------------------------
 
   function openFeatureVis(layer, channel) {
-    $("#fv-panel").hidden = false;
+    $("#fv-hint").hidden = true;
+    $("#fv-start").disabled = false;
+    $("#fv-target").disabled = false;
     $("#fv-title").textContent = layer + ":" + channel;
     $("#fv-panel").dataset.layer = layer;
     $("#fv-panel").dataset.channel = String(channel);

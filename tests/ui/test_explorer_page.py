@@ -1,0 +1,339 @@
+"""The explorer's page in headless Chromium (Debian's, through Playwright) against `deepvis ui`
+over a real server on the default model.
+
+Every test records the page's requests, console errors and horizontal scroll: none may go
+anywhere but the gateway on 127.0.0.1, none may log an error, and nothing may be wider than
+the window. The pictures the page draws are checked against deepvis.render's for the arrays
+the page itself offers for download.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import deepvis
+from deepvis import render
+
+READY = (
+    "document.body.dataset.ready === 'yes' && document.body.dataset.pending === '0' && "
+    "document.querySelectorAll('#grid .card').length > 0 && "
+    "[...document.querySelectorAll('#grid .card')].every(c => c.dataset.state !== 'loading') && "
+    "document.querySelector('[data-card=layer-grad_cam]') !== null"
+)
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "images"
+
+
+class Watched:
+    """A page with what it did: requests, requests elsewhere, console errors."""
+
+    def __init__(self, page: Any, origin: str) -> None:
+        self.page = page
+        self.origin = origin
+        self.requests: list[str] = []
+        self.elsewhere: list[str] = []
+        self.errors: list[str] = []
+        page.route("**/*", self._route)
+        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+
+    def _route(self, route: Any) -> None:
+        url = route.request.url
+        parts = urlsplit(url)
+        if parts.scheme in ("data", "blob") or f"{parts.scheme}://{parts.netloc}" == self.origin:
+            self.requests.append(url)
+            route.continue_()
+        else:
+            self.elsewhere.append(url)
+            route.abort()
+
+    def wait_ready(self) -> None:
+        self.page.wait_for_function(READY, timeout=60_000)
+
+    def check(self) -> None:
+        """Nothing left 127.0.0.1, nothing was logged as an error, nothing scrolls sideways."""
+        assert self.elsewhere == []
+        assert self.errors == []
+        assert all(urlsplit(u).hostname in (None, "127.0.0.1") for u in self.requests)
+        scroll, client = self.page.evaluate(
+            "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        assert scroll <= client, (scroll, client)
+
+
+@pytest.fixture
+def open_page(browser: Any, explorer: Any) -> Iterator[Callable[..., Watched]]:
+    pages: list[Any] = []
+    origin = explorer.url.rstrip("/")
+
+    def open_(fragment: str = "", width: int = 1280, height: int = 800) -> Watched:
+        page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True)
+        pages.append(page)
+        watched = Watched(page, origin)
+        page.goto(explorer.url + fragment)
+        page.wait_for_function("document.body.dataset.ready === 'yes'", timeout=30_000)
+        return watched
+
+    yield open_
+    for page in pages:
+        page.close()
+
+
+def upload(w: Watched, path: Path) -> None:
+    w.page.set_input_files("#file", str(path))
+    w.page.wait_for_function(
+        f"document.querySelector('#source-name').textContent.startsWith({path.name!r})"
+    )
+    w.wait_ready()
+
+
+def picture(w: Watched, selector: str) -> np.ndarray:
+    """The pixels the page drew for an <img>: its PNG data URI, decoded here."""
+    src = w.page.get_attribute(selector, "src")
+    assert src and src.startswith("data:image/png;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def downloaded_array(w: Watched, card: str, tmp_path: Path) -> np.ndarray:
+    """The raw array of a card, from the page's NPY download."""
+    with w.page.expect_download() as info:
+        w.page.click(f"[data-card={card}] .downloads a:text('NPY')")
+    path = tmp_path / info.value.suggested_filename
+    info.value.save_as(path)
+    return np.load(path)
+
+
+def shown_maps(w: Watched) -> list[tuple[str, bool, int]]:
+    return w.page.evaluate(
+        "[...document.querySelectorAll('#grid img.map')]"
+        ".map(i => [i.dataset.method, i.complete, i.naturalWidth])"
+    )
+
+
+def expected(
+    method: str,
+    arrays: dict[str, np.ndarray],
+    source: Image.Image,
+    *,
+    scale: str = "shared",
+    cmap: str | None = None,
+    alpha: float = render.DEFAULT_ALPHA,
+) -> np.ndarray:
+    """What deepvis.render draws for the card of `method`, with the page's settings."""
+    own = {}
+    for m, a in arrays.items():
+        mp = render.map_of(m, a)
+        own[m] = render.scale_of(mp.values, signed=mp.signed, cmap=cmap)
+    if scale == "shared":
+        family = [s for s in own.values() if s.signed == own[method].signed]
+        chosen = render.shared_scale(family).with_cmap(own[method].cmap)
+    else:
+        chosen = own[method]
+    opts = render.Options(scale=chosen, alpha=alpha)
+    return np.asarray(render.draw(method, arrays[method], opts, image=source).image)
+
+
+METHODS = ("guided_backprop", "grad_cam", "saliency")
+
+
+def test_an_uploaded_digit_shows_its_predictions_and_three_method_pictures(
+    open_page: Callable[..., Watched], sample_paths: list[Path], digits_server: Any
+) -> None:
+    w = open_page()
+    upload(w, sample_paths[3])
+    maps = shown_maps(w)
+    assert [m for m, _, _ in maps] == list(METHODS)
+    assert all(done and width > 0 for _, done, width in maps), maps
+    chips = w.page.evaluate(
+        "[...document.querySelectorAll('#chips .chip')].map(c => [c.dataset.index, "
+        "c.getAttribute('aria-pressed')])"
+    )
+    # The oracle: the model's own top-5 for the file, through the Python client.
+    with deepvis.Client(digits_server.bound_address) as client:
+        top = client.explain(str(sample_paths[3]), method="saliency").predictions
+    assert [int(i) for i, _ in chips] == [p.index for p in top]
+    assert [pressed for _, pressed in chips] == ["true"] + ["false"] * 4
+    assert w.page.text_content("#target").startswith(f"target: class {top[0].index} (p=")
+    w.check()
+
+
+def test_the_page_draws_what_deepvis_render_draws_and_redraws_without_a_request(
+    open_page: Callable[..., Watched], sample_paths: list[Path], tmp_path: Path, digits_server: Any
+) -> None:
+    w = open_page()
+    upload(w, sample_paths[5])
+    arrays = {m: downloaded_array(w, m, tmp_path) for m in METHODS}
+    # The arrays the page holds are the server's results (independently: the Python client).
+    with deepvis.Client(digits_server.bound_address) as client:
+        for m in METHODS:
+            direct = client.explain(str(sample_paths[5]), method=m, render=False).array
+            np.testing.assert_allclose(arrays[m], direct, rtol=1e-4, atol=1e-6)
+    source = Image.open(sample_paths[5])
+    for m in METHODS:
+        np.testing.assert_array_equal(
+            picture(w, f"[data-card={m}] img.map"), expected(m, arrays, source)
+        )
+    before = len(w.requests)
+
+    # Opacity: the overlay's pixels change, as render draws them at the new alpha.
+    cam_before = picture(w, "[data-card=grad_cam] img.map")
+    w.page.focus("#alpha")
+    for _ in range(30):
+        w.page.keyboard.press("ArrowRight")
+    assert w.page.input_value("#alpha") == "0.8"
+    cam_after = picture(w, "[data-card=grad_cam] img.map")
+    assert (cam_after != cam_before).any()
+    np.testing.assert_array_equal(cam_after, expected("grad_cam", arrays, source, alpha=0.8))
+
+    # Colormap and per-map scale: drawn again in the page, still as render draws them.
+    w.page.select_option("#cmap", "viridis")
+    w.page.check("input[name=scale][value=own]")
+    for m in METHODS:
+        np.testing.assert_array_equal(
+            picture(w, f"[data-card={m}] img.map"),
+            expected(m, arrays, source, scale="own", cmap="viridis", alpha=0.8),
+        )
+    # Hovering shows the raw value of the map under the pointer.
+    hovered = w.page.locator("[data-card=saliency] img.map")
+    box = hovered.bounding_box()
+    assert box is not None
+    x, y = 20, 9  # a map pixel; the pointer goes to its centre
+    position = {"x": (x + 0.5) * box["width"] / 32, "y": (y + 0.5) * box["height"] / 32}
+    hovered.hover(position=position)
+    value = float(w.page.get_attribute("[data-card=saliency] .hover", "data-value") or "nan")
+    assert value == pytest.approx(float(render.map_of("saliency", arrays["saliency"]).values[y, x]))
+    assert len(w.requests) == before  # none of this asked the gateway for anything
+    w.check()
+
+
+def test_a_prediction_chip_retargets_every_view_and_reloading_restores_it(
+    open_page: Callable[..., Watched], sample_paths: list[Path]
+) -> None:
+    w = open_page("#sample=digit_3.png")
+    w.wait_ready()
+    target_before = w.page.text_content("#target")
+    pictures_before = {m: picture(w, f"[data-card={m}] img.map") for m in METHODS}
+    second = w.page.get_attribute("#chips .chip:nth-child(2)", "data-index")
+    w.page.click("#chips .chip:nth-child(2)")
+    w.page.wait_for_function("location.hash.includes('target=')")
+    w.wait_ready()
+    assert w.page.text_content("#target") != target_before
+    assert w.page.text_content("#target").startswith(f"target: class {second} (p=")
+    assert w.page.get_attribute(f"#chips .chip[data-index='{second}']", "aria-pressed") == "true"
+    titles = w.page.eval_on_selector_all("#grid h3", "hs => hs.map(h => h.textContent)")
+    assert all(f"class {second}" in t for t in titles), titles
+    for m in METHODS:
+        assert (picture(w, f"[data-card={m}] img.map") != pictures_before[m]).any(), m
+    assert f"class {second}" in (w.page.text_content("[data-card=layer-grad_cam] h3") or "")
+
+    # The view, with more settings changed, survives a reload of its URL.
+    w.page.check("#methods input[value=deconvolution]")
+    w.wait_ready()
+    w.page.select_option("#cmap", "magma")
+    w.page.select_option("#layer", "conv2")
+    w.wait_ready()
+    url = w.page.url
+    view = {
+        "target": w.page.text_content("#target"),
+        "titles": w.page.eval_on_selector_all("#grid h3", "hs => hs.map(h => h.textContent)"),
+        "layer": w.page.input_value("#layer"),
+        "cmap": w.page.input_value("#cmap"),
+        "maps": {m: picture(w, f"[data-card={m}] img.map") for m in (*METHODS, "deconvolution")},
+    }
+    w.page.reload()
+    w.page.wait_for_function("document.body.dataset.ready === 'yes'")
+    w.wait_ready()
+    assert w.page.url == url
+    assert w.page.text_content("#target") == view["target"]
+    assert (
+        w.page.eval_on_selector_all("#grid h3", "hs => hs.map(h => h.textContent)")
+        == view["titles"]
+    )
+    assert w.page.input_value("#layer") == view["layer"] == "conv2"
+    assert w.page.input_value("#cmap") == view["cmap"] == "magma"
+    for m, pixels in view["maps"].items():
+        np.testing.assert_array_equal(picture(w, f"[data-card={m}] img.map"), pixels)
+    w.check()
+
+
+def _render_jobs(server: Any) -> int:
+    return sum(v.active_jobs for v in server.engine.visualizers.values())
+
+
+def test_a_channels_feature_visualization_streams_and_a_cancelled_one_ends_on_the_server(
+    open_page: Callable[..., Watched], digits_server: Any, tmp_path: Path
+) -> None:
+    w = open_page("#sample=digit_7.png")
+    w.wait_ready()
+    w.page.fill("#fv-steps", "48")
+    tile = w.page.locator("#fmaps button").first
+    channel = tile.get_attribute("data-channel")
+    tile.click()
+    w.page.wait_for_function(
+        "document.querySelector('#fv-status').dataset.state === 'done'", timeout=120_000
+    )
+    assert int(w.page.get_attribute("#fv-status", "data-frames") or 0) >= 2
+    assert w.page.text_content("#fv-title") == f"conv3:{channel}"
+    assert w.page.evaluate(
+        "(() => { const i = document.querySelector('#fv-image'); "
+        "return i.complete && i.naturalWidth > 0 && !i.hidden; })()"
+    )
+    # Beside it: the channel's attribution on the current image.
+    assert w.page.locator("[data-card=fv-attribution] img.map").count() == 1
+    with w.page.expect_download() as info:
+        w.page.click("#fv-downloads a:text('NPY')")
+    info.value.save_as(tmp_path / "fv.npy")
+    assert np.load(tmp_path / "fv.npy").shape == (1, 1, 32, 32)
+    assert _render_jobs(digits_server) == 0
+
+    # A second, long one: cancelled after its first frame, its job ends on the server.
+    w.page.fill("#fv-steps", "4096")
+    w.page.click("#fv-start")
+    w.page.wait_for_function(
+        "Number(document.querySelector('#fv-status').dataset.frames) >= 1", timeout=60_000
+    )
+    assert _render_jobs(digits_server) == 1
+    w.page.click("#fv-cancel")
+    w.page.wait_for_function("document.querySelector('#fv-status').dataset.state === 'cancelled'")
+    deadline = time.monotonic() + 15
+    while _render_jobs(digits_server) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _render_jobs(digits_server) == 0
+    assert w.page.evaluate("fetch('api/jobs').then(r => r.json())") == {"running": 0}
+    w.check()
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 800), (390, 844)])
+def test_the_page_reads_at_desktop_and_phone_sizes(
+    open_page: Callable[..., Watched], width: int, height: int, tmp_path: Path
+) -> None:
+    w = open_page("#sample=digit_3.png", width, height)
+    w.wait_ready()
+    w.page.fill("#fv-steps", "32")
+    w.page.locator("#fmaps button").nth(1).click()
+    w.page.wait_for_function(
+        "document.querySelector('#fv-status').dataset.state === 'done'", timeout=120_000
+    )
+    images = w.page.evaluate(
+        "[...document.images].filter(i => !i.hidden).map(i => [i.complete, i.naturalWidth, i.alt])"
+    )
+    assert images and all(done and n > 0 and alt for done, n, alt in images), images
+    w.check()
+    shot = tmp_path / f"explorer-{width}.png"
+    w.page.evaluate("window.scrollTo(0, 0)")
+    w.page.screenshot(path=str(shot))
+    # DEEPVIS_SCREENSHOTS=1 refreshes the README's picture from this run.
+    if width == 1280 and os.environ.get("DEEPVIS_SCREENSHOTS") == "1":
+        shutil.copyfile(shot, SCREENSHOTS / "explorer.png")

@@ -1,0 +1,170 @@
+"""`deepvis ui`'s gateway over HTTP, against a real server: binding, failures, streams."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+from urllib.error import HTTPError
+from urllib.parse import urlsplit
+from urllib.request import Request, urlopen
+
+import pytest
+from PIL import Image
+from ui_process import Explorer
+
+import deepvis
+from deepvis._cli import main
+from deepvis.ui import is_loopback
+from deepvis.ui._gateway import STATIC
+from ports import free_port
+
+
+def call(url: str, body: bytes | None = None, method: str | None = None) -> tuple[int, Any]:
+    request = Request(url, data=body, method=method or ("POST" if body is not None else "GET"))
+    try:
+        with urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except HTTPError as err:
+        with err:
+            return err.code, json.loads(err.read())
+
+
+def test_the_gateway_refuses_a_non_loopback_address_without_the_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["ui", "--host", "0.0.0.0", "--server", "127.0.0.1:1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "refusing to bind 0.0.0.0" in err and "--allow-remote" in err
+    assert [is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "127.1.2.3")] == [True] * 4
+    assert [is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.1", "example.org")] == [False] * 4
+
+
+def test_its_url_comes_first_and_the_page_names_no_other_origin(explorer: Explorer) -> None:
+    parts = urlsplit(explorer.url)
+    assert (parts.scheme, parts.hostname, parts.path) == ("http", "127.0.0.1", "/")
+    with urlopen(explorer.url, timeout=30) as response:
+        page = response.read().decode()
+    assert page.startswith("<!DOCTYPE html>")
+    # Relative URLs only (a proxy path in front keeps working), and nothing from elsewhere.
+    for name in ("index.html", "app.js", "app.css"):
+        text = STATIC.joinpath(name).read_text()
+        assert not re.search(r"https?:|//[a-z]|@import|url\(", text), name
+        assert not re.search(r"""(src|href|fetch\()\s*=?\s*["'`]/""", text), name
+
+
+def test_failed_calls_answer_with_the_servers_status_and_message(
+    explorer: Explorer, digits_server: Any, sample_paths: list[Path]
+) -> None:
+    digit = sample_paths[2].read_bytes()
+    cases = [
+        ({"model": "nope", "method": "saliency"}, "NotFound"),
+        ({"method": "grad_cam", "layer": "nope"}, None),
+        ({"method": "saliency", "target": "12"}, None),
+    ]
+    with deepvis.Client(digits_server.bound_address) as client:
+        for params, _ in cases:
+            query = "&".join(f"{k}={v}" for k, v in params.items())
+            status, body = call(f"{explorer.url}api/explain?{query}", digit)
+            # The oracle: the same call through the Python client.
+            target = int(params["target"]) if "target" in params else None
+            with pytest.raises(deepvis.DeepvisError) as direct:
+                client.explain(
+                    digit,
+                    model=params.get("model"),
+                    method=params["method"],
+                    layer=params.get("layer"),
+                    target=target,
+                )
+            assert body == {"code": direct.value.code.name, "message": direct.value.details}
+            assert status == {"NOT_FOUND": 404, "INVALID_ARGUMENT": 400}[body["code"]]
+    status, body = call(f"{explorer.url}api/models/nope/layers")
+    assert (status, body["code"]) == (404, "NOT_FOUND") and "nope" in body["message"]
+    # Arguments refused before any call: 400, and what is valid.
+    status, body = call(f"{explorer.url}api/explain?method=saliency", b"not an image")
+    assert (status, body["code"]) == (400, "INVALID_ARGUMENT") and "PNG" in body["message"]
+    status, body = call(f"{explorer.url}api/explain?method=saliency&target=a:b", digit)
+    assert (status, body["code"]) == (400, "INVALID_ARGUMENT") and "LAYER:C" in body["message"]
+
+
+def test_a_server_that_is_down_gives_a_clear_message_in_the_page(browser: Any) -> None:
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    ui = Explorer("--server", address, "--timeout", "5")
+    try:
+        status, body = call(f"{ui.url}api/models")
+        assert (status, body["code"]) == (503, "UNAVAILABLE")
+        assert address in body["hint"] and "running" in body["hint"]
+        page = browser.new_page()
+        try:
+            page.goto(ui.url)
+            page.wait_for_function("document.body.dataset.ready === 'error'", timeout=30_000)
+            banner = page.text_content("#banner[role=alert]") or ""
+            assert banner.startswith("UNAVAILABLE: ") and address in banner
+        finally:
+            page.close()
+    finally:
+        ui.close()
+
+
+def test_samples_come_from_the_folder_given_and_only_from_it(
+    tmp_path: Path, digits_server: Any
+) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    Image.new("L", (40, 24), 128).save(folder / "wide.png")
+    (folder / "notes.txt").write_text("not an image")
+    (tmp_path / "secret.png").write_bytes(b"outside the folder")
+    ui = Explorer("--server", digits_server.bound_address, "--samples", str(folder))
+    try:
+        assert call(f"{ui.url}api/samples")[1] == {"folder": str(folder), "names": ["wide.png"]}
+        with urlopen(f"{ui.url}api/samples/wide.png", timeout=30) as response:
+            assert response.read() == (folder / "wide.png").read_bytes()
+        for name in ("notes.txt", "..%2Fsecret.png", "secret.png"):
+            status, body = call(f"{ui.url}api/samples/{name}")
+            assert (status, body["code"]) == (404, "NOT_FOUND"), name
+            assert "wide.png" in body["message"]
+    finally:
+        ui.close()
+
+
+def _render_jobs(server: Any) -> int:
+    return sum(v.active_jobs for v in server.engine.visualizers.values())
+
+
+def _wait_no_jobs(server: Any, seconds: float = 15.0) -> int:
+    deadline = time.monotonic() + seconds
+    while _render_jobs(server) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _render_jobs(server)
+
+
+def test_a_page_that_goes_away_mid_stream_ends_its_job_on_the_server(
+    explorer: Explorer, digits_server: Any
+) -> None:
+    parts = urlsplit(explorer.url)
+    assert parts.hostname is not None and parts.port is not None
+    for _ in range(2):  # twice: the gateway keeps serving after a reader vanished
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        conn.request("POST", "/api/visualize?layer=conv2&channel=3&steps=4096&progress_every=4")
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.getheader("Content-Type", "").startswith("text/event-stream")
+        seen = b""
+        while b"event: progress" not in seen:
+            seen += response.read1(65536)
+        assert b"event: job" in seen
+        assert _render_jobs(digits_server) == 1
+        conn.close()  # the page closed, without cancelling
+        assert _wait_no_jobs(digits_server) == 0
+        assert call(f"{explorer.url}api/jobs")[1] == {"running": 0}
+
+
+def test_a_bad_visualization_request_fails_before_streaming(explorer: Explorer) -> None:
+    status, body = call(f"{explorer.url}api/visualize?layer=conv2&channel=x", b"")
+    assert (status, body["code"]) == (400, "INVALID_ARGUMENT") and "channel" in body["message"]
+    status, body = call(f"{explorer.url}api/jobs/nope/cancel", b"")
+    assert (status, body["code"]) == (404, "NOT_FOUND")
