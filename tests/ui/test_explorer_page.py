@@ -35,6 +35,11 @@ READY = (
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "images"
 
 
+def wait_ready(page: Any) -> None:
+    """Waits until every card and the layer view are drawn and no request is in flight."""
+    page.wait_for_function(READY, timeout=60_000)
+
+
 class Watched:
     """A page with what it did: requests, requests elsewhere, console errors."""
 
@@ -59,7 +64,7 @@ class Watched:
             route.abort()
 
     def wait_ready(self) -> None:
-        self.page.wait_for_function(READY, timeout=60_000)
+        wait_ready(self.page)
 
     def check(self) -> None:
         """Nothing left 127.0.0.1, nothing was logged as an error, nothing scrolls sideways."""
@@ -130,6 +135,7 @@ def expected(
     scale: str = "shared",
     cmap: str | None = None,
     alpha: float = render.DEFAULT_ALPHA,
+    overlay: bool | None = None,
 ) -> np.ndarray:
     """What deepvis.render draws for the card of `method`, with the page's settings."""
     own = {}
@@ -141,7 +147,7 @@ def expected(
         chosen = render.shared_scale(family).with_cmap(own[method].cmap)
     else:
         chosen = own[method]
-    opts = render.Options(scale=chosen, alpha=alpha)
+    opts = render.Options(scale=chosen, alpha=alpha, overlay=overlay)
     return np.asarray(render.draw(method, arrays[method], opts, image=source).image)
 
 
@@ -152,7 +158,16 @@ def test_an_uploaded_digit_shows_its_predictions_and_three_method_pictures(
     open_page: Callable[..., Watched], sample_paths: list[Path], digits_server: Any
 ) -> None:
     w = open_page()
+    events: list[tuple[str, str]] = []
+    w.page.on("request", lambda r: events.append(("sent", r.url)))
+    w.page.on("requestfinished", lambda r: events.append(("done", r.url)))
     upload(w, sample_paths[3])
+    # The methods' requests go out together (so that the server can batch them): all three
+    # are sent before the first one is answered.
+    explains = [(kind, url) for kind, url in events if "/api/explain?" in url]
+    first_done = next(i for i, (kind, _) in enumerate(explains) if kind == "done")
+    sent_before = {url for kind, url in explains[:first_done] if kind == "sent"}
+    assert {f"method={m}" for m in METHODS} <= {u.split("&")[1] for u in sent_before}, explains
     maps = shown_maps(w)
     assert [m for m, _, _ in maps] == list(METHODS)
     assert all(done and width > 0 for _, done, width in maps), maps
@@ -337,3 +352,66 @@ def test_the_page_reads_at_desktop_and_phone_sizes(
     # DEEPVIS_SCREENSHOTS=1 refreshes the README's picture from this run.
     if width == 1280 and os.environ.get("DEEPVIS_SCREENSHOTS") == "1":
         shutil.copyfile(shot, SCREENSHOTS / "explorer.png")
+
+
+def test_the_page_works_behind_a_proxy_path(
+    browser: Any, explorer: Any, sample_paths: list[Path], tmp_path: Path
+) -> None:
+    """The page served under /some/prefix/ by a proxy in front: every request it makes stays
+    under the prefix (a root-relative URL would miss the gateway)."""
+    gateway = explorer.url.rstrip("/")
+    prefix = gateway + "/proxy/8888/"
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    missed: list[str] = []
+    errors: list[str] = []
+
+    def proxy(route: Any) -> None:
+        url = route.request.url
+        if url.startswith(("data:", "blob:")):
+            route.continue_()
+        elif url.startswith(prefix):
+            upstream = route.fetch(url=gateway + "/" + url[len(prefix) :])
+            route.fulfill(response=upstream)
+        else:
+            missed.append(url)
+            route.abort()
+
+    page.route("**/*", proxy)
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(prefix + "#sample=digit_4.png")
+        wait_ready(page)
+        maps = page.evaluate(
+            "[...document.querySelectorAll('#grid img.map')].map(i => i.naturalWidth)"
+        )
+        assert len(maps) == 3 and all(n > 0 for n in maps)
+        page.fill("#fv-steps", "16")
+        page.locator("#fmaps button").first.click()
+        page.wait_for_function(
+            "document.querySelector('#fv-status').dataset.state === 'done'", timeout=120_000
+        )
+        assert missed == [] and errors == []
+    finally:
+        page.close()
+
+
+def test_an_overlay_on_a_non_square_colour_image_lands_where_render_puts_it(
+    open_page: Callable[..., Watched], sample_paths: list[Path], tmp_path: Path
+) -> None:
+    """A 48x40 RGB upload: the server resizes it for the model; the page resamples the map
+    back onto the image as deepvis.render does (pixel centres, both axes apart)."""
+    wide = tmp_path / "wide.png"
+    digit = Image.open(sample_paths[6]).convert("RGB").resize((48, 40), Image.Resampling.BILINEAR)
+    tinted = np.asarray(digit).astype(np.int32) * np.array([1.0, 0.8, 0.5])
+    Image.fromarray(tinted.astype(np.uint8), "RGB").save(wide)
+    w = open_page()
+    w.page.select_option("#overlay", "on")
+    upload(w, wide)
+    arrays = {m: downloaded_array(w, m, tmp_path) for m in METHODS}
+    source = Image.open(wide)
+    for m in METHODS:
+        drawn = picture(w, f"[data-card={m}] img.map")
+        assert drawn.shape == (40, 48, 3)
+        np.testing.assert_array_equal(drawn, expected(m, arrays, source, overlay=True))
+    w.check()
