@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -414,4 +415,28 @@ def test_an_overlay_on_a_non_square_colour_image_lands_where_render_puts_it(
         drawn = picture(w, f"[data-card={m}] img.map")
         assert drawn.shape == (40, 48, 3)
         np.testing.assert_array_equal(drawn, expected(m, arrays, source, overlay=True))
+    w.check()
+
+
+def test_the_view_exports_as_the_self_contained_report(
+    open_page: Callable[..., Watched], tmp_path: Path
+) -> None:
+    w = open_page("#sample=digit_8.png&methods=guided_backprop,grad_cam,saliency&cmap=viridis")
+    w.wait_ready()
+    second = w.page.get_attribute("#chips .chip:nth-child(2)", "data-index")
+    w.page.click("#chips .chip:nth-child(2)")
+    w.wait_ready()
+    with w.page.expect_download() as info:
+        w.page.click("#export")
+    assert info.value.suggested_filename == "digit_8-report.html"
+    path = tmp_path / "report.html"
+    info.value.save_as(path)
+    page = path.read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    without_data = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
+    assert not re.search(r"https?:|//|<script|<link|@import|url\(", without_data)
+    assert "digit_8.png" in page and "deepvis-ui-" not in page  # named as the page knew it
+    for words in ("guided_backprop", "grad_cam", "saliency", "viridis", f"class {second}"):
+        assert words in page, words
+    assert page.count('class="v v-') == 3 * 3
     w.check()

@@ -8,6 +8,7 @@ Endpoints (all relative to the page, so that the explorer works behind a proxy p
 - ``GET  api/models/<model>/layers``  DescribeModel;
 - ``GET  api/samples``, ``api/samples/<name>``   the sample images the gateway offers;
 - ``POST api/explain?method=..``      one Explain call; the body is the image file's bytes;
+- ``POST api/report?methods=a,b``     the view as `deepvis report`'s self-contained page;
 - ``POST api/visualize?layer=..&channel=..``  one Visualize stream, as Server-Sent Events;
 - ``POST api/jobs/<id>/cancel``       cancels a running visualization (its server job ends);
 - ``GET  api/jobs``                   how many visualizations the gateway is running.
@@ -19,15 +20,20 @@ caught before any call answers 400 with code INVALID_ARGUMENT.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import contextlib
+import html
 import importlib.util
 import io
 import ipaddress
 import json
+import re
 import signal
 import sys
+import tempfile
+import time
 import uuid
 import webbrowser
 from collections.abc import Awaitable, Callable, Sequence
@@ -293,6 +299,48 @@ class Gateway:
             }
         )
 
+    async def report(self, request: web.Request) -> web.Response:
+        """The current view as `deepvis report`'s self-contained page, for download."""
+        q = request.query
+        try:
+            image = await _image_body(request)
+            if image is None:
+                raise ValueError("send the image file's bytes as the request body")
+            target = parse_target(q.get("target", ""))
+            methods = [m for m in q.get("methods", "").split(",") if m]
+            if not methods:
+                raise ValueError("methods must name at least one method, comma-separated")
+            cmap = q.get("cmap") or None
+            if cmap is not None:
+                render.colormap(cmap)
+        except ValueError as err:
+            return _error("INVALID_ARGUMENT", str(err), 400)
+        name = Path(q.get("name") or "image.png").name or "image.png"
+        start = time.perf_counter()
+        try:
+            listed = await self._call(lambda: self._client.models())
+            wanted = q.get("model") or listed[0].name
+            info = next((m for m in listed if m.name == wanted), None)
+            if info is None:
+                raise _Failed(_error("NOT_FOUND", f"model {wanted!r} is not served", 404))
+            comparison = await self._call(
+                lambda: self._client.compare(
+                    image, methods, model=info.name, target=target, layer=q.get("layer") or None
+                )
+            )
+        except _Failed as f:
+            return f.response
+        took = time.perf_counter() - start
+        page = await asyncio.to_thread(
+            _report_page, image, name, comparison, methods, cmap, info, self.server, took
+        )
+        stem = Path(name).stem or "image"
+        return web.Response(
+            text=page,
+            content_type="text/html",
+            headers={"Content-Disposition": f'attachment; filename="{_safe(stem)}-report.html"'},
+        )
+
     # --- feature visualization -------------------------------------------------------------
 
     async def visualize(self, request: web.Request) -> web.StreamResponse:
@@ -404,6 +452,33 @@ class Gateway:
         return web.FileResponse(self.samples / name)
 
 
+def _safe(name: str) -> str:
+    return re.sub(r"[^\w.-]", "_", name)
+
+
+def _report_page(
+    image: bytes,
+    name: str,
+    comparison: Any,
+    methods: list[str],
+    cmap: str | None,
+    model: Any,
+    server: str,
+    took: float,
+) -> str:
+    from deepvis._report import build_report
+
+    args = argparse.Namespace(method=methods, cmap=cmap, clip=render.DEFAULT_CLIP, title=None)
+    with tempfile.TemporaryDirectory(prefix="deepvis-ui-") as folder:
+        path = Path(folder) / _safe(name)
+        path.write_bytes(image)
+        page = build_report(
+            [(path, comparison, took)], args, server=server, model=model, seconds=took
+        )
+        # The page names the image as the page knew it, not by the temporary file.
+        return page.replace(html.escape(str(path)), html.escape(name))
+
+
 class _Failed(Exception):
     def __init__(self, response: web.Response) -> None:
         super().__init__(response.text)
@@ -487,6 +562,7 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/api/samples", gateway.sample_list)
     app.router.add_get("/api/samples/{name}", gateway.sample)
     app.router.add_post("/api/explain", gateway.explain)
+    app.router.add_post("/api/report", gateway.report)
     app.router.add_post("/api/visualize", gateway.visualize)
     app.router.add_post("/api/jobs/{job}/cancel", gateway.cancel)
     app.router.add_get("/api/jobs", gateway.running)

@@ -768,6 +768,40 @@
     if (name === "cancelled") { job.done = true; fvStatus("cancelled at step " + job.step, "cancelled"); }
   }
 
+  // --- export ------------------------------------------------------------------------------
+
+  // The current view as deepvis report's self-contained page (one file, nothing elsewhere).
+  async function exportReport() {
+    const status = $("#export-status");
+    if (!image) { status.textContent = "choose an image first"; return; }
+    status.textContent = "writing the report…";
+    const params = { model: state.model, methods: state.methods.join(","), target: state.target,
+                     cmap: state.cmap === "auto" ? "" : state.cmap, name: image.name };
+    busy(1);
+    try {
+      let response;
+      try {
+        response = await fetch("api/report?" + query(params), { method: "POST", body: image.blob });
+      } catch (err) {
+        status.textContent = "the explorer's gateway cannot be reached: " + err.message;
+        return;
+      }
+      if (!response.ok) {
+        let e = { code: "HTTP " + response.status, message: response.statusText };
+        try { e = await response.json(); } catch (err) { /* keep the HTTP status */ }
+        status.textContent = errorText(e);
+        return;
+      }
+      const a = link("report", URL.createObjectURL(await response.blob()), fileStem() + "-report.html");
+      document.body.append(a);
+      a.click();
+      a.remove();
+      status.textContent = "report written: " + fileStem() + "-report.html";
+    } finally {
+      busy(-1);
+    }
+  }
+
   // --- the image ----------------------------------------------------------------------------
 
   async function setImage(blob, name) {
@@ -946,6 +980,7 @@
       redraw();
     });
     $("#layer").addEventListener("change", (ev) => { state.layer = ev.target.value; saveState(); loadLayer(); });
+    $("#export").addEventListener("click", () => exportReport());
     $("#fv-start").addEventListener("click", () => startFeatureVis());
     $("#fv-cancel").addEventListener("click", () => cancelFeatureVis());
     $("#fv-target").addEventListener("click", () => {
