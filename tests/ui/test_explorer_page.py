@@ -313,6 +313,13 @@ def test_a_channels_feature_visualization_streams_and_a_cancelled_one_ends_on_th
     info.value.save_as(tmp_path / "fv.npy")
     assert np.load(tmp_path / "fv.npy").shape == (1, 1, 32, 32)
     assert _render_jobs(digits_server) == 0
+    # The channel as the target of every picture.
+    w.page.click("#fv-target")
+    w.page.wait_for_function(f"location.hash.includes('target=conv3%3A{channel}')")
+    w.wait_ready()
+    assert w.page.text_content("#target").startswith(f"target: neuron conv3:{channel}")
+    titles = w.page.eval_on_selector_all("#grid h3", "hs => hs.map(h => h.textContent)")
+    assert len(titles) == 3 and all(f"neuron conv3:{channel}" in t for t in titles), titles
 
     # A second, long one: cancelled after its first frame, its job ends on the server.
     w.page.fill("#fv-steps", "4096")
@@ -439,4 +446,30 @@ def test_the_view_exports_as_the_self_contained_report(
     for words in ("guided_backprop", "grad_cam", "saliency", "viridis", f"class {second}"):
         assert words in page, words
     assert page.count('class="v v-') == 3 * 3
+    w.check()
+
+
+def test_a_refused_call_shows_its_status_and_message_where_the_picture_would_be(
+    open_page: Callable[..., Watched], digits_server: Any, sample_paths: list[Path]
+) -> None:
+    w = open_page("#sample=digit_1.png&target=conv3%3A999")
+    w.page.wait_for_function(
+        "document.querySelectorAll('#grid .card[data-state=error]').length === 3"
+    )
+    w.wait_ready()
+    with deepvis.Client(digits_server.bound_address) as client:
+        with pytest.raises(deepvis.InvalidArgument) as direct:
+            client.explain(
+                str(sample_paths[1]), method="saliency", target=deepvis.Neuron("conv3", 999)
+            )
+    shown = w.page.eval_on_selector_all(
+        "#grid .card .error[role=alert]", "es => es.map(e => e.textContent)"
+    )
+    assert len(shown) == 3
+    assert f"INVALID_ARGUMENT: {direct.value.details}" in shown
+    assert all(t.startswith("INVALID_ARGUMENT: ") and "999" in t for t in shown), shown
+    assert w.page.locator("[data-card=layer-grad_cam] .error").count() == 1
+    # The only console errors are the browser's notes of those refused requests.
+    assert w.errors and all("status of 400" in e for e in w.errors), w.errors
+    w.errors.clear()
     w.check()

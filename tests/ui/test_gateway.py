@@ -129,6 +129,7 @@ def test_samples_come_from_the_folder_given_and_only_from_it(
             assert "wide.png" in body["message"]
     finally:
         ui.close()
+    assert ui.process.returncode == 0  # SIGTERM: a clean stop
 
 
 def _render_jobs(server: Any) -> int:
