@@ -5,7 +5,9 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError
@@ -20,6 +22,8 @@ import deepvis
 from deepvis._cli import main
 from deepvis.ui import is_loopback
 from deepvis.ui._gateway import STATIC
+from deepvis_server.config import load_config
+from deepvis_server.server import serve_in_thread
 from ports import free_port
 
 
@@ -169,3 +173,49 @@ def test_a_bad_visualization_request_fails_before_streaming(explorer: Explorer) 
     assert (status, body["code"]) == (400, "INVALID_ARGUMENT") and "channel" in body["message"]
     status, body = call(f"{explorer.url}api/jobs/nope/cancel", b"")
     assert (status, body["code"]) == (404, "NOT_FOUND")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
+def test_the_gateway_reaches_a_tls_server_with_a_token_as_the_cli_does(
+    tmp_path: Path, sample_paths: list[Path]
+) -> None:
+    from pki import issue_certificate, make_ca
+
+    make_ca(tmp_path, "ca")
+    issue_certificate(
+        tmp_path, "server", "ca", "/CN=localhost",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+        "basicConstraints=CA:FALSE\n",
+    )  # fmt: skip
+    (tmp_path / "tokens.txt").write_text("s3cret-token\n")
+    config = load_config()
+    access = replace(
+        config.access,
+        tls_cert=tmp_path / "server.pem",
+        tls_key=tmp_path / "server.key",
+        auth_tokens_file=tmp_path / "tokens.txt",
+    )
+    with serve_in_thread(replace(config, access=access), "127.0.0.1:0") as server:
+        tls = ["--server", server.bound_address, "--tls-ca", str(tmp_path / "ca.pem")]
+        ui = Explorer(*tls, "--token", "s3cret-token")
+        try:
+            status, models = call(f"{ui.url}api/models")
+            assert status == 200 and [m["name"] for m in models] == ["digits"]
+            status, body = call(
+                f"{ui.url}api/explain?method=grad_cam", sample_paths[4].read_bytes()
+            )
+            assert status == 200 and body["target"] == {"class": 4}
+        finally:
+            ui.close()
+        ui = Explorer(*tls)  # no token: the server's refusal, as it said it
+        try:
+            status, body = call(f"{ui.url}api/models")
+            assert (status, body["code"]) == (401, "UNAUTHENTICATED")
+            with pytest.raises(deepvis.Unauthenticated) as direct:
+                with deepvis.Client(
+                    server.bound_address, root_certificates=(tmp_path / "ca.pem").read_bytes()
+                ) as client:
+                    client.models()
+            assert body["message"] == direct.value.details
+        finally:
+            ui.close()
