@@ -137,18 +137,19 @@ def expected(
     cmap: str | None = None,
     alpha: float = render.DEFAULT_ALPHA,
     overlay: bool | None = None,
+    sign: str | None = None,
 ) -> np.ndarray:
     """What deepvis.render draws for the card of `method`, with the page's settings."""
     own = {}
     for m, a in arrays.items():
-        mp = render.map_of(m, a)
+        mp = render.map_of(m, a, sign)
         own[m] = render.scale_of(mp.values, signed=mp.signed, cmap=cmap)
     if scale == "shared":
         family = [s for s in own.values() if s.signed == own[method].signed]
         chosen = render.shared_scale(family).with_cmap(own[method].cmap)
     else:
         chosen = own[method]
-    opts = render.Options(scale=chosen, alpha=alpha, overlay=overlay)
+    opts = render.Options(scale=chosen, alpha=alpha, overlay=overlay, sign=sign)
     return np.asarray(render.draw(method, arrays[method], opts, image=source).image)
 
 
@@ -221,6 +222,15 @@ def test_the_page_draws_what_deepvis_render_draws_and_redraws_without_a_request(
             picture(w, f"[data-card={m}] img.map"),
             expected(m, arrays, source, scale="own", cmap="viridis", alpha=0.8),
         )
+    # Sign: guided backprop drawn as |a|, on the unsigned family's shared scale.
+    w.page.check("input[name=scale][value=shared]")
+    w.page.select_option("#sign", "unsigned")
+    for m in METHODS:
+        np.testing.assert_array_equal(
+            picture(w, f"[data-card={m}] img.map"),
+            expected(m, arrays, source, cmap="viridis", alpha=0.8, sign="unsigned"),
+        )
+    w.page.select_option("#sign", "auto")
     # Hovering shows the raw value of the map under the pointer.
     hovered = w.page.locator("[data-card=saliency] img.map")
     box = hovered.bounding_box()
