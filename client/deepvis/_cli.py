@@ -316,6 +316,16 @@ def _add_ui_parser(
         action="store_true",
         help="bind a non-loopback --host: anyone who reaches it uses the server as you",
     )
+    ui.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=(
+            "also answer requests whose Host header names NAME (a proxy in front that sends "
+            "its own name); by default only 127.0.0.1, localhost and ::1"
+        ),
+    )
     ui.add_argument("--open", action="store_true", help="open the page in the default browser")
     ui.add_argument(
         "--samples",
@@ -330,7 +340,7 @@ def _add_ui_parser(
 def _run_ui(args: argparse.Namespace, server: str, token: str | None) -> int:
     try:
         from deepvis.ui import Gateway, is_loopback, serve
-        from deepvis.ui._gateway import default_samples
+        from deepvis.ui._gateway import LOOPBACK_NAMES, default_samples
     except ImportError as err:
         print(
             f"deepvis ui needs the ui extra ({err.name} is missing): pip install 'deepvis[ui]'",
@@ -349,7 +359,10 @@ def _run_ui(args: argparse.Namespace, server: str, token: str | None) -> int:
     if samples is not None and not samples.is_dir():
         raise ValueError(f"--samples {samples} is not a folder")
     options = {"timeout": args.timeout, "token": token, **_tls_arguments(args)}
-    serve(Gateway(server, options, samples), args.host, args.port, open_browser=args.open)
+    # Bound elsewhere on purpose, the page is reached by whatever name the machine has.
+    hosts = None if not is_loopback(args.host) else [*LOOPBACK_NAMES, *args.allow_host]
+    gateway = Gateway(server, options, samples, hosts)
+    serve(gateway, args.host, args.port, open_browser=args.open)
     return 0
 
 

@@ -21,14 +21,19 @@ from ui_process import Explorer
 import deepvis
 from deepvis._cli import main
 from deepvis.ui import is_loopback
-from deepvis.ui._gateway import STATIC
+from deepvis.ui._gateway import PAGE_HEADER, STATIC
 from deepvis_server.config import load_config
 from deepvis_server.server import serve_in_thread
 from ports import free_port
 
 
-def call(url: str, body: bytes | None = None, method: str | None = None) -> tuple[int, Any]:
-    request = Request(url, data=body, method=method or ("POST" if body is not None else "GET"))
+def call(
+    url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """One request as the page makes it (a POST with the page's header), and its JSON."""
+    method = "POST" if body is not None else "GET"
+    sent = {PAGE_HEADER: "1"} if method == "POST" else {}
+    request = Request(url, data=body, method=method, headers={**sent, **(headers or {})})
     try:
         with urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -154,7 +159,8 @@ def test_a_page_that_goes_away_mid_stream_ends_its_job_on_the_server(
     assert parts.hostname is not None and parts.port is not None
     for _ in range(2):  # twice: the gateway keeps serving after a reader vanished
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-        conn.request("POST", "/api/visualize?layer=conv2&channel=3&steps=4096&progress_every=4")
+        path = "/api/visualize?layer=conv2&channel=3&steps=4096&progress_every=4"
+        conn.request("POST", path, headers={PAGE_HEADER: "1"})
         response = conn.getresponse()
         assert response.status == 200
         assert response.getheader("Content-Type", "").startswith("text/event-stream")
@@ -219,3 +225,29 @@ def test_the_gateway_reaches_a_tls_server_with_a_token_as_the_cli_does(
             assert body["message"] == direct.value.details
         finally:
             ui.close()
+
+
+def test_requests_naming_another_host_or_posts_from_elsewhere_are_refused(
+    explorer: Explorer, digits_server: Any, sample_paths: list[Path]
+) -> None:
+    digit = sample_paths[0].read_bytes()
+    port = urlsplit(explorer.url).port
+    # A page elsewhere that reaches the gateway by a DNS name pointed at 127.0.0.1.
+    status, body = call(f"{explorer.url}api/models", headers={"Host": f"evil.example:{port}"})
+    assert (status, body["code"]) == (403, "PERMISSION_DENIED")
+    assert "'evil.example'" in body["message"] and "--allow-host" in body["message"]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
+        assert call(f"{explorer.url}api/models", headers={"Host": host})[0] == 200
+    # A cross-origin form or fetch cannot send the page's header without a preflight.
+    with pytest.raises(HTTPError) as refused:
+        urlopen(Request(f"{explorer.url}api/explain?method=saliency", data=digit), timeout=30)
+    with refused.value as err:
+        assert err.code == 403 and PAGE_HEADER in json.loads(err.read())["message"]
+    # A proxy in front that sends its own name: allowed by name.
+    ui = Explorer("--server", digits_server.bound_address, "--allow-host", "notebooks.lan")
+    try:
+        status, _ = call(f"{ui.url}api/models", headers={"Host": "notebooks.lan"})
+        assert status == 200
+        assert call(f"{ui.url}api/models", headers={"Host": "other.lan"})[0] == 403
+    finally:
+        ui.close()

@@ -63,6 +63,11 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 # Uploads: an image file, not a data set.
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+# The header the page sends with every POST: a request from a page of another origin cannot
+# send it without a CORS preflight, which the gateway never grants.
+PAGE_HEADER = "X-Deepvis-Page"
+
 # gRPC status -> HTTP status of the gateway's answer.
 _HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -137,6 +142,10 @@ class Gateway:
         server: The deepvis server's address, as `AsyncClient` takes it.
         client_options: Further `AsyncClient` arguments (timeout, token, TLS).
         samples: A folder of images the page offers as samples; None offers none.
+        hosts: The host names requests may name in their Host header: this machine's
+            loopback names, and any a proxy in front sends; None accepts any (a gateway
+            bound to another address on purpose). Refusing other names keeps a web page
+            elsewhere from reaching the gateway through a DNS name it points at 127.0.0.1.
     """
 
     def __init__(
@@ -144,8 +153,10 @@ class Gateway:
         server: str,
         client_options: dict[str, Any] | None = None,
         samples: Path | None = None,
+        hosts: Sequence[str] | None = LOOPBACK_NAMES,
     ) -> None:
         self.server = server
+        self.hosts = None if hosts is None else {h.lower().strip("[]") for h in hosts}
         self.client_options = dict(client_options or {})
         self.samples = samples
         self.client: AsyncClient | None = None
@@ -190,6 +201,27 @@ class Gateway:
             return await make()
         except (DeepvisError, ValueError, TypeError, OSError) as err:
             raise _Failed(self._failed(err)) from err
+
+    @web.middleware
+    async def guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Refuses requests that name another host, and POSTs that are not the page's."""
+        if self.hosts is not None:
+            name = _host_name(request.host)
+            if name not in self.hosts:
+                allowed = ", ".join(sorted(self.hosts))
+                return _error(
+                    "PERMISSION_DENIED",
+                    f"the Host header names {name!r}; this explorer answers for {allowed} "
+                    f"(deepvis ui --allow-host {name or 'NAME'} adds a name a proxy sends)",
+                    403,
+                )
+        if request.method == "POST" and request.headers.get(PAGE_HEADER) != "1":
+            return _error(
+                "PERMISSION_DENIED", f"POST requests need the header {PAGE_HEADER}: 1", 403
+            )
+        return await handler(request)
 
     # --- the page ------------------------------------------------------------------------
 
@@ -488,6 +520,14 @@ class _Failed(Exception):
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
+def _host_name(host: str) -> str:
+    """The name part of a Host header: "127.0.0.1:8080" -> "127.0.0.1", "[::1]:80" -> "::1"."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
 def _int(text: str, name: str) -> int:
     try:
         return int(text)
@@ -551,7 +591,7 @@ async def _event(response: web.StreamResponse, name: str, data: Any) -> None:
 
 def build_app(gateway: Gateway) -> web.Application:
     """The explorer's aiohttp application (routes of `Gateway`)."""
-    app = web.Application(client_max_size=MAX_UPLOAD_BYTES)
+    app = web.Application(client_max_size=MAX_UPLOAD_BYTES, middlewares=[gateway.guard])
     app.on_startup.append(gateway.start)
     app.on_cleanup.append(gateway.stop)
     app.router.add_get("/", gateway.index)

@@ -41,7 +41,7 @@
     try {
       let response;
       try {
-        response = await fetch(url, options);
+        response = await fetch(url, withPageHeader(options));
       } catch (err) {
         return { error: { code: "UNREACHABLE", message: "the explorer's gateway cannot be reached: " + err.message } };
       }
@@ -55,6 +55,13 @@
     } finally {
       busy(-1);
     }
+  }
+
+  // Every POST says it comes from this page: another origin's page cannot send this header
+  // without a CORS preflight, which the gateway never grants.
+  function withPageHeader(options) {
+    if (!options || options.method !== "POST") return options;
+    return { ...options, headers: { "X-Deepvis-Page": "1" } };
   }
 
   function query(params) {
@@ -681,7 +688,7 @@
     busy(1);
     let response;
     try {
-      response = await fetch(url, { method: "POST", body: image ? image.blob : null, signal: job.abort.signal });
+      response = await fetch(url, withPageHeader({ method: "POST", body: image ? image.blob : null, signal: job.abort.signal }));
     } catch (err) {
       busy(-1);
       if (!job.done) { job.done = true; fvStatus("the explorer's gateway cannot be reached: " + err.message, "error"); }
@@ -781,7 +788,7 @@
     try {
       let response;
       try {
-        response = await fetch("api/report?" + query(params), { method: "POST", body: image.blob });
+        response = await fetch("api/report?" + query(params), withPageHeader({ method: "POST", body: image.blob }));
       } catch (err) {
         status.textContent = "the explorer's gateway cannot be reached: " + err.message;
         return;
