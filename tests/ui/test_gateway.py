@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -251,3 +254,35 @@ def test_requests_naming_another_host_or_posts_from_elsewhere_are_refused(
         assert call(f"{ui.url}api/models", headers={"Host": "other.lan"})[0] == 403
     finally:
         ui.close()
+
+
+HIDE = Path(__file__).resolve().parents[1] / "hide"
+
+
+def _python_without(hide: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python ARGS` on a machine without the packages `hide` names (tests/hide)."""
+    env = {**os.environ, "PYTHONPATH": str(HIDE), "DEEPVIS_TEST_HIDE": hide}
+    return subprocess.run(
+        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_without_the_ui_extra_the_command_says_what_to_install() -> None:
+    proc = _python_without("aiohttp", "-m", "deepvis", "ui", "--server", "127.0.0.1:1")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == ""
+    assert "pip install 'deepvis[ui]'" in proc.stderr and "aiohttp" in proc.stderr
+
+
+def test_the_gateway_stays_a_thin_client_without_torch_or_the_server_package() -> None:
+    code = (
+        "import sys; import deepvis.ui._gateway as g; "
+        "assert not {'torch', 'deepvis_server'} & set(sys.modules), sorted(sys.modules); "
+        "print(g.default_samples())"
+    )
+    proc = _python_without("torch,torchvision,deepvis_server", "-c", code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "None"  # no server package: no default samples
+    proc = _python_without("torch,torchvision", "-c", code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("default_model/samples")
