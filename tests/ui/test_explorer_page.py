@@ -483,3 +483,40 @@ def test_a_refused_call_shows_its_status_and_message_where_the_picture_would_be(
     assert w.errors and all("status of 400" in e for e in w.errors), w.errors
     w.errors.clear()
     w.check()
+
+
+DROP = """async ([kind, name]) => {
+  const blob = await (await fetch('api/samples/' + name)).blob();
+  const data = new DataTransfer();
+  data.items.add(new File([blob], name, { type: 'image/png' }));
+  if (kind === 'drop') {
+    document.querySelector('#drop').dispatchEvent(
+      new DragEvent('drop', { dataTransfer: data, bubbles: true, cancelable: true }));
+  } else {
+    document.dispatchEvent(new ClipboardEvent('paste', { clipboardData: data, bubbles: true }));
+  }
+}"""
+
+
+def test_an_image_dropped_or_pasted_is_explained_and_hover_reads_the_overlay(
+    open_page: Callable[..., Watched], tmp_path: Path
+) -> None:
+    w = open_page()
+    for kind, name in (("drop", "digit_2.png"), ("paste", "digit_9.png")):
+        w.page.evaluate(DROP, [kind, name])
+        w.page.wait_for_function(
+            f"document.querySelector('#source-name').textContent.startsWith({name!r})"
+        )
+        w.wait_ready()
+        assert w.page.text_content("#target").startswith(f"target: class {name[6]} (p=")
+        assert "sample=" not in w.page.url  # an upload is no sample: the URL does not name it
+    # Hover over the Grad-CAM overlay: the map's value under the pointer.
+    cam = downloaded_array(w, "grad_cam", tmp_path)
+    shown = w.page.locator("[data-card=grad_cam] img.map")
+    box = shown.bounding_box()
+    assert box is not None
+    x, y = 11, 25
+    shown.hover(position={"x": (x + 0.5) * box["width"] / 32, "y": (y + 0.5) * box["height"] / 32})
+    value = float(w.page.get_attribute("[data-card=grad_cam] .hover", "data-value") or "nan")
+    assert value == pytest.approx(float(cam[y, x]))
+    w.check()
