@@ -520,3 +520,23 @@ def test_an_image_dropped_or_pasted_is_explained_and_hover_reads_the_overlay(
     value = float(w.page.get_attribute("[data-card=grad_cam] .hover", "data-value") or "nan")
     assert value == pytest.approx(float(cam[y, x]))
     w.check()
+
+
+def test_a_large_photo_is_overlaid_at_a_size_that_redraws_at_once(
+    open_page: Callable[..., Watched], sample_paths: list[Path], tmp_path: Path
+) -> None:
+    big = tmp_path / "big.png"
+    Image.open(sample_paths[0]).convert("RGB").resize((1200, 900)).save(big)
+    w = open_page()
+    upload(w, big)
+    assert "1200×900 (overlays drawn at 512×384)" in (w.page.text_content("#source-name") or "")
+    size = w.page.evaluate(
+        "(() => { const i = document.querySelector('[data-card=grad_cam] img.map'); "
+        "return [i.naturalWidth, i.naturalHeight]; })()"
+    )
+    assert size == [512, 384]
+    start = time.monotonic()
+    w.page.focus("#alpha")
+    w.page.keyboard.press("ArrowLeft")
+    assert time.monotonic() - start < 2.0
+    w.check()

@@ -11,6 +11,7 @@
 
   const $ = (sel) => document.querySelector(sel);
   const DEFAULT_METHODS = ["guided_backprop", "grad_cam", "saliency"];
+  const MAX_OVERLAY = 512;
 
   const state = {
     model: "", sample: "", methods: [], target: "", layer: "",
@@ -336,9 +337,12 @@
   function drawMap(method, arr, region, scale, overlay) {
     const m = mapOf(method, arr, state.sign);
     if (overlay && image) {
-      const { values, inside } = resample(m, image.width, image.height, region);
+      // The region is in the image's own pixels; scaled with it, as render.draw does.
+      const [x, y, rw, rh] = region || [0, 0, image.original[0], image.original[1]];
+      const box = [x * image.sx, y * image.sy, rw * image.sx, rh * image.sy];
+      const { values, inside } = resample(m, image.width, image.height, box);
       const pixels = overlayPixels(colorize(values, scale), inside, state.alpha);
-      return { uri: pixelsToURI(pixels, image.width, image.height), width: image.width, height: image.height, map: m, overlay: true };
+      return { uri: pixelsToURI(pixels, image.width, image.height), width: image.width, height: image.height, map: m, overlay: true, box };
     }
     return { uri: pixelsToURI(colorize(m.values, scale), m.w, m.h), width: m.w, height: m.h, map: m, overlay: false };
   }
@@ -444,7 +448,7 @@
       const py = Math.floor(((ev.clientY - r.top) / r.height) * pic.height);
       let mx = px, my = py;
       if (pic.overlay) {
-        const [x0, y0, rw, rh] = result.input_region || [0, 0, pic.width, pic.height];
+        const [x0, y0, rw, rh] = pic.box;
         mx = Math.floor(((px + 0.5 - x0) / rw) * pic.map.w);
         my = Math.floor(((py + 0.5 - y0) / rh) * pic.map.h);
       }
@@ -823,18 +827,28 @@
       $("#banner").textContent = name + " is not an image this browser can read";
       return;
     }
+    // Overlays are drawn at the image's size, as deepvis.render draws them; a larger image
+    // is first reduced to MAX_OVERLAY on its longer side (by the browser's own resampling),
+    // so that redrawing stays instant.
+    const factor = Math.min(1, MAX_OVERLAY / Math.max(img.naturalWidth, img.naturalHeight));
     const canvas = document.createElement("canvas");
-    canvas.width = img.naturalWidth;
-    canvas.height = img.naturalHeight;
+    canvas.width = Math.max(1, Math.round(img.naturalWidth * factor));
+    canvas.height = Math.max(1, Math.round(img.naturalHeight * factor));
     const ctx = canvas.getContext("2d");
-    ctx.drawImage(img, 0, 0);
+    ctx.imageSmoothingQuality = "high";
+    ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
     const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
     URL.revokeObjectURL(url);
-    image = { blob, name, width: canvas.width, height: canvas.height, pixels };
+    image = {
+      blob, name, width: canvas.width, height: canvas.height, pixels,
+      sx: canvas.width / img.naturalWidth, sy: canvas.height / img.naturalHeight,
+      original: [img.naturalWidth, img.naturalHeight],
+    };
     const shown = $("#source");
     shown.src = canvas.toDataURL("image/png");
     shown.hidden = false;
-    $("#source-name").textContent = name + " · " + image.width + "×" + image.height;
+    $("#source-name").textContent = name + " · " + image.original[0] + "×" + image.original[1] +
+      (image.sx < 1 ? " (overlays drawn at " + image.width + "×" + image.height + ")" : "");
     for (const b of document.querySelectorAll("#samples button")) b.setAttribute("aria-pressed", b.dataset.name === state.sample ? "true" : "false");
     await explainAll();
   }
