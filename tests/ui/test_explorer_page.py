@@ -270,6 +270,9 @@ def test_a_prediction_chip_retargets_every_view_and_reloading_restores_it(
     w.page.select_option("#cmap", "magma")
     w.page.select_option("#layer", "conv2")
     w.wait_ready()
+    w.page.select_option("#topk", "8")
+    w.wait_ready()
+    assert w.page.locator("#fmaps button").count() == 8
     url = w.page.url
     view = {
         "target": w.page.text_content("#target"),
@@ -289,6 +292,7 @@ def test_a_prediction_chip_retargets_every_view_and_reloading_restores_it(
     )
     assert w.page.input_value("#layer") == view["layer"] == "conv2"
     assert w.page.input_value("#cmap") == view["cmap"] == "magma"
+    assert w.page.locator("#fmaps button").count() == 8
     for m, pixels in view["maps"].items():
         np.testing.assert_array_equal(picture(w, f"[data-card={m}] img.map"), pixels)
     w.check()

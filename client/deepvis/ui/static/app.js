@@ -14,7 +14,7 @@
   const MAX_OVERLAY = 512;
 
   const state = {
-    model: "", sample: "", methods: [], target: "", layer: "",
+    model: "", sample: "", methods: [], target: "", layer: "", topk: 16,
     scale: "shared", cmap: "auto", sign: "auto", overlay: "auto", alpha: 0.5,
   };
   let config = null;
@@ -591,7 +591,7 @@
     $("#fmaps").replaceChildren(Object.assign(document.createElement("p"), { className: "busy", textContent: "reading " + state.layer + "…" }));
     $("#layer-cam").replaceChildren();
     const [acts, cam] = await Promise.all([
-      explainOne({ model: state.model, method: "activations", layer: state.layer, target: state.target, top_k_channels: 16 }),
+      explainOne({ model: state.model, method: "activations", layer: state.layer, target: state.target, top_k_channels: state.topk }),
       explainOne({ model: state.model, method: "grad_cam", layer: state.layer, target: state.target }),
     ]);
     if (run !== layerRun) return;
@@ -888,6 +888,7 @@
     p.set("methods", state.methods.join(","));
     if (state.target) p.set("target", state.target);
     if (state.layer) p.set("layer", state.layer);
+    p.set("topk", String(state.topk));
     p.set("scale", state.scale);
     p.set("cmap", state.cmap);
     p.set("sign", state.sign);
@@ -904,6 +905,7 @@
     state.methods = get("methods", "").split(",").filter(Boolean);
     state.target = get("target", "");
     state.layer = get("layer", "");
+    state.topk = [8, 16, 32, 64].includes(Number(get("topk", "16"))) ? Number(get("topk", "16")) : 16;
     state.scale = get("scale", "shared") === "own" ? "own" : "shared";
     state.cmap = get("cmap", "auto");
     if (state.cmap !== "auto" && !config.colormaps[state.cmap]) state.cmap = "auto";
@@ -917,6 +919,7 @@
     $("#cmap").value = state.cmap;
     $("#sign").value = state.sign;
     $("#overlay").value = state.overlay;
+    $("#topk").value = String(state.topk);
     $("#alpha").value = String(state.alpha);
     $("#alpha-value").textContent = state.alpha.toFixed(2);
     for (const r of document.querySelectorAll("input[name=scale]")) r.checked = r.value === state.scale;
@@ -1001,6 +1004,7 @@
       redraw();
     });
     $("#layer").addEventListener("change", (ev) => { state.layer = ev.target.value; saveState(); loadLayer(); });
+    $("#topk").addEventListener("change", (ev) => { state.topk = Number(ev.target.value); saveState(); loadLayer(); });
     $("#export").addEventListener("click", () => exportReport());
     $("#fv-start").addEventListener("click", () => startFeatureVis());
     $("#fv-cancel").addEventListener("click", () => cancelFeatureVis());
