@@ -286,3 +286,27 @@ def test_the_gateway_stays_a_thin_client_without_torch_or_the_server_package() -
     proc = _python_without("torch,torchvision", "-c", code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("default_model/samples")
+
+
+def test_a_killed_gateway_leaves_no_job_on_the_server(digits_server: Any) -> None:
+    ui = Explorer("--server", digits_server.bound_address)
+    try:
+        parts = urlsplit(ui.url)
+        assert parts.hostname is not None and parts.port is not None
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        path = "/api/visualize?layer=conv3&channel=1&steps=4096&progress_every=4"
+        conn.request("POST", path, headers={PAGE_HEADER: "1"})
+        response = conn.getresponse()
+        seen = b""
+        while b"event: progress" not in seen:
+            seen += response.read1(65536)
+        assert _render_jobs(digits_server) == 1
+        ui.process.kill()  # no goodbye: the server sees its channel drop
+        ui.process.wait(10)
+        conn.close()
+        assert _wait_no_jobs(digits_server) == 0
+    finally:
+        ui.close()
+    # The server serves on.
+    with deepvis.Client(digits_server.bound_address, timeout=30) as client:
+        assert client.models()[0].name == "digits"
