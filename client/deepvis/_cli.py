@@ -186,6 +186,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_visualize_parser(sub, common)
     _add_evaluate_parser(sub, common)
     _add_dream_parser(sub, common)
+    _add_ui_parser(sub, common)
 
     health = sub.add_parser(
         "health",
@@ -314,6 +315,82 @@ def _add_visualize_parser(
         help="file name prefix (default: from the objective, e.g. class-3 or conv3-c12)",
     )
     vis.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _add_ui_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    ui = sub.add_parser(
+        "ui",
+        parents=[common],
+        help="explore a served model in the browser (needs the ui extra)",
+        description=(
+            "Start the explorer: a local web page over the server (predictions, a grid of "
+            "methods on one scale, a layer browser, live feature visualization). Prints its URL "
+            "as the first line on stdout and serves until interrupted."
+        ),
+    )
+    ui.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: %(default)s; others need --allow-remote)",
+    )
+    ui.add_argument(
+        "--port", type=_non_negative_int, default=0, help="port (default: 0, a free one)"
+    )
+    ui.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="bind a non-loopback --host: anyone who reaches it uses the server as you",
+    )
+    ui.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=(
+            "also answer requests whose Host header names NAME (a proxy in front that sends "
+            "its own name); by default only 127.0.0.1, localhost and ::1"
+        ),
+    )
+    ui.add_argument("--open", action="store_true", help="open the page in the default browser")
+    ui.add_argument(
+        "--samples",
+        metavar="DIR",
+        help=(
+            "a folder of images the page offers as samples (default: the default model's "
+            "digits, where the server package is installed)"
+        ),
+    )
+
+
+def _run_ui(args: argparse.Namespace, server: str, token: str | None) -> int:
+    try:
+        from deepvis.ui import Gateway, is_loopback, serve
+        from deepvis.ui._gateway import LOOPBACK_NAMES, default_samples
+    except ImportError as err:
+        print(
+            f"deepvis ui needs the ui extra ({err.name} is missing): pip install 'deepvis[ui]'",
+            file=sys.stderr,
+        )
+        return 1
+    if not is_loopback(args.host) and not args.allow_remote:
+        print(
+            f"deepvis ui: refusing to bind {args.host}, which is not a loopback address: anyone "
+            "who reaches it would use the deepvis server with your credentials. Bind 127.0.0.1 "
+            "(the default), or pass --allow-remote if that is meant.",
+            file=sys.stderr,
+        )
+        return 2
+    samples = Path(args.samples) if args.samples else default_samples()
+    if samples is not None and not samples.is_dir():
+        raise ValueError(f"--samples {samples} is not a folder")
+    options = {"timeout": args.timeout, "token": token, **_tls_arguments(args)}
+    # Bound elsewhere on purpose, the page is reached by whatever name the machine has.
+    hosts = None if not is_loopback(args.host) else [*LOOPBACK_NAMES, *args.allow_host]
+    gateway = Gateway(server, options, samples, hosts)
+    serve(gateway, args.host, args.port, open_browser=args.open)
+    return 0
 
 
 def _add_report_parser(
@@ -977,6 +1054,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     try:
+        if args.command == "ui":
+            return _run_ui(args, server, token)
         with Client(server, timeout=args.timeout, token=token, **_tls_arguments(args)) as client:
             if args.command == "models":
                 return _run_models(client, args)
