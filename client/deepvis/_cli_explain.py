@@ -8,6 +8,7 @@ A thin shell over the library: each input is one `Client.explain` (one method) o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import hashlib
 import io
@@ -583,6 +584,7 @@ def record_of(path: Path, exp: Explanation, files: Sequence[Path]) -> dict[str, 
         "batch_size": exp.batch_size,
         "queue_ms": round(exp.queue_ms, 3),
         "compute_ms": round(exp.compute_ms, 3),
+        "completeness": None if exp.completeness is None else dataclasses.asdict(exp.completeness),
     }
 
 
@@ -827,9 +829,18 @@ def run_explain(
             else:
                 top = record["predictions"][0] if record["predictions"] else None
                 top_text = f"{top['label']} ({top['score']:.3f})" if top else "-"
+                c = record["completeness"]
+                # LRP's conservation, integrated gradients' completeness.
+                sums = (
+                    ""
+                    if c is None
+                    else f"  sum={c['attribution_sum']:.6g} score={c['score']:.6g} "
+                    f"baseline={c['baseline_score']:.6g} delta={c['delta']:.3g}"
+                )
                 _print(
                     f"{record['input']}  {cli_name(record['method'])}  top={top_text}  "
-                    f"target={_format_target(record['target'])}  -> {', '.join(record['files'])}"
+                    f"target={_format_target(record['target'])}{sums}  "
+                    f"-> {', '.join(record['files'])}"
                 )
 
     pending: dict[Future[Work], Work] = {}

@@ -130,7 +130,7 @@ def run_cli(
     )
     printed = capsys.readouterr().out
     assert rc == 0, printed
-    (npy,) = out.glob("*.npy")
+    (npy,) = out.rglob("*.npy")  # OUT/<input>/<method>[...].npy
     return printed, np.load(npy)
 
 
