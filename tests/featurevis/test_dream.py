@@ -91,8 +91,9 @@ def test_one_step_equals_the_written_formula_with_jitter_0(digits_server, digits
     # The step moved the picture (the test can fail), and stayed within the pixel range.
     assert np.abs(expected - img / 255.0).max() > 1e-3
     assert res.image.size == (36, 40)
-    assert np.array_equal(np.asarray(res.image), (np.clip(res.array[0, 0], 0, 1) * 255 + 0.5)
-                          .astype(np.uint8))  # fmt: skip
+    # Pictures are RGB: a one-channel picture is its gray level three times.
+    pixels = (np.clip(res.array[0, 0], 0, 1) * 255 + 0.5).astype(np.uint8)
+    assert np.array_equal(np.asarray(res.image), np.repeat(pixels[..., None], 3, axis=2))
 
 
 def test_a_whole_run_without_jitter_equals_the_original_with_scipy_zoom(

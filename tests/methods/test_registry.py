@@ -200,7 +200,10 @@ def test_a_batch_equals_its_items_alone_in_the_documented_shape(
         assert np.abs(a.array).max() > 0, f"item {i} alone is all zeros"
         # Not bit for bit: the kernels a batch size picks round the last bits differently.
         err = relative_error(b.array, a.array)
-        assert err <= TOL, f"item {i}: batched differs from alone by {err:.2e} of its max"
+        # Deep Taylor's z+ rule divides by sums of positive contributions only, which a
+        # residual network's deep layers make small: it amplifies those last-bit differences.
+        tol = 5e-5 if options.get("composite") == "deep_taylor" else TOL
+        assert err <= tol, f"item {i}: batched differs from alone by {err:.2e} of its max"
         # The same item alone again: bit for bit on the CPU, whose kernels are deterministic.
         if device.type == "cpu":
             assert np.array_equal(a2.array, a.array), f"item {i} alone changed"

@@ -466,8 +466,13 @@ def test_activations_of_a_token_layer_come_back_on_the_patch_grid(served) -> Non
     tokens = np.stack([r.arrays["encoder.ln.class_tokens"] for r in results])
     assert tokens.shape == (len(x), 1, 32)
     assert relative_error(tokens, ref[:, :1].numpy()) <= TOL
-    for r in results:
-        assert r.warnings == [] and "conv_proj.class_tokens" not in r.arrays
+    # encoder.ln is a LayerNorm: the mean over its channels, which its heatmap draws, is zero
+    # up to rounding, and the answer says that picture is drawn neutral.
+    flat = np.abs(grid.mean(axis=1)).max(axis=(1, 2)) < deepvis.render.ZERO_BELOW
+    for r, neutral in zip(results, flat, strict=True):
+        notes = ["map is zero everywhere" in w for w in r.warnings]
+        assert notes == ([True] if neutral else []), r.warnings
+        assert "conv_proj.class_tokens" not in r.arrays
         assert {"encoder.ln.grid", "encoder.ln.heatmap", "conv_proj.grid"} <= set(r.images)
 
 
