@@ -822,8 +822,11 @@ def _method_evaluation(scores: MethodScores) -> pb.MethodEvaluation:
     return out
 
 
-def evaluate_response(event: EvaluateProgress | EvaluateAnswer) -> pb.EvaluateResponse:
-    """A progress message, or the result."""
+def evaluate_response(
+    query: EvaluateQuery, event: EvaluateProgress | EvaluateAnswer
+) -> pb.EvaluateResponse:
+    """A progress message, or the result (the query's own fields are not repeated in it; it
+    is taken as every stream's converter takes it)."""
     if isinstance(event, EvaluateProgress):
         return pb.EvaluateResponse(
             progress=pb.EvaluateProgress(done=event.done, total=event.total, stage=event.stage)
