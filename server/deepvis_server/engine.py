@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import TypeVar
 
 import torch
@@ -132,17 +132,9 @@ class DreamQuery:
     array_dtype: str = "float32"
 
     def job(self, image: torch.Tensor) -> DreamJob:
-        return DreamJob(
-            image=image,
-            objective=self.objective,
-            octaves=self.octaves,
-            octave_scale=self.octave_scale,
-            steps_per_octave=self.steps_per_octave,
-            step_size=self.step_size,
-            jitter=self.jitter,
-            seed=self.seed,
-            progress_every=self.progress_every,
-        )
+        """The job on `image`; its other fields are the query's own, named alike."""
+        shared = {f.name: getattr(self, f.name) for f in fields(DreamJob) if hasattr(self, f.name)}
+        return DreamJob(image=image, **shared)
 
 
 @dataclass(frozen=True)
