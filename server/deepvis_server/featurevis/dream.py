@@ -28,7 +28,14 @@ from ..errors import InvalidArgument
 from ..methods.hooks import capture_output
 from ..models import ServedModel
 from .objectives import Channel, ClassLogit, Layer, Objective
-from .optimization import RenderEvent, RenderImages, RenderResult, row_generator, to_uint8
+from .optimization import (
+    RenderEvent,
+    RenderImages,
+    RenderResult,
+    normalization,
+    row_generator,
+    to_uint8,
+)
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +210,7 @@ class DreamBatch:
         self.model = model
         self.size = size
         self.device = model.device
-        shape = (1, model.spec.channels, 1, 1)
-        self._mean = torch.tensor(model.spec.mean, device=self.device).view(shape)
-        self._std = torch.tensor(model.spec.std, device=self.device).view(shape)
+        self._mean, self._std = normalization(model)
         self._rows: dict[int, _Row] = {}
         self._next_handle = 0
 
