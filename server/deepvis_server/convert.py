@@ -836,8 +836,8 @@ def _method_evaluation(scores: MethodScores) -> pb.MethodEvaluation:
 def evaluate_response(
     query: EvaluateQuery, event: EvaluateProgress | EvaluateAnswer
 ) -> pb.EvaluateResponse:
-    """A progress message, or the result (the query's own fields are not repeated in it; it
-    is taken as every stream's converter takes it)."""
+    """A progress message, or the result. The query is not read (the result carries all it
+    says); it is taken as the other streams' converters take theirs."""
     if isinstance(event, EvaluateProgress):
         return pb.EvaluateResponse(
             progress=pb.EvaluateProgress(done=event.done, total=event.total, stage=event.stage)
