@@ -176,6 +176,28 @@ def _count(value: int, default: int, high: int, field: str, low: int = 1) -> int
     return int(number)
 
 
+# The LRP rules' parameters: default, bounds, and the composites whose rules take it; setting
+# one for another composite is refused with its message.
+_LRP_PARAMETERS = {
+    "epsilon": (opt.DEFAULT_EPSILON, opt.EPSILON_RANGE, opt.EPSILON_COMPOSITES),
+    "gamma": (opt.DEFAULT_GAMMA, opt.GAMMA_RANGE, opt.GAMMA_COMPOSITES),
+}
+_LRP_REFUSALS = {
+    "epsilon": "lrp.epsilon: composite {} has no epsilon rule; leave it unset",
+    "gamma": "lrp.gamma applies to composite epsilon_gamma_box only, not {}",
+}
+
+
+def _lrp_parameter(o: pb.LrpOptions, name: str, composite: str) -> float:
+    """lrp.<name> as set (checked against its bounds and the composite), or its default."""
+    default, bounds, composites = _LRP_PARAMETERS[name]
+    if not o.HasField(name):
+        return default
+    if composite not in composites:
+        raise InvalidArgument(_LRP_REFUSALS[name].format(composite), field=f"lrp.{name}")
+    return _bounded(getattr(o, name), *bounds, f"lrp.{name}")
+
+
 def _lrp_options(msg: pb.ExplainRequest) -> LrpOptions | None:
     if not msg.HasField("lrp"):
         return None
@@ -183,22 +205,11 @@ def _lrp_options(msg: pb.ExplainRequest) -> LrpOptions | None:
     composite = _enum_value(
         o.composite, _COMPOSITES, opt.LRP_COMPOSITES[0], "lrp.composite", "LrpComposite"
     )
-    epsilon, gamma = opt.DEFAULT_EPSILON, opt.DEFAULT_GAMMA
-    if o.HasField("epsilon"):
-        if composite not in opt.EPSILON_COMPOSITES:
-            raise InvalidArgument(
-                f"lrp.epsilon: composite {composite} has no epsilon rule; leave it unset",
-                field="lrp.epsilon",
-            )
-        epsilon = _bounded(o.epsilon, *opt.EPSILON_RANGE, "lrp.epsilon")
-    if o.HasField("gamma"):
-        if composite not in opt.GAMMA_COMPOSITES:
-            raise InvalidArgument(
-                f"lrp.gamma applies to composite epsilon_gamma_box only, not {composite}",
-                field="lrp.gamma",
-            )
-        gamma = _bounded(o.gamma, *opt.GAMMA_RANGE, "lrp.gamma")
-    return LrpOptions(composite=composite, epsilon=epsilon, gamma=gamma)
+    return LrpOptions(
+        composite=composite,
+        epsilon=_lrp_parameter(o, "epsilon", composite),
+        gamma=_lrp_parameter(o, "gamma", composite),
+    )
 
 
 def _smooth_options(msg: pb.ExplainRequest) -> SmoothOptions | None:
@@ -822,8 +833,11 @@ def _method_evaluation(scores: MethodScores) -> pb.MethodEvaluation:
     return out
 
 
-def evaluate_response(event: EvaluateProgress | EvaluateAnswer) -> pb.EvaluateResponse:
-    """A progress message, or the result."""
+def evaluate_response(
+    query: EvaluateQuery, event: EvaluateProgress | EvaluateAnswer
+) -> pb.EvaluateResponse:
+    """A progress message, or the result. The query is not read (the result carries all it
+    says); it is taken as the other streams' converters take theirs."""
     if isinstance(event, EvaluateProgress):
         return pb.EvaluateResponse(
             progress=pb.EvaluateProgress(done=event.done, total=event.total, stage=event.stage)

@@ -12,10 +12,14 @@ from .config import DEFAULT_MODEL_DIR
 from .process import ServerProcess
 
 
+def cli(*args: str) -> list[str]:
+    """The command line of `deepvis ARGS` in this interpreter."""
+    return [sys.executable, "-m", "deepvis", *args]
+
+
 def run_cli(*args: str) -> None:
-    cmd = [sys.executable, "-m", "deepvis", *args]
     print("$ deepvis " + " ".join(args), flush=True)
-    subprocess.run(cmd, check=True)
+    subprocess.run(cli(*args), check=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,67 +34,39 @@ def main(argv: list[str] | None = None) -> int:
     server = ServerProcess("--log-level", "WARNING", address=args.address, log=False)
     print(server.serving_line, flush=True)
     address = server.address
+
+    def writing(command: str, *options: str, to: str) -> list[str]:
+        """A command's arguments against the server, quiet, writing under out/`to`."""
+        return [command, *options, "--server", address, "--quiet", "--out", str(args.out / to)]
+
     try:
-        out = args.out
         run_cli("models", "--server", address)
         run_cli("layers", "digits", "--server", address)
-        # 1. Guided backpropagation: which pixels each decision rests on.
         samples_dir = str(DEFAULT_MODEL_DIR / "samples")
+        four_methods = "guided-backprop,grad-cam,integrated-gradients,saliency"
         # 1. Guided backpropagation, and the methods it is compared with, side by side on
         #    one scale per family: which pixels each decision rests on, and where.
         run_cli(
-            "explain",
-            samples_dir,
-            "--server",
-            address,
-            "--method",
-            "guided-backprop,grad-cam,integrated-gradients,saliency",
-            "--panel",
-            "--format",
-            "png,npy",
-            "--quiet",
-            "--out",
-            str(out / "explain"),
-        )
+            *writing(
+                "explain", samples_dir, "--method", four_methods, "--panel", "--format", "png,npy",
+                to="explain",
+            )
+        )  # fmt: skip
         # 2. Activation visualization: the 16 strongest feature maps of conv2 and conv3, and
         #    where each layer fires.
         run_cli(
-            "explain",
-            samples_dir,
-            "--server",
-            address,
-            "--method",
-            "activations",
-            "--layer",
-            "conv2",
-            "--layer",
-            "conv3",
-            "--top-k-channels",
-            "16",
-            "--quiet",
-            "--out",
-            str(out / "activations"),
-        )
+            *writing(
+                "explain", samples_dir, "--method", "activations", "--layer", "conv2",
+                "--layer", "conv3", "--top-k-channels", "16",
+                to="activations",
+            )
+        )  # fmt: skip
         # 3. Neuron-level visualization: what each class logit wants to see, ten renders at
         #    once (they share one optimization batch), and one conv3 neuron with where it
         #    fires on a real digit.
         renders = [
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "deepvis",
-                    "visualize",
-                    "--server",
-                    address,
-                    "--class",
-                    str(k),
-                    "--steps",
-                    "256",
-                    "--quiet",
-                    "--out",
-                    str(out / "visualize"),
-                ]
+                cli(*writing("visualize", "--class", str(k), "--steps", "256", to="visualize"))
             )
             for k in range(10)
         ]
@@ -98,31 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         if any(p.wait() != 0 for p in renders):
             raise RuntimeError("a visualize command failed")
         run_cli(
-            "visualize",
-            "--server",
-            address,
-            "--neuron",
-            "conv3:5:4:4",
-            "--steps",
-            "256",
-            "--input",
-            samples[5],
-            "--quiet",
-            "--out",
-            str(out / "visualize"),
-        )
+            *writing(
+                "visualize", "--neuron", "conv3:5:4:4", "--steps", "256", "--input", samples[5],
+                to="visualize",
+            )
+        )  # fmt: skip
         # 4. One page with it all: every sample, four methods, their scales, the timings.
-        run_cli(
-            "report",
-            samples_dir,
-            "--server",
-            address,
-            "--method",
-            "guided-backprop,grad-cam,integrated-gradients,saliency",
-            "--quiet",
-            "--out",
-            str(out / "report.html"),
-        )
+        run_cli(*writing("report", samples_dir, "--method", four_methods, to="report.html"))
     finally:
         code = server.stop(timeout=30)
     written = sorted(args.out.rglob("*.png"))

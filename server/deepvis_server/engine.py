@@ -7,7 +7,8 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from typing import TypeVar
 
 import torch
 
@@ -38,6 +39,7 @@ from .featurevis.dream import DreamJob
 from .featurevis.objectives import Objective, explain_target
 from .featurevis.optimization import RenderJob
 from .featurevis.scheduler import Dreamer, Progress, Rendered, Visualizer
+from .loops import ModelLoop
 from .methods import REGISTRY, ClassTarget, ItemShare, Method, MethodRequest, Output, Target
 from .models import ServedModel, load_model, select_device
 from .pictures import Scene, caption_predictions, input_image
@@ -52,6 +54,7 @@ from .preprocess import (
 from .response_cache import ResponseCache
 
 log = logging.getLogger(__name__)
+Loop = TypeVar("Loop", bound=ModelLoop)
 # Predictions an answer lists when the request leaves output.top_k 0.
 DEFAULT_TOP_K = 5
 # What clients hear of a model that failed to load for a reason without a public account.
@@ -129,17 +132,9 @@ class DreamQuery:
     array_dtype: str = "float32"
 
     def job(self, image: torch.Tensor) -> DreamJob:
-        return DreamJob(
-            image=image,
-            objective=self.objective,
-            octaves=self.octaves,
-            octave_scale=self.octave_scale,
-            steps_per_octave=self.steps_per_octave,
-            step_size=self.step_size,
-            jitter=self.jitter,
-            seed=self.seed,
-            progress_every=self.progress_every,
-        )
+        """The job on `image`; its other fields are the query's own, named alike."""
+        shared = {f.name: getattr(self, f.name) for f in fields(DreamJob) if hasattr(self, f.name)}
+        return DreamJob(image=image, **shared)
 
 
 @dataclass(frozen=True)
@@ -240,52 +235,44 @@ class Engine:
                 # Chosen in the configuration, once, before serving: never by a request.
                 model.module.to(memory_format=torch.channels_last)
             self.models[spec.name] = model
-            batcher = Batcher(
-                model,
-                self.device_executor,
-                max_batch_size=spec.max_batch_size,
-                max_delay_s=None if spec.max_delay_ms is None else spec.max_delay_ms / 1000.0,
-                max_queue_size=self.config.limits.max_queue_size,
-                metrics=self.metrics,
-            )
-            batcher.on_fatal = self._device_failed
-            batcher.start()
-            self.batchers[spec.name] = batcher
-            visualizer = Visualizer(
-                model,
-                self.device_executor,
-                self.cpu_executor,
-                self.config.render,
-                tf32=self.config.render_tf32,
-            )
-            visualizer.start()
-            self.visualizers[spec.name] = visualizer
+            # Feature visualizations and DeepDreams: the device steps them, the CPU threads
+            # encode their pictures.
+            render = (model, self.device_executor, self.cpu_executor, self.config.render)
+            tf32 = self.config.render_tf32
             limits = self.config.evaluate
-            evaluator = Evaluator(
-                model,
-                self.device_executor,
-                forward_batch=limits.batch,
-                explain_batch=spec.max_batch_size,
-                max_randomized_bytes=limits.max_randomized_mb * 2**20,
+            self.batchers[spec.name] = self._started(
+                Batcher(
+                    model,
+                    self.device_executor,
+                    max_batch_size=spec.max_batch_size,
+                    max_delay_s=None if spec.max_delay_ms is None else spec.max_delay_ms / 1000.0,
+                    max_queue_size=self.config.limits.max_queue_size,
+                    metrics=self.metrics,
+                )
             )
-            evaluator.on_fatal = self._device_failed
-            evaluator.start()
-            self.evaluators[spec.name] = evaluator
-            dreamer = Dreamer(
-                model,
-                self.device_executor,
-                self.cpu_executor,
-                self.config.render,
-                tf32=self.config.render_tf32,
+            self.visualizers[spec.name] = self._started(Visualizer(*render, tf32=tf32))
+            self.evaluators[spec.name] = self._started(
+                Evaluator(
+                    model,
+                    self.device_executor,
+                    forward_batch=limits.batch,
+                    explain_batch=spec.max_batch_size,
+                    max_randomized_bytes=limits.max_randomized_mb * 2**20,
+                )
             )
-            dreamer.start()
-            self.dreamers[spec.name] = dreamer
+            self.dreamers[spec.name] = self._started(Dreamer(*render, tf32=tf32))
             log.info("serving model %s (%s) on %s", spec.name, spec.arch, self.device)
         if not self.models:
             raise ConfigError(
                 "no model could be loaded: "
                 + "; ".join(f"model '{name}': {why}" for name, why in self.failure_details.items())
             )
+
+    def _started(self, loop: Loop) -> Loop:
+        """A model's background loop, started, telling the engine when the device fails."""
+        loop.on_fatal = self._device_failed
+        loop.start()
+        return loop
 
     def _device_failed(self, error: BaseException) -> None:
         if self.fatal_error is not None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import TypeVar
 
 import grpc
 
@@ -15,6 +16,23 @@ from . import convert
 from .engine import Engine
 from .errors import DeepvisError
 from .status import failure, rpc_errors
+
+Query = TypeVar("Query")
+Event = TypeVar("Event")
+Message = TypeVar("Message")
+
+
+async def _stream(
+    query: Query,
+    run: Callable[[Query], AsyncGenerator[Event, None]],
+    message: Callable[[Query, Event], Message],
+) -> AsyncIterator[Message]:
+    """A streaming RPC's answer: the engine runs `query`, and each of its events goes out as
+    its response message. Closing this stream (rpc_errors does, whatever ends the call: a
+    client that went away included) closes the engine's at once, stopping the job."""
+    async with contextlib.aclosing(run(query)) as events:
+        async for event in events:
+            yield message(query, event)
 
 
 class ExplainerServicer(pb_grpc.ExplainerServicer):
@@ -98,34 +116,27 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         return convert.describe_model(self.engine.model(request.model), self.engine.methods)
 
     @rpc_errors
-    async def Visualize(
+    def Visualize(
         self, request: pb.VisualizeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.VisualizeResponse]:
+        # A client that went away stops the job (and its attribution) at once.
         query = convert.parse_visualize(request)
-        # aclosing: a client that went away stops the job (and its attribution) at once.
-        async with contextlib.aclosing(self.engine.visualize(query)) as events:
-            async for event in events:
-                yield convert.visualize_response(query, event)
+        return _stream(query, self.engine.visualize, convert.visualize_response)
 
     @rpc_errors
-    async def Evaluate(
+    def Evaluate(
         self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EvaluateResponse]:
+        # A client that went away stops the evaluation before its next piece.
         query = convert.parse_evaluate(request, self.deadline(context))
-        # aclosing: a client that went away stops the evaluation before its next piece.
-        async with contextlib.aclosing(self.engine.evaluate(query)) as events:
-            async for event in events:
-                yield convert.evaluate_response(event)
+        return _stream(query, self.engine.evaluate, convert.evaluate_response)
 
     @rpc_errors
-    async def DeepDream(
+    def DeepDream(
         self, request: pb.DeepDreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.DeepDreamResponse]:
-        query = convert.parse_dream(request)
-        # aclosing: a client that went away stops the job and frees its row at once.
-        async with contextlib.aclosing(self.engine.dream(query)) as events:
-            async for event in events:
-                yield convert.dream_response(query, event)
+        # A client that went away stops the job and frees its row at once.
+        return _stream(convert.parse_dream(request), self.engine.dream, convert.dream_response)
 
     @rpc_errors
     async def ListModels(

@@ -94,12 +94,12 @@ def rpc_errors(handler: Handler) -> Handler:
     down and every error keeps its precise status, message and details.
 
     Wraps a unary handler (a coroutine function) or a streaming one (an async generator
-    function, whose messages already sent stay sent); the RPC's name in the log is the
-    handler's. Cancellation (the client went away, or its deadline passed) is not an
-    Exception and passes through.
+    function, or a plain function that returns an async generator; messages already sent
+    stay sent); the RPC's name in the log is the handler's. Cancellation (the client went
+    away, or its deadline passed) is not an Exception and passes through.
     """
     rpc = handler.__name__
-    if inspect.isasyncgenfunction(handler):
+    if not inspect.iscoroutinefunction(handler):
 
         @functools.wraps(handler)
         async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -16,7 +16,6 @@ layer's activations (half their sum of squares), the same over one channel, or a
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -29,7 +28,14 @@ from ..errors import InvalidArgument
 from ..methods.hooks import capture_output
 from ..models import ServedModel
 from .objectives import Channel, ClassLogit, Layer, Objective
-from .optimization import RenderEvent, RenderImages, RenderResult, row_generator, to_uint8
+from .optimization import (
+    RenderEvent,
+    RenderImages,
+    RenderResult,
+    normalization,
+    row_generator,
+    to_uint8,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,36 +145,32 @@ class DreamJob:
 
     def check(self) -> None:
         """Raises InvalidArgument for a value outside its bounds, whatever the model."""
-        if not 1 <= self.octaves <= MAX_OCTAVES:
-            raise InvalidArgument(
-                f"octaves must be 1 to {MAX_OCTAVES}, got {self.octaves}", field="octaves"
-            )
-        if not (math.isfinite(self.octave_scale) and 1.0 < self.octave_scale <= MAX_OCTAVE_SCALE):
-            raise InvalidArgument(
-                f"octave_scale must be above 1 and at most {MAX_OCTAVE_SCALE:g}, got "
-                f"{self.octave_scale}",
-                field="octave_scale",
-            )
-        if not 1 <= self.steps_per_octave <= MAX_STEPS_PER_OCTAVE:
-            raise InvalidArgument(
-                f"steps_per_octave must be 1 to {MAX_STEPS_PER_OCTAVE}, got "
-                f"{self.steps_per_octave}",
-                field="steps_per_octave",
-            )
-        if not (math.isfinite(self.step_size) and 0.0 <= self.step_size <= MAX_STEP_SIZE):
-            raise InvalidArgument(
-                f"step_size must be 0 to {MAX_STEP_SIZE:g} (0-255 pixel units), got "
-                f"{self.step_size}",
-                field="step_size",
-            )
-        if not 0 <= self.jitter <= MAX_JITTER:
-            raise InvalidArgument(
-                f"jitter must be 0 to {MAX_JITTER} pixels, got {self.jitter}", field="jitter"
-            )
-        if self.progress_every < 0:
-            raise InvalidArgument(
-                f"progress_every must be >= 0, got {self.progress_every}", field="progress_every"
-            )
+        # (field, whether its value is in bounds, the bounds as the refusal says them); NaN
+        # and infinities fail every comparison here.
+        bounds = (
+            ("octaves", 1 <= self.octaves <= MAX_OCTAVES, f"1 to {MAX_OCTAVES}"),
+            (
+                "octave_scale",
+                1.0 < self.octave_scale <= MAX_OCTAVE_SCALE,
+                f"above 1 and at most {MAX_OCTAVE_SCALE:g}",
+            ),
+            (
+                "steps_per_octave",
+                1 <= self.steps_per_octave <= MAX_STEPS_PER_OCTAVE,
+                f"1 to {MAX_STEPS_PER_OCTAVE}",
+            ),
+            (
+                "step_size",
+                0.0 <= self.step_size <= MAX_STEP_SIZE,
+                f"0 to {MAX_STEP_SIZE:g} (0-255 pixel units)",
+            ),
+            ("jitter", 0 <= self.jitter <= MAX_JITTER, f"0 to {MAX_JITTER} pixels"),
+            ("progress_every", self.progress_every >= 0, ">= 0"),
+        )
+        for name, ok, valid in bounds:
+            if not ok:
+                value = getattr(self, name)
+                raise InvalidArgument(f"{name} must be {valid}, got {value}", field=name)
         smallest = self.sizes[0]
         if min(smallest) < MIN_OCTAVE_SIDE:
             h, w = self.size
@@ -208,9 +210,7 @@ class DreamBatch:
         self.model = model
         self.size = size
         self.device = model.device
-        shape = (1, model.spec.channels, 1, 1)
-        self._mean = torch.tensor(model.spec.mean, device=self.device).view(shape)
-        self._std = torch.tensor(model.spec.std, device=self.device).view(shape)
+        self._mean, self._std = normalization(model)
         self._rows: dict[int, _Row] = {}
         self._next_handle = 0
 

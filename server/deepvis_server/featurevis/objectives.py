@@ -65,29 +65,54 @@ class Objective(ABC):
         """Index tensors for `values`, built once per batch composition, not per step."""
 
     @staticmethod
-    @abstractmethod
     def values(source: torch.Tensor, *index: torch.Tensor) -> torch.Tensor:
-        """The objective of each row of `source` [G, ...] (a group's rows), shape [G]."""
+        """The objective of each row of `source` [G, ...] (a group's rows), shape [G]: here
+        what `plan`'s index tensors pick in the row, averaged when that is more than one
+        element (a channel's map)."""
+        rows = torch.arange(source.shape[0], device=source.device)
+        key = (rows, *index)  # not source[rows, *index]: Python 3.11 syntax
+        picked = source[key]
+        return picked.flatten(1).mean(1) if picked.dim() > 1 else picked
 
 
 def _long(values: Sequence[int], device: torch.device) -> torch.Tensor:
     return torch.tensor(list(values), dtype=torch.long, device=device)
 
 
+class _RowIndexed(Objective):
+    """An objective that picks one index of its source in each row (a channel, a class)."""
+
+    @abstractmethod
+    def row_index(self) -> int:
+        """The index this objective picks."""
+
+    @classmethod
+    def plan(
+        cls, objectives: Sequence[Objective], shape: tuple[int, ...], device: torch.device
+    ) -> tuple[torch.Tensor, ...]:
+        return (_long([o.row_index() for o in objectives if isinstance(o, _RowIndexed)], device),)
+
+
 @dataclass(frozen=True)
-class Neuron(Objective):
-    """One element of a layer's output: channel at (y, x); the centre when y and x are None."""
+class _LayerObjective(Objective):
+    """An objective read off a layer's output (its `source`)."""
 
     layer: str
+
+    @property
+    def source(self) -> str:
+        return self.layer
+
+
+@dataclass(frozen=True)
+class Neuron(_LayerObjective):
+    """One element of a layer's output: channel at (y, x); the centre when y and x are None."""
+
     channel: int
     y: int | None = None
     x: int | None = None
     negate: bool = False
     kind: ClassVar[str] = "neuron"
-
-    @property
-    def source(self) -> str:
-        return self.layer
 
     def validate(self, model: ServedModel) -> None:
         check_target(model, NeuronTarget(self.layer, self.channel, self.y, self.x), "objective")
@@ -106,45 +131,24 @@ class Neuron(Objective):
         xs = _long([shape[2] // 2 if o.x is None else o.x for o in objs], device)
         return (channels, ys, xs)
 
-    @staticmethod
-    def values(source: torch.Tensor, *index: torch.Tensor) -> torch.Tensor:
-        rows = torch.arange(source.shape[0], device=source.device)
-        key = (rows, *index)  # not source[rows, *index]: Python 3.11 syntax
-        picked = source[key]
-        return picked.flatten(1).mean(1) if picked.dim() > 1 else picked
-
 
 @dataclass(frozen=True)
-class Channel(Objective):
+class Channel(_LayerObjective, _RowIndexed):
     """The mean of one channel's feature map."""
 
-    layer: str
     channel: int
     negate: bool = False
     kind: ClassVar[str] = "channel"
 
-    @property
-    def source(self) -> str:
-        return self.layer
-
     def validate(self, model: ServedModel) -> None:
         check_target(model, NeuronTarget(self.layer, self.channel), "objective")
 
-    @classmethod
-    def plan(
-        cls, objectives: Sequence[Objective], shape: tuple[int, ...], device: torch.device
-    ) -> tuple[torch.Tensor, ...]:
-        return (_long([o.channel for o in objectives if isinstance(o, Channel)], device),)
-
-    @staticmethod
-    def values(source: torch.Tensor, *index: torch.Tensor) -> torch.Tensor:
-        rows = torch.arange(source.shape[0], device=source.device)
-        picked = source[rows, index[0]]
-        return picked.flatten(1).mean(1) if picked.dim() > 1 else picked
+    def row_index(self) -> int:
+        return self.channel
 
 
 @dataclass(frozen=True)
-class ClassLogit(Objective):
+class ClassLogit(_RowIndexed):
     """The pre-softmax logit of a class (Simonyan et al.'s class model visualization)."""
 
     index: int
@@ -158,29 +162,17 @@ class ClassLogit(Objective):
     def validate(self, model: ServedModel) -> None:
         check_target(model, ClassTarget(self.index), "objective")
 
-    @classmethod
-    def plan(
-        cls, objectives: Sequence[Objective], shape: tuple[int, ...], device: torch.device
-    ) -> tuple[torch.Tensor, ...]:
-        return (_long([o.index for o in objectives if isinstance(o, ClassLogit)], device),)
-
-    @staticmethod
-    def values(source: torch.Tensor, *index: torch.Tensor) -> torch.Tensor:
-        return source[torch.arange(source.shape[0], device=source.device), index[0]]
+    def row_index(self) -> int:
+        return self.index
 
 
 @dataclass(frozen=True)
-class Layer(Objective):
+class Layer(_LayerObjective):
     """DeepDream: the mean of the squared activations of a whole layer (of its map, for a
     channels-last or token layer: a token layer's class tokens are left out)."""
 
-    layer: str
     negate: bool = False
     kind: ClassVar[str] = "layer"
-
-    @property
-    def source(self) -> str:
-        return self.layer
 
     def validate(self, model: ServedModel) -> None:
         check_layer(model, self.layer, "objective.layer")

@@ -32,6 +32,7 @@ __all__ = [
     "RenderJob",
     "RenderResult",
     "adam_update",
+    "normalization",
     "render",
     "row_generator",
     "to_uint8",
@@ -205,6 +206,14 @@ def to_uint8(pixels: np.ndarray) -> list[np.ndarray]:
     ]
 
 
+def normalization(model: ServedModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's input mean and std, [1, C, 1, 1] on its device: its input is
+    (pixels - mean) / std."""
+    shape = (1, model.spec.channels, 1, 1)
+    mean = torch.tensor(model.spec.mean, device=model.device).view(shape)
+    return mean, torch.tensor(model.spec.std, device=model.device).view(shape)
+
+
 def adam_update(
     params: torch.Tensor,
     grad: torch.Tensor,
@@ -277,9 +286,7 @@ class RenderBatch:
         self.size = (int(size[0]), int(size[1])) if size is not None else model.spec.input_size
         self.transforms = transforms
         self.device = model.device
-        shape = (1, model.spec.channels, 1, 1)
-        self._mean = torch.tensor(model.spec.mean, device=self.device).view(shape)
-        self._std = torch.tensor(model.spec.std, device=self.device).view(shape)
+        self._mean, self._std = normalization(model)
         self._jobs: dict[int, _Job] = {}
         self._groups: dict[str, _ParamGroup] = {}
         self._next_handle = 0

@@ -3,6 +3,7 @@ gradients with their quadratures, baselines and expected gradients."""
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import replace
@@ -65,32 +66,43 @@ def rows_per_pass(model: ServedModel) -> int:
     return max(1, model.spec.max_batch_size)
 
 
-class Saliency(Method):
+class _InputGradientMap(Method):
+    """A map made of the plain input gradient of the target (and the input: `combine`)."""
+
+    smoothable: ClassVar[bool] = True
+
+    def run(
+        self, model: ServedModel, x: torch.Tensor, requests: Sequence[MethodRequest]
+    ) -> BatchOutput:
+        logits, grad, targets = input_gradient(model, x, requests, None)
+        return BatchOutput(logits=logits, arrays=self.combine(x.detach(), grad), targets=targets)
+
+    @staticmethod
+    @abstractmethod
+    def combine(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """The map of the input `x` [N, C, H, W] and its gradient `grad`, the same shape."""
+
+
+class Saliency(_InputGradientMap):
     """Saliency map (Simonyan et al. 2014): |d score / d input|, [C, H, W] in the input's
     space; the picture is its maximum over channels, as in the paper."""
 
     name: ClassVar[str] = "saliency"
-    smoothable: ClassVar[bool] = True
 
-    def run(
-        self, model: ServedModel, x: torch.Tensor, requests: Sequence[MethodRequest]
-    ) -> BatchOutput:
-        logits, grad, targets = input_gradient(model, x, requests, None)
-        return BatchOutput(logits=logits, arrays=grad.abs(), targets=targets)
+    @staticmethod
+    def combine(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        return grad.abs()
 
 
-class InputXGradient(Method):
+class InputXGradient(_InputGradientMap):
     """Gradient x input (Shrikumar et al. 2016; Captum's InputXGradient): the input times the
     plain input gradient of the target, [C, H, W]. On a ReLU network it equals LRP-0."""
 
     name: ClassVar[str] = "input_x_gradient"
-    smoothable: ClassVar[bool] = True
 
-    def run(
-        self, model: ServedModel, x: torch.Tensor, requests: Sequence[MethodRequest]
-    ) -> BatchOutput:
-        logits, grad, targets = input_gradient(model, x, requests, None)
-        return BatchOutput(logits=logits, arrays=x.detach() * grad, targets=targets)
+    @staticmethod
+    def combine(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        return x * grad
 
 
 def gauss_legendre(n: int) -> tuple[list[float], list[float]]:

@@ -622,18 +622,14 @@ def build_lrp_model(model: ServedModel) -> LrpModel:
         for n, m in target_named.items()
         if isinstance(m, _RULED_MODULES)
     }
-    target_layers = {id(m.weight): n for n, m in target_named.items() if n in kinds}
-    takes_input = list(dict.fromkeys(n for n, _, direct, _ in trace.calls if direct))
-    order = list(dict.fromkeys(n for n, *_ in trace.calls))
-    warnings = _coverage_warnings(model, nodes, trace, unfolded, named)
     lm = LrpModel(
         module=target,
-        layers=target_layers,
+        layers={id(m.weight): n for n, m in target_named.items() if n in kinds},
         kinds=kinds,
-        takes_input=takes_input,
-        call_order=order,
+        takes_input=list(dict.fromkeys(n for n, _, direct, _ in trace.calls if direct)),
+        call_order=list(dict.fromkeys(n for n, *_ in trace.calls)),
         folded=folds,
-        warnings=warnings,
+        warnings=_coverage_warnings(model, nodes, trace, unfolded, named),
         bytes=_module_bytes(target) if folds else 0,
     )
     log.info(
