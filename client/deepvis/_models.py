@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeAlias, TypeVar, overload
+from typing import Any, Generic, Literal, TypeAlias, TypedDict, TypeVar, overload
 
 import numpy as np
 from PIL import Image
 
 from deepvis import render
 from deepvis._display import bundle, load_image
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # Python 3.10: PEP 692's Unpack of a TypedDict
+    from typing_extensions import Unpack
 
 T = TypeVar("T")
 
@@ -29,6 +35,7 @@ __all__ = [
     "Layer",
     "LayerInfo",
     "LayersLike",
+    "MapOptions",
     "MethodEvaluation",
     "ModelDescription",
     "ModelInfo",
@@ -43,6 +50,16 @@ __all__ = [
     "TargetLike",
     "Visualization",
 ]
+
+
+class MapOptions(TypedDict, total=False):
+    """The drawing options `Explanation.heatmap` and `overlay` (and `Comparison`'s) hand on to
+    `Explanation.picture`, which documents them and states their defaults."""
+
+    size: tuple[int, int] | None
+    sign: str | None
+    colorbar: bool
+    caption: bool
 
 
 @dataclass(frozen=True)
@@ -398,11 +415,7 @@ class Explanation:
         cmap: str | None = None,
         clip: float | None = render.DEFAULT_CLIP,
         scale: render.Scale | None = None,
-        *,
-        size: tuple[int, int] | None = None,
-        sign: str | None = None,
-        colorbar: bool = False,
-        caption: bool = False,
+        **options: Unpack[MapOptions],
     ) -> Image.Image:
         """The map alone, in the model's input space, as an RGB picture.
 
@@ -411,16 +424,7 @@ class Explanation:
         a diverging one. A map that is zero everywhere is drawn neutral, with a
         `render.FlatMapWarning`. Arguments as for `picture()`.
         """
-        pic = self.picture(
-            overlay=False,
-            size=size,
-            cmap=cmap,
-            clip=clip,
-            scale=scale,
-            sign=sign,
-            colorbar=colorbar,
-            caption=caption,
-        )
+        pic = self.picture(overlay=False, cmap=cmap, clip=clip, scale=scale, **options)
         return _warned(pic)
 
     def overlay(
@@ -431,11 +435,8 @@ class Explanation:
         cmap: str | None = None,
         clip: float | None = render.DEFAULT_CLIP,
         scale: render.Scale | None = None,
-        size: tuple[int, int] | None = None,
-        sign: str | None = None,
         base: str = "gray",
-        colorbar: bool = False,
-        caption: bool = False,
+        **options: Unpack[MapOptions],
     ) -> Image.Image:
         """The map laid over the image as sent, at that image's size (or `size`).
 
@@ -447,15 +448,12 @@ class Explanation:
         pic = self.picture(
             image,
             overlay=True,
-            size=size,
             cmap=cmap,
             clip=clip,
             scale=scale,
-            sign=sign,
             alpha=alpha,
             base=base,
-            colorbar=colorbar,
-            caption=caption,
+            **options,
         )
         return _warned(pic)
 
@@ -795,19 +793,11 @@ class Comparison:
         *,
         cmap: str | None = None,
         clip: float | None = render.DEFAULT_CLIP,
-        size: tuple[int, int] | None = None,
-        sign: str | None = None,
-        colorbar: bool = False,
-        caption: bool = False,
+        **options: Unpack[MapOptions],
     ) -> dict[str, Image.Image]:
         """Every method's map alone, by method (see `Explanation.heatmap`)."""
-        scales = self.scales(scale, cmap=cmap, clip=clip, sign=sign)
-        return {
-            m: exp.heatmap(
-                scale=scales[m], size=size, sign=sign, colorbar=colorbar, caption=caption
-            )
-            for m, exp in self.explanations.items()
-        }
+        scales = self.scales(scale, cmap=cmap, clip=clip, sign=options.get("sign"))
+        return {m: exp.heatmap(scale=scales[m], **options) for m, exp in self.explanations.items()}
 
     def overlays(
         self,
@@ -817,26 +807,14 @@ class Comparison:
         alpha: float = render.DEFAULT_ALPHA,
         cmap: str | None = None,
         clip: float | None = render.DEFAULT_CLIP,
-        size: tuple[int, int] | None = None,
-        sign: str | None = None,
         base: str = "gray",
-        colorbar: bool = False,
-        caption: bool = False,
+        **options: Unpack[MapOptions],
     ) -> dict[str, Image.Image]:
         """Every method's map over the image as sent, by method (see `Explanation.overlay`)."""
         source = load_image(image if image is not None else self._source())
-        scales = self.scales(scale, cmap=cmap, clip=clip, sign=sign)
+        scales = self.scales(scale, cmap=cmap, clip=clip, sign=options.get("sign"))
         return {
-            m: exp.overlay(
-                source,
-                alpha,
-                scale=scales[m],
-                size=size,
-                sign=sign,
-                base=base,
-                colorbar=colorbar,
-                caption=caption,
-            )
+            m: exp.overlay(source, alpha, scale=scales[m], base=base, **options)
             for m, exp in self.explanations.items()
         }
 
