@@ -313,6 +313,9 @@ class _BaseClient:
             raise TypeError(
                 f"methods must be a list or tuple of method names, not {type(methods).__name__}"
             )
+        # The request takes all of explain's options; compare, only its own.
+        if unknown := sorted(options.keys() - CompareOptions.__optional_keys__):
+            raise TypeError(f"compare() got an unexpected keyword argument {unknown[0]!r}")
         names = [_convert.method_name(m) for m in methods]
         if not names or len(set(names)) != len(names):
             raise ValueError(f"methods must name each method once, at least one: {list(methods)}")
