@@ -424,6 +424,7 @@ class Explanation:
         a diverging one. A map that is zero everywhere is drawn neutral, with a
         `render.FlatMapWarning`. Arguments as for `picture()`.
         """
+        _check_map_options(options, "heatmap")
         pic = self.picture(overlay=False, cmap=cmap, clip=clip, scale=scale, **options)
         return _warned(pic)
 
@@ -445,6 +446,7 @@ class Explanation:
         image is shown at half brightness. Arguments as for `picture()`; `image` defaults to
         the input `explain` was given.
         """
+        _check_map_options(options, "overlay")
         pic = self.picture(
             image,
             overlay=True,
@@ -702,6 +704,12 @@ def _panel(
     title), with its colorbar."""
     big, factor = render.zoom(image)
     return render.shown(title, factor), render.figure(big, scale=scale)
+
+
+def _check_map_options(options: MapOptions, call: str) -> None:
+    """Refuses the options of `picture` that `call` does not hand on (it sets them itself)."""
+    if unknown := sorted(options.keys() - MapOptions.__optional_keys__):
+        raise TypeError(f"{call}() got an unexpected keyword argument {unknown[0]!r}")
 
 
 def _warned(picture: render.Picture) -> Image.Image:
