@@ -388,14 +388,13 @@ class _BaseClient:
                 response, len(batch.requests), sources=chunk_sources
             )
 
+        items = [r for batch in batches for r in batch.requests]
         return Call(
             method=self._stub.ExplainBatch,
             requests=batches,
             answer=answer,
             result=functools.partial(batch_results, return_errors),
-            unnamed=[r for batch in batches for r in batch.requests]
-            if options.get("model") is None
-            else [],
+            unnamed=items if options.get("model") is None else [],
             timeout=timeout,
         )
 
