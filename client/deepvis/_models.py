@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeAlias, TypedDict, TypeVar, overload
 
@@ -41,6 +41,7 @@ __all__ = [
     "ModelInfo",
     "Neuron",
     "ObjectiveLike",
+    "OverlayOptions",
     "PerturbationCurve",
     "Prediction",
     "Progress",
@@ -60,6 +61,15 @@ class MapOptions(TypedDict, total=False):
     sign: str | None
     colorbar: bool
     caption: bool
+
+
+class OverlayOptions(MapOptions, total=False):
+    """`Explanation.overlay`'s options for `Explanation.picture`, beside the image and alpha."""
+
+    cmap: str | None
+    clip: float | None
+    scale: render.Scale | None
+    base: str
 
 
 @dataclass(frozen=True)
@@ -424,7 +434,7 @@ class Explanation:
         a diverging one. A map that is zero everywhere is drawn neutral, with a
         `render.FlatMapWarning`. Arguments as for `picture()`.
         """
-        _check_map_options(options, "heatmap")
+        _check_options(options, MapOptions.__optional_keys__, "heatmap")
         pic = self.picture(overlay=False, cmap=cmap, clip=clip, scale=scale, **options)
         return _warned(pic)
 
@@ -432,12 +442,7 @@ class Explanation:
         self,
         image: InputLike | None = None,
         alpha: float = render.DEFAULT_ALPHA,
-        *,
-        cmap: str | None = None,
-        clip: float | None = render.DEFAULT_CLIP,
-        scale: render.Scale | None = None,
-        base: str = "gray",
-        **options: Unpack[MapOptions],
+        **options: Unpack[OverlayOptions],
     ) -> Image.Image:
         """The map laid over the image as sent, at that image's size (or `size`).
 
@@ -446,17 +451,8 @@ class Explanation:
         image is shown at half brightness. Arguments as for `picture()`; `image` defaults to
         the input `explain` was given.
         """
-        _check_map_options(options, "overlay")
-        pic = self.picture(
-            image,
-            overlay=True,
-            cmap=cmap,
-            clip=clip,
-            scale=scale,
-            alpha=alpha,
-            base=base,
-            **options,
-        )
+        _check_options(options, OverlayOptions.__optional_keys__, "overlay")
+        pic = self.picture(image, overlay=True, alpha=alpha, **options)
         return _warned(pic)
 
     def grid(
@@ -706,9 +702,9 @@ def _panel(
     return render.shown(title, factor), render.figure(big, scale=scale)
 
 
-def _check_map_options(options: MapOptions, call: str) -> None:
+def _check_options(options: Mapping[str, object], allowed: frozenset[str], call: str) -> None:
     """Refuses the options of `picture` that `call` does not hand on (it sets them itself)."""
-    if unknown := sorted(options.keys() - MapOptions.__optional_keys__):
+    if unknown := sorted(options.keys() - allowed):
         raise TypeError(f"{call}() got an unexpected keyword argument {unknown[0]!r}")
 
 
