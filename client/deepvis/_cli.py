@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import ipaddress
 import json
 import math
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from deepvis import __version__
 from deepvis._cli_explain import (
     Interrupted,
     add_explain_arguments,
+    add_model_argument,
     atomic_write,
     cli_name,
     run_explain,
@@ -59,6 +61,10 @@ _REPORTED = (DeepvisError, OSError, ValueError, TypeError)
 _UNSAFE_FILE_CHARS = re.compile(r"[^\w.\-]")
 
 _HEALTHY = "SERVING"
+
+
+# Adds a subcommand's parser (name, help=, description=), with the connection flags.
+_Command = Callable[..., argparse.ArgumentParser]
 
 
 def _cli_name(method: str) -> str:
@@ -149,18 +155,18 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"deepvis {__version__}")
     _add_connection_flags(parser, top_level=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Every command takes the connection flags.
+    command: _Command = functools.partial(sub.add_parser, parents=[common])
 
-    models = sub.add_parser(
+    models = command(
         "models",
-        parents=[common],
         help="list the served models",
         description="List the served models.",
     )
     models.add_argument("--json", action="store_true", help="print them as one JSON array")
 
-    explain = sub.add_parser(
+    explain = command(
         "explain",
-        parents=[common],
         help="explain images and write the pictures (and arrays) of each",
         description=(
             "Explain images with one or more methods and write DIR/<input>/<method>.png for "
@@ -171,9 +177,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     add_explain_arguments(explain)
 
-    layers = sub.add_parser(
+    layers = command(
         "layers",
-        parents=[common],
         help="list a model's layers",
         description="List a model's layers: name, type, output shape and calls when > 1.",
     )
@@ -182,15 +187,14 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     layers.add_argument("--json", action="store_true", help="print them as one JSON object")
 
-    _add_report_parser(sub, common)
-    _add_visualize_parser(sub, common)
-    _add_evaluate_parser(sub, common)
-    _add_dream_parser(sub, common)
-    _add_ui_parser(sub, common)
+    _add_report_parser(command)
+    _add_visualize_parser(command)
+    _add_evaluate_parser(command)
+    _add_dream_parser(command)
+    _add_ui_parser(command)
 
-    health = sub.add_parser(
+    health = command(
         "health",
-        parents=[common],
         help="ask the server's health service; exit 0 when SERVING",
         description="Print the server's health status; exit 0 when SERVING, else 1.",
     )
@@ -203,19 +207,16 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_visualize_parser(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
-    vis = sub.add_parser(
+def _add_visualize_parser(command: _Command) -> None:
+    vis = command(
         "visualize",
-        parents=[common],
         help="synthesize the images that maximize a class, neuron, channel or layer",
         description=(
             "Feature visualization: write DIR/<name>_<i>.png for each synthesized image "
             "(and DIR/<name>.attribution.png with --input)."
         ),
     )
-    vis.add_argument("--model", help="model name (default: the server's first model)")
+    add_model_argument(vis)
     objective = vis.add_mutually_exclusive_group(required=True)
     objective.add_argument(
         "--class", dest="class_index", type=int, metavar="N", help="maximize class N's logit"
@@ -317,12 +318,9 @@ def _add_visualize_parser(
     vis.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
-def _add_ui_parser(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
-    ui = sub.add_parser(
+def _add_ui_parser(command: _Command) -> None:
+    ui = command(
         "ui",
-        parents=[common],
         help="explore a served model in the browser (needs the ui extra)",
         description=(
             "Start the explorer: a local web page over the server (predictions, a grid of "
@@ -393,14 +391,11 @@ def _run_ui(args: argparse.Namespace, server: str, token: str | None) -> int:
     return 0
 
 
-def _add_report_parser(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def _add_report_parser(command: _Command) -> None:
     from deepvis._cli_explain import add_picture_arguments, parse_methods
 
-    report = sub.add_parser(
+    report = command(
         "report",
-        parents=[common],
         help="write one self-contained HTML page comparing methods on images",
         description=(
             "Explain images with several methods and write one HTML file that needs nothing "
@@ -411,7 +406,7 @@ def _add_report_parser(
     report.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="image files, folders, globs, or - (stdin)"
     )
-    report.add_argument("--model", help="model name (default: the server's first model)")
+    add_model_argument(report)
     report.add_argument(
         "--method",
         "-m",
@@ -446,12 +441,9 @@ def _name_list(choices: Sequence[str], what: str) -> Any:
     return parse
 
 
-def _add_evaluate_parser(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
-    ev = sub.add_parser(
+def _add_evaluate_parser(command: _Command) -> None:
+    ev = command(
         "evaluate",
-        parents=[common],
         help="sanity checks and faithfulness metrics of methods on images",
         description=(
             "Evaluate methods on images: model-parameter randomization (Spearman and SSIM "
@@ -461,7 +453,7 @@ def _add_evaluate_parser(
         ),
     )
     ev.add_argument("images", nargs="+", metavar="IMAGE", help="image files to evaluate on")
-    ev.add_argument("--model", help="model name (default: the server's first model)")
+    add_model_argument(ev)
     attributions = [m for m in methods() if m != "activations"]
     ev.add_argument(
         "--method",
@@ -616,12 +608,9 @@ def _run_layers(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_dream_parser(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
-    dream = sub.add_parser(
+def _add_dream_parser(command: _Command) -> None:
+    dream = command(
         "dream",
-        parents=[common],
         help="DeepDream a picture: amplify what a layer, channel or class sees in it",
         description=(
             "DeepDream (the original algorithm: octaves, jitter, steps normalised by the mean "
@@ -629,7 +618,7 @@ def _add_dream_parser(
         ),
     )
     dream.add_argument("image", metavar="IMAGE", help="the picture to dream on")
-    dream.add_argument("--model", help="model name (default: the server's first model)")
+    add_model_argument(dream)
     objective = dream.add_mutually_exclusive_group(required=True)
     objective.add_argument(
         "--layer", metavar="LAYER", help="amplify a whole layer (the L2 of its activations)"

@@ -51,6 +51,7 @@ __all__ = [
     "Interrupted",
     "Work",
     "add_explain_arguments",
+    "add_model_argument",
     "atomic_write",
     "collect_inputs",
     "parse_methods",
@@ -147,6 +148,11 @@ def add_picture_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """--model, the served model a command uses."""
+    parser.add_argument("--model", help="model name (default: the server's first model)")
+
+
 def add_explain_arguments(explain: argparse.ArgumentParser) -> None:
     explain.add_argument(
         "inputs",
@@ -154,7 +160,7 @@ def add_explain_arguments(explain: argparse.ArgumentParser) -> None:
         metavar="INPUT",
         help="image files, folders (their images, recursively), globs, or - for paths on stdin",
     )
-    explain.add_argument("--model", help="model name (default: the server's first model)")
+    add_model_argument(explain)
     explain.add_argument(
         "--method",
         "-m",

@@ -24,16 +24,20 @@ from deepvis._models import (
     EvaluationProgress,
     Explanation,
     InputLike,
-    IntegratedGradients,
-    LayersLike,
     ModelDescription,
     ModelInfo,
     ObjectiveLike,
     Progress,
-    Rollout,
-    Smooth,
     TargetLike,
     Visualization,
+)
+from deepvis._options import (
+    CompareOptions,
+    DreamOptions,
+    EvaluateOptions,
+    ExplainOptions,
+    Unpack,
+    VisualizeOptions,
 )
 from deepvis._plans import (
     Call,
@@ -56,8 +60,6 @@ from deepvis._transport import (
     channel_target,
     security,
 )
-from deepvis.render import DEFAULT_CLIP
-from deepvis.render import Options as PictureOptions
 from deepvis.v1 import deepvis_pb2, deepvis_pb2_grpc
 
 __all__ = ["AsyncClient", "Client"]
@@ -188,29 +190,9 @@ class _BaseClient:
         self,
         input: InputLike,
         *,
-        model: str | None = None,
-        method: str = "guided_backprop",
         target: TargetLike = None,
-        layer: LayersLike = None,
-        render: bool = True,
-        array_dtype: str = "float32",
-        top_k: int = 5,
         timeout: float | None = None,
-        array: bool = True,
-        top_k_channels: int = 0,
-        picture_size: tuple[int, int] | None = None,
-        cmap: str | None = None,
-        clip: float | None = DEFAULT_CLIP,
-        sign: str | None = None,
-        overlay: bool | None = None,
-        colorbar: bool = False,
-        caption: bool = False,
-        composite: str | None = None,
-        epsilon: float | None = None,
-        gamma: float | None = None,
-        smooth: Smooth | None = None,
-        integrated_gradients: IntegratedGradients | None = None,
-        rollout: Rollout | None = None,
+        **options: Unpack[ExplainOptions],
     ) -> Call[Explanation]:
         """Runs an interpretability method on one input.
 
@@ -279,47 +261,20 @@ class _BaseClient:
             TypeError, ValueError: An argument is invalid; nothing was sent.
             OSError: The input file cannot be read.
         """
-        if not isinstance(method, str):
+        if not isinstance(method := options.get("method", ""), str):
             raise TypeError(
                 f"method must be one method's name, not {type(method).__name__}; to run "
                 "several on one input use compare(input, methods=[...])"
             )
-        picture = PictureOptions(
-            size=picture_size,
-            cmap=cmap,
-            clip=clip,
-            sign=sign,
-            overlay=overlay,
-            colorbar=colorbar,
-            caption=caption,
-        )
         # Built before the model is resolved so that a bad argument fails without a call.
-        request = _convert.request_to_pb(
-            input,
-            model=model or "",
-            method=method,
-            target=target,
-            layer=layer,
-            render=render,
-            array_dtype=array_dtype,
-            top_k=top_k,
-            array=array,
-            top_k_channels=top_k_channels,
-            picture=picture,
-            composite=composite,
-            epsilon=epsilon,
-            gamma=gamma,
-            smooth=smooth,
-            integrated_gradients=integrated_gradients,
-            rollout=rollout,
-        )
+        request = _convert.request_to_pb(input, target=target, **options)
         source = _convert.overlay_source(input)
         return single(
             self._stub.Explain,
             request,
             lambda response: _convert.explanation_from_pb(response, source=source),
             timeout=timeout,
-            unnamed=model is None,
+            unnamed=options.get("model") is None,
         )
 
     def _compare(
@@ -327,14 +282,10 @@ class _BaseClient:
         input: InputLike,
         methods: Sequence[str] = ("guided_backprop", "grad_cam", "integrated_gradients"),
         *,
-        model: str | None = None,
         target: TargetLike = None,
-        layer: LayersLike = None,
         render: bool = False,
-        top_k: int = 5,
         timeout: float | None = None,
-        array_dtype: str = "float32",
-        top_k_channels: int = 0,
+        **options: Unpack[CompareOptions],
     ) -> Call[Comparison]:
         """Runs several methods on one input, in one call, for side-by-side pictures.
 
@@ -362,19 +313,14 @@ class _BaseClient:
             raise TypeError(
                 f"methods must be a list or tuple of method names, not {type(methods).__name__}"
             )
+        # The request takes all of explain's options; compare, only its own.
+        if unknown := sorted(options.keys() - CompareOptions.__optional_keys__):
+            raise TypeError(f"compare() got an unexpected keyword argument {unknown[0]!r}")
         names = [_convert.method_name(m) for m in methods]
         if not names or len(set(names)) != len(names):
             raise ValueError(f"methods must name each method once, at least one: {list(methods)}")
         base = _convert.request_to_pb(
-            input,
-            model=model or "",
-            method=names[0],
-            target=target,
-            layer=layer,
-            render=render,
-            array_dtype=array_dtype,
-            top_k=top_k,
-            top_k_channels=top_k_channels,
+            input, method=names[0], target=target, render=render, **options
         )
         batch = _convert.same_input_batch_pb(base, names)
         source = _convert.overlay_source(input)
@@ -390,7 +336,7 @@ class _BaseClient:
             method=self._stub.ExplainBatch,
             requests=[batch],
             answer=answer,
-            unnamed=list(batch.requests) if model is None else [],
+            unnamed=list(batch.requests) if options.get("model") is None else [],
             timeout=timeout,
         )
 
@@ -398,31 +344,11 @@ class _BaseClient:
         self,
         inputs: Sequence[InputLike],
         *,
-        model: str | None = None,
-        method: str = "guided_backprop",
         targets: TargetLike | Sequence[TargetLike] = None,
-        layer: LayersLike = None,
-        render: bool = True,
-        array_dtype: str = "float32",
-        top_k: int = 5,
         timeout: float | None = None,
-        array: bool = True,
-        top_k_channels: int = 0,
         return_errors: bool = False,
         chunk: int = 64,
-        picture_size: tuple[int, int] | None = None,
-        cmap: str | None = None,
-        clip: float | None = DEFAULT_CLIP,
-        sign: str | None = None,
-        overlay: bool | None = None,
-        colorbar: bool = False,
-        caption: bool = False,
-        composite: str | None = None,
-        epsilon: float | None = None,
-        gamma: float | None = None,
-        smooth: Smooth | None = None,
-        integrated_gradients: IntegratedGradients | None = None,
-        rollout: Rollout | None = None,
+        **options: Unpack[ExplainOptions],
     ) -> Call[list[Any]]:
         """Runs an interpretability method on many inputs, a few calls for all of them.
 
@@ -438,12 +364,8 @@ class _BaseClient:
             return_errors: False raises the first failed item's error; True puts each
                 failed item's exception (a `DeepvisError`) in its place in the result.
             chunk: Items per call, 1 to 256.
-            model, method, layer, render, array_dtype, top_k, array, top_k_channels,
-                picture_size, cmap, clip, sign, overlay, colorbar, caption, rollout:
-                As for `explain`, the same for every input.
-                composite, epsilon, gamma, smooth, integrated_gradients:
-                As for `explain`, the same for every input (with `Smooth`, each input's noise
-                is drawn from the same seed).
+            **options: As for `explain`, the same for every input (with `Smooth`, each
+                input's noise is drawn from the same seed).
             timeout: Deadline of each call in seconds; None uses the client's default.
 
         Returns:
@@ -455,34 +377,7 @@ class _BaseClient:
             TypeError, ValueError: An argument is invalid; nothing was sent.
             OSError: An input file cannot be read.
         """
-        batches = _convert.batch_requests_to_pb(
-            inputs,
-            chunk=chunk,
-            targets=targets,
-            model=model or "",
-            method=method,
-            layer=layer,
-            render=render,
-            array_dtype=array_dtype,
-            top_k=top_k,
-            array=array,
-            top_k_channels=top_k_channels,
-            picture=PictureOptions(
-                size=picture_size,
-                cmap=cmap,
-                clip=clip,
-                sign=sign,
-                overlay=overlay,
-                colorbar=colorbar,
-                caption=caption,
-            ),
-            composite=composite,
-            epsilon=epsilon,
-            gamma=gamma,
-            smooth=smooth,
-            integrated_gradients=integrated_gradients,
-            rollout=rollout,
-        )
+        batches = _convert.batch_requests_to_pb(inputs, chunk=chunk, targets=targets, **options)
         sources = [_convert.overlay_source(x) for x in inputs]
         starts = dict(zip(map(id, batches), range(0, len(inputs), chunk), strict=True))
 
@@ -493,12 +388,13 @@ class _BaseClient:
                 response, len(batch.requests), sources=chunk_sources
             )
 
+        items = [r for batch in batches for r in batch.requests]
         return Call(
             method=self._stub.ExplainBatch,
             requests=batches,
             answer=answer,
             result=functools.partial(batch_results, return_errors),
-            unnamed=[r for batch in batches for r in batch.requests] if model is None else [],
+            unnamed=items if options.get("model") is None else [],
             timeout=timeout,
         )
 
@@ -551,22 +447,8 @@ class _BaseClient:
         self,
         objective: ObjectiveLike,
         *,
-        model: str | None = None,
-        negate: bool = False,
-        steps: int = 512,
-        learning_rate: float | None = None,
-        size: tuple[int, int] | None = None,
-        batch: int = 1,
-        diversity: float = 0.0,
-        seed: int = 0,
-        progress_every: int = 0,
-        parameterization: str | None = None,
-        transforms: bool = True,
-        input: InputLike | None = None,
-        array_dtype: str = "float32",
-        preset: str = "lucid",
-        l2_penalty: float | None = None,
         timeout: float | None = None,
+        **options: Unpack[VisualizeOptions],
     ) -> Stream:
         """Runs a feature visualization, yielding its progress and finally its result.
 
@@ -627,47 +509,17 @@ class _BaseClient:
             OSError: The input file cannot be read.
         """
         # Built before the model is resolved so that a bad argument fails without a call.
-        request = _convert.visualize_request_to_pb(
-            objective,
-            model=model or "",
-            negate=negate,
-            steps=steps,
-            learning_rate=learning_rate,
-            size=size,
-            batch=batch,
-            diversity=diversity,
-            seed=seed,
-            progress_every=progress_every,
-            parameterization=parameterization,
-            transforms=transforms,
-            input=input,
-            array_dtype=array_dtype,
-            preset=preset,
-            l2_penalty=l2_penalty,
-        )
-        return Stream(request=request, unnamed=[request] if model is None else [], timeout=timeout)
+        request = _convert.visualize_request_to_pb(objective, **options)
+        unnamed = [request] if options.get("model") is None else []
+        return Stream(request=request, unnamed=unnamed, timeout=timeout)
 
     def _visualize(
         self,
         objective: ObjectiveLike,
         *,
-        model: str | None = None,
-        negate: bool = False,
-        steps: int = 512,
-        learning_rate: float | None = None,
-        size: tuple[int, int] | None = None,
-        batch: int = 1,
-        diversity: float = 0.0,
-        seed: int = 0,
-        progress_every: int = 0,
-        parameterization: str | None = None,
-        transforms: bool = True,
-        input: InputLike | None = None,
-        array_dtype: str = "float32",
-        preset: str = "lucid",
-        l2_penalty: float | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         timeout: float | None = None,
+        **options: Unpack[VisualizeOptions],
     ) -> Stream:
         """Synthesizes the images that maximize an objective (feature visualization).
 
@@ -676,9 +528,7 @@ class _BaseClient:
         Args:
             on_progress: Called with each `Progress` message as it arrives; an exception it
                 raises cancels the job and propagates.
-            objective, model, negate, steps, learning_rate, size, batch, diversity, seed,
-                progress_every, parameterization, transforms, input, array_dtype, preset,
-                l2_penalty, timeout: As for `visualize_stream`.
+            objective, timeout, **options: As for `visualize_stream`.
 
         Returns:
             The `Visualization`: images, arrays, final objective and server timing.
@@ -689,25 +539,7 @@ class _BaseClient:
             TypeError, ValueError: An argument is invalid; nothing was sent.
             OSError: The input file cannot be read.
         """
-        plan = self._visualize_stream(
-            objective,
-            model=model,
-            negate=negate,
-            steps=steps,
-            learning_rate=learning_rate,
-            size=size,
-            batch=batch,
-            diversity=diversity,
-            seed=seed,
-            progress_every=progress_every,
-            parameterization=parameterization,
-            transforms=transforms,
-            input=input,
-            array_dtype=array_dtype,
-            preset=preset,
-            l2_penalty=l2_penalty,
-            timeout=timeout,
-        )
+        plan = self._visualize_stream(objective, timeout=timeout, **options)
         plan.on_progress = on_progress
         return plan
 
@@ -716,17 +548,8 @@ class _BaseClient:
         input: InputLike,
         objective: ObjectiveLike,
         *,
-        model: str | None = None,
-        negate: bool = False,
-        octaves: int = 4,
-        octave_scale: float = 1.4,
-        steps_per_octave: int = 10,
-        step_size: float | None = None,
-        jitter: int | None = None,
-        seed: int = 0,
-        progress_every: int = 0,
-        array_dtype: str = "float32",
         timeout: float | None = None,
+        **options: Unpack[DreamOptions],
     ) -> Stream:
         """Runs DeepDream on a picture, yielding its progress and finally its result.
 
@@ -770,23 +593,10 @@ class _BaseClient:
             TypeError, ValueError: An argument is invalid; nothing was sent.
             OSError: The input file cannot be read.
         """
-        request = _convert.dream_request_to_pb(
-            input,
-            objective,
-            model=model or "",
-            negate=negate,
-            octaves=octaves,
-            octave_scale=octave_scale,
-            steps_per_octave=steps_per_octave,
-            step_size=step_size,
-            jitter=jitter,
-            seed=seed,
-            progress_every=progress_every,
-            array_dtype=array_dtype,
-        )
+        request = _convert.dream_request_to_pb(input, objective, **options)
         return Stream(
             request=request,
-            unnamed=[request] if model is None else [],
+            unnamed=[request] if options.get("model") is None else [],
             timeout=timeout,
             rpc="DeepDream",
             decode=_convert.dream_item_from_pb,
@@ -798,18 +608,9 @@ class _BaseClient:
         input: InputLike,
         objective: ObjectiveLike,
         *,
-        model: str | None = None,
-        negate: bool = False,
-        octaves: int = 4,
-        octave_scale: float = 1.4,
-        steps_per_octave: int = 10,
-        step_size: float | None = None,
-        jitter: int | None = None,
-        seed: int = 0,
-        progress_every: int = 0,
-        array_dtype: str = "float32",
         on_progress: Callable[[DreamProgress], None] | None = None,
         timeout: float | None = None,
+        **options: Unpack[DreamOptions],
     ) -> Stream:
         """Runs DeepDream on a picture (the original algorithm, google/deepdream).
 
@@ -818,9 +619,7 @@ class _BaseClient:
         Args:
             on_progress: Called with each `DreamProgress` message as it arrives; an exception
                 it raises cancels the job and propagates.
-            input, objective, model, negate, octaves, octave_scale, steps_per_octave,
-                step_size, jitter, seed, progress_every, array_dtype, timeout: As for
-                `dream_stream`.
+            input, objective, timeout, **options: As for `dream_stream`.
 
         Returns:
             The `Dream`: the picture at the input's own size, its array, the objective per
@@ -832,21 +631,7 @@ class _BaseClient:
             TypeError, ValueError: An argument is invalid; nothing was sent.
             OSError: The input file cannot be read.
         """
-        plan = self._dream_stream(
-            input,
-            objective,
-            model=model,
-            negate=negate,
-            octaves=octaves,
-            octave_scale=octave_scale,
-            steps_per_octave=steps_per_octave,
-            step_size=step_size,
-            jitter=jitter,
-            seed=seed,
-            progress_every=progress_every,
-            array_dtype=array_dtype,
-            timeout=timeout,
-        )
+        plan = self._dream_stream(input, objective, timeout=timeout, **options)
         plan.on_progress = on_progress
         return plan
 
@@ -854,19 +639,8 @@ class _BaseClient:
         self,
         inputs: InputLike | Sequence[InputLike],
         *,
-        model: str | None = None,
-        method: str | Sequence[str] = "guided_backprop",
-        metrics: str | Sequence[str] | None = None,
-        classes: TargetLike | Sequence[TargetLike] = None,
-        layer: str | None = None,
-        steps: int = 0,
-        seed: int = 0,
-        randomization: str = "both",
-        perturbations: int = 0,
-        noise_std: float = 0.0,
-        sensitivity_radius: float = 0.0,
-        return_maps: bool = False,
         timeout: float | None = None,
+        **options: Unpack[EvaluateOptions],
     ) -> Stream:
         """Evaluates methods on inputs, yielding the evaluation's progress and finally its result.
 
@@ -915,41 +689,16 @@ class _BaseClient:
             TypeError, ValueError: An argument is invalid; nothing was sent.
             OSError: An input file cannot be read.
         """
-        request = _convert.evaluate_request_to_pb(
-            inputs,
-            model=model or "",
-            method=method,
-            metrics=metrics,
-            classes=classes,
-            layer=layer,
-            steps=steps,
-            seed=seed,
-            randomization=randomization,
-            perturbations=perturbations,
-            noise_std=noise_std,
-            sensitivity_radius=sensitivity_radius,
-            return_maps=return_maps,
-        )
+        request = _convert.evaluate_request_to_pb(inputs, **options)
         return evaluate_stream(request, timeout=timeout)
 
     def _evaluate(
         self,
         inputs: InputLike | Sequence[InputLike],
         *,
-        model: str | None = None,
-        method: str | Sequence[str] = "guided_backprop",
-        metrics: str | Sequence[str] | None = None,
-        classes: TargetLike | Sequence[TargetLike] = None,
-        layer: str | None = None,
-        steps: int = 0,
-        seed: int = 0,
-        randomization: str = "both",
-        perturbations: int = 0,
-        noise_std: float = 0.0,
-        sensitivity_radius: float = 0.0,
-        return_maps: bool = False,
         on_progress: Callable[[EvaluationProgress], None] | None = None,
         timeout: float | None = None,
+        **options: Unpack[EvaluateOptions],
     ) -> Stream:
         """Sanity checks and faithfulness metrics of methods on inputs, computed by the server.
 
@@ -958,9 +707,7 @@ class _BaseClient:
         Args:
             on_progress: Called with each `EvaluationProgress` as it arrives; an exception it
                 raises cancels the evaluation and propagates.
-            inputs, model, method, metrics, classes, layer, steps, seed, randomization,
-                perturbations, noise_std, sensitivity_radius, return_maps, timeout: As for
-                `evaluate_stream`.
+            inputs, timeout, **options: As for `evaluate_stream`.
 
         Returns:
             The `Evaluation`: per method, its curves and scores on every input.
@@ -971,22 +718,7 @@ class _BaseClient:
             TypeError, ValueError: An argument is invalid; nothing was sent.
             OSError: An input file cannot be read.
         """
-        plan = self._evaluate_stream(
-            inputs,
-            model=model,
-            method=method,
-            metrics=metrics,
-            classes=classes,
-            layer=layer,
-            steps=steps,
-            seed=seed,
-            randomization=randomization,
-            perturbations=perturbations,
-            noise_std=noise_std,
-            sensitivity_radius=sensitivity_radius,
-            return_maps=return_maps,
-            timeout=timeout,
-        )
+        plan = self._evaluate_stream(inputs, timeout=timeout, **options)
         plan.on_progress = on_progress
         return plan
 

@@ -44,6 +44,9 @@ from deepvis._models import (
     TargetLike,
     Visualization,
 )
+from deepvis._options import ExplainOptions, Unpack
+from deepvis.render import DEFAULT_CLIP
+from deepvis.render import Options as PictureOptions
 from deepvis.v1 import deepvis_pb2
 
 __all__ = [
@@ -562,16 +565,22 @@ def integrated_gradients_to_pb(
 def request_to_pb(
     input: InputLike,
     *,
-    model: str,
-    method: str,
-    target: TargetLike,
-    layer: LayersLike,
-    render: bool,
-    array_dtype: str,
-    top_k: int,
+    model: str | None = None,
+    method: str = "guided_backprop",
+    target: TargetLike = None,
+    layer: LayersLike = None,
+    render: bool = True,
+    array_dtype: str = "float32",
+    top_k: int = 5,
     array: bool = True,
     top_k_channels: int = 0,
-    picture: render.Options | None = None,
+    picture_size: tuple[int, int] | None = None,
+    cmap: str | None = None,
+    clip: float | None = DEFAULT_CLIP,
+    sign: str | None = None,
+    overlay: bool | None = None,
+    colorbar: bool = False,
+    caption: bool = False,
     composite: str | None = None,
     epsilon: float | None = None,
     gamma: float | None = None,
@@ -579,11 +588,20 @@ def request_to_pb(
     integrated_gradients: IntegratedGradients | None = None,
     rollout: Rollout | None = None,
 ) -> deepvis_pb2.ExplainRequest:
-    """Builds an `ExplainRequest`; see `Client.explain` for the arguments.
+    """Builds an `ExplainRequest`; see `Client.explain` for the arguments and their defaults.
 
     Raises:
         TypeError, ValueError: An argument is invalid; OSError: the input file cannot be read.
     """
+    picture = PictureOptions(
+        size=picture_size,
+        cmap=cmap,
+        clip=clip,
+        sign=sign,
+        overlay=overlay,
+        colorbar=colorbar,
+        caption=caption,
+    )
     method_pb = method_to_pb(method)
     lrp_pb = lrp_to_pb(method_pb, composite, epsilon, gamma)
     smooth_pb = smooth_to_pb(smooth)
@@ -600,7 +618,7 @@ def request_to_pb(
     if rollout is not None and not isinstance(rollout, Rollout):
         raise TypeError(f"rollout must be a deepvis.Rollout or None, not {type(rollout).__name__}")
     request = deepvis_pb2.ExplainRequest(
-        model=model,
+        model=model or "",
         method=method_pb,
         input=input_to_pb(input),
         layers=layers,
@@ -609,8 +627,7 @@ def request_to_pb(
         ),
         top_k_channels=int(top_k_channels),
     )
-    if picture is not None:
-        picture_to_pb(picture, request.output)
+    picture_to_pb(picture, request.output)
     if target_pb is not None:
         request.target.CopyFrom(target_pb)
     if lrp_pb is not None:
@@ -680,21 +697,7 @@ def batch_requests_to_pb(
     *,
     chunk: int,
     targets: TargetLike | Sequence[TargetLike],
-    model: str,
-    method: str,
-    layer: LayersLike,
-    render: bool,
-    array_dtype: str,
-    top_k: int,
-    array: bool,
-    top_k_channels: int,
-    picture: render.Options | None = None,
-    composite: str | None = None,
-    epsilon: float | None = None,
-    gamma: float | None = None,
-    smooth: Smooth | None = None,
-    integrated_gradients: IntegratedGradients | None = None,
-    rollout: Rollout | None = None,
+    **options: Unpack[ExplainOptions],
 ) -> list[deepvis_pb2.ExplainBatchRequest]:
     """Builds the `ExplainBatchRequest`s of `explain_batch`, `chunk` items each, in order.
 
@@ -711,26 +714,7 @@ def batch_requests_to_pb(
         raise ValueError("inputs is empty; give at least one input")
     per_item = batch_targets(targets, len(inputs))
     requests = [
-        request_to_pb(
-            x,
-            model=model,
-            method=method,
-            target=t,
-            layer=layer,
-            render=render,
-            array_dtype=array_dtype,
-            top_k=top_k,
-            array=array,
-            top_k_channels=top_k_channels,
-            picture=picture,
-            composite=composite,
-            epsilon=epsilon,
-            gamma=gamma,
-            smooth=smooth,
-            integrated_gradients=integrated_gradients,
-            rollout=rollout,
-        )
-        for x, t in zip(inputs, per_item, strict=True)
+        request_to_pb(x, target=t, **options) for x, t in zip(inputs, per_item, strict=True)
     ]
     return [
         deepvis_pb2.ExplainBatchRequest(requests=requests[i : i + chunk])
@@ -998,23 +982,24 @@ def objective_to_pb(objective: ObjectiveLike, *, negate: bool = False) -> deepvi
 def visualize_request_to_pb(
     objective: ObjectiveLike,
     *,
-    model: str,
-    negate: bool,
-    steps: int,
-    learning_rate: float | None,
-    size: tuple[int, int] | None,
-    batch: int,
-    diversity: float,
-    seed: int,
-    progress_every: int,
-    parameterization: str | None,
-    transforms: bool,
-    input: InputLike | None,
-    array_dtype: str,
+    model: str | None = None,
+    negate: bool = False,
+    steps: int = 512,
+    learning_rate: float | None = None,
+    size: tuple[int, int] | None = None,
+    batch: int = 1,
+    diversity: float = 0.0,
+    seed: int = 0,
+    progress_every: int = 0,
+    parameterization: str | None = None,
+    transforms: bool = True,
+    input: InputLike | None = None,
+    array_dtype: str = "float32",
     preset: str = "lucid",
     l2_penalty: float | None = None,
 ) -> deepvis_pb2.VisualizeRequest:
-    """Builds a `VisualizeRequest`; see `Client.visualize` for the arguments.
+    """Builds a `VisualizeRequest`; see `Client.visualize_stream` for the arguments and their
+    defaults.
 
     Raises:
         TypeError, ValueError: An argument is invalid; OSError: the input file cannot be read.
@@ -1027,7 +1012,7 @@ def visualize_request_to_pb(
         height = _check_int("size height", size[0], minimum=1)
         width = _check_int("size width", size[1], minimum=1)
     request = deepvis_pb2.VisualizeRequest(
-        model=model,
+        model=model or "",
         objective=objective_pb,
         steps=_check_int("steps", steps),
         learning_rate=0.0
@@ -1125,24 +1110,25 @@ def dream_request_to_pb(
     input: InputLike,
     objective: ObjectiveLike,
     *,
-    model: str,
-    negate: bool,
-    octaves: int,
-    octave_scale: float,
-    steps_per_octave: int,
-    step_size: float | None,
-    jitter: int | None,
-    seed: int,
-    progress_every: int,
-    array_dtype: str,
+    model: str | None = None,
+    negate: bool = False,
+    octaves: int = 4,
+    octave_scale: float = 1.4,
+    steps_per_octave: int = 10,
+    step_size: float | None = None,
+    jitter: int | None = None,
+    seed: int = 0,
+    progress_every: int = 0,
+    array_dtype: str = "float32",
 ) -> deepvis_pb2.DeepDreamRequest:
-    """Builds a `DeepDreamRequest`; see `Client.dream` for the arguments.
+    """Builds a `DeepDreamRequest`; see `Client.dream_stream` for the arguments and their
+    defaults.
 
     Raises:
         ValueError, TypeError: An argument is out of range or of the wrong type.
     """
     request = deepvis_pb2.DeepDreamRequest(
-        model=model,
+        model=model or "",
         input=input_to_pb(input),
         objective=objective_to_pb(objective, negate=negate),
         octaves=_check_int("octaves", octaves),
@@ -1292,20 +1278,21 @@ def _names(value: str | Sequence[str], what: str) -> list[str]:
 def evaluate_request_to_pb(
     inputs: InputLike | Sequence[InputLike],
     *,
-    model: str,
-    method: str | Sequence[str],
-    metrics: str | Sequence[str] | None,
-    classes: TargetLike | Sequence[TargetLike],
-    layer: str | None,
-    steps: int,
-    seed: int,
-    randomization: str,
-    perturbations: int,
-    noise_std: float,
-    sensitivity_radius: float,
+    model: str | None = None,
+    method: str | Sequence[str] = "guided_backprop",
+    metrics: str | Sequence[str] | None = None,
+    classes: TargetLike | Sequence[TargetLike] = None,
+    layer: str | None = None,
+    steps: int = 0,
+    seed: int = 0,
+    randomization: str = "both",
+    perturbations: int = 0,
+    noise_std: float = 0.0,
+    sensitivity_radius: float = 0.0,
     return_maps: bool = False,
 ) -> deepvis_pb2.EvaluateRequest:
-    """Builds an `EvaluateRequest`; see `Client.evaluate` for the arguments.
+    """Builds an `EvaluateRequest`; see `Client.evaluate_stream` for the arguments and their
+    defaults.
 
     Raises:
         TypeError, ValueError: An argument is invalid; OSError: an input file cannot be read.
@@ -1317,7 +1304,7 @@ def evaluate_request_to_pb(
     if not items:
         raise ValueError("inputs is empty: give at least one input")
     request = deepvis_pb2.EvaluateRequest(
-        model=model,
+        model=model or "",
         methods=[method_to_pb(m) for m in _names(method, "method")],
         layer=layer or "",
         steps=_check_int("steps", steps),

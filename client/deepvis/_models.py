@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeAlias, TypeVar, overload
+from typing import Any, Generic, Literal, TypeAlias, TypedDict, TypeVar, overload
 
 import numpy as np
 from PIL import Image
 
 from deepvis import render
 from deepvis._display import bundle, load_image
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # Python 3.10: PEP 692's Unpack of a TypedDict
+    from typing_extensions import Unpack
 
 T = TypeVar("T")
 
@@ -29,11 +35,13 @@ __all__ = [
     "Layer",
     "LayerInfo",
     "LayersLike",
+    "MapOptions",
     "MethodEvaluation",
     "ModelDescription",
     "ModelInfo",
     "Neuron",
     "ObjectiveLike",
+    "OverlayOptions",
     "PerturbationCurve",
     "Prediction",
     "Progress",
@@ -43,6 +51,25 @@ __all__ = [
     "TargetLike",
     "Visualization",
 ]
+
+
+class MapOptions(TypedDict, total=False):
+    """The drawing options `Explanation.heatmap` and `overlay` (and `Comparison`'s) hand on to
+    `Explanation.picture`, which documents them and states their defaults."""
+
+    size: tuple[int, int] | None
+    sign: str | None
+    colorbar: bool
+    caption: bool
+
+
+class OverlayOptions(MapOptions, total=False):
+    """`Explanation.overlay`'s options for `Explanation.picture`, beside the image and alpha."""
+
+    cmap: str | None
+    clip: float | None
+    scale: render.Scale | None
+    base: str
 
 
 @dataclass(frozen=True)
@@ -398,11 +425,7 @@ class Explanation:
         cmap: str | None = None,
         clip: float | None = render.DEFAULT_CLIP,
         scale: render.Scale | None = None,
-        *,
-        size: tuple[int, int] | None = None,
-        sign: str | None = None,
-        colorbar: bool = False,
-        caption: bool = False,
+        **options: Unpack[MapOptions],
     ) -> Image.Image:
         """The map alone, in the model's input space, as an RGB picture.
 
@@ -411,31 +434,15 @@ class Explanation:
         a diverging one. A map that is zero everywhere is drawn neutral, with a
         `render.FlatMapWarning`. Arguments as for `picture()`.
         """
-        pic = self.picture(
-            overlay=False,
-            size=size,
-            cmap=cmap,
-            clip=clip,
-            scale=scale,
-            sign=sign,
-            colorbar=colorbar,
-            caption=caption,
-        )
+        _check_options(options, MapOptions.__optional_keys__, "heatmap")
+        pic = self.picture(overlay=False, cmap=cmap, clip=clip, scale=scale, **options)
         return _warned(pic)
 
     def overlay(
         self,
         image: InputLike | None = None,
         alpha: float = render.DEFAULT_ALPHA,
-        *,
-        cmap: str | None = None,
-        clip: float | None = render.DEFAULT_CLIP,
-        scale: render.Scale | None = None,
-        size: tuple[int, int] | None = None,
-        sign: str | None = None,
-        base: str = "gray",
-        colorbar: bool = False,
-        caption: bool = False,
+        **options: Unpack[OverlayOptions],
     ) -> Image.Image:
         """The map laid over the image as sent, at that image's size (or `size`).
 
@@ -444,19 +451,8 @@ class Explanation:
         image is shown at half brightness. Arguments as for `picture()`; `image` defaults to
         the input `explain` was given.
         """
-        pic = self.picture(
-            image,
-            overlay=True,
-            size=size,
-            cmap=cmap,
-            clip=clip,
-            scale=scale,
-            sign=sign,
-            alpha=alpha,
-            base=base,
-            colorbar=colorbar,
-            caption=caption,
-        )
+        _check_options(options, OverlayOptions.__optional_keys__, "overlay")
+        pic = self.picture(image, overlay=True, alpha=alpha, **options)
         return _warned(pic)
 
     def grid(
@@ -706,6 +702,12 @@ def _panel(
     return render.shown(title, factor), render.figure(big, scale=scale)
 
 
+def _check_options(options: Mapping[str, object], allowed: frozenset[str], call: str) -> None:
+    """Refuses the options of `picture` that `call` does not hand on (it sets them itself)."""
+    if unknown := sorted(options.keys() - allowed):
+        raise TypeError(f"{call}() got an unexpected keyword argument {unknown[0]!r}")
+
+
 def _warned(picture: render.Picture) -> Image.Image:
     if picture.note is not None:
         warnings.warn(picture.note, render.FlatMapWarning, stacklevel=3)
@@ -795,19 +797,11 @@ class Comparison:
         *,
         cmap: str | None = None,
         clip: float | None = render.DEFAULT_CLIP,
-        size: tuple[int, int] | None = None,
-        sign: str | None = None,
-        colorbar: bool = False,
-        caption: bool = False,
+        **options: Unpack[MapOptions],
     ) -> dict[str, Image.Image]:
         """Every method's map alone, by method (see `Explanation.heatmap`)."""
-        scales = self.scales(scale, cmap=cmap, clip=clip, sign=sign)
-        return {
-            m: exp.heatmap(
-                scale=scales[m], size=size, sign=sign, colorbar=colorbar, caption=caption
-            )
-            for m, exp in self.explanations.items()
-        }
+        scales = self.scales(scale, cmap=cmap, clip=clip, sign=options.get("sign"))
+        return {m: exp.heatmap(scale=scales[m], **options) for m, exp in self.explanations.items()}
 
     def overlays(
         self,
@@ -817,26 +811,14 @@ class Comparison:
         alpha: float = render.DEFAULT_ALPHA,
         cmap: str | None = None,
         clip: float | None = render.DEFAULT_CLIP,
-        size: tuple[int, int] | None = None,
-        sign: str | None = None,
         base: str = "gray",
-        colorbar: bool = False,
-        caption: bool = False,
+        **options: Unpack[MapOptions],
     ) -> dict[str, Image.Image]:
         """Every method's map over the image as sent, by method (see `Explanation.overlay`)."""
         source = load_image(image if image is not None else self._source())
-        scales = self.scales(scale, cmap=cmap, clip=clip, sign=sign)
+        scales = self.scales(scale, cmap=cmap, clip=clip, sign=options.get("sign"))
         return {
-            m: exp.overlay(
-                source,
-                alpha,
-                scale=scales[m],
-                size=size,
-                sign=sign,
-                base=base,
-                colorbar=colorbar,
-                caption=caption,
-            )
+            m: exp.overlay(source, alpha, scale=scales[m], base=base, **options)
             for m, exp in self.explanations.items()
         }
 

@@ -291,10 +291,7 @@ class Gateway:
     async def explain(self, request: web.Request) -> web.Response:
         q = request.query
         try:
-            image = await _image_body(request)
-            if image is None:
-                raise ValueError("send the image file's bytes as the request body")
-            target = parse_target(q.get("target", ""))
+            image, target = await _image_and_target(request)
             top_k_channels = _int(q.get("top_k_channels", "0"), "top_k_channels")
         except ValueError as err:
             return _error("INVALID_ARGUMENT", str(err), 400)
@@ -335,10 +332,7 @@ class Gateway:
         """The current view as `deepvis report`'s self-contained page, for download."""
         q = request.query
         try:
-            image = await _image_body(request)
-            if image is None:
-                raise ValueError("send the image file's bytes as the request body")
-            target = parse_target(q.get("target", ""))
+            image, target = await _image_and_target(request)
             methods = [m for m in q.get("methods", "").split(",") if m]
             if not methods:
                 raise ValueError("methods must name at least one method, comma-separated")
@@ -570,6 +564,14 @@ async def _image_body(request: web.Request) -> bytes | None:
             "the request body is not an image file Pillow can read (PNG, JPEG, WebP, BMP, GIF)"
         ) from None
     return body
+
+
+async def _image_and_target(request: web.Request) -> tuple[bytes, int | Neuron | None]:
+    """The image to explain, the request's body (required), and its target, the query's."""
+    image = await _image_body(request)
+    if image is None:
+        raise ValueError("send the image file's bytes as the request body")
+    return image, parse_target(request.query.get("target", ""))
 
 
 def _visualization(v: Visualization) -> dict[str, Any]:
