@@ -41,6 +41,8 @@ PASS_BELOW = 0.5
 # stay quick on small models, enough for the curves' shape.
 CHECK_METRICS = ("randomization", "deletion", "insertion")
 DEFAULT_CHECK_STEPS = 16
+# Methods that attribute no class, which evaluate refuses: shown without checks.
+NOT_CHECKED = ("activations",)
 _PLOT_SIZE = (240, 150)
 
 # The scales a reader can switch between, by the toggle's value.
@@ -129,7 +131,9 @@ def _verdict(rho: float) -> str:
 
 def _check_figures(checks: Evaluation, method: str, image: int, name: str) -> str:
     """The deletion and insertion curves of one method on one image, with their AUCs."""
-    ev = checks[method]
+    ev = checks.methods.get(method)
+    if ev is None:
+        return ""
     out = []
     for kind, curve, better in (
         ("deletion", ev.deletion, "lower is better"),
@@ -151,7 +155,7 @@ def _randomization_section(checks: Evaluation, methods: list[str], n_images: int
     """Once per method: its cascading randomization curve and the pass/fail reading."""
     figures = []
     for m in methods:
-        r = checks[m].randomization
+        r = checks.methods[m].randomization if m in checks.methods else None
         if r is None or r.spearman is None:
             continue
         top = r.spearman[:, 0].astype(np.float64)
@@ -336,6 +340,9 @@ def run_report(client: Client, args: argparse.Namespace, server: str) -> int:
     checking = bool(getattr(args, "checks", False))
     if checking and args.neuron is not None:
         raise ValueError("--checks evaluates a class's maps; use --target, not --neuron")
+    checked = [m for m in args.method if m not in NOT_CHECKED]
+    if checking and not checked:
+        raise ValueError("--checks needs a method that attributes a class (not activations alone)")
     model = _check_server(client, args)
     target = args.neuron if args.neuron is not None else args.target
     bar = _progress(len(inputs), args.quiet, "image")
@@ -360,7 +367,7 @@ def run_report(client: Client, args: argparse.Namespace, server: str) -> int:
         checks = client.evaluate(
             [str(p) for p in inputs],
             model=model.name,
-            method=list(args.method),
+            method=checked,
             metrics=list(CHECK_METRICS),
             classes=target,
             layer=layers[0] if len(layers) == 1 else None,

@@ -210,9 +210,26 @@ def test_checks_show_the_clients_aucs_and_randomization_readings(
     page.close()
 
 
-def test_checks_refuse_a_neuron_target(digits_server, sample_paths, tmp_path: Path, capsys) -> None:
+def test_checks_refuse_a_neuron_target_and_activations_alone(
+    digits_server, sample_paths, tmp_path: Path, capsys
+) -> None:
     argv = ["report", str(sample_paths[0]), "--server", digits_server.bound_address, "--quiet"]
     argv += ["--neuron", "conv3:1", "--checks", "-o", str(tmp_path / "r.html")]
     assert main(argv) != 0
     assert "--checks evaluates a class's maps" in capsys.readouterr().err
+    assert main([*argv[:-5], "-m", "activations", "--checks", "-o", str(tmp_path / "r.html")]) != 0
+    assert "not activations alone" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_checks_leave_out_activations_and_check_the_others(
+    digits_server, sample_paths, tmp_path: Path
+) -> None:
+    out = tmp_path / "r.html"
+    argv = ["report", str(sample_paths[5]), "--server", digits_server.bound_address, "--quiet"]
+    assert main([*argv, "-m", "activations,saliency", "--checks", "-o", str(out)]) == 0
+    page = out.read_text()
+    assert page.count('alt="deletion curve of saliency on digit_5.png"') == 1
+    assert page.count('alt="randomization curve of saliency"') == 1
+    assert "curve of activations" not in page
+    assert page.count('class="auc"') == 2 and "16 steps" in page

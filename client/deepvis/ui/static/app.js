@@ -547,8 +547,9 @@
   async function runChecks() {
     const status = $("#checks-status");
     if (!image || !model) { status.textContent = "choose an image first"; return; }
-    const shown = state.methods.filter((m) => results[m] && !results[m].error);
-    if (!shown.length) { status.textContent = "no method picture to check"; return; }
+    // activations attributes no class: evaluate would refuse it, so it is left out.
+    const shown = state.methods.filter((m) => m !== "activations" && results[m] && !results[m].error);
+    if (!shown.length) { status.textContent = "no attribution picture to check (activations has no checks)"; return; }
     const run = runId;
     const steps = $("#checks-steps").value;
     status.dataset.state = "running";
