@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             "--out",
             str(out / "visualize"),
         )
-        # 4. One page with it all: every sample, four methods, their scales, the timings.
+        # 4. One page with it all: every sample, four methods, their scales, the timings, and their
+        # sanity checks (deletion, insertion, randomization) beside the pictures.
         run_cli(
             "report",
             samples_dir,
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             address,
             "--method",
             "guided-backprop,grad-cam,integrated-gradients,saliency",
+            "--checks",
             "--quiet",
             "--out",
             str(out / "report.html"),
