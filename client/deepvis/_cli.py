@@ -425,6 +425,9 @@ def _add_report_parser(command: _Command) -> None:
     report.add_argument("--out", "-o", required=True, metavar="FILE", help="the HTML file to write")
     report.add_argument("--title", help="the page's title (default: from the model)")
     report.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    from deepvis._report import add_check_arguments
+
+    add_check_arguments(report)
 
 
 def _name_list(choices: Sequence[str], what: str) -> Any:

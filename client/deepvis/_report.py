@@ -2,6 +2,8 @@
 
 Everything the page shows is inside the file: pictures as data: URIs, inline CSS, and a
 scale toggle made of radio buttons and CSS (no script); it requests nothing from anywhere.
+With `--checks`, one `evaluate` call adds each method's deletion and insertion curves beside
+its picture of every image, and its randomization curve with its reading once per method.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from deepvis import __version__, render
@@ -27,9 +30,20 @@ from deepvis._cli_explain import (
     collect_inputs,
 )
 from deepvis._client import Client
-from deepvis._models import Comparison
+from deepvis._models import Comparison, Evaluation, PerturbationCurve
 
-__all__ = ["build_report", "run_report"]
+__all__ = ["add_check_arguments", "build_report", "run_report"]
+
+# A method passes the randomization check when its map, once the top layer is re-initialized,
+# keeps a Spearman correlation with the trained model's below this (as the README's table).
+PASS_BELOW = 0.5
+# The metrics `--checks` computes, and its default deletion and insertion steps: few enough to
+# stay quick on small models, enough for the curves' shape.
+CHECK_METRICS = ("randomization", "deletion", "insertion")
+DEFAULT_CHECK_STEPS = 16
+# Methods that attribute no class, which evaluate refuses: shown without checks.
+NOT_CHECKED = ("activations",)
+_PLOT_SIZE = (240, 150)
 
 # The scales a reader can switch between, by the toggle's value.
 SCALES = {
@@ -66,7 +80,104 @@ figcaption { font-size: 12px; color: #333; max-width: 320px; overflow-wrap: anyw
 #s-own:checked ~ main .v-own, #s-images:checked ~ main .v-images,
 #s-methods:checked ~ main .v-methods { display: block; }
 .note { color: #a00; font-size: 12px; }
+.checks figure, figure.checks { display: inline-block; margin: 0 12px 8px 0; vertical-align: top; }
+.pass { color: #060; font-weight: 600; }
+.fail { color: #a00; font-weight: 600; }
 """
+
+
+def add_check_arguments(parser: argparse.ArgumentParser) -> None:
+    """`deepvis report`'s sanity-check options."""
+    parser.add_argument(
+        "--checks",
+        action="store_true",
+        help="also evaluate the methods on the images (randomization, cascading; deletion; "
+        "insertion) and show the curves beside the pictures, with AUCs and pass/fail",
+    )
+    parser.add_argument(
+        "--check-steps",
+        type=int,
+        default=DEFAULT_CHECK_STEPS,
+        metavar="N",
+        help="deletion and insertion steps of --checks (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seed of --checks' re-initialized layers (default: %(default)s)",
+    )
+
+
+def _one(curve: PerturbationCurve, i: int) -> PerturbationCurve:
+    return PerturbationCurve(curve=curve.curve[i : i + 1], auc=curve.auc[i : i + 1])
+
+
+def _auc(value: float, method: str, image: int, kind: str) -> str:
+    return (
+        f'<span class="auc" data-method="{html.escape(method)}" data-image="{image}" '
+        f'data-kind="{kind}" data-value="{value!r}">{value:.3f}</span>'
+    )
+
+
+def _verdict(rho: float) -> str:
+    if rho != rho:  # NaN: a constant map has no rank correlation
+        return '<span class="fail">no reading (a constant map)</span>'
+    if rho < PASS_BELOW:
+        return f'<span class="pass">passes</span> (below {PASS_BELOW:g})'
+    return f'<span class="fail">fails</span> (not below {PASS_BELOW:g})'
+
+
+def _check_figures(checks: Evaluation, method: str, image: int, name: str) -> str:
+    """The deletion and insertion curves of one method on one image, with their AUCs."""
+    ev = checks.methods.get(method)
+    if ev is None:
+        return ""
+    out = []
+    for kind, curve, better in (
+        ("deletion", ev.deletion, "lower is better"),
+        ("insertion", ev.insertion, "higher is better"),
+    ):
+        if curve is None:
+            continue
+        plot = _one(curve, image).plot(f"{kind}: {cli_name(method)}", size=_PLOT_SIZE)
+        auc = float(curve.auc[image])
+        out.append(
+            f'<figure class="checks">{_img(plot, f"{kind} curve of {cli_name(method)} on {name}")}'
+            f"<figcaption>{kind} AUC {_auc(auc, method, image, kind)} ({better})"
+            "</figcaption></figure>"
+        )
+    return "".join(out)
+
+
+def _randomization_section(checks: Evaluation, methods: list[str], n_images: int) -> str:
+    """Once per method: its cascading randomization curve and the pass/fail reading."""
+    figures = []
+    for m in methods:
+        r = checks.methods[m].randomization if m in checks.methods else None
+        if r is None or r.spearman is None:
+            continue
+        top = r.spearman[:, 0].astype(np.float64)
+        finite = top[np.isfinite(top)]
+        rho = float(finite.mean()) if finite.size else float("nan")
+        plot = r.plot(f"randomization: {cli_name(m)}", size=_PLOT_SIZE)
+        figures.append(
+            f"<figure>{_img(plot, f'randomization curve of {cli_name(m)}')}<figcaption>"
+            f"{html.escape(cli_name(m))}: Spearman after the top layer "
+            f"({html.escape(r.layers[0])}) re-initialized, mean of {finite.size} of "
+            f'{n_images} images: <span class="rho" data-method="{html.escape(m)}" '
+            f'data-value="{rho!r}">{rho:.2f}</span> — {_verdict(rho)}'
+            "</figcaption></figure>"
+        )
+    layers = " → ".join(checks.layers)
+    return (
+        '<div class="checks"><h2>Sanity checks</h2><p class="legend">'
+        f"model-parameter randomization, cascading top-down ({html.escape(layers)}); a method "
+        f"passes when its map's Spearman correlation with the trained model's, once the top "
+        f"layer is re-initialized, is below {PASS_BELOW:g}. Deletion and insertion in "
+        f"{checks.steps} steps, beside each picture.</p>{''.join(figures)}</div>"
+    )
 
 
 def _img(image: Image.Image, alt: str, cls: str = "") -> str:
@@ -97,9 +208,12 @@ def build_report(
     server: str,
     model: Any,
     seconds: float,
+    checks: Evaluation | None = None,
 ) -> str:
     """The page: a card per image, with its predictions and target, and its methods' maps in
-    each of the scales (one shown at a time by the toggle)."""
+    each of the scales (one shown at a time by the toggle); with `checks` (an evaluation of
+    the methods on the same images, in order), each method's deletion and insertion curves
+    beside its picture and its randomization curve once."""
     methods = list(args.method)
     own: dict[tuple[int, str], render.Scale] = {}
     across_methods: dict[tuple[int, str], render.Scale] = {}
@@ -155,6 +269,8 @@ def build_report(
                 + (f"<br>{html.escape(pic.map.reduction)}" if pic.map.reduction else "")
                 + f"<br>{html.escape(timing)}</figcaption>{notes}</figure>"
             )
+            if checks is not None:
+                figures.append(_check_figures(checks, m, i, path.name))
         cards.append(
             f'<section class="image"><h2>{html.escape(str(path))}</h2>'
             f'<div class="row">{"".join(figures)}</div>'
@@ -193,6 +309,16 @@ def build_report(
         ("images", str(len(results))),
         ("time", f"{seconds:.2f} s for all; written {when} by deepvis {__version__}"),
     ]
+    if checks is not None:
+        meta.insert(
+            -1,
+            (
+                "checks",
+                f"evaluate: {', '.join(CHECK_METRICS)}, {checks.steps} steps, seed "
+                f"{getattr(args, 'seed', 0)}, computed {checks.compute_ms / 1000:.2f} s",
+            ),
+        )
+    section = "" if checks is None else _randomization_section(checks, methods, len(results))
     meta_html = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in meta)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -202,7 +328,7 @@ def build_report(
         f'<dl class="meta">{meta_html}</dl>'
         f'<div class="toggle">scale: {labels}</div>'
         f'<div class="legend">{"".join(legend)}</div></header>'
-        f"<main>{''.join(cards)}</main></body></html>\n"
+        f"<main>{section}{''.join(cards)}</main></body></html>\n"
     )
 
 
@@ -211,6 +337,12 @@ def run_report(client: Client, args: argparse.Namespace, server: str) -> int:
     inputs = collect_inputs(args.inputs)
     if len(args.method) < 1:
         raise ValueError("name at least one method")
+    checking = bool(getattr(args, "checks", False))
+    if checking and args.neuron is not None:
+        raise ValueError("--checks evaluates a class's maps; use --target, not --neuron")
+    checked = [m for m in args.method if m not in NOT_CHECKED]
+    if checking and not checked:
+        raise ValueError("--checks needs a method that attributes a class (not activations alone)")
     model = _check_server(client, args)
     target = args.neuron if args.neuron is not None else args.target
     bar = _progress(len(inputs), args.quiet, "image")
@@ -229,8 +361,27 @@ def run_report(client: Client, args: argparse.Namespace, server: str) -> int:
             results = list(pool.map(one, inputs))
     finally:
         bar.close()
+    checks = None
+    if checking:
+        layers = args.layers or []
+        checks = client.evaluate(
+            [str(p) for p in inputs],
+            model=model.name,
+            method=checked,
+            metrics=list(CHECK_METRICS),
+            classes=target,
+            layer=layers[0] if len(layers) == 1 else None,
+            steps=args.check_steps,
+            seed=args.seed,
+            randomization="cascading",
+        )
     page = build_report(
-        results, args, server=server, model=model, seconds=time.perf_counter() - start
+        results,
+        args,
+        server=server,
+        model=model,
+        seconds=time.perf_counter() - start,
+        checks=checks,
     )
     out = Path(args.out)
     if out.parent != Path(""):

@@ -79,8 +79,13 @@ def main(argv: list[str] | None = None) -> int:
                 to="visualize",
             )
         )  # fmt: skip
-        # 4. One page with it all: every sample, four methods, their scales, the timings.
-        run_cli(*writing("report", samples_dir, "--method", four_methods, to="report.html"))
+        # 4. One page with it all: every sample, four methods, their scales, the timings, and their
+        # sanity checks (deletion, insertion, randomization) beside the pictures.
+        run_cli(
+            *writing(
+                "report", samples_dir, "--method", four_methods, "--checks", to="report.html"
+            )
+        )  # fmt: skip
     finally:
         code = server.stop(timeout=30)
     written = sorted(args.out.rglob("*.png"))

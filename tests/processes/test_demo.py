@@ -51,6 +51,10 @@ def test_demo_writes_pictures_for_the_three_methods_and_a_report(tmp_path) -> No
     assert len(records) == 40 and {r["model"] for r in records} == {"digits"}
     page = (out / "report.html").read_text()
     assert page.count("<section") == 10 and "integrated_gradients" in page
+    # --checks: each method's deletion and insertion AUC beside its picture of each digit, and
+    # its randomization curve once.
+    assert page.count('class="auc"') == 10 * 4 * 2
+    assert page.count('alt="randomization curve of ') == 4
 
     # The README's pictures are this demo's, as tools/readme_pictures.py copies them: a
     # renderer change that leaves them stale fails here. The maps are compared closely (the

@@ -545,3 +545,92 @@ def test_a_large_photo_is_overlaid_at_a_size_that_redraws_at_once(
     w.page.keyboard.press("ArrowLeft")
     assert time.monotonic() - start < 2.0
     w.check()
+
+
+def checks_done(w: Watched) -> str:
+    w.page.wait_for_function(
+        "['done', 'error'].includes(document.querySelector('#checks-status').dataset.state) && "
+        "document.body.dataset.pending === '0'",
+        timeout=120_000,
+    )
+    return str(w.page.get_attribute("#checks-status", "data-state"))
+
+
+def test_checks_draw_each_methods_curves_with_the_python_clients_aucs(
+    open_page: Callable[..., Watched], sample_paths: list[Path], digits_server: Any
+) -> None:
+    w = open_page()
+    upload(w, sample_paths[6])
+    w.page.fill("#checks-steps", "12")
+    w.page.click("#checks")
+    assert checks_done(w) == "done"
+    with deepvis.Client(digits_server.bound_address, timeout=120) as client:
+        oracle = client.evaluate(
+            sample_paths[6],
+            method=list(METHODS),
+            metrics=["randomization", "deletion", "insertion"],
+            steps=12,
+            seed=0,
+            randomization="cascading",
+        )
+
+    def curves() -> list[tuple[str, str, bool, int]]:
+        return w.page.evaluate(
+            "[...document.querySelectorAll('#grid .card .checks img')].map(i => "
+            "[i.closest('.card').dataset.card, i.alt, i.complete, i.naturalWidth])"
+        )
+
+    shown = curves()
+    assert [(card, alt) for card, alt, _, _ in shown] == [
+        (m, f"{kind} curve of {m}")
+        for m in METHODS
+        for kind in ("deletion", "insertion", "randomization")
+    ]
+    assert all(done and width > 0 for _, _, done, width in shown), shown
+    # No curve in the layer view's Grad-CAM card: the checks are the grid's.
+    assert w.page.locator("[data-card=layer-grad_cam] .checks").count() == 0
+    for m in METHODS:
+        card = f"#grid [data-card={m}]"
+        for kind in ("deletion", "insertion"):
+            curve = getattr(oracle[m], kind)
+            want = float(curve.auc[0])
+            span = w.page.locator(f"{card} .auc[data-kind={kind}]")
+            assert span.text_content() == f"{want:.3f}"
+            assert float(str(span.get_attribute("data-value"))) == pytest.approx(want, abs=1e-6)
+            drawn = picture(w, f"{card} img[alt='{kind} curve of {m}']")
+            assert np.array_equal(drawn, np.asarray(curve.plot(f"{kind}: {m}", size=(240, 150))))
+        r = oracle[m].randomization
+        assert r is not None and r.spearman is not None
+        rho = float(r.spearman[0, 0])
+        value = w.page.locator(f"{card} .rho").get_attribute("data-value")
+        assert float(str(value)) == pytest.approx(rho, abs=1e-6)
+        verdict = w.page.locator(f"{card} .checks strong").text_content()
+        assert verdict == ("passes" if rho < 0.5 else "fails")
+    # Redrawing the maps (another colormap) keeps the curves beside them.
+    w.page.select_option("#cmap", "viridis")
+    w.page.wait_for_function("document.body.dataset.pending === '0'")
+    assert len(curves()) == 9
+    # Another image: the old checks go.
+    upload(w, sample_paths[7])
+    assert curves() == []
+    w.check()
+
+
+def test_a_refused_check_shows_its_status_and_message(
+    open_page: Callable[..., Watched], sample_paths: list[Path], digits_server: Any
+) -> None:
+    w = open_page()
+    upload(w, sample_paths[2])
+    w.page.fill("#checks-steps", "5000")
+    w.page.click("#checks")
+    assert checks_done(w) == "error"
+    with deepvis.Client(digits_server.bound_address, timeout=60) as client:
+        with pytest.raises(deepvis.DeepvisError) as direct:
+            client.evaluate(sample_paths[2], method=list(METHODS), steps=5000)
+    shown = w.page.locator("#checks-status .error").text_content()
+    assert shown == f"INVALID_ARGUMENT: {' '.join(direct.value.details.split())}"
+    assert w.page.locator("#grid .checks").count() == 0
+    # The browser logs the refused request itself, and nothing else.
+    assert w.errors and all("status of 400" in e for e in w.errors), w.errors
+    w.errors.clear()
+    w.check()

@@ -311,3 +311,79 @@ def test_a_killed_gateway_leaves_no_job_on_the_server(digits_server: Any) -> Non
     # The server serves on.
     with deepvis.Client(digits_server.bound_address, timeout=30) as client:
         assert client.models()[0].name == "digits"
+
+
+def test_the_evaluate_endpoint_gives_the_python_clients_checks(
+    explorer: Explorer, digits_server: Any, sample_paths: list[Path]
+) -> None:
+    import base64
+    import io
+
+    import numpy as np
+
+    digit = sample_paths[4].read_bytes()
+    methods = ["grad_cam", "saliency"]
+    url = f"{explorer.url}api/evaluate?methods={','.join(methods)}&steps=12&seed=3"
+    status, body = call(url, digit)
+    assert status == 200, body
+    with deepvis.Client(digits_server.bound_address, timeout=120) as client:
+        oracle = client.evaluate(
+            digit,
+            method=methods,
+            metrics=["randomization", "deletion", "insertion"],
+            steps=12,
+            seed=3,
+            randomization="cascading",
+        )
+    assert (body["model"], body["steps"], body["seed"]) == ("digits", 12, 3)
+    assert body["class"] == oracle.classes[0] and body["layers"] == list(oracle.layers)
+    assert list(body["methods"]) == methods
+
+    def picture(uri: str) -> np.ndarray:
+        assert uri.startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as img:
+            return np.asarray(img.convert("RGB"))
+
+    for m in methods:
+        got, want = body["methods"][m], oracle[m]
+        for kind in ("deletion", "insertion"):
+            curve = getattr(want, kind)
+            assert got[kind]["auc"] == pytest.approx(float(curve.auc[0]), abs=1e-6)
+            assert got[kind]["curve"] == pytest.approx(curve.curve[0].tolist(), abs=1e-6)
+            assert len(got[kind]["curve"]) == 13
+            # The plot is the client's own plot of the same curve.
+            assert np.array_equal(
+                picture(got[kind]["plot"]), np.asarray(curve.plot(f"{kind}: {m}", size=(240, 150)))
+            )
+        r = want.randomization
+        assert r is not None and r.spearman is not None
+        rho = float(r.spearman[0, 0])
+        assert got["randomization"]["layers"] == list(r.layers)
+        assert got["randomization"]["top_layer"] == pytest.approx(rho, abs=1e-6)
+        assert got["randomization"]["passes"] is (rho < 0.5)
+        assert picture(got["randomization"]["plot"]).shape == (150, 240, 3)
+
+
+def test_a_refused_evaluate_answers_with_the_servers_status_and_message(
+    explorer: Explorer, digits_server: Any, sample_paths: list[Path]
+) -> None:
+    digit = sample_paths[1].read_bytes()
+    status, body = call(f"{explorer.url}api/evaluate?methods=saliency&steps=5000", digit)
+    with deepvis.Client(digits_server.bound_address, timeout=60) as client:
+        with pytest.raises(deepvis.DeepvisError) as direct:
+            client.evaluate(digit, method="saliency", steps=5000, metrics="deletion")
+    assert body == {"code": direct.value.code.name, "message": direct.value.details}
+    assert (status, body["code"]) == (400, "INVALID_ARGUMENT") and "steps" in body["message"]
+    status, body = call(f"{explorer.url}api/evaluate?methods=saliency&model=nope", digit)
+    assert (status, body["code"]) == (404, "NOT_FOUND") and "nope" in body["message"]
+    # Refused before any call: a neuron target, no methods, no image, no page header.
+    status, body = call(f"{explorer.url}api/evaluate?methods=saliency&target=conv3:1", digit)
+    assert (status, body["code"]) == (400, "INVALID_ARGUMENT") and "class" in body["message"]
+    status, body = call(f"{explorer.url}api/evaluate?methods=", digit)
+    assert (status, body["code"]) == (400, "INVALID_ARGUMENT") and "methods" in body["message"]
+    status, body = call(f"{explorer.url}api/evaluate?methods=saliency", b"")
+    assert (status, body["code"]) == (400, "INVALID_ARGUMENT")
+    with pytest.raises(HTTPError) as refused:
+        urlopen(Request(f"{explorer.url}api/evaluate?methods=saliency", data=digit), timeout=30)
+    with refused.value as err:
+        assert err.code == 403 and PAGE_HEADER in json.loads(err.read())["message"]

@@ -9,6 +9,8 @@ Endpoints (all relative to the page, so that the explorer works behind a proxy p
 - ``GET  api/samples``, ``api/samples/<name>``   the sample images the gateway offers;
 - ``POST api/explain?method=..``      one Explain call; the body is the image file's bytes;
 - ``POST api/report?methods=a,b``     the view as `deepvis report`'s self-contained page;
+- ``POST api/evaluate?methods=a,b``   one Evaluate call (randomization cascading, deletion,
+  insertion) on the image: each method's curves, AUCs, reading and PNG plots;
 - ``POST api/visualize?layer=..&channel=..``  one Visualize stream, as Server-Sent Events;
 - ``POST api/jobs/<id>/cancel``       cancels a running visualization (its server job ends);
 - ``GET  api/jobs``                   how many visualizations the gateway is running.
@@ -50,7 +52,15 @@ from PIL import Image
 from deepvis import render
 from deepvis._client import AsyncClient
 from deepvis._exceptions import DeepvisError
-from deepvis._models import Explanation, Neuron, Progress, Visualization
+from deepvis._models import (
+    Evaluation,
+    Explanation,
+    Neuron,
+    PerturbationCurve,
+    Progress,
+    Randomization,
+    Visualization,
+)
 
 __all__ = ["Gateway", "build_app", "is_loopback", "serve"]
 
@@ -67,6 +77,14 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 # The header the page sends with every POST: a request from a page of another origin cannot
 # send it without a CORS preflight, which the gateway never grants.
 PAGE_HEADER = "X-Deepvis-Page"
+
+# The explorer's checks: the metrics asked for, the default deletion and insertion steps, and
+# the randomization reading (a method passes when its map's Spearman correlation with the
+# trained model's, once the top layer is re-initialized, is below PASS_BELOW).
+CHECK_METRICS = ("randomization", "deletion", "insertion")
+DEFAULT_CHECK_STEPS = 16
+PASS_BELOW = 0.5
+_PLOT_SIZE = (240, 150)
 
 # gRPC status -> HTTP status of the gateway's answer.
 _HTTP_STATUS = {
@@ -367,6 +385,44 @@ class Gateway:
             headers={"Content-Disposition": f'attachment; filename="{_safe(stem)}-report.html"'},
         )
 
+    async def evaluate(self, request: web.Request) -> web.Response:
+        """Sanity checks of the shown methods on the image: one Evaluate call."""
+        q = request.query
+        try:
+            image = await _image_body(request)
+            if image is None:
+                raise ValueError("send the image file's bytes as the request body")
+            target = parse_target(q.get("target", ""))
+            if isinstance(target, Neuron):
+                raise ValueError(
+                    "checks evaluate a class's maps: target must be a class N or empty (the "
+                    f"predicted class), not the neuron {q.get('target', '')!r}"
+                )
+            methods = [m for m in q.get("methods", "").split(",") if m]
+            if not methods:
+                raise ValueError("methods must name at least one method, comma-separated")
+            steps = _int(q.get("steps", str(DEFAULT_CHECK_STEPS)), "steps")
+            seed = _int(q.get("seed", "0"), "seed")
+        except ValueError as err:
+            return _error("INVALID_ARGUMENT", str(err), 400)
+        try:
+            ev: Evaluation = await self._call(
+                lambda: self._client.evaluate(
+                    image,
+                    model=q.get("model") or None,
+                    method=methods,
+                    metrics=list(CHECK_METRICS),
+                    classes=target,
+                    layer=q.get("layer") or None,
+                    steps=steps,
+                    seed=seed,
+                    randomization="cascading",
+                )
+            )
+        except _Failed as f:
+            return f.response
+        return web.json_response(await asyncio.to_thread(_checks, ev, seed))
+
     # --- feature visualization -------------------------------------------------------------
 
     async def visualize(self, request: web.Request) -> web.StreamResponse:
@@ -505,6 +561,59 @@ def _report_page(
         return page.replace(html.escape(str(path)), html.escape(name))
 
 
+def _finite(values: np.ndarray) -> list[float | None]:
+    """Floats for JSON: NaN (a constant map's correlation) as null, which JSON can say."""
+    return [float(v) if np.isfinite(v) else None for v in np.asarray(values, np.float64)]
+
+
+def _curve(curve: PerturbationCurve | None, kind: str, method: str) -> dict[str, Any] | None:
+    if curve is None:
+        return None
+    return {
+        "curve": _finite(curve.curve[0]),
+        "auc": float(curve.auc[0]),
+        "plot": _png_uri(curve.plot(f"{kind}: {method}", size=_PLOT_SIZE)),
+    }
+
+
+def _randomization(r: Randomization | None, method: str) -> dict[str, Any] | None:
+    if r is None or r.spearman is None:
+        return None
+    top = float(r.spearman[0, 0])
+    return {
+        "layers": list(r.layers),
+        "spearman": _finite(r.spearman[0]),
+        "ssim": None if r.ssim is None else _finite(r.ssim[0]),
+        "top_layer": top if np.isfinite(top) else None,
+        "passes": bool(top < PASS_BELOW) if np.isfinite(top) else None,
+        "pass_below": PASS_BELOW,
+        "plot": _png_uri(r.plot(f"randomization: {method}", size=_PLOT_SIZE)),
+    }
+
+
+def _checks(ev: Evaluation, seed: int) -> dict[str, Any]:
+    """An evaluation of one image for the page: per method, its curves, AUCs and plots."""
+    return {
+        "model": ev.model,
+        "class": ev.classes[0] if ev.classes else None,
+        "steps": ev.steps,
+        "seed": seed,
+        "layers": list(ev.layers),
+        "warnings": list(ev.warnings),
+        "queue_ms": ev.queue_ms,
+        "compute_ms": ev.compute_ms,
+        "methods": {
+            name: {
+                "layer": m.layer,
+                "deletion": _curve(m.deletion, "deletion", name),
+                "insertion": _curve(m.insertion, "insertion", name),
+                "randomization": _randomization(m.randomization, name),
+            }
+            for name, m in ev.methods.items()
+        },
+    }
+
+
 class _Failed(Exception):
     def __init__(self, response: web.Response) -> None:
         super().__init__(response.text)
@@ -605,6 +714,7 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/api/samples/{name}", gateway.sample)
     app.router.add_post("/api/explain", gateway.explain)
     app.router.add_post("/api/report", gateway.report)
+    app.router.add_post("/api/evaluate", gateway.evaluate)
     app.router.add_post("/api/visualize", gateway.visualize)
     app.router.add_post("/api/jobs/{job}/cancel", gateway.cancel)
     app.router.add_get("/api/jobs", gateway.running)

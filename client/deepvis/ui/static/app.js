@@ -23,6 +23,7 @@
   let layers = null;        // its DescribeModel
   let image = null;         // {blob, name, width, height, pixels: Uint8ClampedArray RGBA}
   let results = {};         // method -> decoded result (or {error})
+  let checks = null;        // the shown view's api/evaluate answer: {run, methods, ...}
   let predictions = [];
   let runId = 0;
   let layerRun = 0;
@@ -481,6 +482,93 @@
     downloads.append(link("PNG", pic.uri, stem + ".png"), npyLink("NPY", arr, stem + ".npy"));
     card.replaceChildren(head, picture, info, hover, notes, timing, downloads);
     card.dataset.state = "drawn";
+    drawChecks(card, key);  // the grid's cards (key = method), not the layer view's
+  }
+
+  // --- checks: deletion, insertion and randomization beside each picture ---------------------
+
+  // The curves come as PNGs drawn by the gateway with deepvis.curve_plot: the same pictures
+  // as deepvis report --checks and deepvis evaluate --plots, and the raw numbers beside them.
+  function checkFigure(uri, alt, caption) {
+    const f = document.createElement("figure");
+    f.className = "curve";
+    const img = document.createElement("img");
+    img.alt = alt;
+    img.src = uri;
+    const c = document.createElement("figcaption");
+    c.append(...caption);
+    f.append(img, c);
+    return f;
+  }
+
+  function valueSpan(cls, value, text, data) {
+    const span = document.createElement("span");
+    span.className = cls;
+    span.textContent = text;
+    span.dataset.value = String(value);
+    Object.assign(span.dataset, data || {});
+    return span;
+  }
+
+  function drawChecks(card, method) {
+    const old = card.querySelector(".checks");
+    if (old) old.remove();
+    if (!checks || !checks.methods[method]) return;
+    const m = checks.methods[method];
+    const box = document.createElement("div");
+    box.className = "checks";
+    box.dataset.method = method;
+    for (const [kind, better] of [["deletion", "lower is better"], ["insertion", "higher is better"]]) {
+      const c = m[kind];
+      if (!c) continue;
+      box.append(checkFigure(c.plot, kind + " curve of " + method,
+        [kind + " AUC ", valueSpan("auc", c.auc, c.auc.toFixed(3), { kind }), " (" + better + ")"]));
+    }
+    const r = m.randomization;
+    if (r) {
+      const top = r.top_layer;
+      const verdict = document.createElement("strong");
+      verdict.className = r.passes === null ? "fail" : r.passes ? "pass" : "fail";
+      verdict.textContent = r.passes === null ? "no reading (a constant map)" : r.passes ? "passes" : "fails";
+      box.append(checkFigure(r.plot, "randomization curve of " + method, [
+        "Spearman after " + r.layers[0] + " re-initialized: ",
+        valueSpan("rho", top === null ? "NaN" : top, top === null ? "NaN" : top.toFixed(2)),
+        " — ", verdict, " (below " + r.pass_below + " passes)",
+      ]));
+    }
+    const info = document.createElement("p");
+    info.className = "muted";
+    info.textContent = "checks: class " + checks.class + ", " + checks.steps + " steps, seed " + checks.seed +
+      ", computed " + (checks.compute_ms / 1000).toFixed(2) + " s";
+    box.append(info);
+    card.append(box);
+  }
+
+  async function runChecks() {
+    const status = $("#checks-status");
+    if (!image || !model) { status.textContent = "choose an image first"; return; }
+    // activations attributes no class: evaluate would refuse it, so it is left out.
+    const shown = state.methods.filter((m) => m !== "activations" && results[m] && !results[m].error);
+    if (!shown.length) { status.textContent = "no attribution picture to check (activations has no checks)"; return; }
+    const run = runId;
+    const steps = $("#checks-steps").value;
+    status.dataset.state = "running";
+    status.textContent = "checking " + shown.join(", ") + "…";
+    const r = await request("api/evaluate?" + query({ model: state.model, methods: shown.join(","),
+      target: state.target, steps }), { method: "POST", body: image.blob });
+    if (run !== runId) return;  // the view changed meanwhile
+    if (r.error) {
+      status.dataset.state = "error";
+      showError(status, r.error);
+      return;
+    }
+    checks = r.body;
+    for (const method of shown) {
+      const card = $("#grid").querySelector('[data-card="' + method + '"]');
+      if (card && card.dataset.state === "drawn") drawChecks(card, method);
+    }
+    status.dataset.state = "done";
+    status.textContent = "checked " + shown.join(", ") + " in " + (checks.compute_ms / 1000).toFixed(2) + " s";
   }
 
   function cardTitle(method, result) {
@@ -557,6 +645,9 @@
     const grid = $("#grid");
     grid.replaceChildren();
     results = {};
+    checks = null;
+    $("#checks-status").textContent = "";
+    $("#checks-status").dataset.state = "idle";
     for (const method of state.methods) {
       const card = document.createElement("article");
       card.className = "card";
@@ -1006,6 +1097,7 @@
     $("#layer").addEventListener("change", (ev) => { state.layer = ev.target.value; saveState(); loadLayer(); });
     $("#topk").addEventListener("change", (ev) => { state.topk = Number(ev.target.value); saveState(); loadLayer(); });
     $("#export").addEventListener("click", () => exportReport());
+    $("#checks").addEventListener("click", () => runChecks());
     $("#fv-start").addEventListener("click", () => startFeatureVis());
     $("#fv-cancel").addEventListener("click", () => cancelFeatureVis());
     $("#fv-target").addEventListener("click", () => {
