@@ -1021,6 +1021,17 @@ def _stays_on_this_machine(server: str) -> bool:
     return all(_is_loopback_host(_host(a.strip())) for a in addresses)
 
 
+# The commands that need only the client and their arguments; ui, report and explain take more.
+_RUNS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
+    "models": _run_models,
+    "layers": _run_layers,
+    "visualize": _run_visualize,
+    "dream": _run_dream,
+    "health": _run_health,
+    "evaluate": _run_evaluate,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the deepvis command line.
 
@@ -1049,18 +1060,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ui":
             return _run_ui(args, server, token)
         with Client(server, timeout=args.timeout, token=token, **_tls_arguments(args)) as client:
-            if args.command == "models":
-                return _run_models(client, args)
-            if args.command == "layers":
-                return _run_layers(client, args)
-            if args.command == "visualize":
-                return _run_visualize(client, args)
-            if args.command == "dream":
-                return _run_dream(client, args)
-            if args.command == "health":
-                return _run_health(client, args)
-            if args.command == "evaluate":
-                return _run_evaluate(client, args)
+            run = _RUNS.get(args.command)
+            if run is not None:
+                return run(client, args)
             if args.command == "report":
                 from deepvis._report import run_report
 

@@ -16,34 +16,8 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from PIL import Image
 
-from deepvis import render
+from deepvis import _models, render
 from deepvis._exceptions import DeepvisError, Internal, from_status
-from deepvis._models import (
-    Completeness,
-    Dream,
-    DreamProgress,
-    Evaluation,
-    EvaluationProgress,
-    Explanation,
-    InputLike,
-    IntegratedGradients,
-    Layer,
-    LayerInfo,
-    LayersLike,
-    MethodEvaluation,
-    ModelDescription,
-    ModelInfo,
-    Neuron,
-    ObjectiveLike,
-    PerturbationCurve,
-    Prediction,
-    Progress,
-    Randomization,
-    Rollout,
-    Smooth,
-    TargetLike,
-    Visualization,
-)
 from deepvis._options import ExplainOptions, Unpack
 from deepvis.render import DEFAULT_CLIP
 from deepvis.render import Options as PictureOptions
@@ -241,7 +215,7 @@ def method_name(name: str) -> str:
     return method_from_pb(method_to_pb(name))
 
 
-def overlay_source(input: InputLike) -> InputLike | None:
+def overlay_source(input: _models.InputLike) -> _models.InputLike | None:
     """What an explanation keeps of its input for overlays: the image as sent (a path, bytes,
     a PIL image, uint8 pixels); None for a preprocessed float tensor, which is no image."""
     if isinstance(input, np.ndarray) and input.dtype != np.uint8:
@@ -311,7 +285,7 @@ def _array_to_pb(arr: np.ndarray) -> deepvis_pb2.Input:
     )
 
 
-def input_to_pb(input: InputLike) -> deepvis_pb2.Input:
+def input_to_pb(input: _models.InputLike) -> deepvis_pb2.Input:
     """Converts what `explain` accepts into an `Input` message.
 
     Args:
@@ -344,7 +318,7 @@ def input_to_pb(input: InputLike) -> deepvis_pb2.Input:
     raise TypeError(f"cannot explain a {type(input).__name__}: pass {_ACCEPTED_INPUTS}")
 
 
-def target_to_pb(target: TargetLike) -> deepvis_pb2.Target | None:
+def target_to_pb(target: _models.TargetLike) -> deepvis_pb2.Target | None:
     """Converts a class index or a `Neuron` into a `Target`; None means the predicted class.
 
     Raises:
@@ -354,14 +328,14 @@ def target_to_pb(target: TargetLike) -> deepvis_pb2.Target | None:
         return None
     if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
         return deepvis_pb2.Target(class_index=int(target))
-    if isinstance(target, Neuron):
+    if isinstance(target, _models.Neuron):
         return deepvis_pb2.Target(neuron=_neuron_to_pb(target))
     raise TypeError(
         f"target must be a class index (int), a Neuron or None, not {type(target).__name__}"
     )
 
 
-def _neuron_to_pb(target: Neuron) -> deepvis_pb2.Neuron:
+def _neuron_to_pb(target: _models.Neuron) -> deepvis_pb2.Neuron:
     neuron = deepvis_pb2.Neuron(layer=target.layer, channel=int(target.channel))
     if target.y is not None and target.x is not None:
         neuron.y = int(target.y)
@@ -396,7 +370,7 @@ def _array_dtype_to_pb(array_dtype: str) -> deepvis_pb2.DType:
     return dtype_pb
 
 
-def _layers_to_list(layer: LayersLike) -> list[str]:
+def _layers_to_list(layer: _models.LayersLike) -> list[str]:
     if layer is None:
         return []
     if isinstance(layer, str):
@@ -487,7 +461,7 @@ def lrp_to_pb(
     return options
 
 
-def smooth_to_pb(smooth: Smooth | None) -> deepvis_pb2.SmoothGradOptions | None:
+def smooth_to_pb(smooth: _models.Smooth | None) -> deepvis_pb2.SmoothGradOptions | None:
     """SmoothGrad's options from a `Smooth`, or None.
 
     Raises:
@@ -495,7 +469,7 @@ def smooth_to_pb(smooth: Smooth | None) -> deepvis_pb2.SmoothGradOptions | None:
     """
     if smooth is None:
         return None
-    if not isinstance(smooth, Smooth):
+    if not isinstance(smooth, _models.Smooth):
         raise TypeError(f"smooth must be a deepvis.Smooth or None, not {type(smooth).__name__}")
     return deepvis_pb2.SmoothGradOptions(
         samples=_check_int("smooth.samples", smooth.samples, maximum=256),
@@ -508,7 +482,7 @@ def smooth_to_pb(smooth: Smooth | None) -> deepvis_pb2.SmoothGradOptions | None:
 
 
 def integrated_gradients_to_pb(
-    method: deepvis_pb2.Method, options: IntegratedGradients | None
+    method: deepvis_pb2.Method, options: _models.IntegratedGradients | None
 ) -> deepvis_pb2.IntegratedGradientsOptions | None:
     """Integrated gradients' options from an `IntegratedGradients`, or None.
 
@@ -519,7 +493,7 @@ def integrated_gradients_to_pb(
     """
     if options is None:
         return None
-    if not isinstance(options, IntegratedGradients):
+    if not isinstance(options, _models.IntegratedGradients):
         raise TypeError(
             "integrated_gradients must be a deepvis.IntegratedGradients or None, not "
             f"{type(options).__name__}"
@@ -563,12 +537,12 @@ def integrated_gradients_to_pb(
 
 
 def request_to_pb(
-    input: InputLike,
+    input: _models.InputLike,
     *,
     model: str | None = None,
     method: str = "guided_backprop",
-    target: TargetLike = None,
-    layer: LayersLike = None,
+    target: _models.TargetLike = None,
+    layer: _models.LayersLike = None,
     render: bool = True,
     array_dtype: str = "float32",
     top_k: int = 5,
@@ -584,9 +558,9 @@ def request_to_pb(
     composite: str | None = None,
     epsilon: float | None = None,
     gamma: float | None = None,
-    smooth: Smooth | None = None,
-    integrated_gradients: IntegratedGradients | None = None,
-    rollout: Rollout | None = None,
+    smooth: _models.Smooth | None = None,
+    integrated_gradients: _models.IntegratedGradients | None = None,
+    rollout: _models.Rollout | None = None,
 ) -> deepvis_pb2.ExplainRequest:
     """Builds an `ExplainRequest`; see `Client.explain` for the arguments and their defaults.
 
@@ -615,7 +589,7 @@ def request_to_pb(
         )
     layers = _layers_to_list(layer)
     target_pb = target_to_pb(target)
-    if rollout is not None and not isinstance(rollout, Rollout):
+    if rollout is not None and not isinstance(rollout, _models.Rollout):
         raise TypeError(f"rollout must be a deepvis.Rollout or None, not {type(rollout).__name__}")
     request = deepvis_pb2.ExplainRequest(
         model=model or "",
@@ -653,7 +627,7 @@ def same_input_batch_pb(
     return batch
 
 
-def rollout_to_pb(rollout: Rollout) -> deepvis_pb2.RolloutOptions:
+def rollout_to_pb(rollout: _models.Rollout) -> deepvis_pb2.RolloutOptions:
     """Converts a `Rollout` into `RolloutOptions`."""
     return deepvis_pb2.RolloutOptions(
         head_fusion=deepvis_pb2.HeadFusion.Value("HEAD_FUSION_" + rollout.head_fusion.upper()),
@@ -661,7 +635,9 @@ def rollout_to_pb(rollout: Rollout) -> deepvis_pb2.RolloutOptions:
     )
 
 
-def batch_targets(targets: TargetLike | Sequence[TargetLike], n: int) -> list[TargetLike]:
+def batch_targets(
+    targets: _models.TargetLike | Sequence[_models.TargetLike], n: int
+) -> list[_models.TargetLike]:
     """One target per input: a list or tuple gives each its own, anything else applies to all."""
     if isinstance(targets, (list, tuple)):
         if len(targets) != n:
@@ -673,14 +649,14 @@ def batch_targets(targets: TargetLike | Sequence[TargetLike], n: int) -> list[Ta
 def explanations_from_batch_pb(
     resp: deepvis_pb2.ExplainBatchResponse,
     n: int,
-    source: InputLike | None = None,
-    sources: Sequence[InputLike | None] | None = None,
-) -> list[Explanation | DeepvisError]:
+    source: _models.InputLike | None = None,
+    sources: Sequence[_models.InputLike | None] | None = None,
+) -> list[_models.Explanation | DeepvisError]:
     """Each item's `Explanation`, or the exception its error stands for, in order; each keeps
     `source` (or its own of `sources`) for overlays."""
     if len(resp.items) != n:
         raise Internal(f"the server answered {len(resp.items)} items for {n} requests")
-    out: list[Explanation | DeepvisError] = []
+    out: list[_models.Explanation | DeepvisError] = []
     for i, item in enumerate(resp.items):
         if item.HasField("response"):
             kept = sources[i] if sources is not None else source
@@ -693,10 +669,10 @@ def explanations_from_batch_pb(
 
 
 def batch_requests_to_pb(
-    inputs: Sequence[InputLike],
+    inputs: Sequence[_models.InputLike],
     *,
     chunk: int,
-    targets: TargetLike | Sequence[TargetLike],
+    targets: _models.TargetLike | Sequence[_models.TargetLike],
     **options: Unpack[ExplainOptions],
 ) -> list[deepvis_pb2.ExplainBatchRequest]:
     """Builds the `ExplainBatchRequest`s of `explain_batch`, `chunk` items each, in order.
@@ -807,14 +783,14 @@ def _named_image(item: deepvis_pb2.NamedImage) -> Image.Image:
     return image
 
 
-def _target_from_pb(target: deepvis_pb2.Target) -> int | Neuron | None:
+def _target_from_pb(target: deepvis_pb2.Target) -> int | _models.Neuron | None:
     kind = target.WhichOneof("kind")
     if kind == "class_index":
         return int(target.class_index)
     if kind == "neuron":
         n = target.neuron
         has_yx = n.HasField("y") and n.HasField("x")
-        return Neuron(
+        return _models.Neuron(
             layer=n.layer,
             channel=int(n.channel),
             y=int(n.y) if has_yx else None,
@@ -824,8 +800,8 @@ def _target_from_pb(target: deepvis_pb2.Target) -> int | Neuron | None:
 
 
 def explanation_from_pb(
-    resp: deepvis_pb2.ExplainResponse, source: InputLike | None = None
-) -> Explanation:
+    resp: deepvis_pb2.ExplainResponse, source: _models.InputLike | None = None
+) -> _models.Explanation:
     """Converts an `ExplainResponse` into an `Explanation` (keeping `source`, the input as
     sent, for overlays).
 
@@ -844,13 +820,13 @@ def explanation_from_pb(
             channels = f"{layer}.channels"
             first = {channels: arrays[channels]} if channels in arrays else {}
             arrays = {**first, layer: array, **arrays}
-    return Explanation(
+    return _models.Explanation(
         model=resp.model,
         method=method_from_pb(resp.method),
         array=array,
         image=_png_from_bytes(resp.image_png),
         predictions=[
-            Prediction(index=int(p.index), label=p.label, score=float(p.score))
+            _models.Prediction(index=int(p.index), label=p.label, score=float(p.score))
             for p in resp.predictions
         ],
         target=_target_from_pb(resp.target),
@@ -868,11 +844,11 @@ def explanation_from_pb(
     )
 
 
-def _completeness_from_pb(resp: deepvis_pb2.ExplainResponse) -> Completeness | None:
+def _completeness_from_pb(resp: deepvis_pb2.ExplainResponse) -> _models.Completeness | None:
     if not resp.HasField("completeness"):
         return None
     c = resp.completeness
-    return Completeness(
+    return _models.Completeness(
         attribution_sum=float(c.attribution_sum),
         score=float(c.score),
         baseline_score=float(c.baseline_score),
@@ -888,9 +864,9 @@ def _region_from_pb(msg: Any, name: str) -> tuple[float, float, float, float] | 
     return (float(r.x), float(r.y), float(r.width), float(r.height))
 
 
-def model_info_from_pb(info: deepvis_pb2.ModelInfo) -> ModelInfo:
+def model_info_from_pb(info: deepvis_pb2.ModelInfo) -> _models.ModelInfo:
     """Converts a `ModelInfo` message into a `ModelInfo`."""
-    return ModelInfo(
+    return _models.ModelInfo(
         name=info.name,
         arch=info.arch,
         num_classes=int(info.num_classes),
@@ -905,7 +881,7 @@ def model_info_from_pb(info: deepvis_pb2.ModelInfo) -> ModelInfo:
     )
 
 
-def models_from_pb(resp: deepvis_pb2.ListModelsResponse) -> list[ModelInfo]:
+def models_from_pb(resp: deepvis_pb2.ListModelsResponse) -> list[_models.ModelInfo]:
     """Converts a `ListModelsResponse` into one `ModelInfo` per model, in order."""
     return [model_info_from_pb(m) for m in resp.models]
 
@@ -927,12 +903,12 @@ def layout_from_pb(number: int) -> str:
         return f"layout_{number}"
 
 
-def model_description_from_pb(resp: deepvis_pb2.DescribeModelResponse) -> ModelDescription:
+def model_description_from_pb(resp: deepvis_pb2.DescribeModelResponse) -> _models.ModelDescription:
     """Converts a `DescribeModelResponse` into a `ModelDescription`."""
-    return ModelDescription(
+    return _models.ModelDescription(
         model=model_info_from_pb(resp.model),
         layers=[
-            LayerInfo(
+            _models.LayerInfo(
                 name=layer.name,
                 type=layer.type,
                 output_shape=tuple(int(d) for d in layer.output_shape),
@@ -953,7 +929,9 @@ def model_description_from_pb(resp: deepvis_pb2.DescribeModelResponse) -> ModelD
 # --- feature visualization -----------------------------------------------------------------
 
 
-def objective_to_pb(objective: ObjectiveLike, *, negate: bool = False) -> deepvis_pb2.Objective:
+def objective_to_pb(
+    objective: _models.ObjectiveLike, *, negate: bool = False
+) -> deepvis_pb2.Objective:
     """Converts what `visualize` maximizes into an `Objective`.
 
     Args:
@@ -967,9 +945,9 @@ def objective_to_pb(objective: ObjectiveLike, *, negate: bool = False) -> deepvi
     Raises:
         TypeError: The objective is none of those.
     """
-    if isinstance(objective, Layer):
+    if isinstance(objective, _models.Layer):
         return deepvis_pb2.Objective(layer=objective.name, negate=bool(negate))
-    if isinstance(objective, Neuron):
+    if isinstance(objective, _models.Neuron):
         return deepvis_pb2.Objective(neuron=_neuron_to_pb(objective), negate=bool(negate))
     if _is_int(objective):
         return deepvis_pb2.Objective(class_index=int(objective), negate=bool(negate))
@@ -980,7 +958,7 @@ def objective_to_pb(objective: ObjectiveLike, *, negate: bool = False) -> deepvi
 
 
 def visualize_request_to_pb(
-    objective: ObjectiveLike,
+    objective: _models.ObjectiveLike,
     *,
     model: str | None = None,
     negate: bool = False,
@@ -993,7 +971,7 @@ def visualize_request_to_pb(
     progress_every: int = 0,
     parameterization: str | None = None,
     transforms: bool = True,
-    input: InputLike | None = None,
+    input: _models.InputLike | None = None,
     array_dtype: str = "float32",
     preset: str = "lucid",
     l2_penalty: float | None = None,
@@ -1057,8 +1035,8 @@ def _preset_to_pb(name: str) -> deepvis_pb2.Preset:
     raise ValueError(f"preset must be one of {', '.join(presets())}, not {name!r}")
 
 
-def _progress_from_pb(msg: deepvis_pb2.VisualizeProgress) -> Progress:
-    return Progress(
+def _progress_from_pb(msg: deepvis_pb2.VisualizeProgress) -> _models.Progress:
+    return _models.Progress(
         step=int(msg.step),
         steps=int(msg.steps),
         objective=float(msg.objective),
@@ -1066,14 +1044,14 @@ def _progress_from_pb(msg: deepvis_pb2.VisualizeProgress) -> Progress:
     )
 
 
-def _visualization_from_pb(msg: deepvis_pb2.VisualizeResult) -> Visualization:
+def _visualization_from_pb(msg: deepvis_pb2.VisualizeResult) -> _models.Visualization:
     array = _array_from_pb(msg.array, "visualization array")
     if array is None:
         raise ValueError("the visualization result carries no image array")
     images = [_png_from_bytes(png) for png in msg.images_png]
     if any(image is None for image in images):
         raise ValueError("the visualization result carries an empty picture")
-    return Visualization(
+    return _models.Visualization(
         array=array,
         images=[image for image in images if image is not None],
         objective=float(msg.objective),
@@ -1087,7 +1065,9 @@ def _visualization_from_pb(msg: deepvis_pb2.VisualizeResult) -> Visualization:
     )
 
 
-def visualize_item_from_pb(resp: deepvis_pb2.VisualizeResponse) -> Progress | Visualization | None:
+def visualize_item_from_pb(
+    resp: deepvis_pb2.VisualizeResponse,
+) -> _models.Progress | _models.Visualization | None:
     """Converts one message of a Visualize stream.
 
     Returns:
@@ -1107,8 +1087,8 @@ def visualize_item_from_pb(resp: deepvis_pb2.VisualizeResponse) -> Progress | Vi
 
 
 def dream_request_to_pb(
-    input: InputLike,
-    objective: ObjectiveLike,
+    input: _models.InputLike,
+    objective: _models.ObjectiveLike,
     *,
     model: str | None = None,
     negate: bool = False,
@@ -1145,7 +1125,9 @@ def dream_request_to_pb(
     return request
 
 
-def dream_item_from_pb(resp: deepvis_pb2.DeepDreamResponse) -> DreamProgress | Dream | None:
+def dream_item_from_pb(
+    resp: deepvis_pb2.DeepDreamResponse,
+) -> _models.DreamProgress | _models.Dream | None:
     """Converts one message of a DeepDream stream: a `DreamProgress`, the `Dream`, or None for
     a message of a kind this client does not know (a newer server's).
 
@@ -1156,7 +1138,7 @@ def dream_item_from_pb(resp: deepvis_pb2.DeepDreamResponse) -> DreamProgress | D
     kind = resp.WhichOneof("kind")
     if kind == "progress":
         p = resp.progress
-        return DreamProgress(
+        return _models.DreamProgress(
             step=int(p.step),
             steps=int(p.steps),
             octave=int(p.octave),
@@ -1172,7 +1154,7 @@ def dream_item_from_pb(resp: deepvis_pb2.DeepDreamResponse) -> DreamProgress | D
     if array is None or image is None:
         raise ValueError("the DeepDream result carries no picture")
     sides = [int(v) for v in msg.octave_sizes]
-    return Dream(
+    return _models.Dream(
         array=array,
         image=image,
         octave_objectives=[float(v) for v in msg.octave_objectives],
@@ -1276,12 +1258,12 @@ def _names(value: str | Sequence[str], what: str) -> list[str]:
 
 
 def evaluate_request_to_pb(
-    inputs: InputLike | Sequence[InputLike],
+    inputs: _models.InputLike | Sequence[_models.InputLike],
     *,
     model: str | None = None,
     method: str | Sequence[str] = "guided_backprop",
     metrics: str | Sequence[str] | None = None,
-    classes: TargetLike | Sequence[TargetLike] = None,
+    classes: _models.TargetLike | Sequence[_models.TargetLike] = None,
     layer: str | None = None,
     steps: int = 0,
     seed: int = 0,
@@ -1340,29 +1322,31 @@ def _f32(tensor: deepvis_pb2.Tensor, what: str) -> np.ndarray | None:
     return _array_from_pb(tensor, what)
 
 
-def _curve_from_pb(msg: deepvis_pb2.PerturbationCurve, what: str) -> PerturbationCurve | None:
+def _curve_from_pb(
+    msg: deepvis_pb2.PerturbationCurve, what: str
+) -> _models.PerturbationCurve | None:
     curve = _f32(msg.curve, f"{what} curve")
     auc = _f32(msg.auc, f"{what} AUC")
     if curve is None or auc is None:
         return None
-    return PerturbationCurve(curve=curve, auc=auc)
+    return _models.PerturbationCurve(curve=curve, auc=auc)
 
 
 def _method_evaluation_from_pb(
     msg: deepvis_pb2.MethodEvaluation, layers: tuple[str, ...]
-) -> MethodEvaluation:
+) -> _models.MethodEvaluation:
     name = method_from_pb(msg.method)
     rand = msg.randomization
     parts = {
         k: _f32(getattr(rand, k), f"{name} {k}")
         for k in ("spearman", "ssim", "independent_spearman", "independent_ssim")
     }
-    return MethodEvaluation(
+    return _models.MethodEvaluation(
         method=name,
         layer=msg.layer or None,
         deletion=_curve_from_pb(msg.deletion, f"{name} deletion"),
         insertion=_curve_from_pb(msg.insertion, f"{name} insertion"),
-        randomization=Randomization(layers=layers, **parts)
+        randomization=_models.Randomization(layers=layers, **parts)
         if any(v is not None for v in parts.values())
         else None,
         infidelity=_f32(msg.infidelity, f"{name} infidelity"),
@@ -1373,7 +1357,7 @@ def _method_evaluation_from_pb(
 
 def evaluate_item_from_pb(
     resp: deepvis_pb2.EvaluateResponse,
-) -> EvaluationProgress | Evaluation | None:
+) -> _models.EvaluationProgress | _models.Evaluation | None:
     """Converts one message of an Evaluate stream.
 
     Returns:
@@ -1386,13 +1370,13 @@ def evaluate_item_from_pb(
     kind = resp.WhichOneof("kind")
     if kind == "progress":
         p = resp.progress
-        return EvaluationProgress(done=int(p.done), total=int(p.total), stage=p.stage)
+        return _models.EvaluationProgress(done=int(p.done), total=int(p.total), stage=p.stage)
     if kind != "result":
         return None
     r = resp.result
     layers = tuple(r.layers)
     methods = [_method_evaluation_from_pb(m, layers) for m in r.methods]
-    return Evaluation(
+    return _models.Evaluation(
         model=r.model,
         classes=[int(c) for c in r.class_indices],
         steps=int(r.steps),

@@ -263,9 +263,10 @@ class ModelInfo:
 
     def __repr__(self) -> str:
         # Spelling out a thousand labels would drown the useful fields.
-        return (
-            f"ModelInfo(name={self.name!r}, arch={self.arch!r}, num_classes={self.num_classes}, "
-            f"input={self.channels}x{self.height}x{self.width}, methods={self.methods!r})"
+        return _fields_repr(
+            self,
+            "name arch num_classes input methods",
+            input=f"{self.channels}x{self.height}x{self.width}",
         )
 
 
@@ -330,11 +331,12 @@ class Explanation:
 
     def __repr__(self) -> str:
         top = self.predictions[0] if self.predictions else None
-        return (
-            f"Explanation(model={self.model!r}, method={self.method!r}, "
-            f"array={_describe_array(self.array)}, image={_describe_image(self.image)}, "
-            f"top={top!r}, target={self.target!r}, batch_size={self.batch_size}, "
-            f"arrays={list(self.arrays)!r}, images={list(self.images)!r})"
+        return _fields_repr(
+            self,
+            "model method array image top target batch_size arrays images",
+            top=repr(top),
+            arrays=repr(list(self.arrays)),
+            images=repr(list(self.images)),
         )
 
     def caption(self) -> str:
@@ -597,10 +599,11 @@ class ModelDescription:
     attention_layers: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
-        return (
-            f"ModelDescription(model={self.model.name!r}, layers=<{len(self.layers)}>, "
-            f"default_cam_layer={self.default_cam_layer!r}, "
-            f"non_relu_activations={self.non_relu_activations!r})"
+        return _fields_repr(
+            self,
+            "model layers default_cam_layer non_relu_activations",
+            model=repr(self.model.name),
+            layers=f"<{len(self.layers)}>",
         )
 
 
@@ -621,10 +624,7 @@ class Progress:
     image: Image.Image | None = None
 
     def __repr__(self) -> str:
-        return (
-            f"Progress(step={self.step}, steps={self.steps}, objective={self.objective:.6g}, "
-            f"image={_describe_image(self.image)})"
-        )
+        return _fields_repr(self, "step steps objective image")
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         summary = f"step {self.step}/{self.steps}, objective {self.objective:.4g}"
@@ -663,11 +663,8 @@ class Visualization:
     max_batch_jobs: int = 0
 
     def __repr__(self) -> str:
-        return (
-            f"Visualization(array={_describe_array(self.array)}, images={len(self.images)}, "
-            f"objective={self.objective:.6g}, steps={self.steps}, "
-            f"attribution={_describe_array(self.attribution)}, "
-            f"max_batch_jobs={self.max_batch_jobs})"
+        return _fields_repr(
+            self, "array images objective steps attribution max_batch_jobs", images=len(self.images)
         )
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
@@ -1082,9 +1079,12 @@ class Evaluation:
     maps = _OfTheOnlyMethod[np.ndarray | None]()
 
     def __repr__(self) -> str:
-        return (
-            f"Evaluation(model={self.model!r}, methods={list(self.methods)!r}, "
-            f"inputs={len(self.classes)}, steps={self.steps}, layers=<{len(self.layers)}>)"
+        return _fields_repr(
+            self,
+            "model methods inputs steps layers",
+            methods=repr(list(self.methods)),
+            inputs=len(self.classes),
+            layers=f"<{len(self.layers)}>",
         )
 
 
@@ -1109,10 +1109,8 @@ class DreamProgress:
     image: Image.Image | None = None
 
     def __repr__(self) -> str:
-        return (
-            f"DreamProgress(step={self.step}, steps={self.steps}, octave={self.octave}/"
-            f"{self.octaves}, objective={self.objective:.6g}, "
-            f"image={_describe_image(self.image)})"
+        return _fields_repr(
+            self, "step steps octave objective image", octave=f"{self.octave}/{self.octaves}"
         )
 
 
@@ -1142,11 +1140,28 @@ class Dream:
     max_batch_jobs: int = 0
 
     def __repr__(self) -> str:
-        return (
-            f"Dream(array={_describe_array(self.array)}, octaves={self.octave_sizes}, "
-            f"octave_objectives={[round(v, 6) for v in self.octave_objectives]}, "
-            f"steps={self.steps}, max_batch_jobs={self.max_batch_jobs})"
+        return _fields_repr(
+            self,
+            "array octaves octave_objectives steps max_batch_jobs",
+            octaves=self.octave_sizes,
+            octave_objectives=[round(v, 6) for v in self.octave_objectives],
         )
+
+
+def _fields_repr(obj: object, names: str, **shown: object) -> str:
+    """`Type(name=value, ...)` for the space-separated `names`: a value in `shown` is written
+    as it is (str()); any other is the attribute of that name, an array or a picture described
+    (dtype and shape, mode and size), a float to 6 significant digits, anything else as repr."""
+    fields = (f"{n}={shown[n] if n in shown else _show(getattr(obj, n))}" for n in names.split())
+    return f"{type(obj).__name__}({', '.join(fields)})"
+
+
+def _show(value: object) -> str:
+    if isinstance(value, np.ndarray):
+        return str(_describe_array(value))
+    if isinstance(value, Image.Image):
+        return str(_describe_image(value))
+    return f"{value:.6g}" if isinstance(value, float) else repr(value)
 
 
 def _describe_array(arr: np.ndarray | None) -> str | None:

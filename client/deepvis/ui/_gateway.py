@@ -705,19 +705,27 @@ def build_app(gateway: Gateway) -> web.Application:
     app = web.Application(client_max_size=MAX_UPLOAD_BYTES, middlewares=[gateway.guard])
     app.on_startup.append(gateway.start)
     app.on_cleanup.append(gateway.stop)
-    app.router.add_get("/", gateway.index)
-    app.router.add_get("/static/{name}", gateway.static)
-    app.router.add_get("/api/config", gateway.config)
-    app.router.add_get("/api/models", gateway.models)
-    app.router.add_get("/api/models/{model}/layers", gateway.layers)
-    app.router.add_get("/api/samples", gateway.sample_list)
-    app.router.add_get("/api/samples/{name}", gateway.sample)
-    app.router.add_post("/api/explain", gateway.explain)
-    app.router.add_post("/api/report", gateway.report)
-    app.router.add_post("/api/evaluate", gateway.evaluate)
-    app.router.add_post("/api/visualize", gateway.visualize)
-    app.router.add_post("/api/jobs/{job}/cancel", gateway.cancel)
-    app.router.add_get("/api/jobs", gateway.running)
+    gets = {
+        "/": gateway.index,
+        "/static/{name}": gateway.static,
+        "/api/config": gateway.config,
+        "/api/models": gateway.models,
+        "/api/models/{model}/layers": gateway.layers,
+        "/api/samples": gateway.sample_list,
+        "/api/samples/{name}": gateway.sample,
+        "/api/jobs": gateway.running,
+    }
+    posts = {
+        "/api/explain": gateway.explain,
+        "/api/report": gateway.report,
+        "/api/evaluate": gateway.evaluate,
+        "/api/visualize": gateway.visualize,
+        "/api/jobs/{job}/cancel": gateway.cancel,
+    }
+    for path, handler in gets.items():
+        app.router.add_get(path, handler)
+    for path, handler in posts.items():
+        app.router.add_post(path, handler)
     return app
 
 
