@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from deepvis_server.config import DEFAULT_CONFIG, load_config, parse_config
 from deepvis_server.server import DeepvisServer, serve_in_thread
@@ -19,9 +19,19 @@ from zoo import (
     ZooModel,
     build_oracle_twin,
     randomize_batch_norms,
+    saved_table,
 )
 
 torch.set_num_threads(2)
+
+
+# How the zoos serve their torchvision-style models: ImageNet's statistics, small batches.
+SERVED: dict[str, Any] = {
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+    "max_batch_size": 16,
+    "max_delay_ms": 2.0,
+}
 
 
 @pytest.fixture(scope="session")
@@ -42,24 +52,10 @@ def zoo(
     twins: dict[str, ZooModel] = {}
     for name, (arch, k, size) in {**ZOO_SPECS, **TOY_SPECS}.items():
         twin = build_oracle_twin(arch, k).eval()
-        path = root / f"{name}.safetensors"
         weights_from = twins["module_relu"].module if name == "functional_relu" else twin
         if weights_from is not twin:
             twin.load_state_dict(weights_from.state_dict())
-        save_file({k_: v.contiguous() for k_, v in twin.state_dict().items()}, str(path))
-        tables.append(
-            {
-                "name": name,
-                "arch": arch,
-                "weights": str(path),
-                "num_classes": k,
-                "input_size": list(size),
-                "mean": [0.485, 0.456, 0.406],
-                "std": [0.229, 0.224, 0.225],
-                "max_batch_size": 16,
-                "max_delay_ms": 2.0,
-            }
-        )
+        tables.append(saved_table(root, name, arch, twin, k, size, **SERVED))
         twins[name] = ZooModel(name, twin, (3, *size))
     # The gated twin of the digits model: a batch runs only when 8 compatible requests are in
     # (or after 10 s), so a batching test is deterministic, not a race.
@@ -99,21 +95,7 @@ def bn_zoo(
         randomize_batch_norms(twin, generator)
         for p in twin.parameters():
             p.requires_grad_(False)
-        path = root / f"{name}.safetensors"
-        save_file({k_: v.contiguous() for k_, v in twin.state_dict().items()}, str(path))
-        tables.append(
-            {
-                "name": name,
-                "arch": arch,
-                "weights": str(path),
-                "num_classes": k,
-                "input_size": list(size),
-                "mean": [0.485, 0.456, 0.406],
-                "std": [0.229, 0.224, 0.225],
-                "max_batch_size": 16,
-                "max_delay_ms": 2.0,
-            }
-        )
+        tables.append(saved_table(root, name, arch, twin, k, size, **SERVED))
         twins[name] = ZooModel(name, twin, (3, *size))
     config = parse_config({"models": tables}, root)
     with serve_in_thread(config, "127.0.0.1:0") as server:
@@ -136,3 +118,29 @@ def digits_twin() -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def sample_paths() -> list[Path]:
     return sorted((DEFAULT_CONFIG.parent / "samples").glob("digit_*.png"))
+
+
+# Debian's chromium, which `make install` installs (tools/install_chromium.sh): Playwright
+# drives it, as `playwright install` would download a browser of its own.
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium for the tests of the report and the explorer."""
+    if CHROMIUM is None:
+        pytest.skip("no chromium binary (make install installs Debian's chromium)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
+from safetensors.torch import save_file
 
 
 @dataclass
@@ -47,6 +50,29 @@ def build_oracle_twin(arch: str, num_classes: int) -> torch.nn.Module:
         mod, _, attr = arch.partition(":")
         return getattr(importlib.import_module(mod), attr)(num_classes=num_classes)
     return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+
+
+def saved_table(
+    root: Path,
+    name: str,
+    arch: str,
+    model: torch.nn.Module,
+    num_classes: int,
+    size: tuple[int, int],
+    **settings: Any,
+) -> dict[str, Any]:
+    """Saves `model`'s weights under `root` and returns its [[models]] table: name, arch,
+    weights, classes and input size, plus `settings` (mean, std, batching, kwargs...)."""
+    path = root / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return {
+        "name": name,
+        "arch": arch,
+        "weights": str(path),
+        "num_classes": num_classes,
+        "input_size": list(size),
+        **settings,
+    }
 
 
 # Models for the attribution methods that fold or integrate: small inputs, and batch norms

@@ -12,15 +12,13 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
-import torchvision
-from safetensors.torch import save_file
 
 import deepvis
-import toy_models
 from deepvis_server.config import parse_config
 from deepvis_server.methods import REGISTRY
 from deepvis_server.server import serve_in_thread
 from leftovers import hooks_and_grads
+from zoo import build_oracle_twin, saved_table
 
 # name: (arch, classes, input size)
 ARCHS = {
@@ -44,21 +42,8 @@ def served(tmp_path_factory) -> Iterator[tuple[str, dict]]:
     torch.manual_seed(5)
     tables = []
     for name, (arch, k, size) in ARCHS.items():
-        if ":" in arch:
-            twin = getattr(toy_models, arch.partition(":")[2])(num_classes=k)
-        else:
-            twin = torchvision.models.get_model(arch, weights=None, num_classes=k)
-        path = root / f"{name}.safetensors"
-        save_file({n: t.contiguous() for n, t in twin.state_dict().items()}, str(path))
-        tables.append(
-            {
-                "name": name,
-                "arch": arch,
-                "weights": str(path),
-                "num_classes": k,
-                "input_size": list(size),
-            }  # fmt: skip
-        )
+        twin = build_oracle_twin(arch, k)
+        tables.append(saved_table(root, name, arch, twin, k, size))
     config = parse_config({"server": {"device": "cpu"}, "models": tables}, root)
     with serve_in_thread(config, "127.0.0.1:0") as server:
         yield server.bound_address, server.engine.models

@@ -11,9 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
-import torchvision
 from captum.attr import LayerAttribution, LayerGradCam
-from safetensors.torch import save_file
 from torch import nn
 
 import deepvis
@@ -21,6 +19,7 @@ import toy_models
 from deepvis_server.config import parse_config
 from deepvis_server.server import serve_in_thread
 from oracles import relative_error
+from zoo import build_oracle_twin, saved_table
 
 TOL = 1e-5
 TARGETS = [3, None, 1, 3, 0, None]
@@ -134,24 +133,9 @@ def served(tmp_path_factory) -> Iterator[tuple[str, dict[str, nn.Module]]]:
     torch.manual_seed(6)
     tables, models = [], {}
     for name, (arch, k, size, factor) in SPECS.items():
-        if ":" in arch:
-            model = getattr(toy_models, arch.partition(":")[2])(num_classes=k)
-        else:
-            model = torchvision.models.get_model(arch, weights=None, num_classes=k)
-        model = scaled(model.eval().requires_grad_(False), factor)
-        path = root / f"{name}.safetensors"
-        save_file({n: t.contiguous() for n, t in model.state_dict().items()}, str(path))
-        tables.append(
-            {
-                "name": name,
-                "arch": arch,
-                "weights": str(path),
-                "num_classes": k,
-                "input_size": list(size),
-                "max_batch_size": 8,
-                "max_delay_ms": 50.0,
-            }
-        )
+        model = scaled(build_oracle_twin(arch, k).eval().requires_grad_(False), factor)
+        table = saved_table(root, name, arch, model, k, size, max_batch_size=8, max_delay_ms=50.0)
+        tables.append(table)
         models[name] = model
     # On the CPU, as the oracles run: CUDA kernels round differently, which is not what is
     # tested here.

@@ -14,14 +14,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 from captum.attr import LayerActivation, NeuronGuidedBackprop
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from safetensors.torch import save_file
 
 import deepvis
-import toy_models
 from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
 from deepvis_server.config import parse_config
@@ -29,6 +26,7 @@ from deepvis_server.featurevis import Channel, RenderBatch, RenderJob
 from deepvis_server.models import LayerLayout, ServedModel, infer_layout
 from deepvis_server.server import serve_in_thread
 from oracles import pytorch_grad_cam, relative_error, swin_reshape_transform, vit_reshape_transform
+from zoo import build_oracle_twin, saved_table
 
 TOL = 1e-5
 TARGETS = [3, None, 7, 3]
@@ -51,24 +49,9 @@ def served(tmp_path_factory) -> Iterator[tuple[str, dict[str, ServedModel], dict
     torch.manual_seed(11)
     tables, twins = [], {}
     for name, (arch, k, size) in SPECS.items():
-        if ":" in arch:
-            twin = getattr(toy_models, arch.partition(":")[2])(num_classes=k)
-        else:
-            twin = torchvision.models.get_model(arch, weights=None, num_classes=k)
-        twin = twin.eval().requires_grad_(False)
-        path = root / f"{name}.safetensors"
-        save_file({n: t.contiguous() for n, t in twin.state_dict().items()}, str(path))
-        tables.append(
-            {
-                "name": name,
-                "arch": arch,
-                "weights": str(path),
-                "num_classes": k,
-                "input_size": list(size),
-                "max_batch_size": 8,
-                "max_delay_ms": 50.0,
-            }
-        )
+        twin = build_oracle_twin(arch, k).eval().requires_grad_(False)
+        table = saved_table(root, name, arch, twin, k, size, max_batch_size=8, max_delay_ms=50.0)
+        tables.append(table)
         twins[name] = twin
     # On the CPU, as the oracles run: CUDA kernels round differently, which is not what is
     # tested here.

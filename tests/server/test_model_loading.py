@@ -21,7 +21,7 @@ import torch
 import torchvision
 from captum.attr import Saliency
 from prometheus_client.parser import text_string_to_metric_families
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 import deepvis
@@ -32,6 +32,7 @@ from deepvis_server.security import resolve_under_root
 from deepvis_server.server import DeepvisServer, model_health_service, serve_in_thread
 from oracles import relative_error
 from ports import free_port
+from zoo import saved_table
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -329,18 +330,7 @@ def aux_free(tmp_path_factory) -> Iterator[tuple[DeepvisServer, dict[str, nn.Mod
     tables, twins = [], {}
     for arch, side in (("googlenet", 64), ("inception_v3", 75)):
         twin = torchvision.models.get_model(arch, weights=None, num_classes=6, **AUX_OFF).eval()
-        path = root / f"{arch}.safetensors"
-        save_file({k: v.contiguous() for k, v in twin.state_dict().items()}, str(path))
-        tables.append(
-            {
-                "name": arch,
-                "arch": arch,
-                "weights": str(path),
-                "num_classes": 6,
-                "input_size": [side, side],
-                "kwargs": dict(AUX_OFF),
-            }
-        )
+        tables.append(saved_table(root, arch, arch, twin, 6, (side, side), kwargs=dict(AUX_OFF)))
         twins[arch] = twin
     with serve_in_thread(parse_config({"models": tables}, root), "127.0.0.1:0") as server:
         yield server, twins
