@@ -16,6 +16,7 @@ import deepvis
 from deepvis_server.config import parse_config
 from deepvis_server.methods import REGISTRY, Lrp
 from deepvis_server.server import DeepvisServer, serve_in_thread
+from leftovers import hooks_and_grads
 from oracles import relative_error
 from toy_models import POISON, FaultyBatchNormNet
 from zoo import randomize_batch_norms
@@ -49,18 +50,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeepvisServer]:
     }
     with serve_in_thread(parse_config({"models": [table]}, root), "127.0.0.1:0") as s:
         yield s
-
-
-def left_on(module: torch.nn.Module) -> list[str]:
-    """Hooks of any kind and parameters needing grad."""
-    left = []
-    for name, m in module.named_modules():
-        for kind in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks"):
-            if getattr(m, kind):
-                left.append(f"{name or 'model'}.{kind}")
-        if getattr(m, "_backward_pre_hooks", None):
-            left.append(f"{name or 'model'}._backward_pre_hooks")
-    return left + [f"{n}.requires_grad" for n, p in module.named_parameters() if p.requires_grad]
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -107,7 +96,7 @@ def test_a_forced_error_leaves_the_model_and_its_folded_copy_as_they_were(server
     for kw, b, a in zip(SETTINGS, before, after, strict=True):
         assert all(np.array_equal(x, y) for x, y in zip(b, a, strict=True)), kw
     assert lrp.models.get(model) is view  # the same copy, kept
-    assert left_on(model.module) == [] and left_on(view.module) == []
+    assert hooks_and_grads(model.module) == [] and hooks_and_grads(view.module) == []
     assert same(model.module, served_state) and same(view.module, copy_state)
     # The served module still has its batch norms, unfolded.
     assert isinstance(model.module.bn1, torch.nn.BatchNorm2d)
