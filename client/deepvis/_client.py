@@ -15,6 +15,7 @@ import grpc
 import grpc.aio
 
 from deepvis import _convert
+from deepvis._compat import Unpack
 from deepvis._exceptions import DeepvisError
 from deepvis._models import (
     Comparison,
@@ -36,7 +37,6 @@ from deepvis._options import (
     DreamOptions,
     EvaluateOptions,
     ExplainOptions,
-    Unpack,
     VisualizeOptions,
 )
 from deepvis._plans import (

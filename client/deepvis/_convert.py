@@ -17,8 +17,9 @@ from google.protobuf.message import DecodeError
 from PIL import Image
 
 from deepvis import _models, render
+from deepvis._compat import Unpack
 from deepvis._exceptions import DeepvisError, Internal, from_status
-from deepvis._options import ExplainOptions, Unpack
+from deepvis._options import ExplainOptions
 from deepvis.render import DEFAULT_CLIP
 from deepvis.render import Options as PictureOptions
 from deepvis.v1 import deepvis_pb2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,12 +12,8 @@ import numpy as np
 from PIL import Image
 
 from deepvis import render
+from deepvis._compat import Unpack
 from deepvis._display import bundle, load_image
-
-if sys.version_info >= (3, 11):
-    from typing import Unpack
-else:  # Python 3.10: PEP 692's Unpack of a TypedDict
-    from typing_extensions import Unpack
 
 T = TypeVar("T")
 

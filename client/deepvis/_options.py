@@ -8,7 +8,6 @@ options are documented in the family's first call (`explain`, `visualize_stream`
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import TypedDict
 
@@ -21,17 +20,11 @@ from deepvis._models import (
     TargetLike,
 )
 
-if sys.version_info >= (3, 11):
-    from typing import Unpack
-else:  # Python 3.10: PEP 692's Unpack of a TypedDict
-    from typing_extensions import Unpack
-
 __all__ = [
     "CompareOptions",
     "DreamOptions",
     "EvaluateOptions",
     "ExplainOptions",
-    "Unpack",
     "VisualizeOptions",
 ]
 
