@@ -11,7 +11,7 @@ import torch
 
 from .methods import BatchOutput, Method, MethodRequest, Target
 from .models import ServedModel
-from .preprocess import batch_to_model_input
+from .preprocess import model_input, stack_batch
 
 FAST_MODE_WARNING = (
     "fast mode: computed with bf16 autocast and channels_last, not exact fp32 "
@@ -78,8 +78,22 @@ def _rows(t: torch.Tensor) -> int:
     return int(t.shape[0]) if t.dim() > 0 else 0
 
 
+@dataclass
+class Staged:
+    """A batch's inputs made ready off the device thread (`BatchStep.stage`): on a CPU device
+    the model input itself, on a GPU the stacked items in page-locked memory."""
+
+    x: torch.Tensor
+    on_device: bool  # x is the model input already
+
+    def rows(self, keep: Sequence[int]) -> Staged:
+        """The staged inputs of the items at `keep` only (others left the batch meanwhile)."""
+        return Staged(self.x[list(keep)], self.on_device)
+
+
 class BatchStep:
-    """Runs batches of one model's items on its device: call it on the device thread only."""
+    """Runs batches of one model's items on its device: call it on the device thread only,
+    except `stage`, which any thread may call."""
 
     def __init__(self, model: ServedModel) -> None:
         self.model = model
@@ -95,6 +109,17 @@ class BatchStep:
             )
         return self._norm
 
+    def stage(self, inputs: Sequence[torch.Tensor]) -> Staged:
+        """What of a batch's input preparation needs no device work, done on the calling
+        thread while the device computes another batch: on a CPU device, all of it (stacked
+        and normalised); on a GPU, the items stacked into page-locked memory."""
+        if self.model.device.type == "cpu":
+            x = model_input(
+                stack_batch(list(inputs), pin=False), self.model.device, *self._mean_std()
+            )
+            return Staged(x, on_device=True)
+        return Staged(stack_batch(list(inputs), pin=True), on_device=False)
+
     def __call__(
         self,
         method: Method,
@@ -102,6 +127,7 @@ class BatchStep:
         requests: Sequence[MethodRequest],
         top_k: Sequence[int],
         half: bool,
+        staged: Staged | None = None,
     ) -> list[ItemResult]:
         """One method call for the whole batch; each item's share of it, on the CPU.
 
@@ -111,6 +137,7 @@ class BatchStep:
             requests: each item's prepared request.
             top_k: how many predictions each item wants.
             half: every item wants its main array as float16.
+            staged: `stage(inputs)`, when it ran beforehand; None: prepared here.
 
         Raises:
             DeviceOutOfMemory: the batch did not fit on the device.
@@ -121,7 +148,13 @@ class BatchStep:
         model = self.model
         n = len(inputs)
         try:
-            x = batch_to_model_input(list(inputs), model.device, *self._mean_std())
+            if staged is None:
+                staged = Staged(stack_batch(list(inputs), pin=model.device.type == "cuda"), False)
+            x = (
+                staged.x
+                if staged.on_device
+                else model_input(staged.x, model.device, *self._mean_std())
+            )
             fast = model.spec.fast
             if fast:
                 x = x.contiguous(memory_format=torch.channels_last)

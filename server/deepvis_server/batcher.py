@@ -19,6 +19,7 @@ from .batch_step import (
     DeviceOutOfMemory,
     FatalDeviceError,
     ItemResult,
+    Staged,
     WrongResultCount,
 )
 from .errors import DeadlineExceeded, DeepvisError, ResourceExhausted, Unavailable
@@ -61,9 +62,18 @@ class BatchMetrics(Protocol):
 class Batcher(ModelLoop):
     """Groups compatible items of one model (same method, graph-changing parameters and shape;
     targets may differ) into batches, sent when `BatchPolicy` says (adaptive, or after a fixed
-    `max_delay_s`), and runs each on the executor that owns the device."""
+    `max_delay_s`), and runs each on the executor that owns the device.
+
+    While a batch computes, a full batch of queued items (`max_batch_size` of them) is taken
+    at once, its inputs staged on `staging` (stacked and normalised, or pinned for a GPU), and
+    queued on the device executor behind the running one: the device thread goes from one to
+    the next without waiting on the event loop, whose answers to the first batch are sent
+    meanwhile. Anything less than a full batch waits for the device to free, when the policy
+    decides whether more of its clients are worth waiting for."""
 
     kind = "batcher"
+    # Batches on the device executor at once: the one computing and the one staged behind it.
+    DEPTH = 2
 
     def __init__(
         self,
@@ -74,16 +84,21 @@ class Batcher(ModelLoop):
         max_delay_s: float | None = None,
         max_queue_size: int = 1024,
         metrics: BatchMetrics | None = None,
+        staging: Executor | None = None,
     ) -> None:
         super().__init__(model)
         self.max_batch_size = max_batch_size
         self.policy = BatchPolicy(max_batch_size, fixed_delay_s=max_delay_s)
         self.max_queue_size = max_queue_size
         self._executor = executor
+        self._staging = staging  # None: a staged batch is prepared on the device thread
         self._pending: deque[WorkItem] = deque()
-        self._arrived = asyncio.Event()
+        self._changed = asyncio.Event()  # an item arrived or a batch finished
+        self._running: set[asyncio.Task[None]] = set()
         # Items that reached the device: a request dropped before compute never counts here.
         self.computed_items = 0
+        # Batches that were staged while another computed (a measure of the pipelining).
+        self.staged_batches = 0
         self.closed = False
         self.metrics = metrics
         self._step = BatchStep(model)
@@ -107,43 +122,101 @@ class Batcher(ModelLoop):
             raise Unavailable("server is shutting down; retry on another replica")
         item.arrival = asyncio.get_running_loop().time()
         self._pending.append(item)
-        self._arrived.set()
+        self._changed.set()
         return item.future
 
     async def _loop(self) -> None:
+        try:
+            while True:
+                await self._next_batch()
+        finally:
+            for task in self._running:
+                task.cancel()
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _changes(self, timeout: float | None = None) -> None:
+        """Waits until an item arrives or a batch finishes (or `timeout` seconds pass)."""
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def _next_batch(self) -> None:
+        """Sends one batch to the device, or waits for something to change."""
         loop = asyncio.get_running_loop()
-        while True:
-            if not self._pending:
-                self._arrived.clear()
-                await self._arrived.wait()
-                continue
-            first = self._pending[0]
-            while not first.future.done():
-                remaining = self.policy.wants_more(
-                    loop.time(), self._count(first.key), first.arrival, first.deadline
-                )
-                if remaining <= 0:
-                    break
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), remaining)
-                except TimeoutError:
-                    pass  # the policy is asked again: the wait may have been extended
-            batch = self._take(first.key, loop.time())
+        if not self._pending:
+            await self._changes()
+            return
+        first = self._pending[0]
+        if self._running:  # the device is busy: only a full batch goes now, staged
+            if len(self._running) < self.DEPTH and self._count(first.key) >= self.max_batch_size:
+                self._launch(self._take(first.key, loop.time()), staged=True)
+            else:
+                await self._changes()
+            return
+        while not first.future.done():
+            remaining = self.policy.wants_more(
+                loop.time(), self._count(first.key), first.arrival, first.deadline
+            )
+            if remaining <= 0:
+                break
+            await self._changes(remaining)  # the policy is asked again: the wait may grow
+        batch = self._take(first.key, loop.time())
+        if batch:
+            self._launch(batch, staged=False)
+
+    def _launch(self, batch: list[WorkItem], *, staged: bool) -> None:
+        task = asyncio.get_running_loop().create_task(self._batch(batch, staged))
+        self._running.add(task)
+
+    async def _batch(self, batch: list[WorkItem], staged: bool) -> None:
+        """Runs one batch (staging it first when `staged`); when the device frees with it,
+        tells the policy how it went and sends the next batch at once if that is due."""
+        loop = asyncio.get_running_loop()
+        compute_s = 0.0
+        try:
+            prepared = await self._stage(batch) if staged else None
+            compute_s = await self._run(batch, prepared)
+        except asyncio.CancelledError:
+            for it in batch:
+                _fail(it, Unavailable("server is shutting down"))
+            raise
+        except Exception:  # noqa: BLE001 - the loop must outlive any one batch
+            log.exception("batch of %d failed outside the method", len(batch))
+            for it in batch:
+                _fail(it, DeepvisError("internal error while running the batch"))
+        finally:
+            self._running.discard(asyncio.current_task())  # type: ignore[arg-type]
+        if not self._running:  # the device frees now
+            now = loop.time()
+            self.policy.ran(len(batch), self._count(batch[0].key), compute_s, now)
+            self._send_if_due(now)
+        self._changed.set()
+
+    def _send_if_due(self, now: float) -> None:
+        """As the device frees: the next batch leaves in the same step if the policy says it is
+        due, before the answers just given are sent or new requests read."""
+        first = self._pending[0] if self._pending else None
+        if first is None or first.future.done():
+            return  # the loop sees to it
+        if self.policy.wants_more(now, self._count(first.key), first.arrival, first.deadline) <= 0:
+            batch = self._take(first.key, now)
             if batch:
-                started = loop.time()
-                try:
-                    await self._run(batch)
-                except asyncio.CancelledError:
-                    for it in batch:
-                        _fail(it, Unavailable("server is shutting down"))
-                    raise
-                except Exception:  # noqa: BLE001 - the loop must outlive any one batch
-                    log.exception("batch of %d failed outside the method", len(batch))
-                    for it in batch:
-                        _fail(it, DeepvisError("internal error while running the batch"))
-                now = loop.time()
-                self.policy.ran(len(batch), self._count(first.key), now - started, now)
+                self._launch(batch, staged=False)
+
+    async def _stage(self, batch: list[WorkItem]) -> Staged | None:
+        """The batch's inputs staged off the device thread; None where that failed (the
+        device thread then prepares them, and reports any error as it always does)."""
+        self.staged_batches += 1
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._staging, self._step.stage, [it.x for it in batch]
+            )
+        except Exception:  # noqa: BLE001 - e.g. no page-locked memory: prepared later instead
+            log.warning("staging a batch of %d failed; preparing it on the device", len(batch))
+            return None
 
     def _count(self, key: Hashable) -> int:
         return sum(1 for it in self._pending if it.key == key)
@@ -166,47 +239,52 @@ class Batcher(ModelLoop):
         return batch
 
     def _compute(
-        self, batch: list[WorkItem]
-    ) -> tuple[list[tuple[WorkItem, ItemResult]], list[WorkItem]]:
-        """Runs on the device thread: one method call for the live items of the batch.
+        self, batch: list[WorkItem], staged: Staged | None
+    ) -> tuple[list[tuple[WorkItem, ItemResult]], list[WorkItem], float]:
+        """Runs on the device thread: one method call for the live items of the batch; with
+        the items dropped and when the compute started (the event loop's clock).
 
         Items whose client went away or whose deadline passed while the device thread was
         busy elsewhere are dropped here, before any device work.
         """
         now = time.monotonic()  # the event loop's clock: deadlines are loop.time() values
-        live = [
-            it
-            for it in batch
+        keep = [
+            i
+            for i, it in enumerate(batch)
             if not it.future.done() and (it.deadline is None or now < it.deadline)
         ]
+        live = [batch[i] for i in keep]
         dead = [it for it in batch if it not in live and not it.future.done()]
         if not live:
-            return [], dead
+            return [], dead, now
+        if staged is not None and len(keep) < len(batch):
+            staged = staged.rows(keep)
         results = self._step(
             live[0].method,
             [it.x for it in live],
             [it.request for it in live],
             [it.top_k for it in live],
             half=all(it.half for it in live),
+            staged=staged,
         )
         self.computed_items += len(live)
-        return list(zip(live, results, strict=True)), dead
+        return list(zip(live, results, strict=True)), dead, now
 
-    async def _run(self, batch: list[WorkItem]) -> None:
+    async def _run(self, batch: list[WorkItem], staged: Staged | None = None) -> float:
+        """Runs a batch on the device and answers its items; the seconds it computed."""
         loop = asyncio.get_running_loop()
-        started = loop.time()
         try:
-            outcome = await loop.run_in_executor(self._executor, self._compute, batch)
+            outcome = await loop.run_in_executor(self._executor, self._compute, batch, staged)
         except FatalDeviceError as e:
             for it in batch:
                 _fail(it, Unavailable("the device failed; this server is going down"))
             self._device_lost(e)
-            return
+            return 0.0
         except WrongResultCount as e:
             log.error("%s; failing the batch's %d item(s)", e, len(batch))
             for it in batch:
                 _fail(it, DeepvisError("internal error while running the method"))
-            return
+            return 0.0
         except DeviceOutOfMemory:
             if len(batch) == 1:
                 _fail(
@@ -216,33 +294,29 @@ class Batcher(ModelLoop):
                         "send a smaller input or use a smaller model"
                     ),
                 )
-                return
+                return 0.0
             # Split and retry: halves often fit where the whole batch did not.
             log.warning("out of device memory on a batch of %d; splitting", len(batch))
             half = len(batch) // 2
-            await self._run(batch[:half])
-            await self._run(batch[half:])
-            return
+            return await self._run(batch[:half]) + await self._run(batch[half:])
         except DeepvisError as e:
             if len(batch) == 1:
                 _fail(batch[0], e)
-                return
+                return 0.0
             outcome = None
         except Exception:  # noqa: BLE001
             if len(batch) == 1:
                 log.exception("method %s failed on model %s", batch[0].method.name, self.model.name)
                 _fail(batch[0], DeepvisError("internal error while running the method"))
-                return
+                return 0.0
             log.warning(
                 "batch of %d failed; retrying item by item to isolate the cause", len(batch)
             )
             outcome = None
         if outcome is None:
             # Only the guilty item fails: rerun each one alone.
-            for it in batch:
-                await self._run([it])
-            return
-        results, dead = outcome
+            return sum([await self._run([it]) for it in batch])
+        results, dead, started = outcome
         for it in dead:
             _fail(it, DeadlineExceeded("deadline passed while queued; nothing was computed"))
         for it, res in results:
@@ -255,6 +329,7 @@ class Batcher(ModelLoop):
                 [res.queue_ms / 1000.0 for _, res in results],
                 results[0][1].compute_ms / 1000.0,
             )
+        return results[0][1].compute_ms / 1000.0 if results else 0.0
 
 
 def _fail(item: WorkItem, exc: BaseException) -> None:

@@ -248,6 +248,7 @@ class Engine:
                     max_delay_s=None if spec.max_delay_ms is None else spec.max_delay_ms / 1000.0,
                     max_queue_size=self.config.limits.max_queue_size,
                     metrics=self.metrics,
+                    staging=self.cpu_executor,
                 )
             )
             self.visualizers[spec.name] = self._started(Visualizer(*render, tf32=tf32))

@@ -226,24 +226,34 @@ def batch_to_model_input(
 ) -> torch.Tensor:
     """Stacks items [C, H, W] of one dtype and shape into the model's input [N, C, H, W] on
     `device`: uint8 pixels become (x / 255 - mean) / std in float32 there (mean and std are
-    [C, 1, 1] on `device`); float tensors (preprocessed by the client) pass as they are.
+    [C, 1, 1] on `device`); float tensors (preprocessed by the client) pass as they are."""
+    return model_input(stack_batch(items, pin=device.type == "cuda"), device, mean, std)
+
+
+def stack_batch(items: list[torch.Tensor], *, pin: bool) -> torch.Tensor:
+    """The host half of `batch_to_model_input`, which any thread may run: the items stacked,
+    in page-locked memory with `pin` (so that the copy to a GPU runs asynchronously).
 
     uint8 items are stacked channels-last ([N, H, W, C], a plain copy of each item's memory),
-    a quarter of float32's bytes to pin and copy, and laid out as [N, C, H, W] while still
-    uint8 (elementwise float ops on a channels-last view run several times slower).
+    a quarter of float32's bytes to pin and copy, and laid out as [N, C, H, W] on the device
+    while still uint8 (elementwise float ops on a channels-last view run several times slower).
     """
-    if items[0].dtype != torch.uint8:
-        return _to_device(torch.stack(items), device)
-    x = _to_device(torch.stack([t.permute(1, 2, 0) for t in items]), device)
+    if items[0].dtype == torch.uint8:
+        x = torch.stack([t.permute(1, 2, 0) for t in items])
+    else:
+        x = torch.stack(items)
+    return x.pin_memory() if pin else x
+
+
+def model_input(
+    stacked: torch.Tensor, device: torch.device, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
+    """The device half of `batch_to_model_input`, on a `stack_batch` result."""
+    x = stacked.to(device, non_blocking=True)
+    if x.dtype != torch.uint8:
+        return x
     x = x.permute(0, 3, 1, 2).contiguous()
     return x.float().div_(255.0).sub_(mean).div_(std)
-
-
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda":
-        # Page-locked memory lets the copy run asynchronously with the host work.
-        x = x.pin_memory()
-    return x.to(device, non_blocking=True)
 
 
 def tensor_input(raw: RawInput, spec: ModelSpec, limits: Limits) -> torch.Tensor:
