@@ -49,13 +49,70 @@ def client_proc(
     start: float,
     queue: mp.Queue,
     per_call: int = 0,
+    threads: int = 1,
+    inputs: str = "uint8",
+    outputs: str = "float16",
 ) -> None:
-    """One client: its own channel, n sequential images as uint8 pixels, float16 results;
-    one Explain call each, or ExplainBatch calls of `per_call` images."""
+    """One client process of `threads` closed-loop clients, each its own channel sending n
+    sequential images (uint8 pixels, or float32 model tensors with `inputs="float32"`); one
+    Explain call each, or ExplainBatch calls of `per_call` images. `outputs="float16"`: float16
+    arrays and no pictures; `"default"`: what a call asks for by default (a picture and a
+    float32 array)."""
+    import threading
+
+    out: list[tuple[list[float], list[int], list[float]]] = []
+    workers = [
+        threading.Thread(
+            target=lambda k=k: out.append(
+                one_client(
+                    address,
+                    method,
+                    layer,
+                    n,
+                    size,
+                    seed * threads + k,
+                    start,
+                    per_call,
+                    inputs,
+                    outputs,
+                )
+            )
+        )
+        for k in range(threads)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    lat = [x for o in out for x in o[0]]
+    batches = [x for o in out for x in o[1]]
+    device_ms = [x for o in out for x in o[2]]
+    queue.put((time.time(), lat, batches, device_ms))
+
+
+def one_client(
+    address: str,
+    method: str,
+    layer: str,
+    n: int,
+    size: int,
+    seed: int,
+    start: float,
+    per_call: int,
+    inputs: str,
+    outputs: str,
+) -> tuple[list[float], list[int], list[float]]:
+    """One closed-loop client (see client_proc): latencies, batch sizes, device ms per item."""
     import deepvis
 
     rng = np.random.default_rng(seed)
-    images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(4)]
+    if inputs == "float32":
+        images = [rng.standard_normal((3, size, size), dtype=np.float32) for _ in range(4)]
+    else:
+        images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(4)]
+    wire: dict[str, Any] = (
+        {} if outputs == "default" else {"render": False, "array_dtype": "float16"}
+    )
     lat, batches, device_ms = [], [], []
     with deepvis.Client(address, timeout=600) as client:
         kw: dict[str, Any] = {"layer": layer} if method != "guided_backprop" else {}
@@ -68,11 +125,10 @@ def client_proc(
                 [images[(i + j) % 4] for j in range(per_call)],
                 model="m",
                 method=method,
-                render=False,
-                array_dtype="float16",
                 targets=[int(t) for t in rng.integers(0, 1000, per_call)]
                 if method != "activations"
                 else None,
+                **wire,
                 **kw,
             )
             lat.append(time.perf_counter() - t0)
@@ -84,15 +140,14 @@ def client_proc(
                 images[i % 4],
                 model="m",
                 method=method,
-                render=False,
-                array_dtype="float16",
                 target=int(rng.integers(0, 1000)) if method != "activations" else None,
+                **wire,
                 **kw,
             )
             lat.append(time.perf_counter() - t0)
             batches.append(res.batch_size)
             device_ms.append(res.compute_ms / res.batch_size)
-    queue.put((time.time(), lat, batches, device_ms))
+    return lat, batches, device_ms
 
 
 def start_server(
@@ -142,8 +197,12 @@ def served(
     size: int,
     per_call: int = 0,
     server_pid: int | None = None,
+    processes: int = 0,
+    inputs: str = "uint8",
+    outputs: str = "float16",
 ) -> dict:
-    """One timed run of `requests` images from `clients` processes; raw figures (see summary).
+    """One timed run of `requests` images from `clients` closed-loop clients in `processes`
+    processes (0: one each) of clients / processes threads; raw figures (see summary).
 
     With `server_pid`, also the server's CPU over the timed part: the whole process, and its
     main thread alone, which runs the event loop that every call's gRPC and protobuf work
@@ -152,12 +211,15 @@ def served(
     queue: mp.Queue = ctx.Queue()
     start = time.time() + 8.0  # every process imported and connected by then
     per = requests // clients
+    processes = processes or clients
+    threads = clients // processes
     procs = [
         ctx.Process(
             target=client_proc,
-            args=(address, method, layer, per, size, i, start, queue, per_call),
+            args=(address, method, layer, per, size, i, start, queue, per_call, threads)
+            + (inputs, outputs),
         )
-        for i in range(clients)
+        for i in range(processes)
     ]
     for p in procs:
         p.start()
@@ -383,6 +445,31 @@ def main() -> int:
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--size", type=int, default=112)
     p.add_argument("--clients", type=int, default=16)
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="client processes, each running clients / processes threads (default: --clients)",
+    )
+    p.add_argument(
+        "--inputs",
+        choices=("uint8", "float32"),
+        default="uint8",
+        help="what clients send: uint8 pixels, or float32 tensors already preprocessed",
+    )
+    p.add_argument(
+        "--outputs",
+        choices=("float16", "default"),
+        default="float16",
+        help="what clients ask for: float16 arrays and no pictures, or a call's defaults "
+        "(a picture and a float32 array)",
+    )
+    p.add_argument(
+        "--defaults",
+        action="store_true",
+        help="serve at the server's default settings: max_batch_size, max_delay_ms and "
+        "gil_switch_interval_ms left out of the config (baselines at batch --clients)",
+    )
     p.add_argument("--requests", type=int, default=480)
     p.add_argument("--device", default="cpu")
     p.add_argument(
@@ -445,15 +532,19 @@ def main() -> int:
     save_file(
         {k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / "m.safetensors")
     )
-    n = args.max_batch or args.clients
-    delay = "" if args.max_delay_ms is None else f"max_delay_ms = {args.max_delay_ms}\n"
+    if args.defaults and (args.max_batch or args.max_delay_ms is not None):
+        p.error("--defaults leaves --max-batch and --max-delay-ms to the server")
+    n = args.max_batch or args.clients  # the baselines' batch size
+    tuned = "" if args.defaults else f"max_batch_size = {n}\n"
+    if args.max_delay_ms is not None:
+        tuned += f"max_delay_ms = {args.max_delay_ms}\n"
+    switch = "" if args.defaults else f"gil_switch_interval_ms = {args.gil_switch_interval_ms}\n"
     (tmp / "m.toml").write_text(
         f'[server]\ndevice = "{args.device}"\nmax_queue_size = 4096\n'
-        f"render_tf32 = {str(not args.render_fp32).lower()}\n"
-        f"gil_switch_interval_ms = {args.gil_switch_interval_ms}\n"
+        f"render_tf32 = {str(not args.render_fp32).lower()}\n{switch}"
         f'[[models]]\nname = "m"\narch = "{args.arch}"\n'
         f'weights = "m.safetensors"\nnum_classes = 1000\ninput_size = [{args.size}, {args.size}]\n'
-        f"mean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]\nmax_batch_size = {n}\n{delay}fast = {str(args.fast).lower()}\n"
+        f"mean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]\n{tuned}fast = {str(args.fast).lower()}\n"
     )
     spec = parse_config(
         {
@@ -478,6 +569,10 @@ def main() -> int:
         "size": args.size,
         "clients": args.clients,
         "requests": args.requests,
+        "processes": args.processes or args.clients,
+        "inputs": args.inputs,
+        "outputs": args.outputs,
+        "server_defaults": args.defaults,
         "workers": args.workers,
         "gil_switch_interval_ms": args.gil_switch_interval_ms,
         "device": torch.cuda.get_device_name()
@@ -504,6 +599,9 @@ def main() -> int:
                     args.size,
                     args.per_call,
                     server.pid,
+                    args.processes,
+                    args.inputs,
+                    args.outputs,
                 )
                 runs[method].append(run)
                 print(f"round {r + 1}/{args.rounds}", method, summary([run]), flush=True)
