@@ -97,6 +97,11 @@ def _file_part(name: str) -> str:
     return _UNSAFE_FILE_CHARS.sub("_", name)
 
 
+def _passed_on(args: argparse.Namespace, names: str) -> dict[str, Any]:
+    """The flags `names` (separated by spaces), each as the call's option of the same name."""
+    return {name: getattr(args, name) for name in names.split()}
+
+
 def _name_list(choices: Sequence[str], what: str) -> Any:
     """An argparse type: a comma-separated list of `choices` (hyphens or underscores)."""
 
@@ -601,14 +606,8 @@ def _run_dream(client: Client, args: argparse.Namespace) -> int:
     for item in client.dream_stream(
         args.image,
         objective,
-        model=args.model,
-        negate=args.negate,
-        octaves=args.octaves,
-        octave_scale=args.octave_scale,
         steps_per_octave=args.steps,
-        step_size=args.step_size,
-        jitter=args.jitter,
-        seed=args.seed,
+        **_passed_on(args, "model negate octaves octave_scale step_size jitter seed"),
     ):
         if isinstance(item, DreamProgress):
             print(
@@ -727,21 +726,13 @@ def _save(path: Path, picture: Any) -> None:
 def _visualize(client: Client, args: argparse.Namespace, objective: ObjectiveLike, bar: Any) -> Any:
     return client.visualize(
         objective,
-        model=args.model,
-        negate=args.negate,
-        steps=args.steps,
         learning_rate=args.lr,
-        size=args.size,
-        batch=args.batch,
-        diversity=args.diversity,
-        seed=args.seed,
-        progress_every=args.progress_every,
         parameterization=args.param,
         transforms=not args.no_transforms,
-        input=args.input,
         preset=args.preset.replace("-", "_"),
         l2_penalty=args.l2,
         on_progress=bar,
+        **_passed_on(args, "model negate steps size batch diversity seed progress_every input"),
     )
 
 
@@ -834,16 +825,9 @@ def _print_evaluate_progress(progress: EvaluationProgress) -> None:
 def _run_evaluate(client: Client, args: argparse.Namespace) -> int:
     evaluation = client.evaluate(
         args.images,
-        model=args.model,
-        method=args.method,
-        metrics=args.metrics,
         classes=args.class_index,
-        layer=args.layer,
-        steps=args.steps,
-        seed=args.seed,
-        randomization=args.randomization,
-        perturbations=args.perturbations,
         on_progress=_print_evaluate_progress if args.progress else None,
+        **_passed_on(args, "model method metrics layer steps seed randomization perturbations"),
     )
     if args.plots:
         out = Path(args.plots)
