@@ -50,6 +50,7 @@ from deepvis._plans import (
     evaluate_stream,
     method_of,
     no_result,
+    read_to_end,
     single,
 )
 from deepvis._transport import (
@@ -513,6 +514,7 @@ class _BaseClient:
         unnamed = [request] if options.get("model") is None else []
         return Stream(request=request, unnamed=unnamed, timeout=timeout)
 
+    @read_to_end
     def _visualize(
         self,
         objective: ObjectiveLike,
@@ -523,21 +525,8 @@ class _BaseClient:
     ) -> Stream:
         """Synthesizes the images that maximize an objective (feature visualization).
 
-        The call is `visualize_stream`'s, read to its end.
-
-        Args:
-            on_progress: Called with each `Progress` message as it arrives; an exception it
-                raises cancels the job and propagates.
-            objective, timeout, **options: As for `visualize_stream`.
-
         Returns:
             The `Visualization`: images, arrays, final objective and server timing.
-
-        Raises:
-            DeepvisError: The call failed (a subclass per gRPC status), or (`Internal`) the
-                stream ended without a result.
-            TypeError, ValueError: An argument is invalid; nothing was sent.
-            OSError: The input file cannot be read.
         """
         plan = self._visualize_stream(objective, timeout=timeout, **options)
         plan.on_progress = on_progress
@@ -603,6 +592,7 @@ class _BaseClient:
             result_type=Dream,
         )
 
+    @read_to_end
     def _dream(
         self,
         input: InputLike,
@@ -614,22 +604,9 @@ class _BaseClient:
     ) -> Stream:
         """Runs DeepDream on a picture (the original algorithm, google/deepdream).
 
-        The call is `dream_stream`'s, read to its end.
-
-        Args:
-            on_progress: Called with each `DreamProgress` message as it arrives; an exception
-                it raises cancels the job and propagates.
-            input, objective, timeout, **options: As for `dream_stream`.
-
         Returns:
             The `Dream`: the picture at the input's own size, its array, the objective per
             octave and server timing.
-
-        Raises:
-            DeepvisError: The call failed (a subclass per gRPC status), or (`Internal`) the
-                stream ended without a result.
-            TypeError, ValueError: An argument is invalid; nothing was sent.
-            OSError: The input file cannot be read.
         """
         plan = self._dream_stream(input, objective, timeout=timeout, **options)
         plan.on_progress = on_progress
@@ -692,6 +669,7 @@ class _BaseClient:
         request = _convert.evaluate_request_to_pb(inputs, **options)
         return evaluate_stream(request, timeout=timeout)
 
+    @read_to_end
     def _evaluate(
         self,
         inputs: InputLike | Sequence[InputLike],
@@ -702,21 +680,8 @@ class _BaseClient:
     ) -> Stream:
         """Sanity checks and faithfulness metrics of methods on inputs, computed by the server.
 
-        The call is `evaluate_stream`'s, read to its end.
-
-        Args:
-            on_progress: Called with each `EvaluationProgress` as it arrives; an exception it
-                raises cancels the evaluation and propagates.
-            inputs, timeout, **options: As for `evaluate_stream`.
-
         Returns:
             The `Evaluation`: per method, its curves and scores on every input.
-
-        Raises:
-            DeepvisError: The call failed (a subclass per gRPC status), or (`Internal`) the
-                stream ended without a result.
-            TypeError, ValueError: An argument is invalid; nothing was sent.
-            OSError: An input file cannot be read.
         """
         plan = self._evaluate_stream(inputs, timeout=timeout, **options)
         plan.on_progress = on_progress

@@ -29,6 +29,7 @@ __all__ = [
     "evaluate_stream",
     "method_of",
     "no_result",
+    "read_to_end",
     "single",
 ]
 
@@ -36,6 +37,7 @@ T = TypeVar("T")
 P = ParamSpec("P")
 PlanT = TypeVar("PlanT")
 ClientT = TypeVar("ClientT")
+BuildT = TypeVar("BuildT", bound=Callable[..., Any])
 
 
 def no_result(rpc: str = "Visualize") -> Internal:
@@ -229,6 +231,48 @@ def _public(method: Any, build: Callable[..., Any], run: Callable[..., Any]) -> 
         returns = call[1]
     method.__signature__ = inspect.signature(build).replace(return_annotation=returns)
     method.__annotations__ = {**build.__annotations__, "return": returns}
+
+
+# What the docstring of every call that reads its stream to the end says, around its own
+# summary and Returns.
+_READ_TO_END = """{summary}
+
+The call is `{stream}`'s, read to its end.
+
+Args:
+    on_progress: Called with each `{progress}` as it arrives; an exception it
+        raises cancels the call and propagates.
+    {arguments}, timeout, **options: As for `{stream}`.
+
+{returns}
+
+Raises:
+    DeepvisError: The call failed (a subclass per gRPC status), or (`Internal`) the
+        stream ended without a result.
+    TypeError, ValueError: An argument is invalid; nothing was sent.
+    OSError: An input file cannot be read.
+"""
+
+
+def read_to_end(build: BuildT) -> BuildT:
+    """Completes the docstring of `build`, `_<name>`, a call that is `<name>_stream`'s read to
+    its end with `on_progress` seeing the progress: its own summary and Returns, and what
+    every such call says of its arguments and errors."""
+    summary, returns = inspect.cleandoc(build.__doc__ or "").split("\n\n", 1)
+    hint = re.fullmatch(
+        r"Callable\[\[(\w+)\], None\] \| None", build.__annotations__["on_progress"]
+    )
+    if hint is None:
+        raise TypeError(f"{build.__qualname__}'s on_progress must take one progress item")
+    parameters = list(inspect.signature(build).parameters.values())[1:]  # after self
+    build.__doc__ = _READ_TO_END.format(
+        summary=summary,
+        stream=build.__name__.removeprefix("_") + "_stream",
+        progress=hint[1],
+        arguments=", ".join(p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD),
+        returns=returns,
+    )
+    return build
 
 
 def method_of(
