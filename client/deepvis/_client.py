@@ -42,6 +42,8 @@ from deepvis._options import (
 from deepvis._plans import (
     Call,
     Plan,
+    ProgressT,
+    ResultT,
     Stream,
     StreamRun,
     T,
@@ -158,7 +160,7 @@ class _BaseClient:
     def _deadline(self, timeout: float | None) -> float | None:
         return self._timeout if timeout is None else timeout
 
-    def _streaming(self, plan: Stream) -> StreamRun:
+    def _streaming(self, plan: Stream[Any, Any]) -> StreamRun:
         return StreamRun(
             plan,
             method=getattr(self._stub, plan.rpc),
@@ -450,7 +452,7 @@ class _BaseClient:
         *,
         timeout: float | None = None,
         **options: Unpack[VisualizeOptions],
-    ) -> Stream:
+    ) -> Stream[Progress, Visualization]:
         """Runs a feature visualization, yielding its progress and finally its result.
 
         Arguments are checked at once; the call starts on the first iteration. Closing the
@@ -522,7 +524,7 @@ class _BaseClient:
         on_progress: Callable[[Progress], None] | None = None,
         timeout: float | None = None,
         **options: Unpack[VisualizeOptions],
-    ) -> Stream:
+    ) -> Stream[Progress, Visualization]:
         """Synthesizes the images that maximize an objective (feature visualization).
 
         Returns:
@@ -539,7 +541,7 @@ class _BaseClient:
         *,
         timeout: float | None = None,
         **options: Unpack[DreamOptions],
-    ) -> Stream:
+    ) -> Stream[DreamProgress, Dream]:
         """Runs DeepDream on a picture, yielding its progress and finally its result.
 
         The original algorithm (google/deepdream): the picture is shrunk `octaves - 1` times
@@ -601,7 +603,7 @@ class _BaseClient:
         on_progress: Callable[[DreamProgress], None] | None = None,
         timeout: float | None = None,
         **options: Unpack[DreamOptions],
-    ) -> Stream:
+    ) -> Stream[DreamProgress, Dream]:
         """Runs DeepDream on a picture (the original algorithm, google/deepdream).
 
         Returns:
@@ -618,7 +620,7 @@ class _BaseClient:
         *,
         timeout: float | None = None,
         **options: Unpack[EvaluateOptions],
-    ) -> Stream:
+    ) -> Stream[EvaluationProgress, Evaluation]:
         """Evaluates methods on inputs, yielding the evaluation's progress and finally its result.
 
         Arguments are checked at once; the call starts on the first iteration. Closing the
@@ -677,7 +679,7 @@ class _BaseClient:
         on_progress: Callable[[EvaluationProgress], None] | None = None,
         timeout: float | None = None,
         **options: Unpack[EvaluateOptions],
-    ) -> Stream:
+    ) -> Stream[EvaluationProgress, Evaluation]:
         """Sanity checks and faithfulness metrics of methods on inputs, computed by the server.
 
         Returns:
@@ -741,7 +743,9 @@ class Client(_BaseClient):
     health = method_of(_BaseClient._health, _run)
     describe = method_of(_BaseClient._describe, _run)
 
-    def _stream(self, plan: Stream) -> Generator[Progress | Visualization, None, None]:
+    def _stream(
+        self, plan: Stream[ProgressT, ResultT]
+    ) -> Generator[ProgressT | ResultT, None, None]:
         self._name(plan)
         run = self._streaming(plan)
         while True:
@@ -755,35 +759,20 @@ class Client(_BaseClient):
         yield run.result()
 
     visualize_stream = method_of(_BaseClient._visualize_stream, _stream)
+    evaluate_stream = method_of(_BaseClient._evaluate_stream, _stream)
+    dream_stream = method_of(_BaseClient._dream_stream, _stream)
 
-    def _fold(self, plan: Stream) -> Visualization:
-        with contextlib.closing(self._stream(plan)) as items:
+    def _fold(self, plan: Stream[ProgressT, ResultT]) -> ResultT:
+        items = self._stream(plan)
+        with contextlib.closing(items):
             for item in items:
                 if (result := plan.fold(item)) is not None:
                     return result  # type: ignore[no-any-return]
         raise no_result(plan.rpc)
 
     visualize = method_of(_BaseClient._visualize, _fold)
-
-    def _evaluating(self, plan: Stream) -> Generator[EvaluationProgress | Evaluation, None, None]:
-        return self._stream(plan)  # type: ignore[return-value]
-
-    evaluate_stream = method_of(_BaseClient._evaluate_stream, _evaluating)
-
-    def _evaluated(self, plan: Stream) -> Evaluation:
-        return self._fold(plan)  # type: ignore[return-value]
-
-    evaluate = method_of(_BaseClient._evaluate, _evaluated)
-
-    def _dreaming(self, plan: Stream) -> Generator[DreamProgress | Dream, None, None]:
-        return self._stream(plan)  # type: ignore[return-value]
-
-    dream_stream = method_of(_BaseClient._dream_stream, _dreaming)
-
-    def _dreamt(self, plan: Stream) -> Dream:
-        return self._fold(plan)  # type: ignore[return-value]
-
-    dream = method_of(_BaseClient._dream, _dreamt)
+    evaluate = method_of(_BaseClient._evaluate, _fold)
+    dream = method_of(_BaseClient._dream, _fold)
 
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
@@ -856,7 +845,9 @@ class AsyncClient(_BaseClient):
     health = coroutine_of(_BaseClient._health, _run)
     describe = coroutine_of(_BaseClient._describe, _run)
 
-    async def _stream(self, plan: Stream) -> AsyncGenerator[Progress | Visualization, None]:
+    async def _stream(
+        self, plan: Stream[ProgressT, ResultT]
+    ) -> AsyncGenerator[ProgressT | ResultT, None]:
         await self._name(plan)
         run = self._streaming(plan)
         while True:
@@ -870,35 +861,20 @@ class AsyncClient(_BaseClient):
         yield run.result()
 
     visualize_stream = method_of(_BaseClient._visualize_stream, _stream)
+    evaluate_stream = method_of(_BaseClient._evaluate_stream, _stream)
+    dream_stream = method_of(_BaseClient._dream_stream, _stream)
 
-    async def _fold(self, plan: Stream) -> Visualization:
-        async with contextlib.aclosing(self._stream(plan)) as items:
+    async def _fold(self, plan: Stream[ProgressT, ResultT]) -> ResultT:
+        items = self._stream(plan)
+        async with contextlib.aclosing(items):
             async for item in items:
                 if (result := plan.fold(item)) is not None:
                     return result  # type: ignore[no-any-return]
         raise no_result(plan.rpc)
 
     visualize = coroutine_of(_BaseClient._visualize, _fold)
-
-    def _evaluating(self, plan: Stream) -> AsyncGenerator[EvaluationProgress | Evaluation, None]:
-        return self._stream(plan)  # type: ignore[return-value]
-
-    evaluate_stream = method_of(_BaseClient._evaluate_stream, _evaluating)
-
-    async def _evaluated(self, plan: Stream) -> Evaluation:
-        return await self._fold(plan)  # type: ignore[return-value]
-
-    evaluate = coroutine_of(_BaseClient._evaluate, _evaluated)
-
-    def _dreaming(self, plan: Stream) -> AsyncGenerator[DreamProgress | Dream, None]:
-        return self._stream(plan)  # type: ignore[return-value]
-
-    dream_stream = method_of(_BaseClient._dream_stream, _dreaming)
-
-    async def _dreamt(self, plan: Stream) -> Dream:
-        return await self._fold(plan)  # type: ignore[return-value]
-
-    dream = coroutine_of(_BaseClient._dream, _dreamt)
+    evaluate = coroutine_of(_BaseClient._evaluate, _fold)
+    dream = coroutine_of(_BaseClient._dream, _fold)
 
     async def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""

@@ -14,13 +14,15 @@ import grpc
 
 from deepvis import _convert
 from deepvis._exceptions import DeepvisError, Internal, NotFound
-from deepvis._models import Evaluation, Explanation, Visualization
+from deepvis._models import Evaluation, EvaluationProgress, Explanation, Visualization
 from deepvis._transport import Attempts, Metadata
 from deepvis.v1 import deepvis_pb2
 
 __all__ = [
     "Call",
     "Plan",
+    "ProgressT",
+    "ResultT",
     "Stream",
     "StreamRun",
     "T",
@@ -36,6 +38,9 @@ __all__ = [
 T = TypeVar("T")
 P = ParamSpec("P")
 PlanT = TypeVar("PlanT")
+# A stream's progress items and its result, which its plan's type names.
+ProgressT = TypeVar("ProgressT")
+ResultT = TypeVar("ResultT")
 ClientT = TypeVar("ClientT")
 BuildT = TypeVar("BuildT", bound=Callable[..., Any])
 
@@ -102,9 +107,9 @@ def single(
 
 
 @dataclass(kw_only=True)
-class Stream(Plan):
-    """One streaming call (Visualize, Evaluate): progress messages, then one result; with
-    `visualize` or `evaluate`, also who sees its progress."""
+class Stream(Plan, Generic[ProgressT, ResultT]):
+    """One streaming call (Visualize, Evaluate, DeepDream): progress items, then one result;
+    with `visualize`, `evaluate` or `dream`, also who sees its progress."""
 
     request: Any
     rpc: str = "Visualize"  # the stub's method
@@ -122,7 +127,9 @@ class Stream(Plan):
         return None
 
 
-def evaluate_stream(request: deepvis_pb2.EvaluateRequest, *, timeout: float | None) -> Stream:
+def evaluate_stream(
+    request: deepvis_pb2.EvaluateRequest, *, timeout: float | None
+) -> Stream[EvaluationProgress, Evaluation]:
     """The plan of one Evaluate call."""
     return Stream(
         request=request,
@@ -217,18 +224,21 @@ def _public(method: Any, build: Callable[..., Any], run: Callable[..., Any]) -> 
 
     Its name without the underscore, in the class of `run`; the docstring and signature of
     `build` (which `help()`, `inspect.signature` and IDEs show), returning what `run` makes of
-    the plan: the result type a `Call[...]` names, or `run`'s own return type.
+    the plan: `run`'s return type, with the types the plan's names (T of a `Call[T]`, ProgressT
+    and ResultT of a `Stream[ProgressT, ResultT]`) as `build`'s plan names them.
     """
     functools.update_wrapper(method, build)
     name = build.__name__.removeprefix("_")
     method.__name__ = name
     method.__qualname__ = f"{run.__qualname__.rpartition('.')[0]}.{name}"
     returns = inspect.signature(run).return_annotation
-    if returns == "T":
-        call = re.fullmatch(r"Call\[(.+)\]", build.__annotations__["return"])
-        if call is None:
-            raise TypeError(f"{build.__qualname__} must be annotated to return Call[...]")
-        returns = call[1]
+    taken = list(inspect.signature(run).parameters.values())[1].annotation  # after self
+    kind, parameters = _type_arguments(taken)
+    made, arguments = _type_arguments(build.__annotations__["return"])
+    if made != kind or len(arguments) != len(parameters):
+        raise TypeError(f"{build.__qualname__} must be annotated to return {taken}")
+    for parameter, argument in zip(parameters, arguments, strict=True):
+        returns = re.sub(rf"\b{parameter}\b", argument, returns)
     method.__signature__ = inspect.signature(build).replace(return_annotation=returns)
     method.__annotations__ = {**build.__annotations__, "return": returns}
 
@@ -252,6 +262,19 @@ Raises:
     TypeError, ValueError: An argument is invalid; nothing was sent.
     OSError: An input file cannot be read.
 """
+
+
+def _type_arguments(annotation: str) -> tuple[str, list[str]]:
+    """A generic type's name and its arguments: "Call[list[int]]" -> ("Call", ["list[int]"])."""
+    name, bracket, inside = annotation.partition("[")
+    arguments, depth, start = [], 0, 0
+    for i, char in enumerate(inside.removesuffix("]")):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            arguments.append(inside[start:i].strip())
+            start = i + 1
+    arguments.append(inside.removesuffix("]")[start:].strip())
+    return name, arguments if bracket else []
 
 
 def read_to_end(build: BuildT) -> BuildT:
