@@ -43,17 +43,18 @@ from deepvis._plans import (
     Call,
     Plan,
     ProgressT,
+    Public,
     ResultT,
     Stream,
     StreamRun,
     T,
     batch_results,
-    coroutine_of,
     evaluate_stream,
-    method_of,
+    folded,
     no_result,
-    read_to_end,
     single,
+    streaming,
+    unary,
 )
 from deepvis._transport import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -79,10 +80,18 @@ class _BaseClient:
     """What `Client` and `AsyncClient` share: every call's signature, docs, checks and requests.
 
     Each public call is defined here once, as `_<name>`: it checks its arguments and returns a
-    plan (see `_plans`) of the requests to send and what to make of the answers. The clients
-    run plans with their own I/O (the grpc or grpc.aio channel, the replay and stream loops),
-    and `method_of` / `coroutine_of` make the public methods, with this signature and docstring.
+    plan (see `_plans`) of the requests to send and what to make of the answers; beside it,
+    `<name> = unary(_<name>)` (or `streaming`, `folded`) says how the clients run that plan.
+    The clients run plans with their own I/O (the grpc or grpc.aio channel, the replay and
+    stream loops): each gets every call as a method with this signature and docstring.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if _BaseClient in cls.__bases__:  # Client and AsyncClient, not classes made from them
+            for name, call in vars(_BaseClient).items():
+                if isinstance(call, Public):
+                    setattr(cls, name, call.method_for(cls))
 
     def __init__(
         self,
@@ -189,6 +198,8 @@ class _BaseClient:
         request = deepvis_pb2.ListModelsRequest()
         return single(self._stub.ListModels, request, self._listed, timeout=timeout)
 
+    models = unary(_models)
+
     def _explain(
         self,
         input: InputLike,
@@ -280,6 +291,8 @@ class _BaseClient:
             unnamed=options.get("model") is None,
         )
 
+    explain = unary(_explain)
+
     def _compare(
         self,
         input: InputLike,
@@ -343,6 +356,8 @@ class _BaseClient:
             timeout=timeout,
         )
 
+    compare = unary(_compare)
+
     def _explain_batch(
         self,
         inputs: Sequence[InputLike],
@@ -401,6 +416,8 @@ class _BaseClient:
             timeout=timeout,
         )
 
+    explain_batch = unary(_explain_batch)
+
     def _health(self, service: str = "", *, timeout: float | None = None) -> Call[str]:
         """Asks the server's standard gRPC health service (grpc.health.v1) how it is.
 
@@ -421,6 +438,8 @@ class _BaseClient:
         request = _convert.health_request_to_bytes(service)
         status = _convert.health_status_from_bytes
         return single(self._health_check, request, status, timeout=timeout)
+
+    health = unary(_health)
 
     def _describe(
         self, model: str | None = None, *, timeout: float | None = None
@@ -445,6 +464,8 @@ class _BaseClient:
         return single(
             self._stub.DescribeModel, request, description, timeout=timeout, unnamed=model is None
         )
+
+    describe = unary(_describe)
 
     def _visualize_stream(
         self,
@@ -516,7 +537,8 @@ class _BaseClient:
         unnamed = [request] if options.get("model") is None else []
         return Stream(request=request, unnamed=unnamed, timeout=timeout)
 
-    @read_to_end
+    visualize_stream = streaming(_visualize_stream)
+
     def _visualize(
         self,
         objective: ObjectiveLike,
@@ -533,6 +555,8 @@ class _BaseClient:
         plan = self._visualize_stream(objective, timeout=timeout, **options)
         plan.on_progress = on_progress
         return plan
+
+    visualize = folded(_visualize)
 
     def _dream_stream(
         self,
@@ -594,7 +618,8 @@ class _BaseClient:
             result_type=Dream,
         )
 
-    @read_to_end
+    dream_stream = streaming(_dream_stream)
+
     def _dream(
         self,
         input: InputLike,
@@ -613,6 +638,8 @@ class _BaseClient:
         plan = self._dream_stream(input, objective, timeout=timeout, **options)
         plan.on_progress = on_progress
         return plan
+
+    dream = folded(_dream)
 
     def _evaluate_stream(
         self,
@@ -671,7 +698,8 @@ class _BaseClient:
         request = _convert.evaluate_request_to_pb(inputs, **options)
         return evaluate_stream(request, timeout=timeout)
 
-    @read_to_end
+    evaluate_stream = streaming(_evaluate_stream)
+
     def _evaluate(
         self,
         inputs: InputLike | Sequence[InputLike],
@@ -688,6 +716,8 @@ class _BaseClient:
         plan = self._evaluate_stream(inputs, timeout=timeout, **options)
         plan.on_progress = on_progress
         return plan
+
+    evaluate = folded(_evaluate)
 
 
 # --- the two transports ------------------------------------------------------------------------
@@ -736,13 +766,6 @@ class Client(_BaseClient):
         answers = [plan.answer(r, self._unary(plan.method, r, plan.timeout)) for r in plan.requests]
         return plan.result(answers)
 
-    models = method_of(_BaseClient._models, _run)
-    explain = method_of(_BaseClient._explain, _run)
-    compare = method_of(_BaseClient._compare, _run)
-    explain_batch = method_of(_BaseClient._explain_batch, _run)
-    health = method_of(_BaseClient._health, _run)
-    describe = method_of(_BaseClient._describe, _run)
-
     def _stream(
         self, plan: Stream[ProgressT, ResultT]
     ) -> Generator[ProgressT | ResultT, None, None]:
@@ -758,10 +781,6 @@ class Client(_BaseClient):
             time.sleep(run.backoff)
         yield run.result()
 
-    visualize_stream = method_of(_BaseClient._visualize_stream, _stream)
-    evaluate_stream = method_of(_BaseClient._evaluate_stream, _stream)
-    dream_stream = method_of(_BaseClient._dream_stream, _stream)
-
     def _fold(self, plan: Stream[ProgressT, ResultT]) -> ResultT:
         items = self._stream(plan)
         with contextlib.closing(items):
@@ -769,10 +788,6 @@ class Client(_BaseClient):
                 if (result := plan.fold(item)) is not None:
                     return result  # type: ignore[no-any-return]
         raise no_result(plan.rpc)
-
-    visualize = method_of(_BaseClient._visualize, _fold)
-    evaluate = method_of(_BaseClient._evaluate, _fold)
-    dream = method_of(_BaseClient._dream, _fold)
 
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
@@ -838,13 +853,6 @@ class AsyncClient(_BaseClient):
         answers = await asyncio.gather(*(self._answer(plan, r) for r in plan.requests))
         return plan.result(list(answers))
 
-    models = coroutine_of(_BaseClient._models, _run)
-    explain = coroutine_of(_BaseClient._explain, _run)
-    compare = coroutine_of(_BaseClient._compare, _run)
-    explain_batch = coroutine_of(_BaseClient._explain_batch, _run)
-    health = coroutine_of(_BaseClient._health, _run)
-    describe = coroutine_of(_BaseClient._describe, _run)
-
     async def _stream(
         self, plan: Stream[ProgressT, ResultT]
     ) -> AsyncGenerator[ProgressT | ResultT, None]:
@@ -860,10 +868,6 @@ class AsyncClient(_BaseClient):
             await asyncio.sleep(run.backoff)
         yield run.result()
 
-    visualize_stream = method_of(_BaseClient._visualize_stream, _stream)
-    evaluate_stream = method_of(_BaseClient._evaluate_stream, _stream)
-    dream_stream = method_of(_BaseClient._dream_stream, _stream)
-
     async def _fold(self, plan: Stream[ProgressT, ResultT]) -> ResultT:
         items = self._stream(plan)
         async with contextlib.aclosing(items):
@@ -871,10 +875,6 @@ class AsyncClient(_BaseClient):
                 if (result := plan.fold(item)) is not None:
                     return result  # type: ignore[no-any-return]
         raise no_result(plan.rpc)
-
-    visualize = coroutine_of(_BaseClient._visualize, _fold)
-    evaluate = coroutine_of(_BaseClient._evaluate, _fold)
-    dream = coroutine_of(_BaseClient._dream, _fold)
 
     async def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""

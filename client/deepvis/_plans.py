@@ -6,9 +6,9 @@ import contextlib
 import functools
 import inspect
 import re
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 import grpc
 
@@ -18,21 +18,25 @@ from deepvis._models import Evaluation, EvaluationProgress, Explanation, Visuali
 from deepvis._transport import Attempts, Metadata
 from deepvis.v1 import deepvis_pb2
 
+if TYPE_CHECKING:
+    from deepvis._client import AsyncClient, Client
+
 __all__ = [
     "Call",
     "Plan",
     "ProgressT",
+    "Public",
     "ResultT",
     "Stream",
     "StreamRun",
     "T",
     "batch_results",
-    "coroutine_of",
     "evaluate_stream",
-    "method_of",
+    "folded",
     "no_result",
-    "read_to_end",
     "single",
+    "streaming",
+    "unary",
 ]
 
 T = TypeVar("T")
@@ -42,7 +46,9 @@ PlanT = TypeVar("PlanT")
 ProgressT = TypeVar("ProgressT")
 ResultT = TypeVar("ResultT")
 ClientT = TypeVar("ClientT")
-BuildT = TypeVar("BuildT", bound=Callable[..., Any])
+# What a public call returns on a Client, and on an AsyncClient.
+BlockingT = TypeVar("BlockingT")
+AsyncT = TypeVar("AsyncT")
 
 
 def no_result(rpc: str = "Visualize") -> Internal:
@@ -277,7 +283,7 @@ def _type_arguments(annotation: str) -> tuple[str, list[str]]:
     return name, arguments if bracket else []
 
 
-def read_to_end(build: BuildT) -> BuildT:
+def _read_to_end_docs(build: Callable[..., Any]) -> None:
     """Completes the docstring of `build`, `_<name>`, a call that is `<name>_stream`'s read to
     its end with `on_progress` seeing the progress: its own summary and Returns, and what
     every such call says of its arguments and errors."""
@@ -295,7 +301,6 @@ def read_to_end(build: BuildT) -> BuildT:
         arguments=", ".join(p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD),
         returns=returns,
     )
-    return build
 
 
 def method_of(
@@ -322,3 +327,62 @@ def coroutine_of(
 
     _public(method, build, run)
     return method
+
+
+class Public(Generic[P, BlockingT, AsyncT]):
+    """A public call, declared once in `_client._BaseClient` beside `build`, which makes its plan
+    (`models = unary(_models)`). Each client has it as a method (`method_for`) that runs the
+    plan with the client's runner of its kind (`_run`, `_stream` or `_fold`); to type checkers
+    it is that method: the arguments of `build`, returning BlockingT on a `Client` and AsyncT on
+    an `AsyncClient`.
+    """
+
+    def __init__(self, build: Callable[..., Any], runner: str) -> None:
+        self.build = build
+        self.runner = runner
+
+    @overload
+    def __get__(self, client: None, owner: type[Any]) -> Public[P, BlockingT, AsyncT]: ...
+    @overload
+    def __get__(self, client: Client, owner: type[Any]) -> Callable[P, BlockingT]: ...
+    @overload
+    def __get__(self, client: AsyncClient, owner: type[Any]) -> Callable[P, AsyncT]: ...
+    def __get__(self, client: Any, owner: type[Any]) -> Any:
+        # Read on _BaseClient only: the clients have the methods `method_for` made instead.
+        return self
+
+    def method_for(self, client: type[Any]) -> Callable[..., Any]:
+        """The method of the class `client`: a coroutine function where its runner is one."""
+        run = getattr(client, self.runner)
+        make = coroutine_of if inspect.iscoroutinefunction(run) else method_of
+        return make(self.build, run)
+
+
+def unary(
+    build: Callable[Concatenate[Any, P], Call[T]],
+) -> Public[P, T, Coroutine[Any, Any, T]]:
+    """A call of unary calls, their answers made into its result."""
+    return Public(build, "_run")
+
+
+class _Streaming(
+    Public[P, Generator[ProgressT | ResultT, None, None], AsyncGenerator[ProgressT | ResultT, None]]
+):
+    """A public streaming call, typed by its stream's progress and result types: inferred from
+    the build's Stream[...] as they are, where mypy would make both their union."""
+
+
+def streaming(
+    build: Callable[Concatenate[Any, P], Stream[ProgressT, ResultT]],
+) -> _Streaming[P, ProgressT, ResultT]:
+    """A streaming call, yielding its progress and finally its result."""
+    return _Streaming(build, "_stream")
+
+
+def folded(
+    build: Callable[Concatenate[Any, P], Stream[ProgressT, ResultT]],
+) -> Public[P, ResultT, Coroutine[Any, Any, ResultT]]:
+    """`_<name>`, `<name>_stream` read to its end, `on_progress` seeing the progress: its
+    result; its docstring completed with what every such call says (`_READ_TO_END`)."""
+    _read_to_end_docs(build)
+    return Public(build, "_fold")
