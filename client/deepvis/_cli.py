@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import ipaddress
 import json
 import math
@@ -18,12 +17,17 @@ from typing import Any
 import numpy as np
 
 from deepvis import __version__
+from deepvis._cli_args import Arg, Command, OneOf, add, switch
 from deepvis._cli_explain import (
+    EXPLAIN_ARGS,
+    MODEL_ARG,
+    PICTURE_ARGS,
+    QUIET_ARG,
     Interrupted,
-    add_explain_arguments,
-    add_model_argument,
     atomic_write,
     cli_name,
+    neuron_arg,
+    parse_methods,
     run_explain,
 )
 from deepvis._cli_explain import _index as _index
@@ -45,6 +49,7 @@ from deepvis._models import (
     Progress,
     Visualization,
 )
+from deepvis._report import CHECK_ARGS, run_report
 from deepvis._transport import channel_target
 
 __all__ = ["main"]
@@ -61,10 +66,6 @@ _REPORTED = (DeepvisError, OSError, ValueError, TypeError)
 _UNSAFE_FILE_CHARS = re.compile(r"[^\w.\-]")
 
 _HEALTHY = "SERVING"
-
-
-# Adds a subcommand's parser (name, help=, description=), with the connection flags.
-_Command = Callable[..., argparse.ArgumentParser]
 
 
 def _cli_name(method: str) -> str:
@@ -96,270 +97,370 @@ def _file_part(name: str) -> str:
     return _UNSAFE_FILE_CHARS.sub("_", name)
 
 
-def _add_connection_flags(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
-    """How to reach the server; accepted before the command and after it."""
-    # After the command a flag not given must not reset one given before it, hence SUPPRESS.
-    default = None if top_level else argparse.SUPPRESS
-    parser.add_argument(
+def _passed_on(args: argparse.Namespace, names: str) -> dict[str, Any]:
+    """The flags `names` (separated by spaces), each as the call's option of the same name."""
+    return {name: getattr(args, name) for name in names.split()}
+
+
+def _name_list(choices: Sequence[str], what: str) -> Any:
+    """An argparse type: a comma-separated list of `choices` (hyphens or underscores)."""
+
+    def parse(text: str) -> list[str]:
+        names = [part.strip().replace("-", "_") for part in text.split(",") if part.strip()]
+        bad = [n for n in names if n not in choices]
+        if not names or bad:
+            valid = ",".join(_cli_name(c) for c in choices)
+            raise argparse.ArgumentTypeError(f"expected {what} from {valid}, not {text!r}")
+        return names
+
+    return parse
+
+
+# --- the commands' arguments, as data (see _cli_args) --------------------------------------------
+
+# How to reach the server; accepted before the command and after it.
+_CONNECTION_ARGS = (
+    Arg(
         "--server",
-        metavar="ADDR",
-        default=default,
+        "ADDR",
         help=(
             "server host:port; several replicas as a comma-separated list of IP:port, "
             "balanced round robin, or a gRPC target such as dns:///NAME:PORT "
             f"(default: ${_SERVER_ENV}, else {_DEFAULT_SERVER})"
         ),
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        metavar="S",
-        default=default,
-        help="deadline of each call in seconds",
-    )
-    parser.add_argument(
+    ),
+    Arg("--timeout", "S", float, help="deadline of each call in seconds"),
+    Arg(
         "--token",
-        default=default,
         help=f"bearer token sent with every call (default: ${_TOKEN_ENV}, kept out of ps)",
-    )
-    parser.add_argument(
-        "--tls",
-        action="store_true",
-        default=False if top_level else argparse.SUPPRESS,
-        help="connect over TLS (implied by --tls-ca, --tls-cert)",
-    )
-    parser.add_argument(
-        "--tls-ca",
-        metavar="FILE",
-        default=default,
-        help="PEM CA certificate to check the server's certificate against",
-    )
-    parser.add_argument(
+    ),
+    switch("--tls", "connect over TLS (implied by --tls-ca, --tls-cert)"),
+    Arg("--tls-ca", "FILE", help="PEM CA certificate to check the server's certificate against"),
+    Arg(
         "--tls-cert",
-        metavar="FILE",
-        default=default,
+        "FILE",
         help="PEM client certificate, for servers that require one (with --tls-key)",
-    )
-    parser.add_argument(
-        "--tls-key", metavar="FILE", default=default, help="PEM private key of --tls-cert"
-    )
+    ),
+    Arg("--tls-key", "FILE", help="PEM private key of --tls-cert"),
+)
+
+# What visualize, evaluate and dream share.
+_SEED_ARG = Arg("--seed", "S", _non_negative_int, 0, "random seed (default: 0)")
+_OUT_DIR_ARG = Arg("--out", "DIR", help="output directory", required=True)
+_NEGATE_ARG = switch("--negate", "minimize instead")
+
+
+def _class_arg(help: str) -> Arg:
+    """--class N, a class index, which `help` says what for."""
+    return Arg("--class", "N", int, help=help, dest="class_index")
+
+
+_REPORT = Command(
+    "report",
+    "write one self-contained HTML page comparing methods on images",
+    "Explain images with several methods and write one HTML file that needs nothing else: a "
+    "method x image grid (with a shared-scale toggle), each image's top-5 predictions and "
+    "target, the colormap legend, timings and the server and model.",
+    (
+        Arg("inputs", "INPUT", help="image files, folders, globs, or - (stdin)", nargs="+"),
+        MODEL_ARG,
+        Arg(
+            "--method -m",
+            "A,B,...",
+            parse_methods,
+            ["guided_backprop", "grad_cam", "integrated_gradients"],
+            "methods, comma-separated (default: guided-backprop,grad-cam,integrated-gradients)",
+        ),
+        OneOf(
+            (
+                Arg("--target", "N", int, help="class index to explain"),
+                neuron_arg("explain a neuron"),
+            )
+        ),
+        Arg("--layer", "L", action="append", dest="layers"),
+        *PICTURE_ARGS,
+        Arg("--out -o", "FILE", help="the HTML file to write", required=True),
+        Arg("--title", help="the page's title (default: from the model)"),
+        QUIET_ARG,
+        *CHECK_ARGS,
+    ),
+)
+
+_VISUALIZE = Command(
+    "visualize",
+    "synthesize the images that maximize a class, neuron, channel or layer",
+    "Feature visualization: write DIR/<name>_<i>.png for each synthesized image "
+    "(and DIR/<name>.attribution.png with --input).",
+    (
+        MODEL_ARG,
+        OneOf(
+            (
+                _class_arg("maximize class N's logit"),
+                neuron_arg("maximize a channel's mean, or one neuron of it with :Y:X"),
+                Arg("--channel", "LAYER:C", _parse_channel, help="maximize a channel's mean"),
+                Arg(
+                    "--layer-objective",
+                    "LAYER",
+                    help="maximize a whole layer (DeepDream: the mean of its squares)",
+                ),
+            ),
+            required=True,
+        ),
+        _NEGATE_ARG,
+        Arg("--steps", "N", _non_negative_int, 512, "optimization steps (default: 512)"),
+        Arg(
+            "--lr",
+            "F",
+            float,
+            help="learning rate (default: the preset's: 0.05 for lucid, 25 for class-model)",
+        ),
+        Arg("--size", "HxW", _parse_size, help="image size (default: the model's input)"),
+        Arg("--batch", "N", _non_negative_int, 1, "images to synthesize (default: 1)"),
+        Arg("--diversity", "F", float, 0.0, "weight of the diversity term (default: 0)"),
+        _SEED_ARG,
+        Arg(
+            "--progress-every",
+            "N",
+            _non_negative_int,
+            0,
+            "have the server report progress with a picture every N steps",
+        ),
+        Arg(
+            "--param",
+            help="image parameterization of the lucid preset (default: fft)",
+            choices=parameterizations(),
+        ),
+        Arg(
+            "--preset",
+            default="lucid",
+            help=(
+                "lucid: Olah et al.'s feature visualization; class-model: Simonyan et al.'s, the "
+                "image from zero by gradient ascent on a class score minus --l2 * ||x||^2 "
+                "(with --class; default: %(default)s)"
+            ),
+            choices=[_cli_name(p) for p in presets()],
+        ),
+        Arg(
+            "--l2",
+            "F",
+            float,
+            help="class-model: the L2 penalty's lambda (default: the server's, 1e-3)",
+        ),
+        switch(
+            "--no-transforms", "turn off transformation robustness (pad, jitter, scale, rotate)"
+        ),
+        Arg(
+            "--input",
+            "IMAGE",
+            help="an image to attribute the objective on (guided backpropagation)",
+        ),
+        _OUT_DIR_ARG,
+        switch("--save-array", "also write the float32 arrays as .npy"),
+        Arg(
+            "--name",
+            help="file name prefix (default: from the objective, e.g. class-3 or conv3-c12)",
+        ),
+        QUIET_ARG,
+    ),
+)
+
+_ATTRIBUTIONS = [m for m in methods() if m != "activations"]
+
+_EVALUATE = Command(
+    "evaluate",
+    "sanity checks and faithfulness metrics of methods on images",
+    "Evaluate methods on images: model-parameter randomization (Spearman and SSIM once every "
+    "layer is re-initialized, cascading), deletion and insertion AUCs, infidelity and "
+    "max-sensitivity, each the mean over the images. --json prints every value per image "
+    "instead.",
+    (
+        Arg("images", "IMAGE", help="image files to evaluate on", nargs="+"),
+        MODEL_ARG,
+        Arg(
+            "--method",
+            "A,B,...",
+            _name_list(_ATTRIBUTIONS, "methods"),
+            ["guided_backprop"],
+            "methods to evaluate, comma-separated (default: guided-backprop)",
+        ),
+        Arg(
+            "--metrics",
+            "M,N,...",
+            _name_list(metrics(), "metrics"),
+            help=f"metrics to compute, from {','.join(metrics())} (default: all)",
+        ),
+        Arg("--layer", "L", help="layer of grad-cam and guided-grad-cam"),
+        _class_arg("class to explain on every image (default: each image's predicted class)"),
+        Arg(
+            "--steps",
+            "N",
+            _non_negative_int,
+            0,
+            "deletion and insertion steps (default: min(224, H*W))",
+        ),
+        _SEED_ARG,
+        Arg(
+            "--randomization",
+            default="both",
+            help="randomization curves to compute (default: %(default)s)",
+            choices=("both", "cascading", "independent"),
+        ),
+        Arg(
+            "--perturbations",
+            "N",
+            _non_negative_int,
+            0,
+            "infidelity and sensitivity samples per image (default: 10)",
+        ),
+        switch("--json", "print every value per image as JSON"),
+        Arg(
+            "--plots",
+            "DIR",
+            help="write DIR/<method>.{deletion,insertion,randomization}.png curve plots",
+        ),
+        switch("--progress", "print the evaluation's progress on stderr"),
+    ),
+)
+
+_DREAM = Command(
+    "dream",
+    "DeepDream a picture: amplify what a layer, channel or class sees in it",
+    "DeepDream (the original algorithm: octaves, jitter, steps normalised by the mean "
+    "|gradient|) on IMAGE at its own size: write DIR/<image>.<objective>.dream.png.",
+    (
+        Arg("image", "IMAGE", help="the picture to dream on"),
+        MODEL_ARG,
+        OneOf(
+            (
+                Arg("--layer", "LAYER", help="amplify a whole layer (the L2 of its activations)"),
+                Arg("--channel", "LAYER:C", _parse_channel, help="amplify one channel (its L2)"),
+                _class_arg("amplify class N's logit"),
+            ),
+            required=True,
+        ),
+        _NEGATE_ARG,
+        Arg("--octaves", "N", _non_negative_int, 4, "octaves (default: 4)"),
+        Arg("--octave-scale", "F", float, 1.4, "size ratio between octaves (default: 1.4)"),
+        Arg("--steps", "N", _non_negative_int, 10, "steps per octave (default: 10)"),
+        Arg(
+            "--step-size", "F", float, help="step in 0-255 pixel units (default: the server's, 1.5)"
+        ),
+        Arg(
+            "--jitter",
+            "PX",
+            _non_negative_int,
+            help="largest random shift per step (default: the server's, 32)",
+        ),
+        Arg("--seed", "N", _non_negative_int, 0, "seed"),
+        _OUT_DIR_ARG,
+        switch("--save-octaves", "also write the picture at the end of each octave but the last"),
+        switch("--save-array", "also write the float32 .npy"),
+    ),
+)
+
+_UI = Command(
+    "ui",
+    "explore a served model in the browser (needs the ui extra)",
+    "Start the explorer: a local web page over the server (predictions, a grid of methods on "
+    "one scale, a layer browser, live feature visualization). Prints its URL as the first "
+    "line on stdout and serves until interrupted.",
+    (
+        Arg(
+            "--host",
+            default="127.0.0.1",
+            help="address to bind (default: %(default)s; others need --allow-remote)",
+        ),
+        Arg("--port", type=_non_negative_int, default=0, help="port (default: 0, a free one)"),
+        switch(
+            "--allow-remote",
+            "bind a non-loopback --host: anyone who reaches it uses the server as you",
+        ),
+        Arg(
+            "--allow-host",
+            "NAME",
+            default=[],
+            help=(
+                "also answer requests whose Host header names NAME (a proxy in front that sends "
+                "its own name); by default only 127.0.0.1, localhost and ::1"
+            ),
+            action="append",
+        ),
+        switch("--open", "open the page in the default browser"),
+        Arg(
+            "--samples",
+            "DIR",
+            help=(
+                "a folder of images the page offers as samples (default: the default model's "
+                "digits, where the server package is installed)"
+            ),
+        ),
+    ),
+)
+
+# In the order the top-level --help lists them.
+_COMMANDS = (
+    Command(
+        "models",
+        "list the served models",
+        "List the served models.",
+        (switch("--json", "print them as one JSON array"),),
+    ),
+    Command(
+        "explain",
+        "explain images and write the pictures (and arrays) of each",
+        "Explain images with one or more methods and write DIR/<input>/<method>.png for each "
+        "(over the input for map methods), DIR/<input>/<method>.npy with --format npy, and "
+        "DIR/manifest.jsonl, one JSON line per input and method. Files are written whole or "
+        "not at all; --skip-existing makes a rerun finish an interrupted one.",
+        EXPLAIN_ARGS,
+    ),
+    Command(
+        "layers",
+        "list a model's layers",
+        "List a model's layers: name, type, output shape and calls when > 1.",
+        (
+            Arg("model", "MODEL", help="model name (default: the server's first model)", nargs="?"),
+            switch("--json", "print them as one JSON object"),
+        ),
+    ),
+    _REPORT,
+    _VISUALIZE,
+    _EVALUATE,
+    _DREAM,
+    _UI,
+    Command(
+        "health",
+        "ask the server's health service; exit 0 when SERVING",
+        "Print the server's health status; exit 0 when SERVING, else 1.",
+        (
+            Arg(
+                "--service",
+                "NAME",
+                default="",
+                help='service to ask about, e.g. deepvis.v1.Explainer (default: "", the server)',
+            ),
+        ),
+    ),
+)
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    # After the command a flag not given must not reset one given before it, hence SUPPRESS.
     common = argparse.ArgumentParser(add_help=False)
-    _add_connection_flags(common, top_level=False)
+    add(common, [a._replace(default=argparse.SUPPRESS) for a in _CONNECTION_ARGS])
 
     parser = argparse.ArgumentParser(
         prog="deepvis", description="Show what an image classifier served by deepvis sees."
     )
     parser.add_argument("--version", action="version", version=f"deepvis {__version__}")
-    _add_connection_flags(parser, top_level=True)
+    add(parser, _CONNECTION_ARGS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # Every command takes the connection flags.
-    command: _Command = functools.partial(sub.add_parser, parents=[common])
-
-    models = command(
-        "models",
-        help="list the served models",
-        description="List the served models.",
-    )
-    models.add_argument("--json", action="store_true", help="print them as one JSON array")
-
-    explain = command(
-        "explain",
-        help="explain images and write the pictures (and arrays) of each",
-        description=(
-            "Explain images with one or more methods and write DIR/<input>/<method>.png for "
-            "each (over the input for map methods), DIR/<input>/<method>.npy with --format npy, "
-            "and DIR/manifest.jsonl, one JSON line per input and method. Files are written whole "
-            "or not at all; --skip-existing makes a rerun finish an interrupted one."
-        ),
-    )
-    add_explain_arguments(explain)
-
-    layers = command(
-        "layers",
-        help="list a model's layers",
-        description="List a model's layers: name, type, output shape and calls when > 1.",
-    )
-    layers.add_argument(
-        "model", nargs="?", metavar="MODEL", help="model name (default: the server's first model)"
-    )
-    layers.add_argument("--json", action="store_true", help="print them as one JSON object")
-
-    _add_report_parser(command)
-    _add_visualize_parser(command)
-    _add_evaluate_parser(command)
-    _add_dream_parser(command)
-    _add_ui_parser(command)
-
-    health = command(
-        "health",
-        help="ask the server's health service; exit 0 when SERVING",
-        description="Print the server's health status; exit 0 when SERVING, else 1.",
-    )
-    health.add_argument(
-        "--service",
-        default="",
-        metavar="NAME",
-        help='service to ask about, e.g. deepvis.v1.Explainer (default: "", the server)',
-    )
+    for c in _COMMANDS:
+        # Every command takes the connection flags.
+        add(
+            sub.add_parser(c.name, help=c.help, description=c.description, parents=[common]), c.args
+        )
     return parser
-
-
-def _add_visualize_parser(command: _Command) -> None:
-    vis = command(
-        "visualize",
-        help="synthesize the images that maximize a class, neuron, channel or layer",
-        description=(
-            "Feature visualization: write DIR/<name>_<i>.png for each synthesized image "
-            "(and DIR/<name>.attribution.png with --input)."
-        ),
-    )
-    add_model_argument(vis)
-    objective = vis.add_mutually_exclusive_group(required=True)
-    objective.add_argument(
-        "--class", dest="class_index", type=int, metavar="N", help="maximize class N's logit"
-    )
-    objective.add_argument(
-        "--neuron",
-        type=_parse_neuron,
-        metavar="LAYER:C[:Y:X]",
-        help="maximize a channel's mean, or one neuron of it with :Y:X",
-    )
-    objective.add_argument(
-        "--channel", type=_parse_channel, metavar="LAYER:C", help="maximize a channel's mean"
-    )
-    objective.add_argument(
-        "--layer-objective",
-        metavar="LAYER",
-        help="maximize a whole layer (DeepDream: the mean of its squares)",
-    )
-    vis.add_argument("--negate", action="store_true", help="minimize instead")
-    vis.add_argument(
-        "--steps",
-        type=_non_negative_int,
-        default=512,
-        metavar="N",
-        help="optimization steps (default: 512)",
-    )
-    vis.add_argument(
-        "--lr",
-        type=float,
-        metavar="F",
-        help="learning rate (default: the preset's: 0.05 for lucid, 25 for class-model)",
-    )
-    vis.add_argument(
-        "--size", type=_parse_size, metavar="HxW", help="image size (default: the model's input)"
-    )
-    vis.add_argument(
-        "--batch",
-        type=_non_negative_int,
-        default=1,
-        metavar="N",
-        help="images to synthesize (default: 1)",
-    )
-    vis.add_argument(
-        "--diversity",
-        type=float,
-        default=0.0,
-        metavar="F",
-        help="weight of the diversity term (default: 0)",
-    )
-    vis.add_argument(
-        "--seed", type=_non_negative_int, default=0, metavar="S", help="random seed (default: 0)"
-    )
-    vis.add_argument(
-        "--progress-every",
-        type=_non_negative_int,
-        default=0,
-        metavar="N",
-        help="have the server report progress with a picture every N steps",
-    )
-    vis.add_argument(
-        "--param",
-        choices=parameterizations(),
-        help="image parameterization of the lucid preset (default: fft)",
-    )
-    vis.add_argument(
-        "--preset",
-        choices=[_cli_name(p) for p in presets()],
-        default="lucid",
-        help=(
-            "lucid: Olah et al.'s feature visualization; class-model: Simonyan et al.'s, the "
-            "image from zero by gradient ascent on a class score minus --l2 * ||x||^2 "
-            "(with --class; default: %(default)s)"
-        ),
-    )
-    vis.add_argument(
-        "--l2",
-        type=float,
-        metavar="F",
-        help="class-model: the L2 penalty's lambda (default: the server's, 1e-3)",
-    )
-    vis.add_argument(
-        "--no-transforms",
-        action="store_true",
-        help="turn off transformation robustness (pad, jitter, scale, rotate)",
-    )
-    vis.add_argument(
-        "--input",
-        metavar="IMAGE",
-        help="an image to attribute the objective on (guided backpropagation)",
-    )
-    vis.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    vis.add_argument(
-        "--save-array", action="store_true", help="also write the float32 arrays as .npy"
-    )
-    vis.add_argument(
-        "--name",
-        help="file name prefix (default: from the objective, e.g. class-3 or conv3-c12)",
-    )
-    vis.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-
-
-def _add_ui_parser(command: _Command) -> None:
-    ui = command(
-        "ui",
-        help="explore a served model in the browser (needs the ui extra)",
-        description=(
-            "Start the explorer: a local web page over the server (predictions, a grid of "
-            "methods on one scale, a layer browser, live feature visualization). Prints its URL "
-            "as the first line on stdout and serves until interrupted."
-        ),
-    )
-    ui.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to bind (default: %(default)s; others need --allow-remote)",
-    )
-    ui.add_argument(
-        "--port", type=_non_negative_int, default=0, help="port (default: 0, a free one)"
-    )
-    ui.add_argument(
-        "--allow-remote",
-        action="store_true",
-        help="bind a non-loopback --host: anyone who reaches it uses the server as you",
-    )
-    ui.add_argument(
-        "--allow-host",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help=(
-            "also answer requests whose Host header names NAME (a proxy in front that sends "
-            "its own name); by default only 127.0.0.1, localhost and ::1"
-        ),
-    )
-    ui.add_argument("--open", action="store_true", help="open the page in the default browser")
-    ui.add_argument(
-        "--samples",
-        metavar="DIR",
-        help=(
-            "a folder of images the page offers as samples (default: the default model's "
-            "digits, where the server package is installed)"
-        ),
-    )
 
 
 def _run_ui(args: argparse.Namespace, server: str, token: str | None) -> int:
@@ -389,128 +490,6 @@ def _run_ui(args: argparse.Namespace, server: str, token: str | None) -> int:
     gateway = Gateway(server, options, samples, hosts)
     serve(gateway, args.host, args.port, open_browser=args.open)
     return 0
-
-
-def _add_report_parser(command: _Command) -> None:
-    from deepvis._cli_explain import add_picture_arguments, parse_methods
-
-    report = command(
-        "report",
-        help="write one self-contained HTML page comparing methods on images",
-        description=(
-            "Explain images with several methods and write one HTML file that needs nothing "
-            "else: a method x image grid (with a shared-scale toggle), each image's top-5 "
-            "predictions and target, the colormap legend, timings and the server and model."
-        ),
-    )
-    report.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help="image files, folders, globs, or - (stdin)"
-    )
-    add_model_argument(report)
-    report.add_argument(
-        "--method",
-        "-m",
-        type=parse_methods,
-        default=["guided_backprop", "grad_cam", "integrated_gradients"],
-        metavar="A,B,...",
-        help="methods, comma-separated (default: guided-backprop,grad-cam,integrated-gradients)",
-    )
-    which = report.add_mutually_exclusive_group()
-    which.add_argument("--target", type=int, metavar="N", help="class index to explain")
-    which.add_argument(
-        "--neuron", type=_parse_neuron, metavar="LAYER:C[:Y:X]", help="explain a neuron"
-    )
-    report.add_argument("--layer", action="append", dest="layers", metavar="L")
-    add_picture_arguments(report)
-    report.add_argument("--out", "-o", required=True, metavar="FILE", help="the HTML file to write")
-    report.add_argument("--title", help="the page's title (default: from the model)")
-    report.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    from deepvis._report import add_check_arguments
-
-    add_check_arguments(report)
-
-
-def _name_list(choices: Sequence[str], what: str) -> Any:
-    """An argparse type: a comma-separated list of `choices` (hyphens or underscores)."""
-
-    def parse(text: str) -> list[str]:
-        names = [part.strip().replace("-", "_") for part in text.split(",") if part.strip()]
-        bad = [n for n in names if n not in choices]
-        if not names or bad:
-            valid = ",".join(_cli_name(c) for c in choices)
-            raise argparse.ArgumentTypeError(f"expected {what} from {valid}, not {text!r}")
-        return names
-
-    return parse
-
-
-def _add_evaluate_parser(command: _Command) -> None:
-    ev = command(
-        "evaluate",
-        help="sanity checks and faithfulness metrics of methods on images",
-        description=(
-            "Evaluate methods on images: model-parameter randomization (Spearman and SSIM "
-            "once every layer is re-initialized, cascading), deletion and insertion AUCs, "
-            "infidelity and max-sensitivity, each the mean over the images. --json prints "
-            "every value per image instead."
-        ),
-    )
-    ev.add_argument("images", nargs="+", metavar="IMAGE", help="image files to evaluate on")
-    add_model_argument(ev)
-    attributions = [m for m in methods() if m != "activations"]
-    ev.add_argument(
-        "--method",
-        type=_name_list(attributions, "methods"),
-        default=["guided_backprop"],
-        metavar="A,B,...",
-        help="methods to evaluate, comma-separated (default: guided-backprop)",
-    )
-    ev.add_argument(
-        "--metrics",
-        type=_name_list(metrics(), "metrics"),
-        metavar="M,N,...",
-        help=f"metrics to compute, from {','.join(metrics())} (default: all)",
-    )
-    ev.add_argument("--layer", metavar="L", help="layer of grad-cam and guided-grad-cam")
-    ev.add_argument(
-        "--class",
-        dest="class_index",
-        type=int,
-        metavar="N",
-        help="class to explain on every image (default: each image's predicted class)",
-    )
-    ev.add_argument(
-        "--steps",
-        type=_non_negative_int,
-        default=0,
-        metavar="N",
-        help="deletion and insertion steps (default: min(224, H*W))",
-    )
-    ev.add_argument(
-        "--seed", type=_non_negative_int, default=0, metavar="S", help="random seed (default: 0)"
-    )
-    ev.add_argument(
-        "--randomization",
-        choices=("both", "cascading", "independent"),
-        default="both",
-        help="randomization curves to compute (default: %(default)s)",
-    )
-    ev.add_argument(
-        "--perturbations",
-        type=_non_negative_int,
-        default=0,
-        metavar="N",
-        help="infidelity and sensitivity samples per image (default: 10)",
-    )
-    ev.add_argument("--json", action="store_true", help="print every value per image as JSON")
-    ev.add_argument(
-        "--plots",
-        metavar="DIR",
-        help="write DIR/<method>.{deletion,insertion,randomization}.png curve plots",
-    )
-    ev.add_argument(
-        "--progress", action="store_true", help="print the evaluation's progress on stderr"
-    )
 
 
 # gRPC's words for a connection the server closed during its handshake: what a TLS port does
@@ -611,67 +590,6 @@ def _run_layers(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_dream_parser(command: _Command) -> None:
-    dream = command(
-        "dream",
-        help="DeepDream a picture: amplify what a layer, channel or class sees in it",
-        description=(
-            "DeepDream (the original algorithm: octaves, jitter, steps normalised by the mean "
-            "|gradient|) on IMAGE at its own size: write DIR/<image>.<objective>.dream.png."
-        ),
-    )
-    dream.add_argument("image", metavar="IMAGE", help="the picture to dream on")
-    add_model_argument(dream)
-    objective = dream.add_mutually_exclusive_group(required=True)
-    objective.add_argument(
-        "--layer", metavar="LAYER", help="amplify a whole layer (the L2 of its activations)"
-    )
-    objective.add_argument(
-        "--channel", type=_parse_channel, metavar="LAYER:C", help="amplify one channel (its L2)"
-    )
-    objective.add_argument(
-        "--class", dest="class_index", type=int, metavar="N", help="amplify class N's logit"
-    )
-    dream.add_argument("--negate", action="store_true", help="minimize instead")
-    dream.add_argument(
-        "--octaves", type=_non_negative_int, default=4, metavar="N", help="octaves (default: 4)"
-    )
-    dream.add_argument(
-        "--octave-scale",
-        type=float,
-        default=1.4,
-        metavar="F",
-        help="size ratio between octaves (default: 1.4)",
-    )
-    dream.add_argument(
-        "--steps",
-        type=_non_negative_int,
-        default=10,
-        metavar="N",
-        help="steps per octave (default: 10)",
-    )
-    dream.add_argument(
-        "--step-size",
-        type=float,
-        metavar="F",
-        help="step in 0-255 pixel units (default: the server's, 1.5)",
-    )
-    dream.add_argument(
-        "--jitter",
-        type=_non_negative_int,
-        metavar="PX",
-        help="largest random shift per step (default: the server's, 32)",
-    )
-    dream.add_argument("--seed", type=_non_negative_int, default=0, metavar="N", help="seed")
-    dream.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    dream.add_argument(
-        "--save-octaves",
-        action="store_true",
-        help="also write the picture at the end of each octave but the last",
-    )
-    dream.add_argument("--save-array", action="store_true", help="also write the float32 .npy")
-
-
 def _run_dream(client: Client, args: argparse.Namespace) -> int:
     objective: ObjectiveLike
     if args.class_index is not None:
@@ -688,14 +606,8 @@ def _run_dream(client: Client, args: argparse.Namespace) -> int:
     for item in client.dream_stream(
         args.image,
         objective,
-        model=args.model,
-        negate=args.negate,
-        octaves=args.octaves,
-        octave_scale=args.octave_scale,
         steps_per_octave=args.steps,
-        step_size=args.step_size,
-        jitter=args.jitter,
-        seed=args.seed,
+        **_passed_on(args, "model negate octaves octave_scale step_size jitter seed"),
     ):
         if isinstance(item, DreamProgress):
             print(
@@ -814,21 +726,13 @@ def _save(path: Path, picture: Any) -> None:
 def _visualize(client: Client, args: argparse.Namespace, objective: ObjectiveLike, bar: Any) -> Any:
     return client.visualize(
         objective,
-        model=args.model,
-        negate=args.negate,
-        steps=args.steps,
         learning_rate=args.lr,
-        size=args.size,
-        batch=args.batch,
-        diversity=args.diversity,
-        seed=args.seed,
-        progress_every=args.progress_every,
         parameterization=args.param,
         transforms=not args.no_transforms,
-        input=args.input,
         preset=args.preset.replace("-", "_"),
         l2_penalty=args.l2,
         on_progress=bar,
+        **_passed_on(args, "model negate steps size batch diversity seed progress_every input"),
     )
 
 
@@ -921,16 +825,9 @@ def _print_evaluate_progress(progress: EvaluationProgress) -> None:
 def _run_evaluate(client: Client, args: argparse.Namespace) -> int:
     evaluation = client.evaluate(
         args.images,
-        model=args.model,
-        method=args.method,
-        metrics=args.metrics,
         classes=args.class_index,
-        layer=args.layer,
-        steps=args.steps,
-        seed=args.seed,
-        randomization=args.randomization,
-        perturbations=args.perturbations,
         on_progress=_print_evaluate_progress if args.progress else None,
+        **_passed_on(args, "model method metrics layer steps seed randomization perturbations"),
     )
     if args.plots:
         out = Path(args.plots)
@@ -1064,8 +961,6 @@ def main(argv: list[str] | None = None) -> int:
             if run is not None:
                 return run(client, args)
             if args.command == "report":
-                from deepvis._report import run_report
-
                 return run_report(client, args, server)
             return run_explain(client, args, lambda e, p: _report_line(e, p, tls=tls))
     except Interrupted as stop:

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from deepvis import render
+from deepvis._cli_args import Arg, Group, OneOf, switch
 from deepvis._client import Client
 from deepvis._convert import (
     baseline_kinds,
@@ -47,13 +48,16 @@ from deepvis._models import (
 )
 
 __all__ = [
+    "EXPLAIN_ARGS",
     "IMAGE_SUFFIXES",
     "Interrupted",
+    "MODEL_ARG",
+    "PICTURE_ARGS",
+    "QUIET_ARG",
     "Work",
-    "add_explain_arguments",
-    "add_model_argument",
     "atomic_write",
     "collect_inputs",
+    "neuron_arg",
     "parse_methods",
     "record_of",
     "run_explain",
@@ -129,135 +133,6 @@ def parse_picture_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def add_picture_arguments(parser: argparse.ArgumentParser) -> None:
-    """How pictures are drawn: shared by explain and report."""
-    parser.add_argument(
-        "--cmap",
-        type=str.lower,
-        choices=[c.lower() for c in render.colormaps()],
-        metavar="NAME",
-        help=f"colormap: {', '.join(render.colormaps())} (default: inferno for unsigned maps, "
-        "rdbu_r for signed ones)",
-    )
-    parser.add_argument(
-        "--clip",
-        type=parse_clip,
-        default=render.DEFAULT_CLIP,
-        metavar="P",
-        help="percentile of |a| at the colormap's end, or none (default: 99)",
-    )
-
-
-def add_model_argument(parser: argparse.ArgumentParser) -> None:
-    """--model, the served model a command uses."""
-    parser.add_argument("--model", help="model name (default: the server's first model)")
-
-
-def add_explain_arguments(explain: argparse.ArgumentParser) -> None:
-    explain.add_argument(
-        "inputs",
-        nargs="+",
-        metavar="INPUT",
-        help="image files, folders (their images, recursively), globs, or - for paths on stdin",
-    )
-    add_model_argument(explain)
-    explain.add_argument(
-        "--method",
-        "-m",
-        type=parse_methods,
-        default=["guided_backprop"],
-        metavar="A,B,...",
-        help="one or more methods, comma-separated; grad-cam and grad_cam both work "
-        f"({', '.join(cli_name(m) for m in methods())}; default: guided-backprop)",
-    )
-    explain.add_argument(
-        "--layer",
-        action="append",
-        dest="layers",
-        metavar="L",
-        help=(
-            "layer for layer methods (activations, grad-cam, guided-grad-cam); repeat for "
-            "several activation layers (default: the model's Grad-CAM layer)"
-        ),
-    )
-    explain.add_argument(
-        "--top-k-channels",
-        type=_non_negative_int,
-        default=0,
-        metavar="K",
-        help="activations: keep the K channels of largest mean activation (default: all)",
-    )
-    which = explain.add_mutually_exclusive_group()
-    which.add_argument(
-        "--target", type=int, metavar="N", help="class index to explain (default: the predicted)"
-    )
-    which.add_argument(
-        "--neuron",
-        type=_parse_neuron,
-        metavar="LAYER:C[:Y:X]",
-        help="explain a channel of a layer, or one neuron of it with :Y:X",
-    )
-    explain.add_argument(
-        "--out", "-o", required=True, metavar="DIR", help="output directory: DIR/<input>/..."
-    )
-    explain.add_argument(
-        "--format",
-        type=parse_formats,
-        default=["png"],
-        metavar="F,...",
-        help="what to write: png (pictures), npy (raw arrays); default: png",
-    )
-    explain.add_argument(
-        "--save-array", action="store_true", help="also write the raw arrays (as --format png,npy)"
-    )
-    explain.add_argument(
-        "--float16", action="store_true", help="receive the raw results as float16 (half the bytes)"
-    )
-    explain.add_argument(
-        "--no-overlay",
-        action="store_true",
-        help="draw maps alone in the model's input space, not over the input",
-    )
-    explain.add_argument(
-        "--size", type=parse_picture_size, metavar="WxH", help="picture size (default: natural)"
-    )
-    explain.add_argument("--colorbar", action="store_true", help="draw each map's colorbar")
-    explain.add_argument("--caption", action="store_true", help="draw each map's caption")
-    explain.add_argument(
-        "--panel",
-        action="store_true",
-        help="also write DIR/<input>/panel.png: the input and every method side by side",
-    )
-    explain.add_argument(
-        "--scale",
-        choices=("shared", "own"),
-        default="shared",
-        help="several methods: one scale per family (signed, unsigned) or each its own "
-        "(default: shared)",
-    )
-    add_picture_arguments(explain)
-    _add_method_option_flags(explain)
-    explain.add_argument(
-        "--jobs",
-        "-j",
-        type=_positive_int,
-        default=DEFAULT_JOBS,
-        metavar="N",
-        help=f"calls in flight, which the server batches (default: {DEFAULT_JOBS})",
-    )
-    explain.add_argument(
-        "--skip-existing",
-        action="store_true",
-        help="skip inputs whose outputs are all there (a rerun finishes an interrupted run)",
-    )
-    explain.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    explain.add_argument(
-        "--json",
-        action="store_true",
-        help="print one JSON object per input and method (as manifest.jsonl has it)",
-    )
-
-
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -266,88 +141,6 @@ def _non_negative_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"the value must be >= 0, not {text}")
     return value
-
-
-def _add_method_option_flags(explain: argparse.ArgumentParser) -> None:
-    """LRP's rule set, SmoothGrad and integrated gradients' options."""
-    lrp = explain.add_argument_group("lrp")
-    lrp.add_argument(
-        "--composite",
-        choices=composites(),
-        help=f"LRP rule set (default: {composites()[0]})",
-    )
-    lrp.add_argument(
-        "--epsilon", type=float, metavar="F", help="LRP epsilon rule's stabilizer (default: 1e-6)"
-    )
-    lrp.add_argument(
-        "--gamma", type=float, metavar="F", help="epsilon_gamma_box's gamma (default: 0.25)"
-    )
-    smooth = explain.add_argument_group(
-        "smoothing", "SmoothGrad / VarGrad over noisy copies (on when any of these is given)"
-    )
-    smooth.add_argument(
-        "--smooth-samples", type=_non_negative_int, metavar="N", help="noisy copies (default: 25)"
-    )
-    smooth.add_argument(
-        "--smooth-noise",
-        type=_non_negative_float,
-        metavar="F",
-        help="noise std as a fraction of the input's range (default: 0.15)",
-    )
-    smooth.add_argument(
-        "--smooth-kind", choices=smooth_kinds(), help="aggregation (default: smoothgrad)"
-    )
-    smooth.add_argument(
-        "--smooth-seed", type=_non_negative_int, metavar="S", help="noise seed (default: 0)"
-    )
-    ig = explain.add_argument_group("integrated gradients")
-    ig.add_argument(
-        "--ig-steps", type=_non_negative_int, metavar="N", help="steps or draws (default: 50)"
-    )
-    ig.add_argument(
-        "--ig-method",
-        choices=integration_methods(),
-        help="integration method (default: gausslegendre)",
-    )
-    ig.add_argument(
-        "--ig-baseline",
-        choices=baseline_kinds(),
-        help="baseline (default: zero, or images with --ig-baseline-image)",
-    )
-    ig.add_argument(
-        "--ig-blur-sigma",
-        type=_non_negative_float,
-        metavar="PX",
-        help="blur baseline's sigma in pixels (default: a tenth of the shorter side)",
-    )
-    ig.add_argument(
-        "--ig-samples",
-        type=_non_negative_int,
-        metavar="N",
-        help="uniform baseline: noise images (default: 1)",
-    )
-    ig.add_argument(
-        "--ig-baseline-image",
-        action="append",
-        dest="ig_images",
-        metavar="IMAGE",
-        help="a baseline image (repeat for several)",
-    )
-    ig.add_argument(
-        "--ig-seed", type=_non_negative_int, metavar="S", help="seed of random baselines, draws"
-    )
-    rollout = explain.add_argument_group("attention rollout")
-    rollout.add_argument(
-        "--head-fusion",
-        choices=("mean", "max", "min"),
-        help="how each block's heads are fused (default: mean)",
-    )
-    rollout.add_argument(
-        "--discard-ratio",
-        type=float,
-        metavar="F",
-        help="fraction of the smallest attention weights dropped, in [0, 1) (default: 0)",
-    )
 
 
 def _rollout(args: argparse.Namespace) -> Rollout | None:
@@ -430,6 +223,201 @@ def _parse_neuron(text: str) -> Neuron:
     if len(parts) == 2:
         return Neuron(parts[0], channel)
     return Neuron(parts[0], channel, y=_index(parts[2], "y"), x=_index(parts[3], "x"))
+
+
+# What each argument of `deepvis explain` (and of `report`, which shares some) is; see _cli_args.
+
+MODEL_ARG = Arg("--model", help="model name (default: the server's first model)")
+QUIET_ARG = switch("--quiet -q", "no progress bar")
+
+
+def neuron_arg(help: str) -> Arg:
+    """--neuron LAYER:C[:Y:X], a channel or one neuron of it, which `help` says what for."""
+    return Arg("--neuron", "LAYER:C[:Y:X]", _parse_neuron, help=help)
+
+
+# How pictures are drawn: shared by explain and report.
+PICTURE_ARGS = (
+    Arg(
+        "--cmap",
+        "NAME",
+        str.lower,
+        help=f"colormap: {', '.join(render.colormaps())} (default: inferno for unsigned maps, "
+        "rdbu_r for signed ones)",
+        choices=[c.lower() for c in render.colormaps()],
+    ),
+    Arg(
+        "--clip",
+        "P",
+        parse_clip,
+        render.DEFAULT_CLIP,
+        "percentile of |a| at the colormap's end, or none (default: 99)",
+    ),
+)
+
+# LRP's rule set, SmoothGrad's, integrated gradients' and attention rollout's options.
+_METHOD_OPTION_ARGS = (
+    Group(
+        "lrp",
+        None,
+        (
+            Arg(
+                "--composite",
+                help=f"LRP rule set (default: {composites()[0]})",
+                choices=composites(),
+            ),
+            Arg("--epsilon", "F", float, help="LRP epsilon rule's stabilizer (default: 1e-6)"),
+            Arg("--gamma", "F", float, help="epsilon_gamma_box's gamma (default: 0.25)"),
+        ),
+    ),
+    Group(
+        "smoothing",
+        "SmoothGrad / VarGrad over noisy copies (on when any of these is given)",
+        (
+            Arg("--smooth-samples", "N", _non_negative_int, help="noisy copies (default: 25)"),
+            Arg(
+                "--smooth-noise",
+                "F",
+                _non_negative_float,
+                help="noise std as a fraction of the input's range (default: 0.15)",
+            ),
+            Arg("--smooth-kind", help="aggregation (default: smoothgrad)", choices=smooth_kinds()),
+            Arg("--smooth-seed", "S", _non_negative_int, help="noise seed (default: 0)"),
+        ),
+    ),
+    Group(
+        "integrated gradients",
+        None,
+        (
+            Arg("--ig-steps", "N", _non_negative_int, help="steps or draws (default: 50)"),
+            Arg(
+                "--ig-method",
+                help="integration method (default: gausslegendre)",
+                choices=integration_methods(),
+            ),
+            Arg(
+                "--ig-baseline",
+                help="baseline (default: zero, or images with --ig-baseline-image)",
+                choices=baseline_kinds(),
+            ),
+            Arg(
+                "--ig-blur-sigma",
+                "PX",
+                _non_negative_float,
+                help="blur baseline's sigma in pixels (default: a tenth of the shorter side)",
+            ),
+            Arg(
+                "--ig-samples",
+                "N",
+                _non_negative_int,
+                help="uniform baseline: noise images (default: 1)",
+            ),
+            Arg(
+                "--ig-baseline-image",
+                "IMAGE",
+                help="a baseline image (repeat for several)",
+                action="append",
+                dest="ig_images",
+            ),
+            Arg("--ig-seed", "S", _non_negative_int, help="seed of random baselines, draws"),
+        ),
+    ),
+    Group(
+        "attention rollout",
+        None,
+        (
+            Arg(
+                "--head-fusion",
+                help="how each block's heads are fused (default: mean)",
+                choices=("mean", "max", "min"),
+            ),
+            Arg(
+                "--discard-ratio",
+                "F",
+                float,
+                help="fraction of the smallest attention weights dropped, in [0, 1) (default: 0)",
+            ),
+        ),
+    ),
+)
+
+EXPLAIN_ARGS = (
+    Arg(
+        "inputs",
+        "INPUT",
+        help="image files, folders (their images, recursively), globs, or - for paths on stdin",
+        nargs="+",
+    ),
+    MODEL_ARG,
+    Arg(
+        "--method -m",
+        "A,B,...",
+        parse_methods,
+        ["guided_backprop"],
+        "one or more methods, comma-separated; grad-cam and grad_cam both work "
+        f"({', '.join(cli_name(m) for m in methods())}; default: guided-backprop)",
+    ),
+    Arg(
+        "--layer",
+        "L",
+        help=(
+            "layer for layer methods (activations, grad-cam, guided-grad-cam); repeat for "
+            "several activation layers (default: the model's Grad-CAM layer)"
+        ),
+        action="append",
+        dest="layers",
+    ),
+    Arg(
+        "--top-k-channels",
+        "K",
+        _non_negative_int,
+        0,
+        "activations: keep the K channels of largest mean activation (default: all)",
+    ),
+    OneOf(
+        (
+            Arg("--target", "N", int, help="class index to explain (default: the predicted)"),
+            neuron_arg("explain a channel of a layer, or one neuron of it with :Y:X"),
+        )
+    ),
+    Arg("--out -o", "DIR", help="output directory: DIR/<input>/...", required=True),
+    Arg(
+        "--format",
+        "F,...",
+        parse_formats,
+        ["png"],
+        "what to write: png (pictures), npy (raw arrays); default: png",
+    ),
+    switch("--save-array", "also write the raw arrays (as --format png,npy)"),
+    switch("--float16", "receive the raw results as float16 (half the bytes)"),
+    switch("--no-overlay", "draw maps alone in the model's input space, not over the input"),
+    Arg("--size", "WxH", parse_picture_size, help="picture size (default: natural)"),
+    switch("--colorbar", "draw each map's colorbar"),
+    switch("--caption", "draw each map's caption"),
+    switch("--panel", "also write DIR/<input>/panel.png: the input and every method side by side"),
+    Arg(
+        "--scale",
+        default="shared",
+        help="several methods: one scale per family (signed, unsigned) or each its own "
+        "(default: shared)",
+        choices=("shared", "own"),
+    ),
+    *PICTURE_ARGS,
+    *_METHOD_OPTION_ARGS,
+    Arg(
+        "--jobs -j",
+        "N",
+        _positive_int,
+        DEFAULT_JOBS,
+        f"calls in flight, which the server batches (default: {DEFAULT_JOBS})",
+    ),
+    switch(
+        "--skip-existing",
+        "skip inputs whose outputs are all there (a rerun finishes an interrupted run)",
+    ),
+    QUIET_ARG,
+    switch("--json", "print one JSON object per input and method (as manifest.jsonl has it)"),
+)
 
 
 # --- inputs and output names ---------------------------------------------------------------------

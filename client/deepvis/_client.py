@@ -42,15 +42,19 @@ from deepvis._options import (
 from deepvis._plans import (
     Call,
     Plan,
+    ProgressT,
+    Public,
+    ResultT,
     Stream,
     StreamRun,
     T,
     batch_results,
-    coroutine_of,
     evaluate_stream,
-    method_of,
+    folded,
     no_result,
     single,
+    streaming,
+    unary,
 )
 from deepvis._transport import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -76,10 +80,18 @@ class _BaseClient:
     """What `Client` and `AsyncClient` share: every call's signature, docs, checks and requests.
 
     Each public call is defined here once, as `_<name>`: it checks its arguments and returns a
-    plan (see `_plans`) of the requests to send and what to make of the answers. The clients
-    run plans with their own I/O (the grpc or grpc.aio channel, the replay and stream loops),
-    and `method_of` / `coroutine_of` make the public methods, with this signature and docstring.
+    plan (see `_plans`) of the requests to send and what to make of the answers; beside it,
+    `<name> = unary(_<name>)` (or `streaming`, `folded`) says how the clients run that plan.
+    The clients run plans with their own I/O (the grpc or grpc.aio channel, the replay and
+    stream loops): each gets every call as a method with this signature and docstring.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if _BaseClient in cls.__bases__:  # Client and AsyncClient, not classes made from them
+            for name, call in vars(_BaseClient).items():
+                if isinstance(call, Public):
+                    setattr(cls, name, call.method_for(cls))
 
     def __init__(
         self,
@@ -157,7 +169,7 @@ class _BaseClient:
     def _deadline(self, timeout: float | None) -> float | None:
         return self._timeout if timeout is None else timeout
 
-    def _streaming(self, plan: Stream) -> StreamRun:
+    def _streaming(self, plan: Stream[Any, Any]) -> StreamRun:
         return StreamRun(
             plan,
             method=getattr(self._stub, plan.rpc),
@@ -185,6 +197,8 @@ class _BaseClient:
         """
         request = deepvis_pb2.ListModelsRequest()
         return single(self._stub.ListModels, request, self._listed, timeout=timeout)
+
+    models = unary(_models)
 
     def _explain(
         self,
@@ -277,6 +291,8 @@ class _BaseClient:
             unnamed=options.get("model") is None,
         )
 
+    explain = unary(_explain)
+
     def _compare(
         self,
         input: InputLike,
@@ -340,6 +356,8 @@ class _BaseClient:
             timeout=timeout,
         )
 
+    compare = unary(_compare)
+
     def _explain_batch(
         self,
         inputs: Sequence[InputLike],
@@ -398,6 +416,8 @@ class _BaseClient:
             timeout=timeout,
         )
 
+    explain_batch = unary(_explain_batch)
+
     def _health(self, service: str = "", *, timeout: float | None = None) -> Call[str]:
         """Asks the server's standard gRPC health service (grpc.health.v1) how it is.
 
@@ -418,6 +438,8 @@ class _BaseClient:
         request = _convert.health_request_to_bytes(service)
         status = _convert.health_status_from_bytes
         return single(self._health_check, request, status, timeout=timeout)
+
+    health = unary(_health)
 
     def _describe(
         self, model: str | None = None, *, timeout: float | None = None
@@ -443,13 +465,15 @@ class _BaseClient:
             self._stub.DescribeModel, request, description, timeout=timeout, unnamed=model is None
         )
 
+    describe = unary(_describe)
+
     def _visualize_stream(
         self,
         objective: ObjectiveLike,
         *,
         timeout: float | None = None,
         **options: Unpack[VisualizeOptions],
-    ) -> Stream:
+    ) -> Stream[Progress, Visualization]:
         """Runs a feature visualization, yielding its progress and finally its result.
 
         Arguments are checked at once; the call starts on the first iteration. Closing the
@@ -513,6 +537,8 @@ class _BaseClient:
         unnamed = [request] if options.get("model") is None else []
         return Stream(request=request, unnamed=unnamed, timeout=timeout)
 
+    visualize_stream = streaming(_visualize_stream)
+
     def _visualize(
         self,
         objective: ObjectiveLike,
@@ -520,28 +546,17 @@ class _BaseClient:
         on_progress: Callable[[Progress], None] | None = None,
         timeout: float | None = None,
         **options: Unpack[VisualizeOptions],
-    ) -> Stream:
+    ) -> Stream[Progress, Visualization]:
         """Synthesizes the images that maximize an objective (feature visualization).
-
-        The call is `visualize_stream`'s, read to its end.
-
-        Args:
-            on_progress: Called with each `Progress` message as it arrives; an exception it
-                raises cancels the job and propagates.
-            objective, timeout, **options: As for `visualize_stream`.
 
         Returns:
             The `Visualization`: images, arrays, final objective and server timing.
-
-        Raises:
-            DeepvisError: The call failed (a subclass per gRPC status), or (`Internal`) the
-                stream ended without a result.
-            TypeError, ValueError: An argument is invalid; nothing was sent.
-            OSError: The input file cannot be read.
         """
         plan = self._visualize_stream(objective, timeout=timeout, **options)
         plan.on_progress = on_progress
         return plan
+
+    visualize = folded(_visualize)
 
     def _dream_stream(
         self,
@@ -550,7 +565,7 @@ class _BaseClient:
         *,
         timeout: float | None = None,
         **options: Unpack[DreamOptions],
-    ) -> Stream:
+    ) -> Stream[DreamProgress, Dream]:
         """Runs DeepDream on a picture, yielding its progress and finally its result.
 
         The original algorithm (google/deepdream): the picture is shrunk `octaves - 1` times
@@ -603,6 +618,8 @@ class _BaseClient:
             result_type=Dream,
         )
 
+    dream_stream = streaming(_dream_stream)
+
     def _dream(
         self,
         input: InputLike,
@@ -611,29 +628,18 @@ class _BaseClient:
         on_progress: Callable[[DreamProgress], None] | None = None,
         timeout: float | None = None,
         **options: Unpack[DreamOptions],
-    ) -> Stream:
+    ) -> Stream[DreamProgress, Dream]:
         """Runs DeepDream on a picture (the original algorithm, google/deepdream).
-
-        The call is `dream_stream`'s, read to its end.
-
-        Args:
-            on_progress: Called with each `DreamProgress` message as it arrives; an exception
-                it raises cancels the job and propagates.
-            input, objective, timeout, **options: As for `dream_stream`.
 
         Returns:
             The `Dream`: the picture at the input's own size, its array, the objective per
             octave and server timing.
-
-        Raises:
-            DeepvisError: The call failed (a subclass per gRPC status), or (`Internal`) the
-                stream ended without a result.
-            TypeError, ValueError: An argument is invalid; nothing was sent.
-            OSError: The input file cannot be read.
         """
         plan = self._dream_stream(input, objective, timeout=timeout, **options)
         plan.on_progress = on_progress
         return plan
+
+    dream = folded(_dream)
 
     def _evaluate_stream(
         self,
@@ -641,7 +647,7 @@ class _BaseClient:
         *,
         timeout: float | None = None,
         **options: Unpack[EvaluateOptions],
-    ) -> Stream:
+    ) -> Stream[EvaluationProgress, Evaluation]:
         """Evaluates methods on inputs, yielding the evaluation's progress and finally its result.
 
         Arguments are checked at once; the call starts on the first iteration. Closing the
@@ -692,6 +698,8 @@ class _BaseClient:
         request = _convert.evaluate_request_to_pb(inputs, **options)
         return evaluate_stream(request, timeout=timeout)
 
+    evaluate_stream = streaming(_evaluate_stream)
+
     def _evaluate(
         self,
         inputs: InputLike | Sequence[InputLike],
@@ -699,28 +707,17 @@ class _BaseClient:
         on_progress: Callable[[EvaluationProgress], None] | None = None,
         timeout: float | None = None,
         **options: Unpack[EvaluateOptions],
-    ) -> Stream:
+    ) -> Stream[EvaluationProgress, Evaluation]:
         """Sanity checks and faithfulness metrics of methods on inputs, computed by the server.
-
-        The call is `evaluate_stream`'s, read to its end.
-
-        Args:
-            on_progress: Called with each `EvaluationProgress` as it arrives; an exception it
-                raises cancels the evaluation and propagates.
-            inputs, timeout, **options: As for `evaluate_stream`.
 
         Returns:
             The `Evaluation`: per method, its curves and scores on every input.
-
-        Raises:
-            DeepvisError: The call failed (a subclass per gRPC status), or (`Internal`) the
-                stream ended without a result.
-            TypeError, ValueError: An argument is invalid; nothing was sent.
-            OSError: An input file cannot be read.
         """
         plan = self._evaluate_stream(inputs, timeout=timeout, **options)
         plan.on_progress = on_progress
         return plan
+
+    evaluate = folded(_evaluate)
 
 
 # --- the two transports ------------------------------------------------------------------------
@@ -769,14 +766,9 @@ class Client(_BaseClient):
         answers = [plan.answer(r, self._unary(plan.method, r, plan.timeout)) for r in plan.requests]
         return plan.result(answers)
 
-    models = method_of(_BaseClient._models, _run)
-    explain = method_of(_BaseClient._explain, _run)
-    compare = method_of(_BaseClient._compare, _run)
-    explain_batch = method_of(_BaseClient._explain_batch, _run)
-    health = method_of(_BaseClient._health, _run)
-    describe = method_of(_BaseClient._describe, _run)
-
-    def _stream(self, plan: Stream) -> Generator[Progress | Visualization, None, None]:
+    def _stream(
+        self, plan: Stream[ProgressT, ResultT]
+    ) -> Generator[ProgressT | ResultT, None, None]:
         self._name(plan)
         run = self._streaming(plan)
         while True:
@@ -789,36 +781,13 @@ class Client(_BaseClient):
             time.sleep(run.backoff)
         yield run.result()
 
-    visualize_stream = method_of(_BaseClient._visualize_stream, _stream)
-
-    def _fold(self, plan: Stream) -> Visualization:
-        with contextlib.closing(self._stream(plan)) as items:
+    def _fold(self, plan: Stream[ProgressT, ResultT]) -> ResultT:
+        items = self._stream(plan)
+        with contextlib.closing(items):
             for item in items:
                 if (result := plan.fold(item)) is not None:
                     return result  # type: ignore[no-any-return]
         raise no_result(plan.rpc)
-
-    visualize = method_of(_BaseClient._visualize, _fold)
-
-    def _evaluating(self, plan: Stream) -> Generator[EvaluationProgress | Evaluation, None, None]:
-        return self._stream(plan)  # type: ignore[return-value]
-
-    evaluate_stream = method_of(_BaseClient._evaluate_stream, _evaluating)
-
-    def _evaluated(self, plan: Stream) -> Evaluation:
-        return self._fold(plan)  # type: ignore[return-value]
-
-    evaluate = method_of(_BaseClient._evaluate, _evaluated)
-
-    def _dreaming(self, plan: Stream) -> Generator[DreamProgress | Dream, None, None]:
-        return self._stream(plan)  # type: ignore[return-value]
-
-    dream_stream = method_of(_BaseClient._dream_stream, _dreaming)
-
-    def _dreamt(self, plan: Stream) -> Dream:
-        return self._fold(plan)  # type: ignore[return-value]
-
-    dream = method_of(_BaseClient._dream, _dreamt)
 
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
@@ -884,14 +853,9 @@ class AsyncClient(_BaseClient):
         answers = await asyncio.gather(*(self._answer(plan, r) for r in plan.requests))
         return plan.result(list(answers))
 
-    models = coroutine_of(_BaseClient._models, _run)
-    explain = coroutine_of(_BaseClient._explain, _run)
-    compare = coroutine_of(_BaseClient._compare, _run)
-    explain_batch = coroutine_of(_BaseClient._explain_batch, _run)
-    health = coroutine_of(_BaseClient._health, _run)
-    describe = coroutine_of(_BaseClient._describe, _run)
-
-    async def _stream(self, plan: Stream) -> AsyncGenerator[Progress | Visualization, None]:
+    async def _stream(
+        self, plan: Stream[ProgressT, ResultT]
+    ) -> AsyncGenerator[ProgressT | ResultT, None]:
         await self._name(plan)
         run = self._streaming(plan)
         while True:
@@ -904,36 +868,13 @@ class AsyncClient(_BaseClient):
             await asyncio.sleep(run.backoff)
         yield run.result()
 
-    visualize_stream = method_of(_BaseClient._visualize_stream, _stream)
-
-    async def _fold(self, plan: Stream) -> Visualization:
-        async with contextlib.aclosing(self._stream(plan)) as items:
+    async def _fold(self, plan: Stream[ProgressT, ResultT]) -> ResultT:
+        items = self._stream(plan)
+        async with contextlib.aclosing(items):
             async for item in items:
                 if (result := plan.fold(item)) is not None:
                     return result  # type: ignore[no-any-return]
         raise no_result(plan.rpc)
-
-    visualize = coroutine_of(_BaseClient._visualize, _fold)
-
-    def _evaluating(self, plan: Stream) -> AsyncGenerator[EvaluationProgress | Evaluation, None]:
-        return self._stream(plan)  # type: ignore[return-value]
-
-    evaluate_stream = method_of(_BaseClient._evaluate_stream, _evaluating)
-
-    async def _evaluated(self, plan: Stream) -> Evaluation:
-        return await self._fold(plan)  # type: ignore[return-value]
-
-    evaluate = coroutine_of(_BaseClient._evaluate, _evaluated)
-
-    def _dreaming(self, plan: Stream) -> AsyncGenerator[DreamProgress | Dream, None]:
-        return self._stream(plan)  # type: ignore[return-value]
-
-    dream_stream = method_of(_BaseClient._dream_stream, _dreaming)
-
-    async def _dreamt(self, plan: Stream) -> Dream:
-        return await self._fold(plan)  # type: ignore[return-value]
-
-    dream = coroutine_of(_BaseClient._dream, _dreamt)
 
     async def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""

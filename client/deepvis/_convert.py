@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import importlib.util
@@ -10,7 +11,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -23,6 +24,9 @@ from deepvis._options import ExplainOptions
 from deepvis.render import DEFAULT_CLIP
 from deepvis.render import Options as PictureOptions
 from deepvis.v1 import deepvis_pb2
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "MAX_BATCH_ITEMS",
@@ -66,6 +70,7 @@ __all__ = [
 ]
 
 _V = TypeVar("_V")
+_D = TypeVar("_D", bound="DataclassInstance")
 
 _METHOD_PREFIX = "METHOD_"
 _PARAMETERIZATION_PREFIX = "PARAMETERIZATION_"
@@ -763,6 +768,19 @@ def _png_from_bytes(data: bytes) -> Image.Image | None:
     return image
 
 
+# What a message's scalar field becomes, by the type the `_models` field of its name declares.
+_SCALARS: dict[str, Callable[[Any], Any]] = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _from_fields(cls: type[_D], msg: Any, **given: Any) -> _D:
+    """The `_models` dataclass `cls` from the message fields of its fields' names, each made the
+    int, float, str or bool its field declares; the fields of other types are `given`."""
+    # The annotations are strings (`from __future__ import annotations` in _models).
+    fields = [f for f in dataclasses.fields(cls) if f.name not in given]
+    read = {f.name: _SCALARS[str(f.type)](getattr(msg, f.name)) for f in fields}
+    return cls(**read, **given)
+
+
 def _by_name(named: Sequence[Any], kind: str, decode: Callable[[Any], _V]) -> dict[str, _V]:
     """Decodes named items (NamedTensor, NamedImage) by name; `kind` names them in errors."""
     out: dict[str, _V] = {}
@@ -826,10 +844,7 @@ def explanation_from_pb(
         method=method_from_pb(resp.method),
         array=array,
         image=_png_from_bytes(resp.image_png),
-        predictions=[
-            _models.Prediction(index=int(p.index), label=p.label, score=float(p.score))
-            for p in resp.predictions
-        ],
+        predictions=[_from_fields(_models.Prediction, p) for p in resp.predictions],
         target=_target_from_pb(resp.target),
         batch_size=int(resp.timing.batch_size),
         queue_ms=float(resp.timing.queue_ms),
@@ -849,12 +864,7 @@ def _completeness_from_pb(resp: deepvis_pb2.ExplainResponse) -> _models.Complete
     if not resp.HasField("completeness"):
         return None
     c = resp.completeness
-    return _models.Completeness(
-        attribution_sum=float(c.attribution_sum),
-        score=float(c.score),
-        baseline_score=float(c.baseline_score),
-        delta=float(c.delta),
-    )
+    return _from_fields(_models.Completeness, c)
 
 
 def _region_from_pb(msg: Any, name: str) -> tuple[float, float, float, float] | None:
@@ -1037,12 +1047,7 @@ def _preset_to_pb(name: str) -> deepvis_pb2.Preset:
 
 
 def _progress_from_pb(msg: deepvis_pb2.VisualizeProgress) -> _models.Progress:
-    return _models.Progress(
-        step=int(msg.step),
-        steps=int(msg.steps),
-        objective=float(msg.objective),
-        image=_png_from_bytes(msg.image_png),
-    )
+    return _from_fields(_models.Progress, msg, image=_png_from_bytes(msg.image_png))
 
 
 def _visualization_from_pb(msg: deepvis_pb2.VisualizeResult) -> _models.Visualization:
@@ -1139,14 +1144,7 @@ def dream_item_from_pb(
     kind = resp.WhichOneof("kind")
     if kind == "progress":
         p = resp.progress
-        return _models.DreamProgress(
-            step=int(p.step),
-            steps=int(p.steps),
-            octave=int(p.octave),
-            octaves=int(p.octaves),
-            objective=float(p.objective),
-            image=_png_from_bytes(p.image_png),
-        )
+        return _from_fields(_models.DreamProgress, p, image=_png_from_bytes(p.image_png))
     if kind != "result":
         return None
     msg = resp.result
@@ -1371,7 +1369,7 @@ def evaluate_item_from_pb(
     kind = resp.WhichOneof("kind")
     if kind == "progress":
         p = resp.progress
-        return _models.EvaluationProgress(done=int(p.done), total=int(p.total), stage=p.stage)
+        return _from_fields(_models.EvaluationProgress, p)
     if kind != "result":
         return None
     r = resp.result

@@ -6,36 +6,49 @@ import contextlib
 import functools
 import inspect
 import re
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 import grpc
 
 from deepvis import _convert
 from deepvis._exceptions import DeepvisError, Internal, NotFound
-from deepvis._models import Evaluation, Explanation, Visualization
+from deepvis._models import Evaluation, EvaluationProgress, Explanation, Visualization
 from deepvis._transport import Attempts, Metadata
 from deepvis.v1 import deepvis_pb2
+
+if TYPE_CHECKING:
+    from deepvis._client import AsyncClient, Client
 
 __all__ = [
     "Call",
     "Plan",
+    "ProgressT",
+    "Public",
+    "ResultT",
     "Stream",
     "StreamRun",
     "T",
     "batch_results",
-    "coroutine_of",
     "evaluate_stream",
-    "method_of",
+    "folded",
     "no_result",
     "single",
+    "streaming",
+    "unary",
 ]
 
 T = TypeVar("T")
 P = ParamSpec("P")
 PlanT = TypeVar("PlanT")
+# A stream's progress items and its result, which its plan's type names.
+ProgressT = TypeVar("ProgressT")
+ResultT = TypeVar("ResultT")
 ClientT = TypeVar("ClientT")
+# What a public call returns on a Client, and on an AsyncClient.
+BlockingT = TypeVar("BlockingT")
+AsyncT = TypeVar("AsyncT")
 
 
 def no_result(rpc: str = "Visualize") -> Internal:
@@ -100,9 +113,9 @@ def single(
 
 
 @dataclass(kw_only=True)
-class Stream(Plan):
-    """One streaming call (Visualize, Evaluate): progress messages, then one result; with
-    `visualize` or `evaluate`, also who sees its progress."""
+class Stream(Plan, Generic[ProgressT, ResultT]):
+    """One streaming call (Visualize, Evaluate, DeepDream): progress items, then one result;
+    with `visualize`, `evaluate` or `dream`, also who sees its progress."""
 
     request: Any
     rpc: str = "Visualize"  # the stub's method
@@ -120,7 +133,9 @@ class Stream(Plan):
         return None
 
 
-def evaluate_stream(request: deepvis_pb2.EvaluateRequest, *, timeout: float | None) -> Stream:
+def evaluate_stream(
+    request: deepvis_pb2.EvaluateRequest, *, timeout: float | None
+) -> Stream[EvaluationProgress, Evaluation]:
     """The plan of one Evaluate call."""
     return Stream(
         request=request,
@@ -215,20 +230,77 @@ def _public(method: Any, build: Callable[..., Any], run: Callable[..., Any]) -> 
 
     Its name without the underscore, in the class of `run`; the docstring and signature of
     `build` (which `help()`, `inspect.signature` and IDEs show), returning what `run` makes of
-    the plan: the result type a `Call[...]` names, or `run`'s own return type.
+    the plan: `run`'s return type, with the types the plan's names (T of a `Call[T]`, ProgressT
+    and ResultT of a `Stream[ProgressT, ResultT]`) as `build`'s plan names them.
     """
     functools.update_wrapper(method, build)
     name = build.__name__.removeprefix("_")
     method.__name__ = name
     method.__qualname__ = f"{run.__qualname__.rpartition('.')[0]}.{name}"
     returns = inspect.signature(run).return_annotation
-    if returns == "T":
-        call = re.fullmatch(r"Call\[(.+)\]", build.__annotations__["return"])
-        if call is None:
-            raise TypeError(f"{build.__qualname__} must be annotated to return Call[...]")
-        returns = call[1]
+    taken = list(inspect.signature(run).parameters.values())[1].annotation  # after self
+    kind, parameters = _type_arguments(taken)
+    made, arguments = _type_arguments(build.__annotations__["return"])
+    if made != kind or len(arguments) != len(parameters):
+        raise TypeError(f"{build.__qualname__} must be annotated to return {taken}")
+    for parameter, argument in zip(parameters, arguments, strict=True):
+        returns = re.sub(rf"\b{parameter}\b", argument, returns)
     method.__signature__ = inspect.signature(build).replace(return_annotation=returns)
     method.__annotations__ = {**build.__annotations__, "return": returns}
+
+
+# What the docstring of every call that reads its stream to the end says, around its own
+# summary and Returns.
+_READ_TO_END = """{summary}
+
+The call is `{stream}`'s, read to its end.
+
+Args:
+    on_progress: Called with each `{progress}` as it arrives; an exception it
+        raises cancels the call and propagates.
+    {arguments}, timeout, **options: As for `{stream}`.
+
+{returns}
+
+Raises:
+    DeepvisError: The call failed (a subclass per gRPC status), or (`Internal`) the
+        stream ended without a result.
+    TypeError, ValueError: An argument is invalid; nothing was sent.
+    OSError: An input file cannot be read.
+"""
+
+
+def _type_arguments(annotation: str) -> tuple[str, list[str]]:
+    """A generic type's name and its arguments: "Call[list[int]]" -> ("Call", ["list[int]"])."""
+    name, bracket, inside = annotation.partition("[")
+    arguments, depth, start = [], 0, 0
+    for i, char in enumerate(inside.removesuffix("]")):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            arguments.append(inside[start:i].strip())
+            start = i + 1
+    arguments.append(inside.removesuffix("]")[start:].strip())
+    return name, arguments if bracket else []
+
+
+def _read_to_end_docs(build: Callable[..., Any]) -> None:
+    """Completes the docstring of `build`, `_<name>`, a call that is `<name>_stream`'s read to
+    its end with `on_progress` seeing the progress: its own summary and Returns, and what
+    every such call says of its arguments and errors."""
+    summary, returns = inspect.cleandoc(build.__doc__ or "").split("\n\n", 1)
+    hint = re.fullmatch(
+        r"Callable\[\[(\w+)\], None\] \| None", build.__annotations__["on_progress"]
+    )
+    if hint is None:
+        raise TypeError(f"{build.__qualname__}'s on_progress must take one progress item")
+    parameters = list(inspect.signature(build).parameters.values())[1:]  # after self
+    build.__doc__ = _READ_TO_END.format(
+        summary=summary,
+        stream=build.__name__.removeprefix("_") + "_stream",
+        progress=hint[1],
+        arguments=", ".join(p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD),
+        returns=returns,
+    )
 
 
 def method_of(
@@ -255,3 +327,62 @@ def coroutine_of(
 
     _public(method, build, run)
     return method
+
+
+class Public(Generic[P, BlockingT, AsyncT]):
+    """A public call, declared once in `_client._BaseClient` beside `build`, which makes its plan
+    (`models = unary(_models)`). Each client has it as a method (`method_for`) that runs the
+    plan with the client's runner of its kind (`_run`, `_stream` or `_fold`); to type checkers
+    it is that method: the arguments of `build`, returning BlockingT on a `Client` and AsyncT on
+    an `AsyncClient`.
+    """
+
+    def __init__(self, build: Callable[..., Any], runner: str) -> None:
+        self.build = build
+        self.runner = runner
+
+    @overload
+    def __get__(self, client: None, owner: type[Any]) -> Public[P, BlockingT, AsyncT]: ...
+    @overload
+    def __get__(self, client: Client, owner: type[Any]) -> Callable[P, BlockingT]: ...
+    @overload
+    def __get__(self, client: AsyncClient, owner: type[Any]) -> Callable[P, AsyncT]: ...
+    def __get__(self, client: Any, owner: type[Any]) -> Any:
+        # Read on _BaseClient only: the clients have the methods `method_for` made instead.
+        return self
+
+    def method_for(self, client: type[Any]) -> Callable[..., Any]:
+        """The method of the class `client`: a coroutine function where its runner is one."""
+        run = getattr(client, self.runner)
+        make = coroutine_of if inspect.iscoroutinefunction(run) else method_of
+        return make(self.build, run)
+
+
+def unary(
+    build: Callable[Concatenate[Any, P], Call[T]],
+) -> Public[P, T, Coroutine[Any, Any, T]]:
+    """A call of unary calls, their answers made into its result."""
+    return Public(build, "_run")
+
+
+class _Streaming(
+    Public[P, Generator[ProgressT | ResultT, None, None], AsyncGenerator[ProgressT | ResultT, None]]
+):
+    """A public streaming call, typed by its stream's progress and result types: inferred from
+    the build's Stream[...] as they are, where mypy would make both their union."""
+
+
+def streaming(
+    build: Callable[Concatenate[Any, P], Stream[ProgressT, ResultT]],
+) -> _Streaming[P, ProgressT, ResultT]:
+    """A streaming call, yielding its progress and finally its result."""
+    return _Streaming(build, "_stream")
+
+
+def folded(
+    build: Callable[Concatenate[Any, P], Stream[ProgressT, ResultT]],
+) -> Public[P, ResultT, Coroutine[Any, Any, ResultT]]:
+    """`_<name>`, `<name>_stream` read to its end, `on_progress` seeing the progress: its
+    result; its docstring completed with what every such call says (`_READ_TO_END`)."""
+    _read_to_end_docs(build)
+    return Public(build, "_fold")

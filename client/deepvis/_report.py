@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from deepvis import __version__, render
+from deepvis._cli_args import Arg, switch
 from deepvis._cli_explain import (
     _check_server,
     _load,
@@ -32,7 +33,7 @@ from deepvis._cli_explain import (
 from deepvis._client import Client
 from deepvis._models import Comparison, Evaluation, PerturbationCurve
 
-__all__ = ["add_check_arguments", "build_report", "run_report"]
+__all__ = ["CHECK_ARGS", "build_report", "run_report"]
 
 # A method passes the randomization check when its map, once the top layer is re-initialized,
 # keeps a Spearman correlation with the trained model's below this (as the README's table).
@@ -86,28 +87,22 @@ figcaption { font-size: 12px; color: #333; max-width: 320px; overflow-wrap: anyw
 """
 
 
-def add_check_arguments(parser: argparse.ArgumentParser) -> None:
-    """`deepvis report`'s sanity-check options."""
-    parser.add_argument(
+# `deepvis report`'s sanity-check options (see _cli_args).
+CHECK_ARGS = (
+    switch(
         "--checks",
-        action="store_true",
-        help="also evaluate the methods on the images (randomization, cascading; deletion; "
+        "also evaluate the methods on the images (randomization, cascading; deletion; "
         "insertion) and show the curves beside the pictures, with AUCs and pass/fail",
-    )
-    parser.add_argument(
+    ),
+    Arg(
         "--check-steps",
-        type=int,
-        default=DEFAULT_CHECK_STEPS,
-        metavar="N",
-        help="deletion and insertion steps of --checks (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        metavar="N",
-        help="seed of --checks' re-initialized layers (default: %(default)s)",
-    )
+        "N",
+        int,
+        DEFAULT_CHECK_STEPS,
+        "deletion and insertion steps of --checks (default: %(default)s)",
+    ),
+    Arg("--seed", "N", int, 0, "seed of --checks' re-initialized layers (default: %(default)s)"),
+)
 
 
 def _one(curve: PerturbationCurve, i: int) -> PerturbationCurve:
