@@ -106,6 +106,7 @@ def one_client(
     import deepvis
 
     rng = np.random.default_rng(seed)
+    images: list[np.ndarray]
     if inputs == "float32":
         images = [rng.standard_normal((3, size, size), dtype=np.float32) for _ in range(4)]
     else:
@@ -259,7 +260,16 @@ def summary(runs: list[dict]) -> dict:
         "latency_ms": {
             q: round(float(np.percentile(lat, int(q[1:]))), 1) for q in ("p50", "p90", "p99")
         },
+        # Over requests: a request answered in a batch of 16 counts once, as does one alone.
         "mean_batch_size": round(float(np.concatenate([r["batches"] for r in runs]).mean()), 2),
+        # Requests answered in batches of each size.
+        "requests_by_batch_size": {
+            int(b): int(c)
+            for b, c in zip(
+                *np.unique(np.concatenate([r["batches"] for r in runs]), return_counts=True),
+                strict=True,
+            )
+        },
         # The share of the wall time the device thread spent computing batches: near 1, the
         # device limits; well below, batches wait on the serving path or the clients.
         "device_busy": round(sum(r["device_s"] for r in runs) / wall, 3),
@@ -438,6 +448,35 @@ def combine(runs: list[dict], bases: list[dict], n: int) -> dict:
     return r
 
 
+def against_torchserve(ts_rounds: list[dict], gb_runs: list[dict]) -> dict:
+    """TorchServe's figures per round, and served guided backprop over TorchServe: the median
+    of the rounds' ratios (each round's two runs minutes apart)."""
+    out: dict[str, Any] = {
+        "images_per_s": round(
+            float(np.median([t["served"]["images_per_s"] for t in ts_rounds])), 2
+        ),
+        "rounds": [
+            {k: t[k] for k in ("served", "mean_batch_size_per_batch", "other_cpu_share", "check")}
+            for t in ts_rounds
+        ],
+        "config": ts_rounds[0]["torchserve_config"],
+        "versions": ts_rounds[0]["versions"],
+    }
+    if gb_runs:
+        out["served_guided_backprop_over_torchserve"] = round(
+            float(
+                np.median(
+                    [
+                        g["images"] / g["seconds"] / t["served"]["images_per_s"]
+                        for g, t in zip(gb_runs, ts_rounds, strict=True)
+                    ]
+                )
+            ),
+            2,
+        )
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -517,6 +556,12 @@ def main() -> int:
         help="split the requests into R rounds, each followed by its own baselines; "
         "ratios are the median of the rounds' ratios",
     )
+    p.add_argument(
+        "--torchserve",
+        action="store_true",
+        help="in each round, also time TorchServe 0.12's explanations endpoint (Captum's "
+        "guided backprop, batch --clients, 5 ms; bench/torchserve.py) on the same load",
+    )
     p.add_argument("--out", type=Path, default=Path("bench/results/load.json"))
     args = p.parse_args()
     import torch
@@ -587,6 +632,7 @@ def main() -> int:
     methods = list(filter(None, args.methods.split(",")))  # "": renders only
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     base_rounds: list[dict] = []
+    ts_rounds: list[dict] = []
     try:
         for r in range(args.rounds):
             for method in methods:
@@ -605,6 +651,23 @@ def main() -> int:
                 )
                 runs[method].append(run)
                 print(f"round {r + 1}/{args.rounds}", method, summary([run]), flush=True)
+            if args.torchserve:
+                from torchserve import torchserve_run  # torch and all: not in client processes
+
+                ts_rounds.append(
+                    torchserve_run(
+                        args.arch,
+                        args.size,
+                        args.processes or args.clients,
+                        args.clients // (args.processes or args.clients),
+                        args.requests // args.rounds,
+                        batch_size=n,
+                        max_delay_ms=5,
+                    )
+                )
+                print(
+                    f"round {r + 1}/{args.rounds} torchserve", ts_rounds[-1]["served"], flush=True
+                )
             if methods:
                 # The baselines of this round, measured now, beside its served runs (the
                 # server idles meanwhile): on a shared machine whose speed drifts, each
@@ -624,6 +687,8 @@ def main() -> int:
         server.stop(timeout=60)
     for method in methods:
         report["methods"][method] = combine(runs[method], [b[method] for b in base_rounds], n)
+    if ts_rounds:
+        report["torchserve"] = against_torchserve(ts_rounds, runs.get("guided_backprop", []))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(
@@ -640,6 +705,12 @@ def main() -> int:
             print(
                 f"  round {i}: served {x['served_images_per_s']:.1f}, /unbatched {x['served_over_unbatched']:.2f}, /ceiling {x['served_over_ceiling']:.2f}"
             )
+    if "torchserve" in report:
+        t = report["torchserve"]
+        print(
+            f"torchserve {t['images_per_s']:.1f} images/s; served guided backprop / torchserve "
+            f"{t.get('served_guided_backprop_over_torchserve', float('nan')):.2f}"
+        )
     return 0
 
 
