@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,45 +40,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def client_proc(
-    address: str,
-    method: str,
-    layer: str,
-    n: int,
-    size: int,
-    seed: int,
-    start: float,
-    queue: mp.Queue,
-    per_call: int = 0,
-    threads: int = 1,
-    inputs: str = "uint8",
-    outputs: str = "float16",
-) -> None:
-    """One client process of `threads` closed-loop clients, each its own channel sending n
-    sequential images (uint8 pixels, or float32 model tensors with `inputs="float32"`); one
-    Explain call each, or ExplainBatch calls of `per_call` images. `outputs="float16"`: float16
-    arrays and no pictures; `"default"`: what a call asks for by default (a picture and a
-    float32 array)."""
+@dataclass(frozen=True)
+class Load:
+    """What each closed-loop client of a timed run sends: n sequential images (uint8 pixels,
+    or float32 model tensors with `inputs="float32"`), one Explain call each, or ExplainBatch
+    calls of `per_call` images; `outputs="float16"`: float16 arrays and no pictures,
+    `"default"`: what a call asks for by default (a picture and a float32 array)."""
+
+    address: str
+    method: str
+    layer: str
+    n: int
+    size: int
+    per_call: int = 0
+    inputs: str = "uint8"
+    outputs: str = "float16"
+
+
+def client_proc(load: Load, seed: int, start: float, queue: mp.Queue, threads: int = 1) -> None:
+    """One client process of `threads` closed-loop clients, each its own channel."""
     import threading
 
     out: list[tuple[list[float], list[int], list[float]]] = []
     workers = [
-        threading.Thread(
-            target=lambda k=k: out.append(
-                one_client(
-                    address,
-                    method,
-                    layer,
-                    n,
-                    size,
-                    seed * threads + k,
-                    start,
-                    per_call,
-                    inputs,
-                    outputs,
-                )
-            )
-        )
+        threading.Thread(target=lambda k=k: out.append(one_client(load, seed * threads + k, start)))
         for k in range(threads)
     ]
     for w in workers:
@@ -90,29 +76,21 @@ def client_proc(
     queue.put((time.time(), lat, batches, device_ms))
 
 
-def one_client(
-    address: str,
-    method: str,
-    layer: str,
-    n: int,
-    size: int,
-    seed: int,
-    start: float,
-    per_call: int,
-    inputs: str,
-    outputs: str,
-) -> tuple[list[float], list[int], list[float]]:
-    """One closed-loop client (see client_proc): latencies, batch sizes, device ms per item."""
+def one_client(load: Load, seed: int, start: float) -> tuple[list[float], list[int], list[float]]:
+    """One closed-loop client, its first request at `start`: its latencies, batch sizes and
+    device milliseconds per item."""
+    address, method, layer, n, size = load.address, load.method, load.layer, load.n, load.size
+    per_call = load.per_call
     import deepvis
 
     rng = np.random.default_rng(seed)
     images: list[np.ndarray]
-    if inputs == "float32":
+    if load.inputs == "float32":
         images = [rng.standard_normal((3, size, size), dtype=np.float32) for _ in range(4)]
     else:
         images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(4)]
     wire: dict[str, Any] = (
-        {} if outputs == "default" else {"render": False, "array_dtype": "float16"}
+        {} if load.outputs == "default" else {"render": False, "array_dtype": "float16"}
     )
     lat, batches, device_ms = [], [], []
     with deepvis.Client(address, timeout=600) as client:
@@ -214,12 +192,9 @@ def served(
     per = requests // clients
     processes = processes or clients
     threads = clients // processes
+    load = Load(address, method, layer, per, size, per_call, inputs, outputs)
     procs = [
-        ctx.Process(
-            target=client_proc,
-            args=(address, method, layer, per, size, i, start, queue, per_call, threads)
-            + (inputs, outputs),
-        )
+        ctx.Process(target=client_proc, args=(load, i, start, queue, threads))
         for i in range(processes)
     ]
     for p in procs:
