@@ -509,9 +509,21 @@ def _font(size: int = 11) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
+@functools.lru_cache(maxsize=4096)
 def _text_size(text: str, size: int = 11) -> tuple[int, int]:
     left, top, right, bottom = _font(size).getbbox(text)
     return int(math.ceil(right - min(0, left))), int(math.ceil(bottom))
+
+
+@functools.lru_cache(maxsize=4096)
+def _label(text: str, size: int) -> Image.Image:
+    """A short label's coverage mask, drawn once: pasting `_INK` through it at (x, y) gives
+    the pixels `ImageDraw.text((x, y), text)` gives (a grid redraws the same channel numbers
+    for every answer). Read-only once made, so threads may share it."""
+    left, top, right, bottom = _font(size).getbbox(text)
+    mask = Image.new("L", (max(1, math.ceil(right)), max(1, math.ceil(bottom))), 0)
+    ImageDraw.Draw(mask).text((0, 0), text, fill=255, font=_font(size))
+    return mask
 
 
 def _number(v: float) -> str:
@@ -821,17 +833,21 @@ def grid(
     cols = math.ceil(math.sqrt(k))
     rows = math.ceil(k / cols)
     gap = 2
-    out = Image.new("RGB", (cols * (cell_w + gap) + gap, rows * (cell_h + gap) + gap), _WHITE)
-    draw_ = ImageDraw.Draw(out)
+    # Every tile coloured and enlarged (nearest: whole blocks) at once, laid out in numpy.
+    tiles = colorize(a, scale)
+    if factor > 1:
+        tiles = tiles.repeat(factor, axis=1).repeat(factor, axis=2)
+    canvas = np.full((rows * (cell_h + gap) + gap, cols * (cell_w + gap) + gap, 3), 255, np.uint8)
+    for i in range(k):
+        r, c = divmod(i, cols)
+        x, y = gap + c * (cell_w + gap) + (cell_w - tw) // 2, gap + r * (cell_h + gap)
+        canvas[y : y + th, x : x + tw] = tiles[i]
+    out = Image.fromarray(canvas, "RGB")
     for i in range(k):
         r, c = divmod(i, cols)
         x, y = gap + c * (cell_w + gap), gap + r * (cell_h + gap)
-        tile_img = Image.fromarray(colorize(a[i], scale), "RGB")
-        if factor > 1:
-            tile_img = tile_img.resize((tw, th), Image.Resampling.NEAREST)
-        out.paste(tile_img, (x + (cell_w - tw) // 2, y))
         label_w = _text_size(labels[i], 10)[0]
-        draw_.text((x + (cell_w - label_w) // 2, y + th), labels[i], fill=_INK, font=_font(10))
+        out.paste(_INK, (x + (cell_w - label_w) // 2, y + th), _label(labels[i], 10))
     summary = Map(means.astype(np.float32)[None, :], signed, "mean of each map")
     return Picture(out, scale, summary, scale.note, f"{k} maps, tiles x{factor} (nearest)")
 
