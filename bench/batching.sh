@@ -4,7 +4,8 @@
 # for a call's default outputs (a picture and a float32 array), at the server's default
 # settings, each run with Captum's and the engine's in-process baselines and TorchServe's
 # explanations endpoint in the same run; then the same load with max_delay_ms = 30 for the
-# latency comparison. Writes bench/results/batching-<run>-{defaults,delay30}.json.
+# latency comparison, and Grad-CAM and activations with uint8 pixels in and float16 arrays out
+# (no pictures). Writes bench/results/batching-<run>-{defaults,delay30,arrays}.json.
 set -eu
 runs=${1:-5}
 py=${PY:-.venv/bin/python}
@@ -14,5 +15,7 @@ while [ "$i" -le "$runs" ]; do
     $py bench/load.py $load --torchserve --out "bench/results/batching-$i-defaults.json"
     $py bench/load.py $load --max-delay-ms 30 --methods guided_backprop \
         --out "bench/results/batching-$i-delay30.json"
+    $py bench/load.py --clients 16 --processes 4 --defaults --requests 480 --render-steps 0 \
+        --methods grad_cam,activations --out "bench/results/batching-$i-arrays.json"
     i=$((i + 1))
 done

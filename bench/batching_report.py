@@ -32,8 +32,11 @@ TARGETS = {
 }
 
 
-def figures(defaults: dict[str, Any], delay30: dict[str, Any]) -> dict[str, float]:
-    """One run's figures, named as TARGETS names them (and the p99s apart)."""
+def figures(
+    defaults: dict[str, Any], delay30: dict[str, Any], arrays: dict[str, Any] | None
+) -> dict[str, float]:
+    """One run's figures, named as TARGETS names them (and the p99s apart); `arrays`: the
+    Grad-CAM and activations run without pictures, reported beside the targets."""
     gb = defaults["methods"]["guided_backprop"]
     out = {
         "mean batch": gb["served"]["mean_batch_size"],
@@ -53,6 +56,11 @@ def figures(defaults: dict[str, Any], delay30: dict[str, Any]) -> dict[str, floa
         out[f"{method} /in-process b16"] = round(served / m["engine_batch16_images_per_s"], 2)
         out[f"{method} /captum b16"] = m["served_over_ceiling"]
         out[f"{method} mean batch"] = m["served"]["mean_batch_size"]
+        if arrays is not None:
+            a = arrays["methods"][method]
+            out[f"{method} arrays only /in-process b16"] = round(
+                a["served"]["images_per_s"] / a["engine_batch16_images_per_s"], 2
+            )
     return out
 
 
@@ -119,7 +127,9 @@ def main() -> int:
     for run in runs:
         defaults = json.loads((args.results / f"batching-{run}-defaults.json").read_text())
         delay30 = json.loads((args.results / f"batching-{run}-delay30.json").read_text())
-        f = figures(defaults, delay30)
+        arrays_path = args.results / f"batching-{run}-arrays.json"
+        arrays = json.loads(arrays_path.read_text()) if arrays_path.exists() else None
+        f = figures(defaults, delay30, arrays)
         ok = met(f)
         passed += all(ok.values())
         print(f"run {run}: " + ", ".join(f"{k} {v}" for k, v in f.items()))

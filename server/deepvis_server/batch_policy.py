@@ -11,7 +11,7 @@ they leave at once as a small batch, and the big batch's clients come back durin
 The adaptive policy (the default) keeps the same short gathering window for a request that
 finds the device idle, and adds one rule: when the device frees with fewer requests queued
 than the clients it has just been serving (the last batch plus those that queued meanwhile),
-it waits for those clients to come back, for at most a quarter of the last batch's compute
+it waits for those clients to come back, for at most half of the last batch's compute
 time (never more than `FOLLOW_CAP_S`), and never past the oldest queued request's deadline.
 One full batch then forms instead of two halves, and batch sizes converge to the number of
 active clients (up to `max_batch_size`) from any starting phase. A client that went away
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 # The gathering window of the adaptive policy for a request that finds the device idle.
 GATHER_S = 0.005
 # The follow wait: this fraction of the last batch's compute time, at most FOLLOW_CAP_S.
-FOLLOW_FRACTION = 0.25
+FOLLOW_FRACTION = 0.5
 FOLLOW_CAP_S = 0.1
 # A request is sent this long before its deadline at the latest, so that it can still compute.
 DEADLINE_MARGIN_S = 0.001

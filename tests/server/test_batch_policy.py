@@ -92,14 +92,14 @@ def test_the_adaptive_policy_bounds_what_it_waits_for() -> None:
     policy = BatchPolicy(32)
     # An idle device: a lone request waits only the gathering window.
     assert policy.wants_more(10.0, 1, 10.0, None) == pytest.approx(GATHER_S)
-    # After a batch of 12 that took 0.2 s, with 4 queued: wait for the 12 to come back, for
-    # a quarter of the compute time at most, never past the oldest request's deadline.
-    policy.ran(12, 4, 0.2, now=20.0)
+    # After a batch of 12 that took 0.12 s, with 4 queued: wait for the 12 to come back, for
+    # half the compute time at most, never past the oldest request's deadline.
+    policy.ran(12, 4, 0.12, now=20.0)
     assert policy.expected == 16
-    assert policy.wants_more(20.0, 4, 19.9, None) == pytest.approx(0.05)
+    assert policy.wants_more(20.0, 4, 19.9, None) == pytest.approx(0.06)
     assert policy.wants_more(20.0, 4, 19.9, 20.02) == pytest.approx(0.019)
     assert policy.wants_more(20.0, 16, 19.9, None) == 0.0  # they came back: go
-    assert policy.wants_more(20.06, 4, 19.9, None) == 0.0  # the wait is over
+    assert policy.wants_more(20.07, 4, 19.9, None) == 0.0  # the wait is over
     policy.ran(12, 4, 2.0, now=30.0)  # however slow the batch, the wait stays capped
     assert policy.wants_more(30.0, 4, 29.0, None) == pytest.approx(FOLLOW_CAP_S)
     # Clients that went away cost that wait once: the next expectation is what came.
