@@ -182,3 +182,55 @@ def test_less_than_a_full_batch_waits_for_the_device_to_free(digits) -> None:
     # Two of four could still be joined by more: they stay queued until the device frees.
     assert (queued, staged) == (2, 0)
     assert sizes == [BATCH] * BATCH + [2, 2]
+
+
+def test_explain_batch_items_are_staged_beside_a_render_and_answer_as_alone() -> None:
+    """On a real server: ExplainBatch calls whose items fill several batches, while a
+    Visualize render takes its steps on the same device thread. The items queued while a
+    batch computes are staged behind it, the render finishes, and every item answers what
+    it answers alone."""
+    import dataclasses
+
+    import deepvis
+    from deepvis_server.server import serve_in_thread
+
+    cfg = load_config()
+    spec = dataclasses.replace(cfg.models[0], max_batch_size=BATCH)
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, (28, 28), np.uint8) for _ in range(6 * BATCH)]
+    targets = [int(t) for t in rng.integers(0, 10, len(images))]
+    with (
+        serve_in_thread(dataclasses.replace(cfg, models=(spec,))) as server,
+        deepvis.Client(server.bound_address, timeout=120) as client,
+    ):
+        batcher = server.engine.batchers[spec.name]
+        render: list[Any] = []
+        job = threading.Thread(
+            target=lambda: render.append(client.visualize(3, model=spec.name, steps=64))
+        )
+        job.start()
+        answers: list[list[Any]] = [[], []]
+        calls = [
+            threading.Thread(
+                target=lambda k=k: answers[k].extend(
+                    client.explain_batch(
+                        images[k::2], model=spec.name, method="saliency", targets=targets[k::2]
+                    )
+                )
+            )
+            for k in range(2)
+        ]
+        for t in calls:
+            t.start()
+        for t in [*calls, job]:
+            t.join(120)
+        alone = [
+            client.explain(image, model=spec.name, method="saliency", target=target)
+            for image, target in zip(images, targets, strict=True)
+        ]
+    assert render and render[0].array.shape[0] == 1  # the render finished beside the batches
+    assert batcher.staged_batches >= 1
+    got = [answers[i % 2][i // 2] for i in range(len(images))]
+    assert max(g.batch_size for g in got) == BATCH
+    for g, a in zip(got, alone, strict=True):
+        np.testing.assert_allclose(g.array, a.array, rtol=1e-4, atol=1e-6 * np.abs(a.array).max())
