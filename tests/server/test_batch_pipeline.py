@@ -233,4 +233,5 @@ def test_explain_batch_items_are_staged_beside_a_render_and_answer_as_alone() ->
     got = [answers[i % 2][i // 2] for i in range(len(images))]
     assert max(g.batch_size for g in got) == BATCH
     for g, a in zip(got, alone, strict=True):
+        assert g.array is not None and a.array is not None
         np.testing.assert_allclose(g.array, a.array, rtol=1e-4, atol=1e-6 * np.abs(a.array).max())
