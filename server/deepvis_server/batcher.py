@@ -91,7 +91,7 @@ class Batcher(ModelLoop):
         self.policy = BatchPolicy(max_batch_size, fixed_delay_s=max_delay_s)
         self.max_queue_size = max_queue_size
         self._executor = executor
-        self._staging = staging  # None: a staged batch is prepared on the device thread
+        self._staging = staging  # None: the event loop's default executor
         self._pending: deque[WorkItem] = deque()
         self._changed = asyncio.Event()  # an item arrived or a batch finished
         self._running: set[asyncio.Task[None]] = set()
