@@ -8,7 +8,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import numpy as np
@@ -71,12 +71,22 @@ def counted_server() -> Iterator[tuple[str, CallCounter]]:
         yield server.bound_address, counter
 
 
+class Rig(NamedTuple):
+    """What each test drives: the counted server's address, its call counter (reset), the
+    sample digits and a temporary folder."""
+
+    address: str
+    counter: CallCounter
+    samples: list[Path]
+    tmp: Path
+
+
 @pytest.fixture
-def counter(counted_server: tuple[str, CallCounter]) -> CallCounter:
-    _, c = counted_server
+def rig(counted_server: tuple[str, CallCounter], sample_paths: list[Path], tmp_path: Path) -> Rig:
+    address, c = counted_server
     c.calls.clear()
     c.max_in_flight, c.delay = 0, 0.0
-    return c
+    return Rig(address, c, sample_paths, tmp_path)
 
 
 def digits(
@@ -105,13 +115,10 @@ def files(out: Path) -> dict[Path, bytes]:
 
 
 def test_a_second_run_with_skip_existing_makes_no_rpc(
-    counted_server: tuple[str, CallCounter],
-    counter: CallCounter,
-    sample_paths: list[Path],
-    tmp_path: Path,
+    rig: Rig,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    address, _ = counted_server
+    address, counter, sample_paths, tmp_path = rig
     paths = digits(tmp_path / "in", sample_paths, 6)
     out = tmp_path / "out"
     argv = ["explain", str(tmp_path / "in"), "--server", address, "-o", str(out), "--quiet"]
@@ -138,14 +145,11 @@ def test_a_second_run_with_skip_existing_makes_no_rpc(
 
 @pytest.mark.parametrize("jobs", [4, 1])
 def test_jobs_bounds_the_calls_in_flight(
-    counted_server: tuple[str, CallCounter],
-    counter: CallCounter,
-    sample_paths: list[Path],
-    tmp_path: Path,
+    rig: Rig,
     capsys: pytest.CaptureFixture[str],
     jobs: int,
 ) -> None:
-    address, _ = counted_server
+    address, counter, sample_paths, tmp_path = rig
     counter.delay = 0.3  # each call held long enough for the others to arrive
     digits(tmp_path / "in", sample_paths, 16)
     argv = ["explain", str(tmp_path / "in"), "--server", address, "-o", str(tmp_path / "o")]
@@ -157,13 +161,10 @@ def test_jobs_bounds_the_calls_in_flight(
 
 
 def test_one_corrupt_input_among_ten_fails_alone(
-    counted_server: tuple[str, CallCounter],
-    counter: CallCounter,
-    sample_paths: list[Path],
-    tmp_path: Path,
+    rig: Rig,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    address, _ = counted_server
+    address, counter, sample_paths, tmp_path = rig
     paths = digits(tmp_path / "in", sample_paths, 10, corrupt=6)
     out = tmp_path / "out"
     rc = main(["explain", str(tmp_path / "in"), "--server", address, "-o", str(out), "-j", "3"])
@@ -186,13 +187,10 @@ def test_one_corrupt_input_among_ten_fails_alone(
 
 
 def test_json_output_parses(
-    counted_server: tuple[str, CallCounter],
-    counter: CallCounter,
-    sample_paths: list[Path],
-    tmp_path: Path,
+    rig: Rig,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    address, _ = counted_server
+    address, counter, sample_paths, tmp_path = rig
     assert main(["models", "--server", address, "--json"]) == 0
     models = json.loads(capsys.readouterr().out)
     assert models[0]["name"] == "digits" and len(models[0]["labels"]) == 10
@@ -213,13 +211,10 @@ def test_json_output_parses(
 
 
 def test_a_run_refused_up_front_creates_no_folder_and_sends_nothing(
-    counted_server: tuple[str, CallCounter],
-    counter: CallCounter,
-    sample_paths: list[Path],
-    tmp_path: Path,
+    rig: Rig,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    address, _ = counted_server
+    address, counter, sample_paths, tmp_path = rig
     out = tmp_path / "out"
     argv = ["explain", str(sample_paths[0]), "--server", address, "-o", str(out)]
     assert main([*argv, "--model", "nope"]) == 1
