@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
+
+from deepvis_server.config import AccessConfig
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -33,3 +36,27 @@ def make_ca(d: Path, name: str) -> None:
         "-addext", "keyUsage=critical,keyCertSign,cRLSign",
         cwd=d,
     )  # fmt: skip
+
+
+def issue_localhost_server(d: Path, ca: str = "ca") -> None:
+    """`server`.key and .pem in `d`: a server certificate for 127.0.0.1 and localhost."""
+    issue_certificate(
+        d, "server", ca, "/CN=localhost",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+        "basicConstraints=CA:FALSE\n",
+    )  # fmt: skip
+
+
+def tls_and_token(access: AccessConfig, d: Path, token: str) -> AccessConfig:
+    """`access` with TLS and a bearer token on: a CA (`d`/ca.pem,
+    for clients to trust), a localhost server certificate and a tokens file holding `token`,
+    all made in `d`."""
+    make_ca(d, "ca")
+    issue_localhost_server(d)
+    (d / "tokens.txt").write_text(f"{token}\n")
+    return replace(
+        access,
+        tls_cert=d / "server.pem",
+        tls_key=d / "server.key",
+        auth_tokens_file=d / "tokens.txt",
+    )

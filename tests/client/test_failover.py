@@ -253,22 +253,10 @@ def test_visualize_is_replayed_only_before_its_first_message(flaky) -> None:
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 def test_tls_token_and_cli_work_with_a_list_of_replicas(tmp_path, sample_paths) -> None:
-    from pki import issue_certificate, make_ca
+    from pki import tls_and_token
 
-    make_ca(tmp_path, "ca")
-    issue_certificate(
-        tmp_path, "server", "ca", "/CN=localhost",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
-        "basicConstraints=CA:FALSE\n",
-    )  # fmt: skip
-    (tmp_path / "tokens.txt").write_text("s3cret-token\n")
     config = load_config()
-    access = replace(
-        config.access,
-        tls_cert=tmp_path / "server.pem",
-        tls_key=tmp_path / "server.key",
-        auth_tokens_file=tmp_path / "tokens.txt",
-    )
+    access = tls_and_token(config.access, tmp_path, "s3cret-token")
     config = replace(config, access=access)
     ca = (tmp_path / "ca.pem").read_bytes()
     with (

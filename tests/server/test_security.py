@@ -27,7 +27,7 @@ from deepvis_server.config import ConfigError, ServerConfig, load_config
 from deepvis_server.process import ServerProcess
 from deepvis_server.security import BearerTokenInterceptor, is_loopback, load_tokens
 from deepvis_server.server import DeepvisServer, model_health_service, serve_in_thread
-from pki import issue_certificate, make_ca
+from pki import issue_certificate, issue_localhost_server, make_ca
 
 TOKENS = "# operators\n\nalpha-0123456789\n   beta-token-two   \n# retired: gamma\n"
 
@@ -41,11 +41,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("pki")
     make_ca(d, "ca")
     make_ca(d, "other-ca")
-    issue_certificate(
-        d, "server", "ca", "/CN=localhost",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
-        "basicConstraints=CA:FALSE\n",
-    )  # fmt: skip
+    issue_localhost_server(d)
     client_ext = "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n"
     issue_certificate(d, "client", "ca", "/CN=deepvis test client", client_ext)
     issue_certificate(d, "stranger", "other-ca", "/CN=deepvis stranger", client_ext)

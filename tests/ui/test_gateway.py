@@ -189,22 +189,10 @@ def test_a_bad_visualization_request_fails_before_streaming(explorer: Explorer) 
 def test_the_gateway_reaches_a_tls_server_with_a_token_as_the_cli_does(
     tmp_path: Path, sample_paths: list[Path]
 ) -> None:
-    from pki import issue_certificate, make_ca
+    from pki import tls_and_token
 
-    make_ca(tmp_path, "ca")
-    issue_certificate(
-        tmp_path, "server", "ca", "/CN=localhost",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
-        "basicConstraints=CA:FALSE\n",
-    )  # fmt: skip
-    (tmp_path / "tokens.txt").write_text("s3cret-token\n")
     config = load_config()
-    access = replace(
-        config.access,
-        tls_cert=tmp_path / "server.pem",
-        tls_key=tmp_path / "server.key",
-        auth_tokens_file=tmp_path / "tokens.txt",
-    )
+    access = tls_and_token(config.access, tmp_path, "s3cret-token")
     with serve_in_thread(replace(config, access=access), "127.0.0.1:0") as server:
         tls = ["--server", server.bound_address, "--tls-ca", str(tmp_path / "ca.pem")]
         ui = Explorer(*tls, "--token", "s3cret-token")
