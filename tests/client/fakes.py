@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -286,9 +286,21 @@ def serving(
 ) -> Iterator[str]:
     """An in-process gRPC server on port 0 answering with `servicer` (and `handlers`); yields
     its address and stops it at the end."""
+
+    def add(server: grpc.Server) -> None:
+        deepvis_pb2_grpc.add_ExplainerServicer_to_server(servicer, server)
+        server.add_generic_rpc_handlers(handlers)
+
+    with grpc_server(add, workers) as address:
+        yield address
+
+
+@contextmanager
+def grpc_server(add: Callable[[grpc.Server], None], workers: int = 8) -> Iterator[str]:
+    """An in-process gRPC server on port 0 with what `add` registers on it; yields its
+    address and stops it at the end."""
     server = grpc.server(ThreadPoolExecutor(max_workers=workers))
-    deepvis_pb2_grpc.add_ExplainerServicer_to_server(servicer, server)
-    server.add_generic_rpc_handlers(handlers)
+    add(server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:

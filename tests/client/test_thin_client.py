@@ -10,15 +10,15 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import pytest
 from google.protobuf import descriptor_pb2
 
 import deepvis
 import deepvis_server
+
+from .fakes import grpc_server
 
 ROOT = Path(__file__).resolve().parents[2]
 HIDE = Path(__file__).resolve().parents[1] / "hide"
@@ -79,14 +79,8 @@ def health_server() -> Iterator[str]:
     health_pb2_grpc = pytest.importorskip("grpc_health.v1.health_pb2_grpc")
     servicer = health.HealthServicer()
     servicer.set("deepvis.v1.Explainer", health_pb2.HealthCheckResponse.NOT_SERVING)
-    server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(None)
+    with grpc_server(lambda s: health_pb2_grpc.add_HealthServicer_to_server(servicer, s), 2) as a:
+        yield a
 
 
 _HEALTH_CHECKS = """
