@@ -18,6 +18,7 @@ from zoo import (
     ZOO_SPECS,
     ZooModel,
     build_oracle_twin,
+    digits_table,
     randomize_batch_norms,
     saved_table,
 )
@@ -59,21 +60,7 @@ def zoo(
         twins[name] = ZooModel(name, twin, (3, *size))
     # The gated twin of the digits model: a batch runs only when 8 compatible requests are in
     # (or after 10 s), so a batching test is deterministic, not a race.
-    digits = load_config().models[0]
-    tables.append(
-        {
-            "name": "digits_gated",
-            "arch": digits.arch,
-            "weights": str(digits.weights),
-            "num_classes": 10,
-            "channels": 1,
-            "input_size": list(digits.input_size),
-            "mean": list(digits.mean),
-            "std": list(digits.std),
-            "max_batch_size": 8,
-            "max_delay_ms": 10_000.0,
-        }
-    )
+    tables.append(digits_table("digits_gated", max_batch_size=8, max_delay_ms=10_000.0))
     config = parse_config({"models": tables}, root)
     with serve_in_thread(config, "127.0.0.1:0") as server:
         yield server, twins

@@ -97,3 +97,22 @@ def randomize_batch_norms(module: torch.nn.Module, generator: torch.Generator) -
                 m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=generator))
                 m.weight.copy_(0.5 + torch.rand(c, generator=generator))
                 m.bias.copy_(0.4 * torch.rand(c, generator=generator) - 0.2)
+
+
+def digits_table(name: str = "digits", **settings: Any) -> dict[str, Any]:
+    """The embedded default model as a [[models]] table named `name`, plus `settings`
+    (batching, labels...), for configurations that serve it beside other models."""
+    from deepvis_server.config import load_config
+
+    digits = load_config().models[0]
+    return {
+        "name": name,
+        "arch": digits.arch,
+        "weights": str(digits.weights),
+        "num_classes": digits.num_classes,
+        "channels": digits.channels,
+        "input_size": list(digits.input_size),
+        "mean": list(digits.mean),
+        "std": list(digits.std),
+        **settings,
+    }

@@ -22,8 +22,9 @@ import pytest
 import deepvis
 from deepvis.v1 import deepvis_pb2 as pb
 from deepvis.v1 import deepvis_pb2_grpc as pb_grpc
-from deepvis_server.config import load_config, parse_config
+from deepvis_server.config import parse_config
 from deepvis_server.server import DeepvisServer, serve_in_thread
+from zoo import digits_table
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,18 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def small_limits() -> Iterator[DeepvisServer]:
     """The default model, and a resnet18 (random weights), with tight evaluation limits."""
-    digits = load_config().models[0]
     tables = [
-        {
-            "name": "digits",
-            "arch": digits.arch,
-            "weights": str(digits.weights),
-            "num_classes": 10,
-            "channels": 1,
-            "input_size": list(digits.input_size),
-            "mean": list(digits.mean),
-            "std": list(digits.std),
-        },
+        digits_table(),
         {"name": "big", "arch": "resnet18", "num_classes": 10, "input_size": [32, 32]},
     ]
     limits = {

@@ -21,6 +21,7 @@ from deepvis_server.errors import InvalidArgument
 from deepvis_server.models import load_model
 from deepvis_server.preprocess import Limits
 from deepvis_server.server import model_health_service, serve_in_thread
+from zoo import digits_table
 
 WEIGHTS = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
 LIMITS = Limits(max_image_pixels=4096 * 1024, max_tensor_elements=1 << 20)
@@ -308,17 +309,7 @@ def test_a_model_whose_weights_cannot_be_fetched_is_not_serving(
 ) -> None:
     digits = load_config().models[0]
     tables = [
-        {
-            "name": "digits",
-            "arch": digits.arch,
-            "weights": str(digits.weights),
-            "labels": str(digits.labels),
-            "num_classes": 10,
-            "channels": 1,
-            "input_size": list(digits.input_size),
-            "mean": list(digits.mean),
-            "std": list(digits.std),
-        },
+        digits_table(labels=str(digits.labels)),
         resnet_table(),
     ]
     config = parse_config({"models": tables}, Path("."))
