@@ -412,10 +412,11 @@ def combine(runs: list[dict], bases: list[dict], n: int) -> dict:
             bn: b[bn],
             "served_over_unbatched": round(run["images"] / run["seconds"] / b[b1], 2),
             "served_over_ceiling": round(run["images"] / run["seconds"] / b[bn], 2),
+            "served_over_engine": round(run["images"] / run["seconds"] / b[en], 2),
         }
         for run, b in zip(runs, bases, strict=True)
     ]
-    for key in ("served_over_unbatched", "served_over_ceiling"):
+    for key in ("served_over_unbatched", "served_over_ceiling", "served_over_engine"):
         r[key] = round(float(np.median([x[key] for x in rounds])), 2)
     r[f"engine_over_captum_batch{n}"] = round(float(np.median([b[en] / b[bn] for b in bases])), 2)
     if len(rounds) > 1:
@@ -507,6 +508,14 @@ def main() -> int:
         help="server max_delay_ms (default: unset, the adaptive batching policy)",
     )
     p.add_argument(
+        "--paired-delay-ms",
+        type=float,
+        default=None,
+        help="also serve the model from a second server with this max_delay_ms, and in each "
+        "round run every method's load on it right after the first server's: the two "
+        "servers' latencies compared within one run",
+    )
+    p.add_argument(
         "--gil-switch-interval-ms",
         type=float,
         default=0.5,
@@ -557,16 +566,21 @@ def main() -> int:
         p.error("--defaults leaves max_batch_size to the server")
     n = args.max_batch or args.clients  # the baselines' batch size
     tuned = "" if args.defaults else f"max_batch_size = {n}\n"
-    if args.max_delay_ms is not None:
-        tuned += f"max_delay_ms = {args.max_delay_ms}\n"
     switch = "" if args.defaults else f"gil_switch_interval_ms = {args.gil_switch_interval_ms}\n"
-    (tmp / "m.toml").write_text(
-        f'[server]\ndevice = "{args.device}"\nmax_queue_size = 4096\n'
-        f"render_tf32 = {str(not args.render_fp32).lower()}\n{switch}"
-        f'[[models]]\nname = "m"\narch = "{args.arch}"\n'
-        f'weights = "m.safetensors"\nnum_classes = 1000\ninput_size = [{args.size}, {args.size}]\n'
-        f"mean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]\n{tuned}fast = {str(args.fast).lower()}\n"
-    )
+
+    def write_config(name: str, max_delay_ms: float | None) -> Path:
+        delay = "" if max_delay_ms is None else f"max_delay_ms = {max_delay_ms}\n"
+        (tmp / name).write_text(
+            f'[server]\ndevice = "{args.device}"\nmax_queue_size = 4096\n'
+            f"render_tf32 = {str(not args.render_fp32).lower()}\n{switch}"
+            f'[[models]]\nname = "m"\narch = "{args.arch}"\n'
+            f'weights = "m.safetensors"\nnum_classes = 1000\ninput_size = [{args.size}, {args.size}]\n'
+            f"mean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]\n{tuned}{delay}"
+            f"fast = {str(args.fast).lower()}\n"
+        )
+        return tmp / name
+
+    write_config("m.toml", args.max_delay_ms)
     spec = parse_config(
         {
             "models": [
@@ -585,6 +599,12 @@ def main() -> int:
     layer = served_model.default_cam_layer
     server = start_server(tmp / "m.toml", workers=args.workers)
     address = server.address
+    # The paired server idles while the first one serves, and the other way round.
+    paired = (
+        None
+        if args.paired_delay_ms is None
+        else start_server(write_config("paired.toml", args.paired_delay_ms), workers=args.workers)
+    )
     report: dict = {
         "arch": args.arch,
         "size": args.size,
@@ -607,26 +627,33 @@ def main() -> int:
     }
     methods = list(filter(None, args.methods.split(",")))  # "": renders only
     runs: dict[str, list[dict]] = {m: [] for m in methods}
+    paired_runs: dict[str, list[dict]] = {m: [] for m in methods}
     base_rounds: list[dict] = []
     ts_rounds: list[dict] = []
     try:
         for r in range(args.rounds):
             for method in methods:
-                run = served(
-                    address,
-                    method,
-                    layer,
-                    args.clients,
-                    args.requests // args.rounds,
-                    args.size,
-                    args.per_call,
-                    server.pid,
-                    args.processes,
-                    args.inputs,
-                    args.outputs,
-                )
-                runs[method].append(run)
-                print(f"round {r + 1}/{args.rounds}", method, summary([run]), flush=True)
+                for on, into in ((server, runs), (paired, paired_runs)):
+                    if on is None:
+                        continue
+                    run = served(
+                        on.address,
+                        method,
+                        layer,
+                        args.clients,
+                        args.requests // args.rounds,
+                        args.size,
+                        args.per_call,
+                        on.pid,
+                        args.processes,
+                        args.inputs,
+                        args.outputs,
+                    )
+                    into[method].append(run)
+                    which = "" if on is server else f" (max_delay_ms {args.paired_delay_ms:g})"
+                    print(
+                        f"round {r + 1}/{args.rounds}", method + which, summary([run]), flush=True
+                    )
             if args.torchserve:
                 from torchserve import torchserve_run  # torch and all: not in client processes
 
@@ -661,8 +688,15 @@ def main() -> int:
             print(report["feature_visualization"], flush=True)
     finally:
         server.stop(timeout=60)
+        if paired is not None:
+            paired.stop(timeout=60)
     for method in methods:
         report["methods"][method] = combine(runs[method], [b[method] for b in base_rounds], n)
+        if paired_runs[method]:
+            report["methods"][method]["paired"] = {
+                "max_delay_ms": args.paired_delay_ms,
+                "served": summary(paired_runs[method]),
+            }
     if ts_rounds:
         report["torchserve"] = against_torchserve(ts_rounds, runs.get("guided_backprop", []))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -680,6 +714,13 @@ def main() -> int:
         for i, x in enumerate(r.get("rounds", []), 1):
             print(
                 f"  round {i}: served {x['served_images_per_s']:.1f}, /unbatched {x['served_over_unbatched']:.2f}, /ceiling {x['served_over_ceiling']:.2f}"
+            )
+        if "paired" in r:
+            q = r["paired"]["served"]
+            print(
+                f"  max_delay_ms {r['paired']['max_delay_ms']:g}: served {q['images_per_s']:.1f}, "
+                f"batch {q['mean_batch_size']:.1f}, p50 {q['latency_ms']['p50']:.1f} ms, "
+                f"p99 {q['latency_ms']['p99']:.1f} ms"
             )
     if "torchserve" in report:
         t = report["torchserve"]
