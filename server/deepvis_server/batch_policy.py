@@ -16,6 +16,13 @@ time (never more than `FOLLOW_CAP_S`), and never past the oldest queued request'
 One full batch then forms instead of two halves, and batch sizes converge to the number of
 active clients (up to `max_batch_size`) from any starting phase. A client that went away
 costs that bounded wait once: the next expectation is what actually came.
+
+The same expectation holds a burst together: while fewer requests are queued than the clients
+of the last cycle, each new arrival opens the gathering window again, up to the same bound
+counted from the oldest request's arrival. Clients that start at once (a notebook's 16 calls,
+a job's workers, the first cycle after an idle spell) then leave as one batch, not as the few
+that came within the first window followed by the rest a batch later. A lone request never
+waits longer than the window: with nothing arriving after it, the window does not open again.
 """
 
 from __future__ import annotations
@@ -46,18 +53,27 @@ class BatchPolicy:
         return self.fixed_delay_s is None
 
     def wants_more(
-        self, now: float, queued: int, oldest_arrival: float, oldest_deadline: float | None
+        self,
+        now: float,
+        queued: int,
+        oldest_arrival: float,
+        oldest_deadline: float | None,
+        newest_arrival: float | None = None,
     ) -> float:
         """How long to wait for more requests of the batch now forming (0: send it now),
-        given how many compatible requests are queued and the oldest one's arrival and
-        deadline."""
+        given how many compatible requests are queued, the oldest one's arrival and deadline,
+        and the newest one's arrival (None: the oldest is the only one)."""
         if queued >= self.max_batch_size:
             return 0.0
         window = GATHER_S if self.fixed_delay_s is None else self.fixed_delay_s
         due = oldest_arrival + window
-        if self.adaptive and self.freed_at is not None and queued < self.expected:
+        if self.adaptive and queued < self.expected:
             follow = min(FOLLOW_FRACTION * self.last_compute_s, FOLLOW_CAP_S)
-            due = max(due, self.freed_at + follow)
+            # A burst still arriving: each arrival opens the window again, up to the bound.
+            newest = oldest_arrival if newest_arrival is None else newest_arrival
+            due = max(due, min(newest + GATHER_S, oldest_arrival + follow))
+            if self.freed_at is not None:
+                due = max(due, self.freed_at + follow)
         if oldest_deadline is not None:
             due = min(due, oldest_deadline - DEADLINE_MARGIN_S)
         return max(0.0, due - now)

@@ -157,7 +157,11 @@ class Batcher(ModelLoop):
             return
         while not first.future.done():
             remaining = self.policy.wants_more(
-                loop.time(), self._count(first.key), first.arrival, first.deadline
+                loop.time(),
+                self._count(first.key),
+                first.arrival,
+                first.deadline,
+                self._newest_arrival(first.key),
             )
             if remaining <= 0:
                 break
@@ -200,7 +204,14 @@ class Batcher(ModelLoop):
         first = self._pending[0] if self._pending else None
         if first is None or first.future.done():
             return  # the loop sees to it
-        if self.policy.wants_more(now, self._count(first.key), first.arrival, first.deadline) <= 0:
+        wait = self.policy.wants_more(
+            now,
+            self._count(first.key),
+            first.arrival,
+            first.deadline,
+            self._newest_arrival(first.key),
+        )
+        if wait <= 0:
             batch = self._take(first.key, now)
             if batch:
                 self._launch(batch, staged=False)
@@ -220,6 +231,9 @@ class Batcher(ModelLoop):
 
     def _count(self, key: Hashable) -> int:
         return sum(1 for it in self._pending if it.key == key)
+
+    def _newest_arrival(self, key: Hashable) -> float | None:
+        return next((it.arrival for it in reversed(self._pending) if it.key == key), None)
 
     def _take(self, key: Hashable, now: float) -> list[WorkItem]:
         """Removes up to max_batch_size live items with `key`, in arrival order; drops dead ones."""

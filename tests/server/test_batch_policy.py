@@ -50,7 +50,7 @@ def simulate(
         if not queue:
             now = arrivals[0]
             continue
-        wait = policy.wants_more(now, len(queue), queue[0], None)
+        wait = policy.wants_more(now, len(queue), queue[0], None, queue[-1])
         if wait > 0:
             until = now + wait
             now = min(until, arrivals[0]) if arrivals else until
@@ -109,6 +109,49 @@ def test_the_adaptive_policy_bounds_what_it_waits_for() -> None:
     assert policy.wants_more(50.0, 1, 50.0, None) == pytest.approx(GATHER_S)
     # Full batches leave at once under either policy.
     assert BatchPolicy(8, fixed_delay_s=1.0).wants_more(0.0, 8, 0.0, None) == 0.0
+
+
+# After a cycle of 16 clients and an idle spell, the 16 start again 1.5 ms apart: 22.5 ms from
+# the first to the last, longer than the gathering window.
+BURST = [10.0 + 0.0015 * i for i in range(16)]
+
+
+def after_a_cycle_of_16(policy: BatchPolicy) -> BatchPolicy:
+    policy.ran(16, 0, compute_s(16), now=0.0)
+    return policy
+
+
+def test_a_burst_on_an_idle_device_leaves_as_one_batch() -> None:
+    # A window counted from the oldest arrival alone splits the burst: those of its first
+    # 5 ms, then the rest a batch later.
+    sizes, _ = simulate(after_a_cycle_of_16(BatchPolicy(32, fixed_delay_s=GATHER_S)), BURST, 2)
+    assert sizes == [4, 12], sizes
+    sizes, waits = simulate(after_a_cycle_of_16(BatchPolicy(32)), BURST, 10)
+    assert sizes == [16] * 10, sizes
+    # The first request waited for the last one (22.5 ms), and no one waited longer.
+    assert max(waits) == pytest.approx(0.0225)
+
+
+def test_a_burst_is_held_no_longer_than_the_follow_bound() -> None:
+    policy = after_a_cycle_of_16(BatchPolicy(32))
+    bound = min(0.5 * compute_s(16), FOLLOW_CAP_S)  # 37 ms
+    # Requests keep coming 4 ms apart, never 16 of them: the batch goes at the bound.
+    assert policy.wants_more(10.020, 6, 10.0, None, 10.020) == pytest.approx(GATHER_S)
+    assert policy.wants_more(10.036, 10, 10.0, None, 10.036) == pytest.approx(bound - 0.036)
+    assert policy.wants_more(10.0 + bound, 11, 10.0, None, 10.0 + bound) == 0.0
+    # ... and never past the oldest request's deadline.
+    assert policy.wants_more(10.020, 6, 10.0, 10.024, 10.020) == pytest.approx(0.003)
+    # Once the clients of the last cycle are all queued, it goes at once.
+    assert policy.wants_more(10.0225, 16, 10.0, None, 10.0225) == 0.0
+
+
+def test_a_lone_request_after_an_idle_spell_waits_only_the_window() -> None:
+    policy = after_a_cycle_of_16(BatchPolicy(32))
+    assert policy.wants_more(10.0, 1, 10.0, None, 10.0) == pytest.approx(GATHER_S)
+    assert policy.wants_more(10.0, 1, 10.0, None) == pytest.approx(GATHER_S)
+    sizes, waits = simulate(after_a_cycle_of_16(BatchPolicy(32)), [10.0], 5)
+    assert sizes == [1] * 5
+    assert max(waits) <= GATHER_S + 1e-9
 
 
 def test_the_adaptive_policy_costs_a_lone_client_nothing_more() -> None:
