@@ -17,12 +17,13 @@ One full batch then forms instead of two halves, and batch sizes converge to the
 active clients (up to `max_batch_size`) from any starting phase. A client that went away
 costs that bounded wait once: the next expectation is what actually came.
 
-The same expectation holds a burst together: while fewer requests are queued than the clients
-of the last cycle, each new arrival opens the gathering window again, up to the same bound
-counted from the oldest request's arrival. Clients that start at once (a notebook's 16 calls,
-a job's workers, the first cycle after an idle spell) then leave as one batch, not as the few
-that came within the first window followed by the rest a batch later. A lone request never
-waits longer than the window: with nothing arriving after it, the window does not open again.
+A burst is held together too: unless the last cycle's clients have all come back within that
+wait, each new arrival opens the gathering window again, for at most half of what a batch of
+the queued size computes in (estimated from the last batch, per item), counted from the
+oldest request's arrival. Clients that start at once (a notebook's 16 calls, a job's workers,
+the first cycle after an idle spell) then leave as one batch, not as the few that came within
+the first window followed by the rest a batch later. A lone request never waits longer than
+the window: with nothing arriving after it, the window does not open again.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class BatchPolicy:
     expected: int = 0  # clients of the last cycle: its batch plus those queued meanwhile
     freed_at: float | None = None  # when the device last freed (the loop's clock)
     last_compute_s: float = 0.0
+    last_batch: int = 0
 
     @property
     def adaptive(self) -> bool:
@@ -67,13 +69,19 @@ class BatchPolicy:
             return 0.0
         window = GATHER_S if self.fixed_delay_s is None else self.fixed_delay_s
         due = oldest_arrival + window
-        if self.adaptive and queued < self.expected:
+        if self.adaptive and self.freed_at is not None:
             follow = min(FOLLOW_FRACTION * self.last_compute_s, FOLLOW_CAP_S)
-            # A burst still arriving: each arrival opens the window again, up to the bound.
-            newest = oldest_arrival if newest_arrival is None else newest_arrival
-            due = max(due, min(newest + GATHER_S, oldest_arrival + follow))
-            if self.freed_at is not None:
+            if queued < self.expected:
                 due = max(due, self.freed_at + follow)
+            # The last cycle's clients all came back in time: theirs is the batch; go.
+            cycle_done = queued >= self.expected and now - self.freed_at <= follow
+            if not cycle_done:
+                # A burst still arriving: each arrival opens the window again, for at most
+                # that fraction of what a batch of this size computes in (from the last one).
+                estimate = self.last_compute_s * max(1.0, queued / max(1, self.last_batch))
+                bound = min(FOLLOW_FRACTION * estimate, FOLLOW_CAP_S)
+                newest = oldest_arrival if newest_arrival is None else newest_arrival
+                due = max(due, min(newest + GATHER_S, oldest_arrival + bound))
         if oldest_deadline is not None:
             due = min(due, oldest_deadline - DEADLINE_MARGIN_S)
         return max(0.0, due - now)
@@ -84,3 +92,4 @@ class BatchPolicy:
         self.expected = min(self.max_batch_size, batch + queued_meanwhile)
         self.freed_at = now
         self.last_compute_s = compute_s
+        self.last_batch = batch

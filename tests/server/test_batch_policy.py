@@ -128,8 +128,8 @@ def test_a_burst_on_an_idle_device_leaves_as_one_batch() -> None:
     assert sizes == [4, 12], sizes
     sizes, waits = simulate(after_a_cycle_of_16(BatchPolicy(32)), BURST, 10)
     assert sizes == [16] * 10, sizes
-    # The first request waited for the last one (22.5 ms), and no one waited longer.
-    assert max(waits) == pytest.approx(0.0225)
+    # The first request waited for the last one (22.5 ms) and the window after it, no longer.
+    assert max(waits) == pytest.approx(0.0225 + GATHER_S)
 
 
 def test_a_burst_is_held_no_longer_than_the_follow_bound() -> None:
@@ -141,8 +141,29 @@ def test_a_burst_is_held_no_longer_than_the_follow_bound() -> None:
     assert policy.wants_more(10.0 + bound, 11, 10.0, None, 10.0 + bound) == 0.0
     # ... and never past the oldest request's deadline.
     assert policy.wants_more(10.020, 6, 10.0, 10.024, 10.020) == pytest.approx(0.003)
-    # Once the clients of the last cycle are all queued, it goes at once.
-    assert policy.wants_more(10.0225, 16, 10.0, None, 10.0225) == 0.0
+    # Once no more arrive, it goes when the window after the last one closes.
+    assert policy.wants_more(10.0225, 16, 10.0, None, 10.0225) == pytest.approx(GATHER_S)
+    assert policy.wants_more(10.028, 16, 10.0, None, 10.0225) == 0.0
+
+
+def test_a_burst_after_small_batches_is_bounded_by_its_own_size() -> None:
+    # Clients that each sent one call on connecting left batches of 1 (14 ms each): the
+    # burst's bound is half of what the queued requests will compute in, 7 ms an item.
+    policy = BatchPolicy(32)
+    policy.ran(1, 0, compute_s(1), now=0.0)
+    assert policy.wants_more(10.010, 6, 10.0, None, 10.009) == pytest.approx(0.004)
+    assert policy.wants_more(10.050, 8, 10.0, None, 10.049) == pytest.approx(0.004)
+    assert policy.wants_more(10.056, 8, 10.0, None, 10.055) == 0.0  # 8 x 7 ms from the oldest
+    sizes, waits = simulate(policy, BURST, 10)
+    assert sizes == [16] * 10, sizes
+    assert max(waits) == pytest.approx(0.0225 + GATHER_S)
+
+
+def test_a_finished_cycle_goes_at_once() -> None:
+    # All 16 of the last cycle came back 20 ms after the device freed: no more are expected,
+    # so the batch goes, though the last of them arrived just now.
+    policy = after_a_cycle_of_16(BatchPolicy(32))
+    assert policy.wants_more(0.020, 16, 0.004, None, 0.020) == 0.0
 
 
 def test_a_lone_request_after_an_idle_spell_waits_only_the_window() -> None:
