@@ -156,13 +156,7 @@ class Batcher(ModelLoop):
                 await self._changes()
             return
         while not first.future.done():
-            remaining = self.policy.wants_more(
-                loop.time(),
-                self._count(first.key),
-                first.arrival,
-                first.deadline,
-                self._newest_arrival(first.key),
-            )
+            remaining = self._wait_for(first, loop.time())
             if remaining <= 0:
                 break
             await self._changes(remaining)  # the policy is asked again: the wait may grow
@@ -204,14 +198,7 @@ class Batcher(ModelLoop):
         first = self._pending[0] if self._pending else None
         if first is None or first.future.done():
             return  # the loop sees to it
-        wait = self.policy.wants_more(
-            now,
-            self._count(first.key),
-            first.arrival,
-            first.deadline,
-            self._newest_arrival(first.key),
-        )
-        if wait <= 0:
+        if self._wait_for(first, now) <= 0:
             batch = self._take(first.key, now)
             if batch:
                 self._launch(batch, staged=False)
@@ -232,8 +219,14 @@ class Batcher(ModelLoop):
     def _count(self, key: Hashable) -> int:
         return sum(1 for it in self._pending if it.key == key)
 
-    def _newest_arrival(self, key: Hashable) -> float | None:
-        return next((it.arrival for it in reversed(self._pending) if it.key == key), None)
+    def _wait_for(self, first: WorkItem, now: float) -> float:
+        """How long the batch that `first` heads may still wait, as the policy says: one pass
+        over the queue for its compatible items' count and newest arrival."""
+        queued, newest = 0, first.arrival
+        for it in self._pending:
+            if it.key == first.key:
+                queued, newest = queued + 1, it.arrival
+        return self.policy.wants_more(now, queued, first.arrival, first.deadline, newest)
 
     def _take(self, key: Hashable, now: float) -> list[WorkItem]:
         """Removes up to max_batch_size live items with `key`, in arrival order; drops dead ones."""
