@@ -10,8 +10,7 @@ median of its rounds'):
 mean batch >= 14 of 16; served guided backprop >= 1.5x Captum at batch 1, >= 0.85x Captum at
 batch 16 and >= 1.3x TorchServe's explanations endpoint; Grad-CAM and activations >= 0.85x
 their in-process batch-16 rate (deepvis's engine, and Captum's beside it); p99 latency no
-worse than with max_delay_ms = 30 (guided backprop; the run's paired server, or for runs
-recorded before it had one, the run's batching-<run>-delay30.json).
+worse than with max_delay_ms = 30 (guided backprop, the run's paired server).
 """
 
 from __future__ import annotations
@@ -34,22 +33,11 @@ TARGETS = {
 }
 
 
-def over_engine(method: dict[str, Any]) -> float:
-    """Served over the engine's in-process rate at batch 16: the median of the rounds' own
-    ratios where the run has them."""
-    if "served_over_engine" in method:
-        return float(method["served_over_engine"])
-    return round(method["served"]["images_per_s"] / method["engine_batch16_images_per_s"], 2)
-
-
-def figures(
-    defaults: dict[str, Any], delay30: dict[str, Any] | None, arrays: dict[str, Any] | None
-) -> dict[str, float]:
-    """One run's figures, named as TARGETS names them (and the p99s apart); `delay30`: the
-    separate max_delay_ms = 30 run of a run without a paired server; `arrays`: the Grad-CAM
-    and activations run without pictures, reported beside the targets."""
+def figures(defaults: dict[str, Any], arrays: dict[str, Any] | None) -> dict[str, float]:
+    """One run's figures, named as TARGETS names them (and the p99s apart); `arrays`: the
+    Grad-CAM and activations run without pictures, reported beside the targets. Grad-CAM's
+    and activations' ratios to the engine in-process are the median of the rounds' own."""
     gb = defaults["methods"]["guided_backprop"]
-    slow = gb["paired"] if "paired" in gb else delay30["methods"]["guided_backprop"]  # type: ignore[index]
     out = {
         "mean batch": gb["served"]["mean_batch_size"],
         "/captum b1": gb["served_over_unbatched"],
@@ -58,16 +46,16 @@ def figures(
         "served img/s": gb["served"]["images_per_s"],
         "torchserve img/s": defaults["torchserve"]["images_per_s"],
         "p99 ms": gb["served"]["latency_ms"]["p99"],
-        "p99 ms, max_delay_ms 30": slow["served"]["latency_ms"]["p99"],
+        "p99 ms, max_delay_ms 30": gb["paired"]["served"]["latency_ms"]["p99"],
     }
     for method in ("grad_cam", "activations"):
         m = defaults["methods"][method]
-        out[f"{method} /in-process b16"] = over_engine(m)
+        out[f"{method} /in-process b16"] = m["served_over_engine"]
         out[f"{method} /captum b16"] = m["served_over_ceiling"]
         out[f"{method} mean batch"] = m["served"]["mean_batch_size"]
         if arrays is not None:
             a = arrays["methods"][method]
-            out[f"{method} arrays only /in-process b16"] = over_engine(a)
+            out[f"{method} arrays only /in-process b16"] = a["served_over_engine"]
     return out
 
 
@@ -133,11 +121,9 @@ def main() -> int:
     rows, passed = [], 0
     for run in runs:
         defaults = json.loads((args.results / f"batching-{run}-defaults.json").read_text())
-        delay30_path = args.results / f"batching-{run}-delay30.json"
-        delay30 = json.loads(delay30_path.read_text()) if delay30_path.exists() else None
         arrays_path = args.results / f"batching-{run}-arrays.json"
         arrays = json.loads(arrays_path.read_text()) if arrays_path.exists() else None
-        f = figures(defaults, delay30, arrays)
+        f = figures(defaults, arrays)
         ok = met(f)
         passed += all(ok.values())
         print(f"run {run}: " + ", ".join(f"{k} {v}" for k, v in f.items()))
