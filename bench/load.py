@@ -599,12 +599,7 @@ def main() -> int:
     layer = served_model.default_cam_layer
     server = start_server(tmp / "m.toml", workers=args.workers)
     address = server.address
-    # The paired server idles while the first one serves, and the other way round.
-    paired = (
-        None
-        if args.paired_delay_ms is None
-        else start_server(write_config("paired.toml", args.paired_delay_ms), workers=args.workers)
-    )
+    paired = None  # started in the try below, so that a failed start stops the first one
     report: dict = {
         "arch": args.arch,
         "size": args.size,
@@ -631,6 +626,11 @@ def main() -> int:
     base_rounds: list[dict] = []
     ts_rounds: list[dict] = []
     try:
+        if args.paired_delay_ms is not None:
+            # The paired server idles while the first one serves, and the other way round.
+            paired = start_server(
+                write_config("paired.toml", args.paired_delay_ms), workers=args.workers
+            )
         for r in range(args.rounds):
             for method in methods:
                 for on, into in ((server, runs), (paired, paired_runs)):
