@@ -151,7 +151,10 @@ class Batcher(ModelLoop):
         first = self._pending[0]
         if self._running:  # the device is busy: only a full batch goes now, staged
             if len(self._running) < self.DEPTH and self._count(first.key) >= self.max_batch_size:
-                self._launch(self._take(first.key, loop.time()), staged=True)
+                # The count includes items whose client left: what is taken may be fewer, or none.
+                batch = self._take(first.key, loop.time())
+                if batch:
+                    self._launch(batch, staged=True)
             else:
                 await self._changes()
             return

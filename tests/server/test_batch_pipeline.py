@@ -7,6 +7,7 @@ exactly what the same items computed alone give."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -157,6 +158,33 @@ def test_items_gone_from_a_staged_batch_are_dropped_and_the_rest_answered_right(
     assert [r.batch_size for r, _ in kept] == [BATCH - 1] * (BATCH - 1)
     for (got, _), want in zip(kept, alone(digits, [it for _, it in kept]), strict=True):
         np.testing.assert_allclose(got.array, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+
+
+def test_a_full_batch_whose_clients_all_left_is_never_launched(digits, caplog) -> None:
+    async def scenario() -> tuple[list[Any], int]:
+        device = HeldDevice()
+        batcher = Batcher(digits, device, max_batch_size=BATCH, staging=ThreadPoolExecutor(1))
+        batcher.start()
+        try:
+            its = items(digits, "saliency", range(2 * BATCH))
+            first = [batcher.submit(it) for it in its[:BATCH]]
+            await wait_submitted(device)
+            # A full batch queues behind the held one, and every client of it goes away.
+            for it in its[BATCH:]:
+                batcher.submit(it).cancel()
+            await asyncio.sleep(0.05)  # the batcher sees a full count of dead items
+            device.gate.set()
+            done = await asyncio.gather(*first)
+            await asyncio.sleep(0.05)
+            return done, batcher.staged_batches
+        finally:
+            await batcher.stop()
+            device.shutdown()
+
+    done, staged = asyncio.run(scenario())
+    assert [r.batch_size for r in done] == [BATCH] * BATCH
+    assert staged == 0  # nothing was left to stage
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 def test_less_than_a_full_batch_waits_for_the_device_to_free(digits) -> None:
