@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -302,3 +305,70 @@ def test_feature_vis_pixels_are_rgb_at_their_own_size() -> None:
     rgb = np.zeros((3, 2, 2), np.float32)
     rgb[0] = 1.0
     assert tuple(np.asarray(render.pixels_image(rgb))[0, 0]) == (255, 0, 0)
+
+
+# --- PNG -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["isal", "zlib"])
+def deflate(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The PNG writer with ISA-L's deflate (the server's) and with zlib's (a bare client)."""
+    if request.param == "zlib":
+        monkeypatch.setattr(render, "_deflate", lambda: zlib.compress)
+    else:
+        from isal import isal_zlib
+
+        assert render._deflate() is isal_zlib.compress
+    return str(request.param)
+
+
+@pytest.mark.parametrize(
+    ("mode", "shape"),
+    [("L", (7, 5)), ("RGB", (13, 9, 3)), ("RGBA", (3, 4, 4)), ("RGB", (1, 1, 3))],
+)
+def test_fast_png_decodes_to_the_same_pixels_in_pillow(
+    mode: str, shape: tuple[int, ...], deflate: str
+) -> None:
+    # Random bytes: every row's "Up" difference wraps around somewhere, in both directions.
+    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    data = render.to_png(Image.fromarray(pixels, mode))
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    decoded = Image.open(io.BytesIO(data))
+    decoded.load()  # Pillow checks each chunk's CRC and the zlib stream as it reads
+    assert decoded.mode == mode
+    assert decoded.size == (shape[1], shape[0])
+    assert np.array_equal(np.asarray(decoded), pixels)
+
+
+def test_png_of_other_modes_and_levels_is_pillows() -> None:
+    gray16 = Image.fromarray(np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000)
+    assert render.to_png(gray16) == _pillow_png(gray16, 1)
+    photo = Image.fromarray(np.tile(np.arange(64, dtype=np.uint8), (64, 1)), "L").convert("RGB")
+    assert render.to_png(photo, compress_level=6) == _pillow_png(photo, 6)
+
+
+def test_fast_png_is_close_to_pillows_size_on_a_smooth_picture(deflate: str) -> None:
+    # A Grad-CAM-like overlay: Pillow's per-row filter choice gains little on such pictures.
+    ramp = np.add.outer(np.arange(56), np.arange(56)).astype(np.uint8) * 2
+    photo = np.stack([ramp, ramp[::-1], ramp.T], axis=2)
+    picture = render.draw("grad_cam", blob((56, 56), (20.0, 30.0), 9.0), image=photo).image
+    fast, pillow = len(render.to_png(picture)), len(_pillow_png(picture, 1))
+    assert fast <= 1.15 * pillow, (fast, pillow)
+
+
+def _pillow_png(image: Image.Image, level: int) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=level)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("at", [(3, 2), (-4, -3), (15, 9), (30, 30)])
+def test_grid_labels_are_the_pixels_pillow_draws_as_text(at: tuple[int, int]) -> None:
+    from PIL import ImageDraw, ImageFont
+
+    canvas = np.full((16, 24, 3), 255, np.uint8)
+    render._ink_on_white(canvas, render._label("317", 10), *at)
+    oracle = Image.new("RGB", (24, 16), (255, 255, 255))
+    ImageDraw.Draw(oracle).text(at, "317", fill=render._INK, font=ImageFont.load_default(10))
+    assert np.array_equal(canvas, np.asarray(oracle))
+    assert canvas.min() < 100 or at == (30, 30)  # the label is there (off the canvas: not)
