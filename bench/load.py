@@ -68,12 +68,15 @@ def client_proc(load: Load, seed: int, start: float, queue: mp.Queue, threads: i
     ]
     for w in workers:
         w.start()
+    while time.time() < start:  # the clients connect first; their CPU counts from the start
+        time.sleep(0.001)
+    cpu0 = time.process_time()
     for w in workers:
         w.join()
     lat = [x for o in out for x in o[0]]
     batches = [x for o in out for x in o[1]]
     device_ms = [x for o in out for x in o[2]]
-    queue.put((time.time(), lat, batches, device_ms))
+    queue.put((time.time(), lat, batches, device_ms, time.process_time() - cpu0))
 
 
 def one_client(load: Load, seed: int, start: float) -> tuple[list[float], list[int], list[float]]:
@@ -216,6 +219,7 @@ def served(
         "server_cpu_s": (cpu1[0] - cpu0[0], [b - a for a, b in zip(cpu0[1], cpu1[1], strict=True)])
         if cpu0 and cpu1
         else None,
+        "client_cpu_s": sum(o[4] for o in outs),
     }
 
 
@@ -256,6 +260,11 @@ def summary(runs: list[dict]) -> dict:
         out["server_loop_thread_cpu_ms_per_image"] = round(float(loops.sum()) * 1000 / n, 3)
         # The busiest event loop's share of the wall time: near 1, it is the limit.
         out["server_loop_thread_busy"] = round(float(loops.max()) / wall, 3)
+        clients = sum(r["client_cpu_s"] for r in runs)
+        out["client_cpu_ms_per_image"] = round(clients * 1000 / n, 3)
+        # The share of the machine's cores the server and its clients kept busy: near 1 where
+        # they share the machine, its CPUs are the limit, whatever the batching does.
+        out["machine_cpu_busy"] = round((proc + clients) / (wall * (os.cpu_count() or 1)), 3)
     if len(runs) > 1:
         out["rounds_images_per_s"] = [round(r["images"] / r["seconds"], 2) for r in runs]
     return out
@@ -702,14 +711,14 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(
-        f"\n{'method':16} {'served img/s':>12} {'captum b1':>10} {'captum bN':>10} {'engine bN':>10} {'/unbatched':>10} {'/ceiling':>9} {'batch':>6} {'p50 ms':>7} {'p99 ms':>7} {'device busy':>11} {'loop busy':>9}"
+        f"\n{'method':16} {'served img/s':>12} {'captum b1':>10} {'captum bN':>10} {'engine bN':>10} {'/unbatched':>10} {'/ceiling':>9} {'batch':>6} {'p50 ms':>7} {'p99 ms':>7} {'device busy':>11} {'loop busy':>9} {'cpu busy':>8}"
     )
     for method, r in report["methods"].items():
         s = r["served"]
         print(
             f"{method:16} {s['images_per_s']:12.1f} {r['captum_batch1_images_per_s']:10.1f} {r[f'captum_batch{n}_images_per_s']:10.1f} "
             f"{r[f'engine_batch{n}_images_per_s']:10.1f} {r['served_over_unbatched']:10.2f} {r['served_over_ceiling']:9.2f} "
-            f"{s['mean_batch_size']:6.1f} {s['latency_ms']['p50']:7.1f} {s['latency_ms']['p99']:7.1f} {s['device_busy']:11.2f} {s.get('server_loop_thread_busy', 0):9.2f}"
+            f"{s['mean_batch_size']:6.1f} {s['latency_ms']['p50']:7.1f} {s['latency_ms']['p99']:7.1f} {s['device_busy']:11.2f} {s.get('server_loop_thread_busy', 0):9.2f} {s.get('machine_cpu_busy', 0):8.2f}"
         )
         for i, x in enumerate(r.get("rounds", []), 1):
             print(
