@@ -763,9 +763,10 @@ def _array_from_pb(tensor: deepvis_pb2.Tensor, what: str = "result array") -> np
 def _png_from_bytes(data: bytes) -> Image.Image | None:
     if not data:
         return None
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image
+    # Opened, not decoded: Pillow reads the header now (bytes that are no picture fail here)
+    # and the pixels on first use, so a caller that never looks at a picture does not pay
+    # for decoding it.
+    return Image.open(io.BytesIO(data))
 
 
 # What a message's scalar field becomes, by the type the `_models` field of its name declares.
@@ -827,7 +828,7 @@ def explanation_from_pb(
     Raises:
         ValueError: An array is inconsistent with its shape or has an unexpected dtype (the
             result array must be float, named arrays float or int64), or two share a name.
-        OSError: A rendered picture cannot be decoded.
+        OSError: A rendered picture is not a picture Pillow can open.
     """
     array = _array_from_pb(resp.array)
     arrays = _by_name(resp.arrays, "arrays", _named_array)
@@ -1082,7 +1083,7 @@ def visualize_item_from_pb(
 
     Raises:
         ValueError: An array is inconsistent with its shape or dtype, or the result lacks one.
-        OSError: A picture cannot be decoded.
+        OSError: A picture is not a picture Pillow can open.
     """
     kind = resp.WhichOneof("kind")
     if kind == "progress":
@@ -1139,7 +1140,7 @@ def dream_item_from_pb(
 
     Raises:
         ValueError: The result lacks its array or picture, or they are inconsistent.
-        OSError: A picture cannot be decoded.
+        OSError: A picture is not a picture Pillow can open.
     """
     kind = resp.WhichOneof("kind")
     if kind == "progress":

@@ -275,7 +275,8 @@ class Explanation:
         array: The raw result as float32 (for guided backpropagation [C, H, W] in the model's
             input space), or None when it was left out. A float32 result may be a read-only
             view of the response bytes; copy it before writing to it.
-        image: The rendered result, or None when rendering was not asked for.
+        image: The rendered result (a PNG, its pixels decoded on first use), or None when
+            rendering was not asked for.
         predictions: The model's top predictions, best first.
         target: The class index or neuron that was explained.
         batch_size: Number of requests in the server batch this one ran in.

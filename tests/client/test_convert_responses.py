@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import deepvis
-from deepvis import _cli, _convert
+from deepvis import _cli, _convert, render
 from deepvis.v1 import deepvis_pb2
 
 from .fakes import (
@@ -73,6 +73,22 @@ def test_explanation_round_trip(dtype: str, wire: int) -> None:
     assert (exp.batch_size, exp.queue_ms, exp.compute_ms) == (4, 1.5, 20.0)
     assert exp.warnings == ["approximate"]
     assert "float32 [3, 8, 6]" in repr(exp)
+
+
+def test_explanation_pictures_decode_on_first_use() -> None:
+    from PIL import Image
+
+    pixels = np.random.default_rng(2).integers(0, 256, (8, 6, 3), dtype=np.uint8)
+    good = render.to_png(Image.fromarray(pixels))
+    # The IDAT chunk's body cut short: the header still reads, the pixels cannot decode.
+    cut = good[: good.index(b"IDAT") + 12] + good[good.index(b"IEND") - 4 :]
+    exp = _convert.explanation_from_pb(_response(None, 0, good))
+    assert exp.image is not None and exp.image.size == (6, 8)
+    assert np.array_equal(np.asarray(exp.image), pixels)
+    broken = _convert.explanation_from_pb(_response(None, 0, cut))  # opened, not decoded
+    assert broken.image is not None and broken.image.size == (6, 8)
+    with pytest.raises(OSError):
+        broken.image.load()
 
 
 def test_explanation_without_array_or_image() -> None:
