@@ -959,7 +959,7 @@ _PNG_COLOR_TYPES = {"L": 0, "RGB": 2, "RGBA": 6}
 
 
 @functools.cache
-def _deflate() -> Callable[[bytes | np.ndarray, int], bytes]:
+def _deflate() -> Callable[..., bytes]:
     """zlib's compress, from ISA-L when it is installed (the server's extra installs it): at
     level 1 several times faster than zlib's own, for the same stream format."""
     try:
