@@ -47,12 +47,15 @@ def figures(defaults: dict[str, Any], arrays: dict[str, Any] | None) -> dict[str
         "torchserve img/s": defaults["torchserve"]["images_per_s"],
         "p99 ms": gb["served"]["latency_ms"]["p99"],
         "p99 ms, max_delay_ms 30": gb["paired"]["served"]["latency_ms"]["p99"],
+        # How much of the machine's cores the server and clients kept busy: the CPUs' limit.
+        "machine cpu busy": gb["served"]["machine_cpu_busy"],
     }
     for method in ("grad_cam", "activations"):
         m = defaults["methods"][method]
         out[f"{method} /in-process b16"] = m["served_over_engine"]
         out[f"{method} /captum b16"] = m["served_over_ceiling"]
         out[f"{method} mean batch"] = m["served"]["mean_batch_size"]
+        out[f"{method} machine cpu busy"] = m["served"]["machine_cpu_busy"]
         if arrays is not None:
             a = arrays["methods"][method]
             out[f"{method} arrays only /in-process b16"] = a["served_over_engine"]
@@ -81,6 +84,8 @@ def history_rows(run: int, defaults: dict, f: dict[str, float], code: str, machi
             if "img/s" in metric
             else "items"
             if metric.endswith("batch")
+            else "share"
+            if metric.endswith("busy")
             else "x"
         )
         rows.append(
