@@ -980,10 +980,12 @@ def to_png(image: Image.Image, *, compress_level: int = 1) -> bytes:
     At compress_level 1, an 8-bit L, RGB or RGBA picture is written with every row's "Up"
     filter and deflated at level 1 (`_deflate`): several times faster than Pillow's encoder,
     which tries four filters on every row, for files at most about a tenth larger.
-    Other levels and modes go to Pillow.
+    Other levels and modes, and pictures with a transparent colour or an ICC profile (which
+    Pillow writes), go to Pillow.
     """
     color_type = _PNG_COLOR_TYPES.get(image.mode)
-    if compress_level != 1 or color_type is None or 0 in image.size:
+    keeps = "transparency" in image.info or "icc_profile" in image.info
+    if compress_level != 1 or color_type is None or keeps or 0 in image.size:
         buf = io.BytesIO()
         image.save(buf, format="PNG", compress_level=compress_level)
         return buf.getvalue()

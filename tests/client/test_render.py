@@ -345,6 +345,10 @@ def test_png_of_other_modes_and_levels_is_pillows() -> None:
     assert render.to_png(gray16) == _pillow_png(gray16, 1)
     photo = Image.fromarray(np.tile(np.arange(64, dtype=np.uint8), (64, 1)), "L").convert("RGB")
     assert render.to_png(photo, compress_level=6) == _pillow_png(photo, 6)
+    keyed = photo.copy()
+    keyed.info["transparency"] = (0, 0, 0)  # a colour key: Pillow writes it as tRNS
+    assert render.to_png(keyed) == _pillow_png(keyed, 1)
+    assert Image.open(io.BytesIO(render.to_png(keyed))).info["transparency"] == (0, 0, 0)
 
 
 def test_fast_png_is_close_to_pillows_size_on_a_smooth_picture(deflate: str) -> None:
