@@ -511,6 +511,13 @@ def main() -> int:
         help="renders in plain fp32 (render_tf32 = false; the server's default uses TF32 on CUDA)",
     )
     p.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=None,
+        help="server cpu_threads, the pool that decodes inputs and draws pictures (default: "
+        "unset, the server's min(8, CPU count))",
+    )
+    p.add_argument(
         "--max-delay-ms",
         type=float,
         default=None,
@@ -576,11 +583,12 @@ def main() -> int:
     n = args.max_batch or args.clients  # the baselines' batch size
     tuned = "" if args.defaults else f"max_batch_size = {n}\n"
     switch = "" if args.defaults else f"gil_switch_interval_ms = {args.gil_switch_interval_ms}\n"
+    threads = "" if args.cpu_threads is None else f"cpu_threads = {args.cpu_threads}\n"
 
     def write_config(name: str, max_delay_ms: float | None) -> Path:
         delay = "" if max_delay_ms is None else f"max_delay_ms = {max_delay_ms}\n"
         (tmp / name).write_text(
-            f'[server]\ndevice = "{args.device}"\nmax_queue_size = 4096\n'
+            f'[server]\ndevice = "{args.device}"\nmax_queue_size = 4096\n{threads}'
             f"render_tf32 = {str(not args.render_fp32).lower()}\n{switch}"
             f'[[models]]\nname = "m"\narch = "{args.arch}"\n'
             f'weights = "m.safetensors"\nnum_classes = 1000\ninput_size = [{args.size}, {args.size}]\n'
@@ -619,6 +627,7 @@ def main() -> int:
         "outputs": args.outputs,
         "server_defaults": args.defaults,
         "workers": args.workers,
+        "cpu_threads": args.cpu_threads,
         "gil_switch_interval_ms": args.gil_switch_interval_ms,
         "device": torch.cuda.get_device_name()
         if args.device.startswith("cuda")
