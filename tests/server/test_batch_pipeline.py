@@ -7,10 +7,11 @@ exactly what the same items computed alone give."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -97,16 +98,28 @@ async def wait_submitted(device: HeldDevice) -> None:
     assert await loop.run_in_executor(None, device.submitted.acquire, True, 30)
 
 
+@contextlib.asynccontextmanager
+async def held_batcher(digits: Any) -> AsyncIterator[tuple[Batcher, HeldDevice]]:
+    """A started batcher of BATCH items on a held device, with its staging thread; stopped,
+    and both threads shut down, on the way out."""
+    device = HeldDevice()
+    staging = ThreadPoolExecutor(max_workers=1)
+    batcher = Batcher(digits, device, max_batch_size=BATCH, staging=staging)
+    batcher.start()
+    try:
+        yield batcher, device
+    finally:
+        await batcher.stop()
+        device.shutdown()
+        staging.shutdown()
+
+
 @pytest.mark.parametrize("method", ["guided_backprop", "saliency", "grad_cam", "activations"])
 def test_a_full_batch_is_staged_while_one_computes_and_runs_while_the_loop_is_busy(
     digits, method
 ) -> None:
     async def scenario() -> tuple[list[Any], list[WorkItem], float, Batcher, HeldDevice]:
-        device = HeldDevice()
-        staging = ThreadPoolExecutor(max_workers=1)
-        batcher = Batcher(digits, device, max_batch_size=BATCH, staging=staging)
-        batcher.start()
-        try:
+        async with held_batcher(digits) as (batcher, device):
             its = items(digits, method, range(2 * BATCH))
             futures = [batcher.submit(it) for it in its[:BATCH]]
             await wait_submitted(device)  # the first batch is on the (held) device thread
@@ -118,10 +131,6 @@ def test_a_full_batch_is_staged_while_one_computes_and_runs_while_the_loop_is_bu
             busy_until = time.monotonic()
             results = await asyncio.gather(*futures)
             return results, its, busy_until, batcher, device
-        finally:
-            await batcher.stop()
-            device.shutdown()
-            staging.shutdown()
 
     results, its, busy_until, batcher, device = asyncio.run(scenario())
     assert [r.batch_size for r in results] == [BATCH] * (2 * BATCH)
@@ -134,10 +143,7 @@ def test_a_full_batch_is_staged_while_one_computes_and_runs_while_the_loop_is_bu
 
 def test_items_gone_from_a_staged_batch_are_dropped_and_the_rest_answered_right(digits) -> None:
     async def scenario() -> tuple[list[Any], list[WorkItem], list[asyncio.Future[Any]]]:
-        device = HeldDevice()
-        batcher = Batcher(digits, device, max_batch_size=BATCH, staging=ThreadPoolExecutor(1))
-        batcher.start()
-        try:
+        async with held_batcher(digits) as (batcher, device):
             its = items(digits, "saliency", range(2 * BATCH))
             first = [batcher.submit(it) for it in its[:BATCH]]
             await wait_submitted(device)
@@ -148,9 +154,6 @@ def test_items_gone_from_a_staged_batch_are_dropped_and_the_rest_answered_right(
             await asyncio.gather(*first)
             done = await asyncio.gather(*second, return_exceptions=True)
             return done, its[BATCH:], second
-        finally:
-            await batcher.stop()
-            device.shutdown()
 
     done, its, second = asyncio.run(scenario())
     assert second[1].cancelled()
@@ -162,10 +165,7 @@ def test_items_gone_from_a_staged_batch_are_dropped_and_the_rest_answered_right(
 
 def test_a_full_batch_whose_clients_all_left_is_never_launched(digits, caplog) -> None:
     async def scenario() -> tuple[list[Any], int]:
-        device = HeldDevice()
-        batcher = Batcher(digits, device, max_batch_size=BATCH, staging=ThreadPoolExecutor(1))
-        batcher.start()
-        try:
+        async with held_batcher(digits) as (batcher, device):
             its = items(digits, "saliency", range(2 * BATCH))
             first = [batcher.submit(it) for it in its[:BATCH]]
             await wait_submitted(device)
@@ -177,9 +177,6 @@ def test_a_full_batch_whose_clients_all_left_is_never_launched(digits, caplog) -
             done = await asyncio.gather(*first)
             await asyncio.sleep(0.05)
             return done, batcher.staged_batches
-        finally:
-            await batcher.stop()
-            device.shutdown()
 
     done, staged = asyncio.run(scenario())
     assert [r.batch_size for r in done] == [BATCH] * BATCH
@@ -189,10 +186,7 @@ def test_a_full_batch_whose_clients_all_left_is_never_launched(digits, caplog) -
 
 def test_less_than_a_full_batch_waits_for_the_device_to_free(digits) -> None:
     async def scenario() -> tuple[int, int, list[int]]:
-        device = HeldDevice()
-        batcher = Batcher(digits, device, max_batch_size=BATCH, staging=ThreadPoolExecutor(1))
-        batcher.start()
-        try:
+        async with held_batcher(digits) as (batcher, device):
             its = items(digits, "saliency", range(BATCH + 2))
             first = [batcher.submit(it) for it in its[:BATCH]]
             await wait_submitted(device)
@@ -202,9 +196,6 @@ def test_less_than_a_full_batch_waits_for_the_device_to_free(digits) -> None:
             device.gate.set()
             results = await asyncio.gather(*first, *rest)
             return queued, staged, [r.batch_size for r in results]
-        finally:
-            await batcher.stop()
-            device.shutdown()
 
     queued, staged, sizes = asyncio.run(scenario())
     # Two of four could still be joined by more: they stay queued until the device frees.
