@@ -8,15 +8,17 @@ A thin shell over the library: each input is one `Client.explain` (one method) o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import glob
 import hashlib
 import io
 import json
 import os
+import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -774,6 +776,31 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
+@contextlib.contextmanager
+def _ctrl_c_stops_the_queue() -> Iterator[threading.Event]:
+    """While the block runs, a first Ctrl-C only sets the event it yields: the run loop sees
+    it between steps and starts nothing more. A KeyboardInterrupt raised at any bytecode
+    could land between a finished input's files and its manifest line, or inside the
+    executor's `submit` while it holds the lock that `shutdown` then waits for forever. A
+    second Ctrl-C raises KeyboardInterrupt, to stop waiting for what is in flight. (Off the
+    main thread, where no signal handler can be set, Ctrl-C is not this loop's to see.)"""
+    asked = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield asked
+        return
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if asked.is_set():
+            raise KeyboardInterrupt
+        asked.set()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield asked
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_explain(
     client: Client,
     args: argparse.Namespace,
@@ -840,9 +867,16 @@ def run_explain(
     pending: dict[Future[Work], Work] = {}
     queue = iter(work)
     stop: BaseException | None = None
-    with ThreadPoolExecutor(max_workers=args.jobs, thread_name_prefix="deepvis") as pool:
+    with (
+        _ctrl_c_stops_the_queue() as ctrl_c,
+        ThreadPoolExecutor(max_workers=args.jobs, thread_name_prefix="deepvis") as pool,
+    ):
         try:
             while True:
+                if stop is None and ctrl_c.is_set():
+                    # What is in flight finishes (each file whole) and is recorded; a second
+                    # Ctrl-C ends the wait.
+                    stop = KeyboardInterrupt()
                 while stop is None and len(pending) < args.jobs:
                     upcoming = next(queue, None)
                     if upcoming is None:
@@ -866,19 +900,9 @@ def run_explain(
                         except BrokenPipeError:
                             stop = BrokenPipeError()
                     bar.update(1)
-        except KeyboardInterrupt as e:
+        except KeyboardInterrupt as e:  # the second Ctrl-C: what is in flight is left
             stop = e
-            # What is in flight finishes (each file whole); a second Ctrl-C ends the wait.
-            for future in list(pending):
-                try:
-                    future.result()
-                    item = pending.pop(future)
-                    done += 1
-                    finished(item)
-                except (DeepvisError, OSError, ValueError, TypeError):
-                    pending.pop(future)
-                except BrokenPipeError:
-                    pending.pop(future)
+            pool.shutdown(wait=False, cancel_futures=True)
         finally:
             bar.close()
         if stop is not None:

@@ -99,6 +99,37 @@ def test_ctrl_c_finishes_what_is_in_flight_and_a_rerun_completes_the_same(
             assert (a != b).any(axis=2).mean() <= 0.01
 
 
+def test_a_second_ctrl_c_stops_waiting_and_leaves_no_half_written_file(
+    digits_server, sample_paths, tmp_path: Path
+) -> None:
+    inputs = digits(tmp_path / "in", sample_paths, 24)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        command(digits_server.bound_address, inputs, out, "--jobs", "2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    manifest = out / "manifest.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if manifest.exists() and manifest.read_text().splitlines():
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1].startswith("deepvis: interrupted"), stderr
+    done = len(manifest.read_text().splitlines())
+    assert 1 <= done < 24 and len(stdout.strip().splitlines()) == done
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    for p in outputs(out).values():
+        np.load(p) if p.suffix == ".npy" else Image.open(p).load()
+
+
 @pytest.mark.skipif(not Path("/bin/bash").exists(), reason="needs bash for PIPESTATUS")
 def test_a_closed_pipe_ends_the_run_quietly(digits_server, sample_paths, tmp_path: Path) -> None:
     inputs = digits(tmp_path / "in", sample_paths, 16)
