@@ -279,3 +279,17 @@ class FixedSizeNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.relu(self.conv(x)), 1))
+
+
+class ViewNet(nn.Module):
+    """A small CNN that flattens its feature map with `.view`, as older code does: it runs
+    on contiguous memory only."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv(x))
+        return self.fc(x.view(x.size(0), -1))

@@ -115,7 +115,10 @@ class BatchStep:
         and normalised); on a GPU, the items stacked into page-locked memory."""
         if self.model.device.type == "cpu":
             x = model_input(
-                stack_batch(list(inputs), pin=False), self.model.device, *self._mean_std()
+                stack_batch(list(inputs), pin=False),
+                self.model.device,
+                *self._mean_std(),
+                channels_last=self.model.channels_last,
             )
             return Staged(x, on_device=True)
         return Staged(stack_batch(list(inputs), pin=True), on_device=False)
@@ -153,11 +156,14 @@ class BatchStep:
             x = (
                 staged.x
                 if staged.on_device
-                else model_input(staged.x, model.device, *self._mean_std())
+                else model_input(
+                    staged.x,
+                    model.device,
+                    *self._mean_std(),
+                    channels_last=model.channels_last,
+                )
             )
             fast = model.spec.fast
-            if fast:
-                x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=fast):
                 out = method.compute(model, x, requests)
             check_result_count(out, n, method.name)

@@ -231,9 +231,6 @@ class Engine:
                     exc_info=not isinstance(e, ConfigError),
                 )
                 continue
-            if spec.fast:
-                # Chosen in the configuration, once, before serving: never by a request.
-                model.module.to(memory_format=torch.channels_last)
             self.models[spec.name] = model
             # Feature visualizations and DeepDreams: the device steps them, the CPU threads
             # encode their pictures.

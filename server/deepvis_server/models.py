@@ -144,6 +144,9 @@ class ServedModel:
     attention_layers: tuple[str, ...] = ()
     # The tokens those attention layers run on (a class token and a patch grid), or None.
     attention_layout: LayerLayout | None = None
+    # The module's 4-D weights are channels_last, and batches are given to it that way
+    # (`spec.memory_format`, decided once at load time by `_memory_format`).
+    channels_last: bool = False
 
     @property
     def name(self) -> str:
@@ -564,6 +567,7 @@ def load_model(
         # A labels file overrides the categories torchvision weights declare.
         labels=read_labels(labels, spec.num_classes) if labels is not None else categories,
         layers={name: m for name, m in module.named_modules() if name},
+        channels_last=_memory_format(module, spec, device),
     )
     out = _trace_shapes(served)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, spec.num_classes):
@@ -573,6 +577,32 @@ def load_model(
             public=f"its output for one input is {shape}, not (1, {spec.num_classes})",
         )
     return served
+
+
+def _memory_format(module: nn.Module, spec: ModelSpec, device: torch.device) -> bool:
+    """Lays the module's 4-D weights out channels_last where `spec.memory_format` (or `fast`)
+    asks for it, once, before serving; True when it did.
+
+    Raises:
+        ConfigError: the forward pass fails on a channels_last batch (a `.view` of its input
+            or of a feature map needs contiguous memory).
+    """
+    if spec.memory_format != "channels_last" and not spec.fast:
+        return False
+    module.to(memory_format=torch.channels_last)
+    # Two items: for one, a channels_last batch can pass for a contiguous one.
+    x = torch.zeros(2, spec.channels, *spec.input_size, device=device)
+    try:
+        with torch.no_grad():
+            module(x.contiguous(memory_format=torch.channels_last))
+    except Exception as e:  # noqa: BLE001 - whatever it raised, this layout does not run
+        key = "fast = true" if spec.fast else 'memory_format = "channels_last"'
+        raise ConfigError(
+            f"model '{spec.name}': {key} lays it out channels_last, and its forward pass fails "
+            f"on a channels_last batch ({type(e).__name__}: {e}); serve it contiguous",
+            public="its forward pass fails on a channels_last batch",
+        ) from None
+    return True
 
 
 def _under_root(path: Path, root: Path, what: str, kind: str) -> Path:

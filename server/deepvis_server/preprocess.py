@@ -222,12 +222,18 @@ def model_region(spec: ModelSpec) -> Region:
 
 
 def batch_to_model_input(
-    items: list[torch.Tensor], device: torch.device, mean: torch.Tensor, std: torch.Tensor
+    items: list[torch.Tensor],
+    device: torch.device,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    *,
+    channels_last: bool = False,
 ) -> torch.Tensor:
     """Stacks items [C, H, W] of one dtype and shape into the model's input [N, C, H, W] on
     `device`: uint8 pixels become (x / 255 - mean) / std in float32 there (mean and std are
     [C, 1, 1] on `device`); float tensors (preprocessed by the client) pass as they are."""
-    return model_input(stack_batch(items, pin=device.type == "cuda"), device, mean, std)
+    pinned = stack_batch(items, pin=device.type == "cuda")
+    return model_input(pinned, device, mean, std, channels_last=channels_last)
 
 
 def stack_batch(items: list[torch.Tensor], *, pin: bool) -> torch.Tensor:
@@ -246,12 +252,23 @@ def stack_batch(items: list[torch.Tensor], *, pin: bool) -> torch.Tensor:
 
 
 def model_input(
-    stacked: torch.Tensor, device: torch.device, mean: torch.Tensor, std: torch.Tensor
+    stacked: torch.Tensor,
+    device: torch.device,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    *,
+    channels_last: bool = False,
 ) -> torch.Tensor:
-    """The device half of `batch_to_model_input`, on a `stack_batch` result."""
+    """The device half of `batch_to_model_input`, on a `stack_batch` result; with
+    `channels_last`, laid out channels_last in memory (`ServedModel.channels_last`)."""
     x = stacked.to(device, non_blocking=True)
     if x.dtype != torch.uint8:
-        return x
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    if channels_last:
+        # The stacked pixels are [N, H, W, C] in memory already: normalised there, with the
+        # channel axis last and contiguous, and viewed as [N, C, H, W] without a copy.
+        x = x.float().div_(255.0).sub_(mean.reshape(-1)).div_(std.reshape(-1))
+        return x.permute(0, 3, 1, 2)
     x = x.permute(0, 3, 1, 2).contiguous()
     return x.float().div_(255.0).sub_(mean).div_(std)
 

@@ -339,9 +339,9 @@ class Evaluator(ModelLoop):
         outputs back slice by slice."""
         lead = slices[0][0]
         x = torch.cat([w.build(a, b) for w, a, b in slices])
-        fast = self.model.spec.fast
-        if fast:
+        if self.model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        fast = self.model.spec.fast
         with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=fast):
             if lead.method is None:
                 with torch.no_grad():
