@@ -506,6 +506,13 @@ def main() -> int:
     p.add_argument("--render-steps", type=int, default=512)
     p.add_argument("--fast", action="store_true", help="serve in fast mode; report its error")
     p.add_argument(
+        "--memory-format",
+        choices=("contiguous", "channels_last"),
+        default=None,
+        help="the model's memory_format (default: unset, the server's contiguous); the "
+        "engine's in-process baseline is loaded the same way, Captum's is the stock module",
+    )
+    p.add_argument(
         "--render-fp32",
         action="store_true",
         help="renders in plain fp32 (render_tf32 = false; the server's default uses TF32 on CUDA)",
@@ -584,6 +591,7 @@ def main() -> int:
     tuned = "" if args.defaults else f"max_batch_size = {n}\n"
     switch = "" if args.defaults else f"gil_switch_interval_ms = {args.gil_switch_interval_ms}\n"
     threads = "" if args.cpu_threads is None else f"cpu_threads = {args.cpu_threads}\n"
+    layout = "" if args.memory_format is None else f'memory_format = "{args.memory_format}"\n'
 
     def write_config(name: str, max_delay_ms: float | None) -> Path:
         delay = "" if max_delay_ms is None else f"max_delay_ms = {max_delay_ms}\n"
@@ -593,7 +601,7 @@ def main() -> int:
             f'[[models]]\nname = "m"\narch = "{args.arch}"\n'
             f'weights = "m.safetensors"\nnum_classes = 1000\ninput_size = [{args.size}, {args.size}]\n'
             f"mean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]\n{tuned}{delay}"
-            f"fast = {str(args.fast).lower()}\n"
+            f"fast = {str(args.fast).lower()}\n{layout}"
         )
         return tmp / name
 
@@ -607,6 +615,7 @@ def main() -> int:
                     "weights": str(tmp / "m.safetensors"),
                     "num_classes": 1000,
                     "input_size": [args.size, args.size],
+                    **({"memory_format": args.memory_format} if args.memory_format else {}),
                 }
             ]
         },
@@ -628,6 +637,7 @@ def main() -> int:
         "server_defaults": args.defaults,
         "workers": args.workers,
         "cpu_threads": args.cpu_threads,
+        "memory_format": args.memory_format or "contiguous",
         "gil_switch_interval_ms": args.gil_switch_interval_ms,
         "device": torch.cuda.get_device_name()
         if args.device.startswith("cuda")
