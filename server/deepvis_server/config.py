@@ -55,7 +55,7 @@ class ModelSpec:
     fast: bool = False
     # How the model's 4-D weights and its batches are laid out in memory: "contiguous"
     # (PyTorch's default, what an in-process run of the same model does) or "channels_last"
-    # (12-18 % faster passes of a convolutional network on the CPU; fp32 still, its sums
+    # (13-26 % faster passes of a convolutional network on the CPU; fp32 still, its sums
     # in another order). `fast` implies channels_last.
     memory_format: str = "contiguous"
     # torchvision's published weights by their full name ("ResNet18_Weights.IMAGENET1K_V1"),
