@@ -48,25 +48,34 @@ def outputs(out: Path) -> dict[str, Path]:
     return {str(p.relative_to(out)): p for p in out.rglob("*") if p.suffix in (".png", ".npy")}
 
 
+def running(cmd: list[str], out: Path, done: int) -> tuple[subprocess.Popen[str], Path]:
+    """`deepvis explain` started, once its manifest lists `done` finished inputs; and the
+    manifest's path."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    manifest = out / "manifest.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if manifest.exists() and len(manifest.read_text().splitlines()) >= done:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    return proc, manifest
+
+
+def assert_whole(out: Path) -> None:
+    """Every file there is whole; nothing half-written is left behind."""
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    for p in outputs(out).values():
+        np.load(p) if p.suffix == ".npy" else Image.open(p).load()
+
+
 def test_ctrl_c_finishes_what_is_in_flight_and_a_rerun_completes_the_same(
     digits_server, sample_paths, tmp_path: Path
 ) -> None:
     inputs = digits(tmp_path / "in", sample_paths, 24)
     address = digits_server.bound_address
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        command(address, inputs, out, "--jobs", "2"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    manifest = out / "manifest.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if manifest.exists() and len(manifest.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc, manifest = running(command(address, inputs, out, "--jobs", "2"), out, done=3)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
@@ -74,10 +83,7 @@ def test_ctrl_c_finishes_what_is_in_flight_and_a_rerun_completes_the_same(
     assert len(lines) == 1 and lines[0].startswith("deepvis: interrupted: "), stderr
     done = len(manifest.read_text().splitlines())
     assert 3 <= done < 24 and len(stdout.strip().splitlines()) == done
-    # Every file there is whole; nothing half-written is left behind.
-    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
-    for p in outputs(out).values():
-        np.load(p) if p.suffix == ".npy" else Image.open(p).load()
+    assert_whole(out)
 
     rerun = subprocess.run(
         command(address, inputs, out, "--skip-existing"), capture_output=True, text=True
@@ -104,19 +110,9 @@ def test_a_second_ctrl_c_stops_waiting_and_leaves_no_half_written_file(
 ) -> None:
     inputs = digits(tmp_path / "in", sample_paths, 24)
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        command(digits_server.bound_address, inputs, out, "--jobs", "2"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc, manifest = running(
+        command(digits_server.bound_address, inputs, out, "--jobs", "2"), out, done=1
     )
-    manifest = out / "manifest.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if manifest.exists() and manifest.read_text().splitlines():
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
@@ -125,9 +121,7 @@ def test_a_second_ctrl_c_stops_waiting_and_leaves_no_half_written_file(
     assert stderr.strip().splitlines()[-1].startswith("deepvis: interrupted"), stderr
     done = len(manifest.read_text().splitlines())
     assert 1 <= done < 24 and len(stdout.strip().splitlines()) == done
-    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
-    for p in outputs(out).values():
-        np.load(p) if p.suffix == ".npy" else Image.open(p).load()
+    assert_whole(out)
 
 
 @pytest.mark.skipif(not Path("/bin/bash").exists(), reason="needs bash for PIPESTATUS")
