@@ -782,8 +782,9 @@ def _ctrl_c_stops_the_queue() -> Iterator[threading.Event]:
     it between steps and starts nothing more. A KeyboardInterrupt raised at any bytecode
     could land between a finished input's files and its manifest line, or inside the
     executor's `submit` while it holds the lock that `shutdown` then waits for forever. A
-    second Ctrl-C raises KeyboardInterrupt, to stop waiting for what is in flight. (Off the
-    main thread, where no signal handler can be set, Ctrl-C is not this loop's to see.)"""
+    second Ctrl-C raises KeyboardInterrupt: what is still in flight then goes unrecorded (its
+    files are written whole or not at all) and the run ends once those calls return. (Off
+    the main thread, where no signal handler can be set, Ctrl-C is not this loop's to see.)"""
     asked = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield asked
@@ -874,8 +875,8 @@ def run_explain(
         try:
             while True:
                 if stop is None and ctrl_c.is_set():
-                    # What is in flight finishes (each file whole) and is recorded; a second
-                    # Ctrl-C ends the wait.
+                    # What is in flight finishes (each file whole) and is recorded; after a
+                    # second Ctrl-C it is no longer recorded.
                     stop = KeyboardInterrupt()
                 while stop is None and len(pending) < args.jobs:
                     upcoming = next(queue, None)
@@ -900,7 +901,7 @@ def run_explain(
                         except BrokenPipeError:
                             stop = BrokenPipeError()
                     bar.update(1)
-        except KeyboardInterrupt as e:  # the second Ctrl-C: what is in flight is left
+        except KeyboardInterrupt as e:  # the second Ctrl-C: what is in flight goes unrecorded
             stop = e
             pool.shutdown(wait=False, cancel_futures=True)
         finally:

@@ -105,7 +105,7 @@ def test_ctrl_c_finishes_what_is_in_flight_and_a_rerun_completes_the_same(
             assert (a != b).any(axis=2).mean() <= 0.01
 
 
-def test_a_second_ctrl_c_stops_waiting_and_leaves_no_half_written_file(
+def test_a_second_ctrl_c_ends_the_run_with_every_file_whole_and_recorded_ones_printed(
     digits_server, sample_paths, tmp_path: Path
 ) -> None:
     inputs = digits(tmp_path / "in", sample_paths, 24)
