@@ -144,13 +144,16 @@ class ServedModel:
     attention_layers: tuple[str, ...] = ()
     # The tokens those attention layers run on (a class token and a patch grid), or None.
     attention_layout: LayerLayout | None = None
-    # The module's 4-D weights are channels_last, and batches are given to it that way
-    # (`spec.memory_format`, decided once at load time by `_memory_format`).
-    channels_last: bool = False
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def channels_last(self) -> bool:
+        """The module's 4-D weights are channels_last, and batches are given to it that way
+        (laid out once at load time by `_memory_format`, which refuses a model that cannot)."""
+        return self.spec.fast or self.spec.memory_format == "channels_last"
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -567,8 +570,8 @@ def load_model(
         # A labels file overrides the categories torchvision weights declare.
         labels=read_labels(labels, spec.num_classes) if labels is not None else categories,
         layers={name: m for name, m in module.named_modules() if name},
-        channels_last=_memory_format(module, spec, device),
     )
+    _memory_format(served)
     out = _trace_shapes(served)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, spec.num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -579,22 +582,23 @@ def load_model(
     return served
 
 
-def _memory_format(module: nn.Module, spec: ModelSpec, device: torch.device) -> bool:
-    """Lays the module's 4-D weights out channels_last where `spec.memory_format` (or `fast`)
-    asks for it, once, before serving; True when it did.
+def _memory_format(served: ServedModel) -> None:
+    """Lays the module's 4-D weights out channels_last where `served.channels_last` says so
+    (`spec.memory_format`, or `fast`), once, before serving.
 
     Raises:
         ConfigError: the forward pass fails on a channels_last batch (a `.view` of its input
             or of a feature map needs contiguous memory).
     """
-    if spec.memory_format != "channels_last" and not spec.fast:
-        return False
-    module.to(memory_format=torch.channels_last)
+    if not served.channels_last:
+        return
+    spec = served.spec
+    served.module.to(memory_format=torch.channels_last)
     # Two items: for one, a channels_last batch can pass for a contiguous one.
-    x = torch.zeros(2, spec.channels, *spec.input_size, device=device)
+    x = torch.zeros(2, *served.input_shape, device=served.device)
     try:
         with torch.no_grad():
-            module(x.contiguous(memory_format=torch.channels_last))
+            served.module(x.contiguous(memory_format=torch.channels_last))
     except Exception as e:  # noqa: BLE001 - whatever it raised, this layout does not run
         key = "fast = true" if spec.fast else 'memory_format = "channels_last"'
         raise ConfigError(
@@ -602,7 +606,6 @@ def _memory_format(module: nn.Module, spec: ModelSpec, device: torch.device) -> 
             f"on a channels_last batch ({type(e).__name__}: {e}); serve it contiguous",
             public="its forward pass fails on a channels_last batch",
         ) from None
-    return True
 
 
 def _under_root(path: Path, root: Path, what: str, kind: str) -> Path:
