@@ -109,18 +109,20 @@ class BatchStep:
             )
         return self._norm
 
+    def _model_input(self, stacked: torch.Tensor) -> torch.Tensor:
+        """A `stack_batch` result as the model's input on its device, normalised and laid out
+        as the model is."""
+        model = self.model
+        return model_input(
+            stacked, model.device, *self._mean_std(), channels_last=model.channels_last
+        )
+
     def stage(self, inputs: Sequence[torch.Tensor]) -> Staged:
         """What of a batch's input preparation needs no device work, done on the calling
         thread while the device computes another batch: on a CPU device, all of it (stacked
         and normalised); on a GPU, the items stacked into page-locked memory."""
         if self.model.device.type == "cpu":
-            x = model_input(
-                stack_batch(list(inputs), pin=False),
-                self.model.device,
-                *self._mean_std(),
-                channels_last=self.model.channels_last,
-            )
-            return Staged(x, on_device=True)
+            return Staged(self._model_input(stack_batch(list(inputs), pin=False)), on_device=True)
         return Staged(stack_batch(list(inputs), pin=True), on_device=False)
 
     def __call__(
@@ -153,16 +155,7 @@ class BatchStep:
         try:
             if staged is None:
                 staged = Staged(stack_batch(list(inputs), pin=model.device.type == "cuda"), False)
-            x = (
-                staged.x
-                if staged.on_device
-                else model_input(
-                    staged.x,
-                    model.device,
-                    *self._mean_std(),
-                    channels_last=model.channels_last,
-                )
-            )
+            x = staged.x if staged.on_device else self._model_input(staged.x)
             fast = model.spec.fast
             with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=fast):
                 out = method.compute(model, x, requests)
